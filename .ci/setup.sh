@@ -1,0 +1,31 @@
+#!/bin/sh
+# Installs everything nix-prefix needs on a fresh Debian/Ubuntu machine:
+# Debian's nix-bin (the real Nix the tests and the demo drive), patchelf (to
+# make the self-contained Nix sample closure), python3-venv, then a virtual
+# environment in .venv with nix-prefix and its test tools.
+set -eu
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+missing=""
+command -v nix-store >/dev/null 2>&1 || missing="$missing nix-bin"
+command -v patchelf >/dev/null 2>&1 || missing="$missing patchelf"
+command -v setpriv >/dev/null 2>&1 || missing="$missing util-linux"
+[ -x /usr/bin/python3 ] || missing="$missing python3"
+/usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$missing python3-venv"
+if [ -n "$missing" ]; then
+    echo "setup: installing Debian packages:$missing"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "setup: done (.venv/bin/nix-prefix is ready)"

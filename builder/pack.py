@@ -1,0 +1,266 @@
+"""Pack a checked closure into one installer file.
+
+The file is the sh preamble followed by a zip application whose members are
+the installer code (``nix_prefix/installer``, ``nix_prefix/payload``), the
+payload chunks (``payload/NNNN.tar.xz`` or ``.tar.zst``) and ``manifest.json``
+(last).  Everything is written in a fixed order with fixed metadata, so two
+builds of the same closure are byte-identical.
+
+Each store path is read once: the same walk feeds the tar writer and the NAR
+hasher, so verifying the registration costs no second pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import installer as installer_pkg
+from .. import payload as payload_pkg
+from ..payload import archive, codecs, hashes, nar
+from ..payload.manifest import Chunk, Manifest, PathEntry
+from .closure_info import Closure
+from .errors import BuildError
+
+PREAMBLE = Path(__file__).with_name("preamble.sh")
+DEFAULT_CHUNK_SIZE = 64 << 20  # NAR bytes per chunk: whole paths, at least one
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+_BUFFER = 1 << 20
+_MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}
+
+MAIN_PY = b"""\
+import sys
+from nix_prefix.installer.main import main
+main(sys.argv[0], sys.argv[1:])
+"""
+
+
+@dataclass
+class BuildOptions:
+    """How to pack: codec and level, where the store physically is, what to check."""
+
+    compression: str = "xz"
+    level: int | None = None
+    store_root: Path | None = None
+    verify: bool = True
+    roots: list[str] | None = None
+    system: str | None = None
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+
+@dataclass
+class BuildResult:
+    """What was written, for the summary."""
+
+    manifest: Manifest
+    size: int
+
+
+def host_system() -> str:
+    """The Nix system name of this machine (e.g. ``x86_64-linux``)."""
+    machine = platform.machine().lower()
+    return f"{_MACHINES.get(machine, machine)}-{platform.system().lower()}"
+
+
+def build_installer(
+    closure: Closure,
+    out: Path,
+    options: BuildOptions,
+    progress: Callable[[int], object] | None = None,
+) -> BuildResult:
+    """Write the installer for ``closure`` to ``out`` (atomically: all or nothing).
+
+    ``progress`` is called with the number of NAR bytes done since the last call.
+    """
+    codecs.check_name(options.compression)
+    store_root = Path(options.store_root or closure.store_dir)
+    names = [p.path.rpartition("/")[2] for p in closure.infos]
+    for name in names:
+        if not os.path.lexists(store_root / name):
+            raise BuildError(
+                f"store path {closure.store_dir}/{name} is missing from {store_root}",
+                "build or copy the closure into the store first, or pass --store-root")
+    entries = [
+        PathEntry(name, info.nar_hash, info.nar_size,
+                  [r.rpartition("/")[2] for r in info.references],
+                  info.deriver.rpartition("/")[2])
+        for name, info in zip(names, closure.infos, strict=True)
+    ]
+    roots = _roots(entries, options.roots, closure.store_dir)
+    manifest = Manifest(
+        store_dir=closure.store_dir,
+        system=options.system or host_system(),
+        compression=options.compression,
+        paths=entries,
+        chunks=[],
+        roots=roots,
+        nix_store=_find_nix_store(entries, roots, store_root),
+        preamble_sha256=hashlib.sha256(PREAMBLE.read_bytes()).hexdigest(),
+        tool_version=payload_pkg.__version__,
+    )
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(PREAMBLE.read_bytes())
+            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+                _write_code(zf)
+                _write_payload(zf, manifest, store_root, options, progress)
+                zf.writestr(_zip_info("manifest.json"), manifest.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return BuildResult(manifest, out.stat().st_size)
+
+
+def _roots(entries: list[PathEntry], wanted: list[str] | None, store_dir: str) -> list[str]:
+    names = {e.name for e in entries}
+    if wanted:
+        roots = []
+        for root in wanted:
+            name = root.rpartition("/")[2] if root.startswith("/") else root
+            if name not in names:
+                raise BuildError(f"--root {root} is not in the closure")
+            roots.append(name)
+        return sorted(set(roots))
+    referenced = {r for e in entries for r in e.references if r != e.name}
+    return sorted(names - referenced)
+
+
+def _find_nix_store(entries: list[PathEntry], roots: list[str], store_root: Path) -> str | None:
+    # Prefer a root (the Nix the user asked for) over Nix pulled in as a dependency.
+    ordered = roots + [e.name for e in entries if e.name not in roots]
+    for name in ordered:
+        if os.path.lexists(store_root / name / "bin" / "nix-store"):
+            return f"{name}/bin/nix-store"
+    return None
+
+
+def _zip_info(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+    info.compress_type = zipfile.ZIP_STORED
+    info.create_system = 3
+    info.external_attr = 0o644 << 16
+    return info
+
+
+def _write_code(zf: zipfile.ZipFile) -> None:
+    """Embed the installer and payload packages (Python 3.6+, stdlib only)."""
+    zf.writestr(_zip_info("__main__.py"), MAIN_PY)
+    zf.writestr(_zip_info("nix_prefix/__init__.py"), b"")
+    for pkg in (installer_pkg, payload_pkg):
+        pkg_dir = Path(pkg.__file__).parent
+        sub = pkg.__name__.rpartition(".")[2]
+        for src in sorted(pkg_dir.glob("*.py")):
+            zf.writestr(_zip_info(f"nix_prefix/{sub}/{src.name}"), src.read_bytes())
+
+
+class _ChunkSink:
+    """Buffers tar bytes, compresses them into a zip member, hashes the result."""
+
+    def __init__(self, member, compressor, payload_hash) -> None:
+        self._member = member
+        self._compressor = compressor
+        self._payload_hash = payload_hash
+        self._buf = bytearray()
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def __call__(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) >= _BUFFER:
+            self._emit(self._compressor.compress(bytes(self._buf)))
+            self._buf.clear()
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self._member.write(data)
+            self.sha256.update(data)
+            self._payload_hash.update(data)
+            self.size += len(data)
+
+    def finish(self) -> None:
+        self._emit(self._compressor.compress(bytes(self._buf)))
+        self._buf.clear()
+        self._emit(self._compressor.flush())
+
+
+def _chunk_groups(entries: list[PathEntry], chunk_size: int) -> list[list[PathEntry]]:
+    groups: list[list[PathEntry]] = [[]]
+    filled = 0
+    for entry in entries:
+        if groups[-1] and filled + entry.nar_size > chunk_size:
+            groups.append([])
+            filled = 0
+        groups[-1].append(entry)
+        filled += entry.nar_size
+    return groups
+
+
+def _write_payload(zf, manifest: Manifest, store_root: Path, options: BuildOptions,
+                   progress: Callable[[int], object] | None) -> None:
+    payload_hash = hashlib.sha256()
+    ext = codecs.EXTENSIONS[options.compression]
+    longest = 0
+    for index, group in enumerate(_chunk_groups(manifest.paths, options.chunk_size)):
+        info = _zip_info(f"payload/{index:04d}{ext}")
+        with zf.open(info, "w", force_zip64=True) as member:
+            sink = _ChunkSink(member, codecs.compressor(options.compression, options.level),
+                              payload_hash)
+            tar = archive.TarWriter(sink)
+            for entry in group:
+                entry.chunk = index
+                tar.top = entry.name
+                _pack_path(tar, entry, store_root, options.verify, manifest.store_dir,
+                           progress)
+            tar.close()
+            sink.finish()
+        longest = max(longest, tar.longest)
+        manifest.chunks.append(Chunk(info.filename, sink.size, sink.sha256.hexdigest(),
+                                     sum(e.nar_size for e in group)))
+    manifest.payload_size = sum(c.size for c in manifest.chunks)
+    manifest.payload_sha256 = payload_hash.hexdigest()
+    manifest.longest_path = longest
+
+
+class _Progress:
+    """Counts NAR bytes for the progress bar without touching the data."""
+
+    def __init__(self, report: Callable[[int], object]) -> None:
+        self._report = report
+
+    def contents(self, data: bytes) -> None:
+        self._report(len(data))
+
+    def __getattr__(self, name: str):
+        return lambda *args: None
+
+
+def _pack_path(tar: archive.TarWriter, entry: PathEntry, store_root: Path, verify: bool,
+               store_dir: str, progress: Callable[[int], object] | None) -> None:
+    hasher = nar.NarHasher() if verify else None
+    visitor = nar.Tee(tar, hasher, _Progress(progress) if progress else None)
+    try:
+        nar.dump_path(os.fsencode(store_root / entry.name), visitor)
+    except nar.NarError as e:
+        raise BuildError(f"{store_dir}/{entry.name}: {e}") from None
+    except OSError as e:
+        raise BuildError(f"{store_dir}/{entry.name}: cannot read {e.filename} ({e.strerror})",
+                         "check the store's permissions") from None
+    if hasher is None:
+        return
+    got = hashes.format_sha256(hasher.digest())
+    if got != entry.nar_hash or hasher.size != entry.nar_size:
+        raise BuildError(
+            f"{store_dir}/{entry.name} does not match its registration: narHash {got} size "
+            f"{hasher.size}, registered {entry.nar_hash} size {entry.nar_size}",
+            "the store path was modified or the registration is stale; regenerate it, "
+            "or pass --no-verify to pack it anyway")

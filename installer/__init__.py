@@ -1,0 +1,4 @@
+"""The target side: the installer stub embedded in every installer file.
+
+Python 3.6+ and the standard library only.  ``main.main`` is the entry point.
+"""

@@ -1,0 +1,224 @@
+"""The install, step by step: preflight, unpack and verify, place, configure, register.
+
+Every step is safe to repeat.  Nothing is moved into the store before the
+whole payload needed has been unpacked into a staging dir and verified, and
+``nix-store --load-db`` runs only once every path is in place, so a crash or
+a corrupt installer never leaves a registered path missing or partial.
+"""
+
+import errno
+import os
+import time
+
+from ..payload import nar, registration
+from . import envfiles, nixstore, preflight, staging
+from .errors import InstallError
+from .prefix import Prefix
+
+
+class _Discard(object):
+    """Visitor for paths already installed: their bytes are verified, not written."""
+
+    def __getattr__(self, name):
+        return lambda *args: None
+
+
+class _Count(object):
+    """Visitor that feeds a progress counter."""
+
+    def __init__(self, progress):
+        self._progress = progress
+
+    def contents(self, data):
+        self._progress.update(len(data))
+
+    def __getattr__(self, name):
+        return lambda *args: None
+
+
+def plan_lines(manifest, prefix):
+    # type: (Manifest, Prefix) -> List[str]
+    """What the install will do, shown before it asks to proceed."""
+    lines = [
+        "Install %d store paths (%s) into %s" % (len(manifest.paths),
+                                                 preflight.human_size(manifest.total_nar_size),
+                                                 prefix.store_dir),
+        "  verify every path against its Nix NAR hash before moving it into place",
+        "  register them in %s with nix-store --load-db" % prefix.state_dir,
+        "  write %s (if absent)" % prefix.nix_conf,
+        "  make the profile %s with %s" % (prefix.profile, ", ".join(manifest.roots)),
+        "  write %s/nix.sh and nix.fish" % prefix.profile_d,
+        "Nothing outside %s is changed." % prefix.root,
+    ]
+    return lines
+
+
+def preflight_checks(manifest, prefix):
+    # type: (Manifest, Prefix) -> None
+    """Every check that needs no writing; raises InstallError on the first failure."""
+    preflight.check_system(manifest)
+    preflight.check_store_dir(manifest, prefix)
+    preflight.check_no_symlinks(prefix)
+    preflight.check_writable(prefix)
+    preflight.check_path_length(manifest, prefix)
+    missing = [p for p in manifest.paths
+               if not os.path.lexists(manifest.store_path(p.name))]
+    preflight.check_space(prefix, sum(p.nar_size for p in missing))
+
+
+def _make_dirs(prefix):
+    # type: (Prefix) -> None
+    for path in prefix.directories():
+        try:
+            os.mkdir(path, 0o755)
+        except OSError as e:
+            if e.errno == errno.EEXIST and os.path.isdir(path):
+                continue
+            raise staging.write_error(e, path)
+
+
+def _on_disk_matches(manifest, entry):
+    # type: (Manifest, PathEntry) -> bool
+    from ..payload import hashes
+    try:
+        digest, size = nar.hash_path(manifest.store_path(entry.name))
+    except (OSError, nar.NarError):
+        return False
+    return size == entry.nar_size and hashes.format_sha256(digest) == entry.nar_hash
+
+
+def _nix_tool(manifest, prefix, tool):
+    # type: (Manifest, Prefix, str) -> str
+    """The closure's own Nix tool, else one on PATH, else a clear error."""
+    if manifest.nix_store:
+        path = os.path.join(prefix.store_dir, manifest.nix_store.rpartition("/bin/")[0],
+                            "bin", tool)
+        if os.path.exists(path):
+            return path
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = os.path.join(d, tool)
+        if d and os.access(candidate, os.X_OK):
+            return candidate
+    raise InstallError("the closure has no Nix and there is no %s on PATH" % tool,
+                       "build the installer from a closure that includes Nix")
+
+
+def install(source, prefix_root, ui):
+    # type: (InstallerFile, str, UI) -> bool
+    """Install ``source`` into ``prefix_root``; returns True if anything changed."""
+    manifest = source.manifest
+    prefix = Prefix(prefix_root)
+    started = time.time()
+    _make_dirs(prefix)
+    changed = False
+    with nixstore.PrefixLock(prefix.lock_file,
+                             on_wait=lambda: ui.say("waiting for another installer on %s..."
+                                                    % prefix.root)):
+        for stale in staging.remove_stale_staging(prefix.store_dir):
+            ui.say("removed %s, left by an interrupted install" % stale)
+        full = [manifest.store_path(p.name) for p in manifest.paths]
+        valid = nixstore.valid_paths(prefix, full)
+        to_place = []
+        for entry in manifest.paths:
+            path = manifest.store_path(entry.name)
+            if path in valid and os.path.lexists(path):
+                continue
+            if os.path.lexists(path):
+                # Placed by an install that stopped before registering: keep it if
+                # its bytes are right, else replace it (it is not valid to Nix).
+                if _on_disk_matches(manifest, entry):
+                    staging.seal_top(path)
+                    continue
+                ui.say("replacing %s, which does not match its NAR hash" % path)
+                staging.remove_tree(path)
+            to_place.append(entry)
+        if to_place:
+            _unpack_and_place(source, manifest, prefix, to_place, ui)
+            changed = True
+        for path, content in envfiles.planned_files(prefix):
+            state = envfiles.write_file(path, content)
+            if state == "written":
+                changed = True
+            elif state == "kept" and path == prefix.nix_conf:
+                ui.say("keeping your %s as it is" % path)
+        nix_store = _nix_tool(manifest, prefix, "nix-store")
+        if set(full) - valid:
+            ui.say("registering %d paths with nix-store --load-db" % len(set(full) - valid))
+            nixstore.load_db(prefix, nix_store, _registration(manifest))
+            changed = True
+        nix_env = _nix_tool(manifest, prefix, "nix-env")
+        roots = [manifest.store_path(r) for r in manifest.roots]
+        if nixstore.profile_paths(prefix, nix_env) != set(roots):
+            ui.say("making the profile %s" % prefix.profile)
+            nixstore.set_profile(prefix, nix_env, roots)
+            changed = True
+    elapsed = time.time() - started
+    if changed:
+        ui.say("installed %d store paths (%d new) into %s in %.1f s"
+               % (len(manifest.paths), len(to_place), prefix.store_dir, elapsed))
+    else:
+        ui.say("nothing to do: all %d store paths are already installed and registered in %s"
+               % (len(manifest.paths), prefix.root))
+    return changed
+
+
+def _registration(manifest):
+    # type: (Manifest) -> str
+    infos = [
+        registration.ValidPathInfo(
+            manifest.store_path(p.name), p.nar_hash, p.nar_size,
+            manifest.store_path(p.deriver) if p.deriver else "",
+            tuple(manifest.store_path(r) for r in p.references))
+        for p in manifest.paths
+    ]
+    return registration.format(infos)
+
+
+def _unpack_and_place(source, manifest, prefix, to_place, ui):
+    # type: (InstallerFile, Manifest, Prefix, List[PathEntry], UI) -> None
+    wanted = dict((p.name, p) for p in to_place)
+    chunks = sorted(set(p.chunk for p in to_place))
+    total = sum(c.nar_size for i, c in enumerate(manifest.chunks) if i in chunks)
+    progress = ui.progress("unpacking and verifying", total)
+    stage = staging.make_staging_dir(prefix.store_dir)
+    writers = []
+
+    def open_path(name):
+        count = _Count(progress)
+        if name not in wanted:
+            return nar.Tee(_Discard(), count)
+        writer = staging.DiskWriter(stage, name)
+        writers.append(writer)
+        return _Finishing(writer, count)
+
+    try:
+        try:
+            source.unpack(open_path, chunks)
+        except OSError as e:
+            raise staging.write_error(e, prefix.store_dir)
+        finally:
+            for w in writers:
+                w.abort()
+            progress.close()
+        # Everything needed is unpacked and verified: only now touch the store.
+        for entry in to_place:
+            src = os.path.join(stage, entry.name)
+            dst = manifest.store_path(entry.name)
+            os.rename(src, dst)
+            staging.seal_top(dst)
+    finally:
+        staging.remove_tree(stage)
+
+
+class _Finishing(object):
+    """Tee of a DiskWriter and a counter that forwards ``finish`` to the writer."""
+
+    def __init__(self, writer, count):
+        self._writer = writer
+        self._tee = nar.Tee(writer, count)
+
+    def __getattr__(self, name):
+        return getattr(self._tee, name)
+
+    def finish(self):
+        self._writer.finish()

@@ -1,0 +1,143 @@
+"""Command line of the installer file: ``sh nix-prefix-installer.sh [options]``."""
+
+import argparse
+import os
+import sys
+
+from ..payload import __version__
+from . import install as install_mod
+from . import preflight
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, InstallError
+from .prefix import Prefix
+from .source import InstallerFile
+from .ui import UI
+
+DESCRIPTION = """\
+Install a Nix store closure into a prefix you own, without root: the store
+goes to PREFIX/store, Nix's state to PREFIX/var/nix, its config to
+PREFIX/etc/nix.  Every file is verified against Nix's own NAR hashes before
+anything is moved into place; running it again only adds what is missing.
+"""
+
+EPILOG = """\
+exit codes: 0 done, 1 install failed (the prefix is as it was), 2 bad usage,
+3 the installer file is damaged, 4 this machine or prefix cannot take it.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(EXIT_USAGE, "nix-prefix: error: %s (see --help)\n" % message)
+
+
+def _parser(prog):
+    # type: (str) -> argparse.ArgumentParser
+    p = _Parser(prog=prog, description=DESCRIPTION, epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-p", "--prefix", metavar="P",
+                   help="install into P (default: the prefix the closure was built for)")
+    p.add_argument("-y", "--yes", "-b", "--batch", dest="yes", action="store_true",
+                   help="do not ask before installing")
+    p.add_argument("--check", action="store_true",
+                   help="verify the whole installer file (manifest, payload, every NAR hash) "
+                        "and write nothing")
+    p.add_argument("--list", action="store_true", help="print the store paths and exit")
+    p.add_argument("--info", action="store_true", help="print a summary of the installer")
+    p.add_argument("--no-modify-profile", action="store_true",
+                   help="do not edit shell start-up files (the default: nix-prefix never "
+                        "edits them; source PREFIX/etc/profile.d/nix.sh yourself)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    p.add_argument("--version", action="version", version="nix-prefix installer " + __version__)
+    return p
+
+
+def main(path, argv):
+    # type: (str, List[str]) -> None
+    """Entry point from the sh preamble or ``python3 FILE``; never returns."""
+    prog = os.path.basename(path) if path else "installer"
+    args = _parser(prog).parse_args(argv)
+    ui = UI(quiet=args.quiet)
+    debug = bool(os.environ.get("NIX_PREFIX_DEBUG"))
+    try:
+        code = run(path, args, ui)
+    except InstallError as e:
+        sys.stderr.write("nix-prefix: error: %s\n" % e)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("nix-prefix: interrupted; nothing half-installed is left, run it "
+                         "again to finish\n")
+        code = EXIT_INTERRUPTED
+    except Exception as e:  # a bug: still one line, with the way to see more
+        if debug:
+            raise
+        sys.stderr.write("nix-prefix: internal error: %s: %s (rerun with NIX_PREFIX_DEBUG=1 "
+                         "for details, and report it)\n" % (type(e).__name__, e))
+        code = EXIT_FAILED
+    sys.exit(code)
+
+
+def _check_python():
+    # type: () -> None
+    if sys.version_info < (3, 6):
+        raise InstallError("this installer needs Python 3.6 or newer, not %d.%d"
+                           % sys.version_info[:2], "install python3")
+
+
+def run(path, args, ui):
+    # type: (str, argparse.Namespace, UI) -> int
+    _check_python()
+    source = InstallerFile(path)
+    try:
+        manifest = source.manifest
+        if args.list:
+            for p in manifest.paths:
+                sys.stdout.write(manifest.store_path(p.name) + "\n")
+            return 0
+        if args.info:
+            sys.stdout.write(_info(manifest))
+            return 0
+        if args.check:
+            source.check_payload_hash()
+            source.unpack(lambda name: _Null())
+            ui.say("OK: %s is intact: %d store paths, %s of NAR verified"
+                   % (path, len(manifest.paths), preflight.human_size(manifest.total_nar_size)))
+            return 0
+        root = preflight.resolve_prefix(args.prefix) if args.prefix else manifest.prefix
+        prefix = Prefix(root)
+        install_mod.preflight_checks(manifest, prefix)
+        if not args.yes and ui.interactive:
+            ui.say("\n".join(install_mod.plan_lines(manifest, prefix)))
+            if not ui.confirm("Proceed?"):
+                ui.say("nothing was changed")
+                return EXIT_FAILED
+        install_mod.install(source, root, ui)
+        ui.say("")
+        ui.say("To use Nix from %s, run (or add to your shell's start-up file):" % root)
+        ui.say("  . %s/etc/profile.d/nix.sh" % root)
+        return 0
+    finally:
+        source.close()
+
+
+class _Null(object):
+    def __getattr__(self, name):
+        return lambda *args: None
+
+
+def _info(manifest):
+    # type: (Manifest) -> str
+    lines = [
+        "nix-prefix installer (format %d, built by nix-prefix %s)" % (1, manifest.tool_version),
+        "store dir:     %s" % manifest.store_dir,
+        "prefix:        %s" % manifest.prefix,
+        "system:        %s" % manifest.system,
+        "store paths:   %d (%s NAR)" % (len(manifest.paths),
+                                        preflight.human_size(manifest.total_nar_size)),
+        "payload:       %s, %d chunk(s), %s, sha256 %s" % (
+            manifest.compression, len(manifest.chunks),
+            preflight.human_size(manifest.payload_size), manifest.payload_sha256),
+        "roots:         %s" % ", ".join(manifest.store_path(r) for r in manifest.roots),
+        "nix-store:     %s" % (manifest.store_dir + "/" + manifest.nix_store
+                               if manifest.nix_store else "(none in the closure)"),
+    ]
+    return "\n".join(lines) + "\n"

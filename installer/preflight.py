@@ -1,0 +1,125 @@
+"""Checks made before anything is written: is this prefix and machine fit?"""
+
+import os
+import platform
+
+from ..payload import storepath
+from .errors import EnvironmentProblem, InstallError
+
+PATH_MAX = 4096  # Linux's limit on a path name, NUL included
+_MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}
+# Room for the Nix database, logs and the profile on top of the store paths.
+SPACE_MARGIN = 32 << 20
+
+
+def resolve_prefix(text):
+    # type: (str) -> str
+    """The absolute, canonical prefix for a --prefix argument (``~`` expanded)."""
+    path = os.path.abspath(os.path.expanduser(text))
+    try:
+        storepath.check_store_dir(path)
+    except storepath.StorePathError:
+        raise EnvironmentProblem(
+            "prefix %r has characters Nix-based tools cannot take (spaces, quotes, "
+            "non-ASCII...)" % text,
+            "choose a prefix of letters, digits and + - . _ = @ , ~")
+    if path == "/":
+        raise EnvironmentProblem("the prefix cannot be /", "choose a directory such as ~/.nix")
+    return path
+
+
+def host_system():
+    # type: () -> str
+    machine = platform.machine().lower()
+    return "%s-%s" % (_MACHINES.get(machine, machine), platform.system().lower())
+
+
+def check_system(manifest):
+    # type: (Manifest) -> None
+    host = host_system()
+    if manifest.system != host:
+        raise EnvironmentProblem(
+            "this installer is for %s, but this machine is %s" % (manifest.system, host),
+            "download the installer built for %s" % host)
+
+
+def check_store_dir(manifest, prefix):
+    # type: (Manifest, Prefix) -> None
+    if prefix.store_dir != manifest.store_dir:
+        raise InstallError(
+            "this installer was built for the store %s and cannot install into %s"
+            % (manifest.store_dir, prefix.store_dir),
+            "use --prefix %s, or build an installer for %s with nix-prefix"
+            % (manifest.prefix, prefix.root))
+
+
+def check_no_symlinks(prefix):
+    # type: (Prefix) -> None
+    """Nix refuses a store whose path has a symlink in it (local-store.cc)."""
+    path = existing_ancestor(prefix.store_dir)
+    real = os.path.realpath(path)
+    if real != path:
+        raise EnvironmentProblem(
+            "%s is reached through a symlink (%s); Nix refuses a symlinked store" % (path, real),
+            "use the real path, e.g. --prefix %s" % os.path.join(
+                real, os.path.relpath(prefix.root, path)))
+
+
+def existing_ancestor(path):
+    # type: (str) -> str
+    while not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def check_writable(prefix):
+    # type: (Prefix) -> None
+    for path in [prefix.root] + prefix.directories():
+        if os.path.lexists(path):
+            if not os.path.isdir(path):
+                raise EnvironmentProblem("%s exists and is not a directory" % path,
+                                         "move it away or choose another --prefix")
+            continue
+        parent = existing_ancestor(path)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise EnvironmentProblem("cannot create %s: %s is not writable by you"
+                                     % (path, parent),
+                                     "choose a --prefix you own, e.g. ~/.nix")
+        break
+    if os.path.isdir(prefix.store_dir) and not os.access(prefix.store_dir, os.W_OK | os.X_OK):
+        raise EnvironmentProblem("%s is not writable by you" % prefix.store_dir,
+                                 "choose a --prefix you own")
+
+
+def check_space(prefix, needed):
+    # type: (Prefix, int) -> None
+    st = os.statvfs(existing_ancestor(prefix.store_dir))
+    free = st.f_bavail * st.f_frsize
+    if free < needed + SPACE_MARGIN:
+        raise EnvironmentProblem(
+            "not enough free space for %s: %s needed, %s free"
+            % (prefix.root, human_size(needed + SPACE_MARGIN), human_size(free)),
+            "free some space or choose another --prefix")
+
+
+def check_path_length(manifest, prefix):
+    # type: (Manifest, Prefix) -> None
+    longest = len(prefix.store_dir.encode()) + 1 + manifest.longest_path + 1
+    if longest > PATH_MAX:
+        raise EnvironmentProblem(
+            "the longest file of this closure would have a %d-byte path under %s, over "
+            "Linux's limit of %d" % (longest, prefix.store_dir, PATH_MAX),
+            "choose a shorter --prefix")
+
+
+def human_size(n):
+    # type: (int) -> str
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return ("%d %s" % (size, unit)) if unit == "B" else ("%.1f %s" % (size, unit))
+        size /= 1024
+    return "%d B" % n

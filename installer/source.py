@@ -1,0 +1,178 @@
+"""The installer file as a source of a manifest and verified store paths.
+
+The file is an sh preamble followed by a zip (see nix_prefix.builder.pack).
+Nothing here writes to the prefix: ``InstallerFile`` reads, checks and
+replays the payload into whatever visitor the caller gives it, which is how
+both ``--check`` and the real install share one reading path.
+"""
+
+import hashlib
+import zipfile
+
+from ..payload import archive, codecs, hashes, nar
+from ..payload.manifest import Manifest, ManifestError
+from .errors import CorruptInstaller, EnvironmentProblem
+
+_READ_SIZE = 1 << 20
+
+
+class _HashingReader(object):
+    """Wraps a zip member: counts and hashes the compressed bytes as they pass."""
+
+    def __init__(self, member):
+        self._member = member
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n=-1):
+        data = self._member.read(n)
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+    def readable(self):
+        return True
+
+    def drain(self):
+        while self.read(_READ_SIZE):
+            pass
+
+
+class InstallerFile(object):
+    """An opened installer file: its manifest, checked, and its payload."""
+
+    def __init__(self, path):
+        # type: (str) -> None
+        self.path = path
+        try:
+            self._zip = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            raise CorruptInstaller("%s is not a readable installer (%s)" % (path, e))
+        self.manifest = self._read_manifest()
+        self._check_preamble()
+
+    def close(self):
+        # type: () -> None
+        self._zip.close()
+
+    def _read_member(self, name):
+        # type: (str) -> bytes
+        try:
+            return self._zip.read(name)
+        except KeyError:
+            raise CorruptInstaller("the installer has no %s" % name)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise CorruptInstaller("%s in the installer is damaged (%s)" % (name, e))
+
+    def _read_manifest(self):
+        # type: () -> Manifest
+        try:
+            return Manifest.from_json(self._read_member("manifest.json"))
+        except ManifestError as e:
+            raise CorruptInstaller("the installer's manifest is invalid: %s" % e)
+
+    def _check_preamble(self):
+        # type: () -> None
+        # The zip does not cover the sh preamble in front of it; the manifest does.
+        with open(self.path, "rb") as f:
+            start = _zip_start(self._zip)
+            head = f.read(start)
+        if hashlib.sha256(head).hexdigest() != self.manifest.preamble_sha256:
+            raise CorruptInstaller("the installer's sh preamble does not match its checksum")
+
+    def unpack(self, open_path, chunks=None):
+        # type: (Callable[[str], object], Optional[Iterable[int]]) -> None
+        """Replay chunks (default: all) into per-path visitors, verifying everything.
+
+        ``open_path(name)`` returns the visitor for a store path; each path's
+        NAR hash and size are checked against the manifest when it finishes,
+        and each chunk's sha256 and size when it ends.  Raises CorruptInstaller
+        on any mismatch.
+        """
+        m = self.manifest
+        indexes = range(len(m.chunks)) if chunks is None else chunks
+        for index in indexes:
+            chunk = m.chunks[index]
+            expected = [p for p in m.paths if p.chunk == index]
+            by_name = dict((p.name, p) for p in expected)
+
+            def open_checked(name, by_name=by_name):
+                return _VerifyingVisitor(by_name[name], open_path(name))
+
+            try:
+                member = self._zip.open(chunk.file)
+            except KeyError:
+                raise CorruptInstaller("the installer has no %s" % chunk.file)
+            except (zipfile.BadZipFile, OSError, ValueError) as e:
+                raise CorruptInstaller("%s is damaged (%s)" % (chunk.file, e))
+            reader = _HashingReader(member)
+            try:
+                stream = codecs.open_reader(m.compression, reader)
+                archive.unpack(stream, [p.name for p in expected], open_checked)
+                reader.drain()
+            except codecs.CodecError as e:
+                raise EnvironmentProblem(str(e))
+            except archive.ArchiveError as e:
+                raise CorruptInstaller("%s: %s" % (chunk.file, e))
+            except (codecs.CorruptData, zipfile.BadZipFile, EOFError) as e:
+                # zipfile's CRC check, the decoders' "corrupt input" and short reads.
+                raise CorruptInstaller("%s is damaged (%s)" % (chunk.file, e))
+            finally:
+                member.close()
+            if reader.size != chunk.size or reader.sha256.hexdigest() != chunk.sha256:
+                raise CorruptInstaller("%s does not match its sha256 in the manifest"
+                                       % chunk.file)
+
+    def check_payload_hash(self):
+        # type: () -> None
+        """Hash every chunk's bytes in order against the manifest's payload sha256."""
+        total = hashlib.sha256()
+        size = 0
+        for chunk in self.manifest.chunks:
+            try:
+                with self._zip.open(chunk.file) as member:
+                    while True:
+                        data = member.read(_READ_SIZE)
+                        if not data:
+                            break
+                        total.update(data)
+                        size += len(data)
+            except (KeyError, zipfile.BadZipFile, EOFError, ValueError) as e:
+                raise CorruptInstaller("%s is damaged (%s)" % (chunk.file, e))
+        if size != self.manifest.payload_size or total.hexdigest() != self.manifest.payload_sha256:
+            raise CorruptInstaller("the payload does not match its sha256 in the manifest")
+
+
+def _zip_start(zf):
+    # type: (zipfile.ZipFile) -> int
+    """Offset of the first zip member: everything before it is the preamble."""
+    infos = zf.infolist()
+    if not infos:
+        raise CorruptInstaller("the installer's zip archive is empty")
+    # zipfile shifts header offsets by the preamble length when it reads a
+    # self-extracting archive, so the smallest offset is where the zip starts.
+    return min(i.header_offset for i in infos)
+
+
+class _VerifyingVisitor(object):
+    """Sends events to the caller's visitor and checks the path's NAR hash at the end."""
+
+    def __init__(self, entry, inner):
+        self._entry = entry
+        self._inner = inner
+        self._hasher = nar.NarHasher()
+        self._tee = nar.Tee(inner, self._hasher)
+
+    def __getattr__(self, name):
+        return getattr(self._tee, name)
+
+    def finish(self):
+        got = hashes.format_sha256(self._hasher.digest())
+        if got != self._entry.nar_hash or self._hasher.size != self._entry.nar_size:
+            raise CorruptInstaller(
+                "store path %s in the payload does not match its NAR hash (got %s, %d bytes; "
+                "expected %s, %d bytes)" % (self._entry.name, got, self._hasher.size,
+                                            self._entry.nar_hash, self._entry.nar_size))
+        finish = getattr(self._inner, "finish", None)
+        if finish is not None:
+            finish()

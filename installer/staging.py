@@ -1,0 +1,161 @@
+"""Write store paths into a staging dir inside the store, then move them in place.
+
+Extraction never follows a name it did not create: the archive reader only
+hands over entries in NAR order below a directory it opened, and files are
+created with O_EXCL|O_NOFOLLOW, so a hostile payload cannot write outside
+the staging dir.  Each path gets Nix's canonical metadata
+(src/libstore/local-store.cc ``canonicaliseTimestampAndPermissions``):
+0444, or 0555 for executables and directories, mtime 1.  The path's top
+directory stays writable until it has been renamed into the store, because
+Linux needs write access to a directory to move it to another parent.
+"""
+
+import errno
+import os
+import shutil
+import stat
+
+from .errors import EnvironmentProblem, InstallError
+
+STAGING_PREFIX = ".nix-prefix-staging-"
+_MTIME = (1, 1)
+
+
+def _space_error(e, where):
+    # type: (OSError, str) -> InstallError
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return EnvironmentProblem("the disk holding %s is full" % where,
+                                  "free some space or choose another --prefix")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return EnvironmentProblem("cannot write %s (%s)" % (where, e.strerror),
+                                  "choose a --prefix you can write to")
+    if e.errno == errno.ENAMETOOLONG:
+        return EnvironmentProblem("a file name under %s is too long for this system" % where,
+                                  "choose a shorter --prefix")
+    return InstallError("cannot write %s (%s)" % (where, e.strerror or e))
+
+
+class DiskWriter(object):
+    """A tree visitor that materialises one store path under ``root``/``name``."""
+
+    def __init__(self, root, name):
+        # type: (str, str) -> None
+        self.top = os.path.join(os.fsencode(root), os.fsencode(name))
+        self._dirs = []  # directories to seal, parents before children
+        self._fd = None
+        self._executable = False
+
+    def _path(self, rel):
+        # type: (bytes) -> bytes
+        return os.path.join(self.top, rel) if rel else self.top
+
+    def begin_directory(self, rel=b""):
+        path = self._path(rel)
+        os.mkdir(path, 0o755)
+        self._dirs.append(path)
+
+    def regular(self, rel, executable, size):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        self._fd = os.open(self._path(rel), flags, 0o644)
+        self._executable = executable
+
+    def contents(self, data):
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def end_regular(self):
+        fd, self._fd = self._fd, None
+        try:
+            os.fchmod(fd, 0o555 if self._executable else 0o444)
+            os.utime(fd, _MTIME)
+        finally:
+            os.close(fd)
+
+    def symlink(self, rel, target):
+        path = self._path(rel)
+        os.symlink(target, path)
+        os.utime(path, _MTIME, follow_symlinks=False)
+
+    def begin_entry(self, name):
+        pass
+
+    def end_entry(self):
+        pass
+
+    def end_directory(self):
+        pass
+
+    def finish(self):
+        """Seal every directory but the top one (0555, mtime 1), children first."""
+        for path in reversed(self._dirs[1:]):
+            os.chmod(path, 0o555)
+            os.utime(path, _MTIME)
+
+    def abort(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def seal_top(path):
+    # type: (str) -> None
+    """Give a placed store path's top its canonical mode and mtime."""
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode):
+        os.chmod(path, 0o555)
+    if not stat.S_ISLNK(st.st_mode):
+        os.utime(path, _MTIME)
+
+
+def make_staging_dir(store_dir):
+    # type: (str) -> str
+    """A fresh staging dir inside the store (same filesystem, so rename works)."""
+    path = os.path.join(store_dir, "%s%d" % (STAGING_PREFIX, os.getpid()))
+    if os.path.lexists(path):
+        remove_tree(path)
+    try:
+        os.mkdir(path, 0o700)
+    except OSError as e:
+        raise _space_error(e, store_dir)
+    return path
+
+
+def remove_stale_staging(store_dir):
+    # type: (str) -> List[str]
+    """Remove staging dirs left by installers that died (call with the lock held)."""
+    removed = []
+    try:
+        names = os.listdir(store_dir)
+    except OSError:
+        return removed
+    for name in names:
+        if name.startswith(STAGING_PREFIX):
+            path = os.path.join(store_dir, name)
+            remove_tree(path)
+            removed.append(path)
+    return removed
+
+
+def remove_tree(path):
+    # type: (str) -> None
+    """Remove a tree even where Nix's read-only modes would stop rmtree."""
+    if not os.path.lexists(path):
+        return
+    if os.path.islink(path) or not os.path.isdir(path):
+        os.unlink(path)
+        return
+    for dirpath, dirnames, _ in os.walk(path):
+        os.chmod(dirpath, 0o700)
+        for d in dirnames:
+            full = os.path.join(dirpath, d)
+            if not os.path.islink(full):
+                os.chmod(full, 0o700)
+    shutil.rmtree(path)
+
+
+def write_error(e, where):
+    # type: (OSError, str) -> InstallError
+    """Turn an OSError from writing under ``where`` into a one-line install error."""
+    return _space_error(e, where)

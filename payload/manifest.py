@@ -1,0 +1,237 @@
+"""The manifest: a versioned JSON description of one installer.
+
+It names the store dir the closure was built for, every store path with its
+narHash, narSize, references and deriver, the payload chunks that carry the
+paths, the roots that make up the profile, and which path provides
+``bin/nix-store``.  Both sides go through ``Manifest``: the builder writes it
+with ``to_json``, the installer reads it with ``from_json``, which checks
+every field so that a damaged or hostile manifest is refused before any byte
+is written.
+
+Store paths are kept as base names (``<hash>-<name>``) and joined with
+``store_dir`` on use, so a later relocation only has to change one field.
+"""
+
+import json
+import re
+
+from . import hashes, storepath
+
+FORMAT = "nix-prefix-manifest"
+VERSION = 1
+_CHUNK_FILE = re.compile(r"^payload/[0-9]{4,6}\.tar(\.xz|\.zst)?$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_SYSTEM = re.compile(r"^[a-z0-9_]+-[a-z]+$")
+
+
+class ManifestError(ValueError):
+    """The manifest is missing, malformed or inconsistent."""
+
+
+class PathEntry(object):
+    """One store path of the closure."""
+
+    __slots__ = ("name", "nar_hash", "nar_size", "references", "deriver", "chunk")
+
+    def __init__(self, name, nar_hash, nar_size, references, deriver="", chunk=0):
+        # type: (str, str, int, Sequence[str], str, int) -> None
+        self.name = name
+        self.nar_hash = nar_hash
+        self.nar_size = nar_size
+        self.references = list(references)
+        self.deriver = deriver
+        self.chunk = chunk
+
+    def to_dict(self):
+        # type: () -> dict
+        return {"name": self.name, "narHash": self.nar_hash, "narSize": self.nar_size,
+                "references": self.references, "deriver": self.deriver, "chunk": self.chunk}
+
+
+class Chunk(object):
+    """One compressed tar member of the payload, holding whole store paths."""
+
+    __slots__ = ("file", "size", "sha256", "nar_size")
+
+    def __init__(self, file, size, sha256, nar_size):
+        # type: (str, int, str, int) -> None
+        self.file = file
+        self.size = size
+        self.sha256 = sha256
+        self.nar_size = nar_size
+
+    def to_dict(self):
+        # type: () -> dict
+        return {"file": self.file, "size": self.size, "sha256": self.sha256,
+                "narSize": self.nar_size}
+
+
+class Manifest(object):
+    """Everything the installer needs to know before reading the payload."""
+
+    def __init__(self, store_dir, system, compression, paths, chunks, roots,
+                 nix_store=None, payload_size=0, payload_sha256="", longest_path=0,
+                 preamble_sha256="", tool_version=""):
+        self.store_dir = store_dir
+        self.system = system
+        self.compression = compression
+        self.paths = list(paths)  # type: List[PathEntry]
+        self.chunks = list(chunks)  # type: List[Chunk]
+        self.roots = list(roots)
+        self.nix_store = nix_store  # "<base name>/bin/nix-store" or None
+        self.payload_size = payload_size
+        self.payload_sha256 = payload_sha256
+        self.longest_path = longest_path
+        self.preamble_sha256 = preamble_sha256
+        self.tool_version = tool_version
+
+    @property
+    def prefix(self):
+        # type: () -> str
+        """The prefix the closure was built for: the store dir's parent."""
+        return self.store_dir.rpartition("/")[0] or "/"
+
+    @property
+    def total_nar_size(self):
+        # type: () -> int
+        return sum(p.nar_size for p in self.paths)
+
+    def store_path(self, name):
+        # type: (str) -> str
+        return self.store_dir + "/" + name
+
+    def paths_in_chunk(self, index):
+        # type: (int) -> List[PathEntry]
+        return [p for p in self.paths if p.chunk == index]
+
+    def to_json(self):
+        # type: () -> bytes
+        """Deterministic JSON (sorted keys, fixed separators, trailing newline)."""
+        doc = {
+            "format": FORMAT,
+            "version": VERSION,
+            "toolVersion": self.tool_version,
+            "storeDir": self.store_dir,
+            "system": self.system,
+            "compression": self.compression,
+            "roots": self.roots,
+            "nixStore": self.nix_store,
+            "totalNarSize": self.total_nar_size,
+            "longestPath": self.longest_path,
+            "payload": {"size": self.payload_size, "sha256": self.payload_sha256},
+            "preambleSha256": self.preamble_sha256,
+            "chunks": [c.to_dict() for c in self.chunks],
+            "paths": [p.to_dict() for p in self.paths],
+        }
+        return (json.dumps(doc, sort_keys=True, indent=1, ensure_ascii=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data):
+        # type: (bytes) -> Manifest
+        """Parse and check a manifest; raise ManifestError naming the first problem."""
+        try:
+            doc = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ManifestError("manifest is not valid JSON (%s)" % e)
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ManifestError("not a nix-prefix manifest")
+        version = doc.get("version")
+        if version != VERSION:
+            raise ManifestError(
+                "manifest version %r is not supported by this installer (it reads version %d)"
+                % (version, VERSION))
+        try:
+            return cls._from_doc(doc)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ManifestError("manifest field missing or of the wrong type: %s" % e)
+
+    @classmethod
+    def _from_doc(cls, doc):
+        # type: (dict) -> Manifest
+        store_dir = _string(doc["storeDir"], "storeDir")
+        try:
+            storepath.check_store_dir(store_dir)
+        except storepath.StorePathError as e:
+            raise ManifestError("storeDir: %s" % e)
+        system = _string(doc["system"], "system")
+        if not _SYSTEM.match(system):
+            raise ManifestError("system %r is not of the form <cpu>-<os>" % system)
+        compression = _string(doc["compression"], "compression")
+        chunks = []
+        for i, c in enumerate(doc["chunks"]):
+            chunk = Chunk(_string(c["file"], "chunks.file"), _count(c["size"], "chunks.size"),
+                          _string(c["sha256"], "chunks.sha256"),
+                          _count(c["narSize"], "chunks.narSize"))
+            if not _CHUNK_FILE.match(chunk.file) or not _HEX64.match(chunk.sha256):
+                raise ManifestError("chunk %d has a bad file name or sha256" % i)
+            chunks.append(chunk)
+        if len(set(c.file for c in chunks)) != len(chunks):
+            raise ManifestError("two chunks share one file name")
+        paths = []
+        names = set()
+        for p in doc["paths"]:
+            name = _base_name(p["name"])
+            if name in names:
+                raise ManifestError("store path %s is listed twice" % name)
+            names.add(name)
+            try:
+                nar_hash = hashes.normalise_sha256(_string(p["narHash"], "narHash"))
+            except ValueError as e:
+                raise ManifestError("%s: %s" % (name, e))
+            deriver = _string(p["deriver"], "deriver")
+            if deriver:
+                _base_name(deriver)
+            chunk = _count(p["chunk"], "chunk")
+            if chunk >= len(chunks):
+                raise ManifestError("%s is in chunk %d, which does not exist" % (name, chunk))
+            paths.append(PathEntry(name, nar_hash, _count(p["narSize"], "narSize"),
+                                   [_base_name(r) for r in p["references"]], deriver, chunk))
+        for p in paths:
+            for r in p.references:
+                if r not in names:
+                    raise ManifestError("%s references %s, which is not in the closure"
+                                        % (p.name, r))
+        roots = [_base_name(r) for r in doc["roots"]]
+        for r in roots:
+            if r not in names:
+                raise ManifestError("root %s is not in the closure" % r)
+        nix_store = doc.get("nixStore")
+        if nix_store is not None:
+            nix_store = _string(nix_store, "nixStore")
+            base, _, rest = nix_store.partition("/")
+            if base not in names or ".." in rest.split("/"):
+                raise ManifestError("nixStore %r is not inside the closure" % nix_store)
+        payload = doc["payload"]
+        manifest = cls(store_dir, system, compression, paths, chunks, roots, nix_store,
+                       _count(payload["size"], "payload.size"),
+                       _string(payload["sha256"], "payload.sha256"),
+                       _count(doc["longestPath"], "longestPath"),
+                       _string(doc["preambleSha256"], "preambleSha256"),
+                       _string(doc["toolVersion"], "toolVersion"))
+        if doc["totalNarSize"] != manifest.total_nar_size:
+            raise ManifestError("totalNarSize does not match the sum of the paths' narSize")
+        if sum(c.size for c in chunks) != manifest.payload_size:
+            raise ManifestError("payload size does not match the sum of the chunk sizes")
+        return manifest
+
+
+def _string(value, what):
+    # type: (object, str) -> str
+    if not isinstance(value, str):
+        raise ManifestError("%s must be a string" % what)
+    return value
+
+
+def _count(value, what):
+    # type: (object, str) -> int
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ManifestError("%s must be a non-negative integer" % what)
+    return value
+
+
+def _base_name(value):
+    # type: (object) -> str
+    try:
+        return storepath.check_base_name(_string(value, "store path name"))
+    except storepath.StorePathError as e:
+        raise ManifestError(str(e))

@@ -1,0 +1,193 @@
+"""NAR serialisation ("Nix ARchive") and NAR hashing.
+
+Follows NixOS/nix src/libutil/archive.cc (``dump``, ``dumpContents``) and
+src/libutil/serialise.cc (``writeString``, ``writePadding``):
+
+    str(s)   = u64le(len(s)) || s || zero padding to a multiple of 8
+    nar      = str("nix-archive-1") node
+    node     = str("(") str("type") ( regular | symlink | directory ) str(")")
+    regular  = str("regular") [str("executable") str("")] str("contents") str(bytes)
+    symlink  = str("symlink") str("target") str(target)
+    directory= str("directory") { str("entry") str("(") str("name") str(name)
+                                  str("node") node str(")") }   -- names in byte order
+
+A NAR is produced from *events* (``NarWriter``) so that the same code hashes
+a tree on disk (builder), a tar stream (installer) and anything in between.
+"""
+
+import hashlib
+import os
+import stat
+import struct
+
+MAGIC = b"nix-archive-1"
+_READ_SIZE = 1 << 20
+
+
+class NarError(Exception):
+    """A tree cannot be serialised as a NAR (unsupported file type, bad name...)."""
+
+
+def _pad(n):
+    # type: (int) -> bytes
+    return b"\0" * ((8 - n % 8) % 8)
+
+
+def _str(s):
+    # type: (bytes) -> bytes
+    return struct.pack("<Q", len(s)) + s + _pad(len(s))
+
+
+# Token strings are constant; serialise them once.
+_OPEN = _str(b"(")
+_CLOSE = _str(b")")
+_TYPE = _str(b"type")
+_ENTRY_OPEN = _str(b"entry") + _OPEN + _str(b"name")
+_NODE = _str(b"node")
+_DIRECTORY = _OPEN + _TYPE + _str(b"directory")
+_REGULAR = _OPEN + _TYPE + _str(b"regular")
+_EXECUTABLE = _str(b"executable") + _str(b"")
+_CONTENTS = _str(b"contents")
+_SYMLINK = _OPEN + _TYPE + _str(b"symlink") + _str(b"target")
+
+
+class NarWriter(object):
+    """Turn tree events into NAR bytes passed to ``sink``; counts the size.
+
+    Events must come in NAR order: a directory's entries sorted by name as
+    bytes, each entry's node complete before the next entry starts.  The
+    callers (``dump_path`` and the archive reader) guarantee that order.
+    """
+
+    def __init__(self, sink):
+        # type: (Callable[[bytes], object]) -> None
+        self._sink = sink
+        self.size = 0
+        self._remaining = 0
+        self._file_size = 0
+        self._write(_str(MAGIC))
+
+    def _write(self, data):
+        # type: (bytes) -> None
+        self.size += len(data)
+        self._sink(data)
+
+    def begin_directory(self, path=b""):
+        # type: (bytes) -> None
+        self._write(_DIRECTORY)
+
+    def begin_entry(self, name):
+        # type: (bytes) -> None
+        self._write(_ENTRY_OPEN + _str(name) + _NODE)
+
+    def end_entry(self):
+        # type: () -> None
+        self._write(_CLOSE)
+
+    def end_directory(self):
+        # type: () -> None
+        self._write(_CLOSE)
+
+    def regular(self, path, executable, size):
+        # type: (bytes, bool, int) -> None
+        """Start a regular file of ``size`` bytes; feed them with ``contents``."""
+        head = _REGULAR + (_EXECUTABLE if executable else b"") + _CONTENTS
+        self._write(head + struct.pack("<Q", size))
+        self._remaining = size
+        self._file_size = size
+
+    def contents(self, data):
+        # type: (bytes) -> None
+        self._remaining -= len(data)
+        if self._remaining < 0:
+            raise NarError("file contents longer than announced")
+        self._write(data)
+
+    def end_regular(self):
+        # type: () -> None
+        if self._remaining:
+            raise NarError("file contents shorter than announced by %d bytes" % self._remaining)
+        self._write(_pad(self._file_size) + _CLOSE)
+
+    def symlink(self, path, target):
+        # type: (bytes, bytes) -> None
+        self._write(_SYMLINK + _str(target) + _CLOSE)
+
+
+class NarHasher(NarWriter):
+    """A ``NarWriter`` that only keeps the sha256 and the size (narHash, narSize)."""
+
+    def __init__(self):
+        # type: () -> None
+        self._hash = hashlib.sha256()
+        NarWriter.__init__(self, self._hash.update)
+
+    def digest(self):
+        # type: () -> bytes
+        return self._hash.digest()
+
+
+class Tee(object):
+    """Send every tree event to several visitors (e.g. a tar writer and a hasher)."""
+
+    def __init__(self, *visitors):
+        self._visitors = [v for v in visitors if v is not None]
+
+    def __getattr__(self, name):
+        methods = [getattr(v, name) for v in self._visitors]
+
+        def call(*args):
+            for m in methods:
+                m(*args)
+
+        return call
+
+
+def dump_path(fs_path, visitor, rel=b""):
+    # type: (bytes, object, bytes) -> None
+    """Walk ``fs_path`` in NAR order and send its events to ``visitor``.
+
+    Mirrors archive.cc ``dump``: only the owner's x bit counts, entries are
+    sorted by raw bytes, and anything but files, directories and symlinks is
+    refused (Nix says "unsupported type").
+    """
+    st = os.lstat(fs_path)
+    if stat.S_ISREG(st.st_mode):
+        visitor.regular(rel, bool(st.st_mode & stat.S_IXUSR), st.st_size)
+        with open(fs_path, "rb") as f:
+            left = st.st_size
+            while left > 0:
+                data = f.read(min(_READ_SIZE, left))
+                if not data:
+                    raise NarError("file %r shrank while being read" % os.fsdecode(fs_path))
+                left -= len(data)
+                visitor.contents(data)
+        visitor.end_regular()
+    elif stat.S_ISLNK(st.st_mode):
+        visitor.symlink(rel, os.readlink(fs_path))
+    elif stat.S_ISDIR(st.st_mode):
+        visitor.begin_directory(rel)
+        for name in sorted(os.listdir(fs_path)):
+            visitor.begin_entry(name)
+            dump_path(os.path.join(fs_path, name), visitor, rel + b"/" + name if rel else name)
+            visitor.end_entry()
+        visitor.end_directory()
+    else:
+        raise NarError("%r has an unsupported file type (not a file, directory or symlink)"
+                       % os.fsdecode(fs_path))
+
+
+def nar_bytes(fs_path):
+    # type: (str) -> bytes
+    """The whole NAR of a path, in memory (for tests and small trees)."""
+    parts = []
+    dump_path(os.fsencode(fs_path), NarWriter(parts.append))
+    return b"".join(parts)
+
+
+def hash_path(fs_path):
+    # type: (str) -> Tuple[bytes, int]
+    """(sha256 digest, size) of the NAR of ``fs_path``: Nix's narHash and narSize."""
+    hasher = NarHasher()
+    dump_path(os.fsencode(fs_path), hasher)
+    return hasher.digest(), hasher.size

@@ -1,0 +1,109 @@
+"""The registration format read by ``nix-store --load-db``.
+
+One record per path, one item per line (NixOS/nix src/libstore/store-api.cc
+``decodeValidPathInfo`` / ``makeValidityRegistration``):
+
+    <store path>
+    <narHash>        closureInfo: sha256:<nix32>; --dump-db: bare hex
+    <narSize>
+    <deriver>        empty when unknown
+    <N>              number of references
+    <ref 1> .. <ref N>
+
+Records are concatenated; the file must end with a newline (load-db says
+"missing input" otherwise).  See ../shared/docs/nix-formats.md section 1-2.
+"""
+
+import collections
+import re
+
+from . import hashes, storepath
+
+_DIGITS = re.compile(r"^[0-9]{1,20}$")
+
+ValidPathInfo = collections.namedtuple(
+    "ValidPathInfo", ["path", "nar_hash", "nar_size", "deriver", "references"])
+ValidPathInfo.__doc__ = """One registered store path; nar_hash is ``sha256:<nix32>``."""
+
+
+class RegistrationError(ValueError):
+    """A registration does not parse; ``line`` is 1-based."""
+
+    def __init__(self, message, line):
+        # type: (str, int) -> None
+        ValueError.__init__(self, "line %d: %s" % (line, message))
+        self.line = line
+
+
+def parse(text):
+    # type: (str) -> List[ValidPathInfo]
+    """Parse a registration (closureInfo or ``--dump-db`` output)."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    elif lines:
+        raise RegistrationError("the file does not end with a newline (truncated?)", len(lines))
+    infos = []
+    pos = 0
+
+    def take(what):
+        # type: (str) -> Tuple[str, int]
+        if pos >= len(lines):
+            raise RegistrationError("file ends where %s was expected (truncated?)" % what,
+                                    len(lines) + 1)
+        return lines[pos], pos + 1
+
+    while pos < len(lines):
+        path, lineno = take("a store path")
+        _check_path(path, lineno)
+        pos += 1
+        hash_text, lineno = take("the narHash")
+        try:
+            nar_hash = hashes.normalise_sha256(hash_text)
+        except ValueError as e:
+            raise RegistrationError(str(e), lineno)
+        pos += 1
+        size_text, lineno = take("the narSize")
+        nar_size = _parse_int(size_text, "narSize", lineno)
+        pos += 1
+        deriver, lineno = take("the deriver line")
+        if deriver:
+            _check_path(deriver, lineno)
+        pos += 1
+        count_text, lineno = take("the number of references")
+        count = _parse_int(count_text, "reference count", lineno)
+        pos += 1
+        refs = []
+        for _ in range(count):
+            ref, lineno = take("a reference")
+            _check_path(ref, lineno)
+            refs.append(ref)
+            pos += 1
+        infos.append(ValidPathInfo(path, nar_hash, nar_size, deriver, tuple(refs)))
+    return infos
+
+
+def _check_path(text, lineno):
+    # type: (str, int) -> None
+    try:
+        storepath.split(text)
+    except storepath.StorePathError as e:
+        raise RegistrationError(str(e), lineno)
+
+
+def _parse_int(text, what, lineno):
+    # type: (str, str, int) -> int
+    if not _DIGITS.match(text):
+        raise RegistrationError("%s %r is not a non-negative whole number" % (what, text), lineno)
+    return int(text)
+
+
+def format(infos):
+    # type: (Iterable[ValidPathInfo]) -> str
+    """Serialise records the way closureInfo does (hash as ``sha256:<nix32>``)."""
+    out = []
+    for info in infos:
+        out += [info.path, info.nar_hash, str(info.nar_size), info.deriver or "",
+                str(len(info.references))]
+        out += list(info.references)
+    return "".join(line + "\n" for line in out)

@@ -1,0 +1,70 @@
+"""Store path rules, from NixOS/nix src/libstore/path.cc and store-api.cc.
+
+A store path is ``<storeDir>/<hash>-<name>``: 32 nix32 characters of hash,
+a dash, and a name of at most 211 characters from ``[A-Za-z0-9+-._?=]``
+that does not start with a dot (path.cc ``checkName``).
+"""
+
+import re
+
+from . import nix32
+
+HASH_LENGTH = 32
+MAX_NAME_LENGTH = 211
+_NAME = re.compile(r"^[A-Za-z0-9+\-._?=]+$")
+_HASH = re.compile(r"^[" + nix32.ALPHABET + r"]{%d}$" % HASH_LENGTH)
+
+
+class StorePathError(ValueError):
+    """A string is not a valid store path or store path base name."""
+
+
+def check_base_name(base):
+    # type: (str) -> str
+    """Check ``<hash>-<name>`` (path.cc ``StorePath::StorePath`` and ``checkName``)."""
+    if len(base) < HASH_LENGTH + 2 or base[HASH_LENGTH] != "-":
+        raise StorePathError("%r is not a store path name (<32-char hash>-<name>)" % base)
+    if not _HASH.match(base[:HASH_LENGTH]):
+        raise StorePathError("%r has an invalid hash part" % base)
+    name = base[HASH_LENGTH + 1:]
+    if len(name) > MAX_NAME_LENGTH:
+        raise StorePathError("%r: name longer than %d characters" % (base, MAX_NAME_LENGTH))
+    if name.startswith(".") or not _NAME.match(name):
+        raise StorePathError("%r: name has characters Nix does not allow" % base)
+    return base
+
+
+def split(path):
+    # type: (str) -> Tuple[str, str]
+    """Split an absolute store path into (store dir, base name), checking both."""
+    if not path.startswith("/"):
+        raise StorePathError("%r is not an absolute path" % path)
+    store_dir, _, base = path.rpartition("/")
+    if not store_dir:
+        raise StorePathError("%r is not inside a store directory" % path)
+    check_store_dir(store_dir)
+    return store_dir, check_base_name(base)
+
+
+def hash_part(base):
+    # type: (str) -> str
+    """The 32-character hash part of a base name."""
+    return base[:HASH_LENGTH]
+
+
+# Characters we accept in a store dir or prefix.  Nix itself accepts more,
+# but the store dir ends up unquoted in scripts, nix.conf and #! lines, so we
+# keep to the characters that need no quoting anywhere.
+_STORE_DIR = re.compile(r"^(/[A-Za-z0-9+\-._=@,~]+)+$")
+
+
+def check_store_dir(store_dir):
+    # type: (str) -> str
+    """Check an absolute, canonical directory name (no //, ., .., or trailing /)."""
+    if not _STORE_DIR.match(store_dir):
+        raise StorePathError(
+            "%r is not a usable store directory: use an absolute path of letters, digits "
+            "and + - . _ = @ , ~ without spaces" % store_dir)
+    if any(part in (".", "..") for part in store_dir.split("/")):
+        raise StorePathError("%r is not canonical (contains . or ..)" % store_dir)
+    return store_dir
