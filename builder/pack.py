@@ -25,6 +25,7 @@ from .. import payload as payload_pkg
 from ..payload import archive, codecs, hashes, nar
 from ..payload.manifest import Chunk, Manifest, PathEntry
 from .closure_info import Closure
+from .compress import compressor
 from .errors import BuildError
 
 PREAMBLE = Path(__file__).with_name("preamble.sh")
@@ -213,7 +214,7 @@ def _write_payload(zf, manifest: Manifest, store_root: Path, options: BuildOptio
     for index, group in enumerate(_chunk_groups(manifest.paths, options.chunk_size)):
         info = _zip_info(f"payload/{index:04d}{ext}")
         with zf.open(info, "w", force_zip64=True) as member:
-            sink = _ChunkSink(member, codecs.compressor(options.compression, options.level),
+            sink = _ChunkSink(member, compressor(options.compression, options.level),
                               payload_hash)
             tar = archive.TarWriter(sink)
             for entry in group:

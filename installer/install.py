@@ -13,7 +13,7 @@ import time
 from ..payload import nar, registration
 from . import envfiles, nixstore, preflight, staging
 from .errors import InstallError
-from .prefix import Prefix
+from .prefix import Prefix, user_name
 
 
 class _Discard(object):
@@ -57,6 +57,7 @@ def preflight_checks(manifest, prefix):
     # type: (Manifest, Prefix) -> None
     """Every check that needs no writing; raises InstallError on the first failure."""
     preflight.check_system(manifest)
+    user_name()
     preflight.check_store_dir(manifest, prefix)
     preflight.check_no_symlinks(prefix)
     preflight.check_writable(prefix)
@@ -67,14 +68,31 @@ def preflight_checks(manifest, prefix):
 
 
 def _make_dirs(prefix):
-    # type: (Prefix) -> None
+    # type: (Prefix) -> List[str]
+    """Create the prefix's directories; return the ones that did not exist."""
+    created = []
     for path in prefix.directories():
         try:
             os.mkdir(path, 0o755)
+            created.append(path)
         except OSError as e:
             if e.errno == errno.EEXIST and os.path.isdir(path):
                 continue
+            _remove_created(prefix, created)
             raise staging.write_error(e, path)
+    return created
+
+
+def _remove_created(prefix, created):
+    # type: (Prefix, List[str]) -> None
+    """Undo ``_make_dirs`` after a failed first install: remove what is still empty."""
+    if prefix.data_dir in created and os.path.exists(prefix.lock_file):
+        os.unlink(prefix.lock_file)
+    for path in reversed(created):
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
 
 
 def _on_disk_matches(manifest, entry):
@@ -109,7 +127,16 @@ def install(source, prefix_root, ui):
     manifest = source.manifest
     prefix = Prefix(prefix_root)
     started = time.time()
-    _make_dirs(prefix)
+    created = _make_dirs(prefix)
+    try:
+        return _install_locked(source, manifest, prefix, ui, started)
+    except BaseException:
+        _remove_created(prefix, created)
+        raise
+
+
+def _install_locked(source, manifest, prefix, ui, started):
+    # type: (InstallerFile, Manifest, Prefix, UI, float) -> bool
     changed = False
     with nixstore.PrefixLock(prefix.lock_file,
                              on_wait=lambda: ui.say("waiting for another installer on %s..."

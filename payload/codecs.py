@@ -3,7 +3,8 @@
 xz is in every Python's standard library (lzma).  zstd is decoded by the
 first of: ``compression.zstd`` (Python 3.14+), an importable ``zstandard``
 or ``backports.zstd``, a ``zstd`` executable; failing all of them the
-installer says to use the xz build.  Encoders are used by the builder only.
+installer says to use the xz build.  The encoders live with the builder
+(nix_prefix.builder.compress), which may use non-stdlib modules.
 """
 
 import lzma
@@ -142,19 +143,3 @@ class _PipeReader(object):
             self._proc.kill()
         self._proc.wait()
         self._proc.stdout.close()
-
-
-def compressor(name, level=None):
-    """A streaming compressor with ``compress(bytes)`` and ``flush()`` (builder side).
-
-    ``level``: xz preset (default 6, as ``xz -6``), zstd level (default 19).
-    """
-    check_name(name)
-    if name == "xz":
-        return lzma.LZMACompressor(format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64,
-                                   preset=6 if level is None else level)
-    import zstandard  # builder dependency; never needed by the installer to write
-
-    params = zstandard.ZstdCompressionParameters.from_level(
-        19 if level is None else level, window_log=24, enable_ldm=True, write_checksum=True)
-    return zstandard.ZstdCompressor(compression_params=params).compressobj()

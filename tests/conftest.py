@@ -1,0 +1,59 @@
+"""Shared test set-up: the --slow switch and real-Nix fixtures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nix_prefix.builder.localnix import LocalNix
+
+NOBODY = 65534
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true",
+                     help="also run the slow end-to-end tests (CI does)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow end-to-end test: run with --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if shutil.which("nix-store") is None:
+        raise pytest.UsageError(
+            "these tests drive a real Nix: run .ci/setup.sh (installs Debian's nix-bin)")
+
+
+@pytest.fixture
+def world_dir() -> Iterator[Path]:
+    """A fresh dir under /tmp that an unprivileged user can reach (pytest's tmp_path can't)."""
+    path = Path(tempfile.mkdtemp(prefix="np-test-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    _force_remove(path)
+
+
+def _force_remove(path: Path) -> None:
+    for dirpath, dirnames, _ in os.walk(path):
+        for d in dirnames:
+            full = os.path.join(dirpath, d)
+            if not os.path.islink(full):
+                os.chmod(full, 0o755)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def local_nix(world_dir: Path) -> LocalNix:
+    """The machine's Nix bound to a fresh store at WORLD_DIR/build/store."""
+    return LocalNix(world_dir / "build")

@@ -1,0 +1,80 @@
+"""Helpers for tests that build real closures and run real installers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from nix_prefix.builder.closure_info import read_closure
+from nix_prefix.builder.localnix import LocalNix, prefix_env
+from nix_prefix.builder.pack import BuildOptions, build_installer
+from nix_prefix.builder.samples import build_small_closure
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Built:
+    """A closure built by real Nix at ``prefix``, its closureInfo and an installer."""
+
+    prefix: Path
+    closure_info: Path
+    installer: Path
+    roots: list[str]
+    nix: LocalNix
+
+    def move_build_away(self) -> Path:
+        """Move the build prefix (store and DB) aside so the install stands alone."""
+        moved = self.prefix.with_name(self.prefix.name + ".build")
+        os.rename(self.prefix, moved)
+        return moved
+
+
+def build_small(base: Path, *, compression: str = "xz", name: str = "p") -> Built:
+    """Build the small sample closure at BASE/NAME and an installer for it."""
+    nix = LocalNix(base / name)
+    roots = build_small_closure(nix)
+    info = nix.write_closure_info(roots, base / f"{name}-closure-info")
+    out = base / f"{name}-installer.sh"
+    build_installer(read_closure(info), out, BuildOptions(compression=compression))
+    return Built(base / name, info, out, roots, nix)
+
+
+def run_installer(installer: Path, *args: str, env: dict[str, str] | None = None,
+                  user: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``sh INSTALLER ARGS`` (optionally as another uid) and capture its output."""
+    cmd = ["sh", str(installer), *args]
+    if user is not None:
+        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+
+
+def installed_nix(prefix: Path, tool: str, *args: str,
+                  user: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a Nix tool from the prefix's default profile against the prefix."""
+    env = prefix_env(prefix, home=prefix / "var" / "nix-prefix" / "home")
+    env["PATH"] = "/usr/bin:/bin"
+    cmd = [str(prefix / "var/nix/profiles/default/bin" / tool), *args]
+    if user is not None:
+        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+        env["USER"] = "nobody"
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple]:
+    """Every entry under ``root`` with its type, mode, size, mtime and link target."""
+    snap: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            target = os.readlink(full) if os.path.islink(full) else None
+            content = None
+            if os.path.isfile(full) and not os.path.islink(full) and st.st_size < 1 << 20:
+                with open(full, "rb") as f:
+                    content = f.read()
+            snap[os.path.relpath(full, root)] = (st.st_mode, st.st_size, st.st_mtime_ns,
+                                                 target, content)
+    return snap

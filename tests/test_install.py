@@ -1,0 +1,217 @@
+"""The installer file on a small real closure: install, re-run, inspect, refuse bad input."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nix_prefix.builder.closure_info import read_closure
+from nix_prefix.builder.localnix import prefix_env
+from nix_prefix.builder.pack import BuildOptions, build_installer
+
+from .conftest import NOBODY
+from .support import build_small, run_installer, tree_snapshot
+
+
+@pytest.fixture
+def small(world_dir: Path):
+    built = build_small(world_dir)
+    built.move_build_away()
+    return built
+
+
+def machine_nix(prefix: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The machine's own Nix pointed at an installed prefix, as a second opinion."""
+    env = prefix_env(prefix, home=prefix / "var" / "nix-prefix" / "home")
+    return subprocess.run(list(args), capture_output=True, text=True, env=env, check=False)
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("nix-prefix: error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_install_verify_and_rerun(small) -> None:
+    prefix = small.prefix
+    proc = run_installer(small.installer, "-y")
+    assert proc.returncode == 0, proc.stderr
+    assert f". {prefix}/etc/profile.d/nix.sh" in proc.stderr
+
+    verify = machine_nix(prefix, "nix-store", "--verify", "--check-contents")
+    assert verify.returncode == 0 and "modified" not in verify.stderr, verify.stderr
+    reg = small.closure_info.joinpath("registration").read_text().split("\n")
+    i = 0
+    while i < len(reg) - 1:
+        path, n = reg[i], int(reg[i + 4])
+        refs = machine_nix(prefix, "nix-store", "-q", "--references", path)
+        assert sorted(refs.stdout.split()) == sorted(reg[i + 5:i + 5 + n])
+        i += 5 + n
+
+    # Nix's canonical metadata on every installed file.
+    for path in (prefix / "store").iterdir():
+        if path.name.startswith(".") or "user-environment" in path.name:
+            continue
+        for dirpath, dirnames, filenames in os.walk(path):
+            for name in [""] + dirnames + filenames:
+                st = os.lstat(os.path.join(dirpath, name))
+                assert st.st_mtime == 1
+                if not stat.S_ISLNK(st.st_mode):
+                    assert stat.S_IMODE(st.st_mode) in (0o444, 0o555)
+
+    conf = (prefix / "etc/nix/nix.conf").read_text()
+    for line in ("build-users-group =", "sandbox = false", "substituters ="):
+        assert line in conf.splitlines()
+    hello = subprocess.run(["sh", "-c", f". {prefix}/etc/profile.d/nix.sh && hello-nix-prefix"],
+                           capture_output=True, text=True, check=True)
+    assert hello.stdout == "hello from nix-prefix\n"
+    assert os.path.islink(prefix / "var/nix/profiles/default")
+
+    before = tree_snapshot(prefix / "store") | tree_snapshot(prefix / "etc")
+    profiles = sorted(os.listdir(prefix / "var/nix/profiles"))
+    again = run_installer(small.installer, "-y")
+    assert again.returncode == 0, again.stderr
+    assert "nothing to do" in again.stderr
+    assert tree_snapshot(prefix / "store") | tree_snapshot(prefix / "etc") == before
+    assert sorted(os.listdir(prefix / "var/nix/profiles")) == profiles
+
+
+def test_check_list_info_write_nothing(small) -> None:
+    check = run_installer(small.installer, "--check")
+    assert check.returncode == 0, check.stderr
+    assert "OK" in check.stderr
+    listed = run_installer(small.installer, "--list")
+    expected = small.closure_info.joinpath("store-paths").read_text().split()
+    assert listed.stdout.split() == sorted(expected)
+    info = run_installer(small.installer, "--info")
+    assert f"store dir:     {small.prefix}/store" in info.stdout
+    assert "system:        x86_64-linux" in info.stdout or "system:" in info.stdout
+    helptext = run_installer(small.installer, "--help")
+    assert helptext.returncode == 0 and "--prefix" in helptext.stdout
+    assert not small.prefix.exists()
+
+
+def test_runs_as_sh_dot_slash_and_python(small) -> None:
+    for cmd in (["sh", str(small.installer)], [str(small.installer)],
+                ["python3", str(small.installer)]):
+        proc = subprocess.run(cmd + ["--list"], capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, (cmd, proc.stderr)
+        assert len(proc.stdout.split()) == len(small.closure_info.joinpath(
+            "store-paths").read_text().split())
+
+
+def test_keeps_a_users_nix_conf(small) -> None:
+    conf = small.prefix / "etc" / "nix" / "nix.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text("# mine\nbuild-users-group =\nsandbox = false\nkeep-outputs = true\n")
+    proc = run_installer(small.installer, "-y")
+    assert proc.returncode == 0, proc.stderr
+    assert conf.read_text().startswith("# mine\n")
+    assert "keeping your" in proc.stderr
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
+def payload_offset(installer: Path) -> int:
+    import zipfile
+
+    with zipfile.ZipFile(installer) as zf:
+        info = next(i for i in zf.infolist() if i.filename.startswith("payload/"))
+        return info.header_offset + 30 + len(info.filename) + len(info.extra) + info.file_size // 2
+
+
+def test_corrupt_installer_is_refused_and_nothing_written(small) -> None:
+    flip_byte(small.installer, payload_offset(small.installer))
+    check = run_installer(small.installer, "--check")
+    one_error_line(check, "download")
+    assert check.returncode == 3
+    proc = run_installer(small.installer, "-y")
+    one_error_line(proc, "download")
+    assert not small.prefix.exists()
+
+
+def test_truncated_installer_is_refused(small) -> None:
+    data = small.installer.read_bytes()
+    small.installer.write_bytes(data[: len(data) * 2 // 3])
+    proc = run_installer(small.installer, "-y")
+    one_error_line(proc, "damaged")
+    assert not small.prefix.exists()
+
+
+def test_other_prefix_is_refused(small, world_dir: Path) -> None:
+    other = world_dir / "elsewhere"
+    proc = run_installer(small.installer, "-y", "--prefix", str(other))
+    one_error_line(proc, "built for the store", f"--prefix {small.prefix}")
+    assert not other.exists()
+
+
+def test_prefix_with_characters_nix_rejects(small, world_dir: Path) -> None:
+    proc = run_installer(small.installer, "-y", "--prefix", str(world_dir / "a b"))
+    one_error_line(proc, "characters")
+    assert not (world_dir / "a b").exists()
+
+
+def test_wrong_architecture(world_dir: Path) -> None:
+    built = build_small(world_dir)
+    out = world_dir / "arm.sh"
+    build_installer(read_closure(built.closure_info), out,
+                    BuildOptions(system="aarch64-linux"))
+    built.move_build_away()
+    proc = run_installer(out, "-y")
+    one_error_line(proc, "aarch64-linux", "x86_64-linux")
+    assert not built.prefix.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+def test_unwritable_prefix(small) -> None:
+    small.prefix.mkdir(mode=0o755)
+    proc = run_installer(small.installer, "-y", user=NOBODY)
+    one_error_line(proc, "not writable")
+    assert os.listdir(small.prefix) == []
+
+
+def test_no_python_found(small, world_dir: Path) -> None:
+    empty = world_dir / "empty-bin"
+    empty.mkdir()
+    proc = subprocess.run(["/bin/sh", str(small.installer), "--list"], capture_output=True,
+                          text=True, env={"PATH": str(empty)}, check=False)
+    assert proc.returncode == 127
+    assert "needs Python 3.6 or newer" in proc.stderr
+    assert "python3.6" in proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs")
+def test_full_disk_is_refused(small) -> None:
+    small.prefix.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs",
+                              str(small.prefix)], capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs here: {mounted.stderr!r}")
+    try:
+        proc = run_installer(small.installer, "-y")
+        one_error_line(proc, "not enough free space")
+        assert os.listdir(small.prefix) == []
+    finally:
+        subprocess.run(["umount", str(small.prefix)], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+def test_user_without_a_name(small) -> None:
+    small.prefix.mkdir()
+    os.chown(small.prefix, 12345, 12345)
+    env = {"PATH": "/usr/bin:/bin"}
+    proc = run_installer(small.installer, "-y", env=env, user=12345)
+    one_error_line(proc, "set USER")
