@@ -107,11 +107,14 @@ class LocalNix:
         out = self.run("nix-build", args).stdout.decode()
         return [line for line in out.splitlines() if line]
 
-    def build_file(self, path: Path, *, attr: str | None = None) -> list[str]:
-        """``nix-build FILE [-A attr] --no-out-link`` and return the output paths."""
+    def build_file(self, path: Path, *, attr: str | None = None,
+                   argstrs: dict[str, str] | None = None) -> list[str]:
+        """``nix-build FILE [-A attr] [--argstr k v]... --no-out-link``; return the outputs."""
         args = ["--no-out-link", str(path)]
         if attr:
             args += ["-A", attr]
+        for key, value in (argstrs or {}).items():
+            args += ["--argstr", key, value]
         out = self.run("nix-build", args).stdout.decode()
         return [line for line in out.splitlines() if line]
 

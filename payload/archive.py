@@ -13,6 +13,7 @@ and directories, mtime 1, owner and group 0 with empty names.  Only regular
 files, directories and symlinks exist in a store; anything else is refused.
 """
 
+import collections
 import stat
 import tarfile
 
@@ -131,8 +132,9 @@ def unpack(fileobj, expected, open_path):
     the path's events (as from ``nar.dump_path``) and then ``finish()``.
     Raises ArchiveError for anything that a canonical payload never holds.
     """
+    reader = _TailReader(fileobj)
     try:
-        tar = tarfile.open(fileobj=fileobj, mode="r|", encoding=ENCODING, errors=ERRORS)
+        tar = tarfile.open(fileobj=reader, mode="r|", encoding=ENCODING, errors=ERRORS)
     except tarfile.TarError as e:
         raise ArchiveError("payload chunk is not a tar stream (%s)" % e)
     remaining = list(expected)
@@ -190,6 +192,9 @@ def unpack(fileobj, expected, open_path):
             visitor.end_directory()
             if stack:
                 visitor.end_entry()
+        # tarfile ends its iteration silently on a truncated or corrupt header
+        # and on a missing end marker; only a clean end lets the last path finish.
+        _check_clean_end(reader, tar.offset)
         if visitor is not None:
             visitor.finish()
     except (tarfile.TarError, EOFError) as e:
@@ -198,6 +203,51 @@ def unpack(fileobj, expected, open_path):
         raise ArchiveError(str(e))
     if remaining:
         raise ArchiveError("payload chunk lacks store path %s" % remaining[0])
+
+
+class _TailReader(object):
+    """A read-only file that remembers its position and the last bytes it gave out."""
+
+    KEEP = 4 * tarfile.RECORDSIZE  # more than tarfile's stream read-ahead
+
+    def __init__(self, raw):
+        self._raw = raw
+        self.pos = 0
+        self._tail = collections.deque()  # type: Deque[bytes]
+        self._tail_size = 0
+
+    def read(self, size=-1):
+        data = self._raw.read(size)
+        if data:
+            self.pos += len(data)
+            self._tail.append(data)
+            self._tail_size += len(data)
+            while self._tail_size - len(self._tail[0]) >= self.KEEP:
+                self._tail_size -= len(self._tail.popleft())
+        return data
+
+    def since(self, offset):
+        # type: (int) -> Optional[bytes]
+        """The bytes read from ``offset`` on, or None if they are no longer kept."""
+        start = self.pos - self._tail_size
+        if offset < start:
+            return None
+        return b"".join(self._tail)[offset - start:]
+
+
+def _check_clean_end(reader, offset):
+    # type: (_TailReader, int) -> None
+    """Everything after the last member must be zeros, at least the two end blocks."""
+    rest = reader.since(offset)
+    zeros = len(rest) if rest is not None and not rest.strip(b"\0") else -1
+    while zeros >= 0:
+        data = reader.read(_READ_SIZE)
+        if not data:
+            break
+        zeros = zeros + len(data) if not data.strip(b"\0") else -1
+    if zeros < 2 * BLOCK:
+        raise ArchiveError("payload chunk is truncated or corrupt (it does not end with a "
+                           "clean end-of-archive marker after its last entry)")
 
 
 def _check_mode(member, kind):

@@ -13,7 +13,7 @@ import re
 from . import nix32
 
 SHA256_SIZE = 32
-_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+_HEX = re.compile(r"^[0-9a-fA-F]{64}\Z")
 
 
 def parse_sha256(text):

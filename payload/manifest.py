@@ -19,9 +19,11 @@ from . import hashes, storepath
 
 FORMAT = "nix-prefix-manifest"
 VERSION = 1
-_CHUNK_FILE = re.compile(r"^payload/[0-9]{4,6}\.tar(\.xz|\.zst)?$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_SYSTEM = re.compile(r"^[a-z0-9_]+-[a-z]+$")
+_CHUNK_FILE = re.compile(r"^payload/[0-9]{4,6}\.tar(\.xz|\.zst)?\Z")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+# A plain relative path inside a store path: no empty, "." or ".." parts.
+_REL_PATH = re.compile(r"^(?!\.\.?(/|\Z))[^/\0\n]+(/(?!\.\.?(/|\Z))[^/\0\n]+)*\Z")
+_SYSTEM = re.compile(r"^[a-z0-9_]+-[a-z]+\Z")
 
 
 class ManifestError(ValueError):
@@ -136,7 +138,8 @@ class Manifest(object):
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise ManifestError("not a nix-prefix manifest")
         version = doc.get("version")
-        if version != VERSION:
+        # `true` and `1.0` compare equal to 1 but are not a version number.
+        if type(version) is not int or version != VERSION:
             raise ManifestError(
                 "manifest version %r is not supported by this installer (it reads version %d)"
                 % (version, VERSION))
@@ -199,7 +202,7 @@ class Manifest(object):
         if nix_store is not None:
             nix_store = _string(nix_store, "nixStore")
             base, _, rest = nix_store.partition("/")
-            if base not in names or ".." in rest.split("/"):
+            if base not in names or not _REL_PATH.match(rest):
                 raise ManifestError("nixStore %r is not inside the closure" % nix_store)
         payload = doc["payload"]
         manifest = cls(store_dir, system, compression, paths, chunks, roots, nix_store,
@@ -208,7 +211,7 @@ class Manifest(object):
                        _count(doc["longestPath"], "longestPath"),
                        _string(doc["preambleSha256"], "preambleSha256"),
                        _string(doc["toolVersion"], "toolVersion"))
-        if doc["totalNarSize"] != manifest.total_nar_size:
+        if _count(doc["totalNarSize"], "totalNarSize") != manifest.total_nar_size:
             raise ManifestError("totalNarSize does not match the sum of the paths' narSize")
         if sum(c.size for c in chunks) != manifest.payload_size:
             raise ManifestError("payload size does not match the sum of the chunk sizes")

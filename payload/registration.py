@@ -19,7 +19,8 @@ import re
 
 from . import hashes, storepath
 
-_DIGITS = re.compile(r"^[0-9]{1,20}$")
+_DIGITS = re.compile(r"^[0-9]{1,20}\Z")
+_UINT64_MAX = (1 << 64) - 1
 
 ValidPathInfo = collections.namedtuple(
     "ValidPathInfo", ["path", "nar_hash", "nar_size", "deriver", "references"])
@@ -93,8 +94,11 @@ def _check_path(text, lineno):
 
 def _parse_int(text, what, lineno):
     # type: (str, str, int) -> int
-    if not _DIGITS.match(text):
-        raise RegistrationError("%s %r is not a non-negative whole number" % (what, text), lineno)
+    # Nix reads these with string2Int<uint64_t> (src/libstore/store-api.cc,
+    # decodeValidPathInfo), which refuses anything that does not fit.
+    if not _DIGITS.match(text) or int(text) > _UINT64_MAX:
+        raise RegistrationError("%s %r is not a whole number from 0 to 2**64-1"
+                                % (what, text), lineno)
     return int(text)
 
 

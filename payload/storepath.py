@@ -11,8 +11,8 @@ from . import nix32
 
 HASH_LENGTH = 32
 MAX_NAME_LENGTH = 211
-_NAME = re.compile(r"^[A-Za-z0-9+\-._?=]+$")
-_HASH = re.compile(r"^[" + nix32.ALPHABET + r"]{%d}$" % HASH_LENGTH)
+_NAME = re.compile(r"^[A-Za-z0-9+\-._?=]+\Z")
+_HASH = re.compile(r"^[" + nix32.ALPHABET + r"]{%d}\Z" % HASH_LENGTH)
 
 
 class StorePathError(ValueError):
@@ -55,7 +55,7 @@ def hash_part(base):
 # Characters we accept in a store dir or prefix.  Nix itself accepts more,
 # but the store dir ends up unquoted in scripts, nix.conf and #! lines, so we
 # keep to the characters that need no quoting anywhere.
-_STORE_DIR = re.compile(r"^(/[A-Za-z0-9+\-._=@,~]+)+$")
+_STORE_DIR = re.compile(r"^(/[A-Za-z0-9+\-._=@,~]+)+\Z")
 
 
 def check_store_dir(store_dir):

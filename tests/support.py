@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +43,21 @@ def build_small(base: Path, *, compression: str = "xz", name: str = "p") -> Buil
     return Built(base / name, info, out, roots, nix)
 
 
+def as_user(uid: int) -> list[str]:
+    """Command prefix that runs the rest as ``uid`` (its own group, no others).
+
+    setpriv is looked up here, not by the child: tests run with minimal PATHs.
+    """
+    setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+    return [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+
+
 def run_installer(installer: Path, *args: str, env: dict[str, str] | None = None,
                   user: int | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``sh INSTALLER ARGS`` (optionally as another uid) and capture its output."""
     cmd = ["sh", str(installer), *args]
     if user is not None:
-        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+        cmd = [*as_user(user), *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
 
 
@@ -58,7 +68,7 @@ def installed_nix(prefix: Path, tool: str, *args: str,
     env["PATH"] = "/usr/bin:/bin"
     cmd = [str(prefix / "var/nix/profiles/default/bin" / tool), *args]
     if user is not None:
-        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+        cmd = [*as_user(user), *cmd]
         env["USER"] = "nobody"
     return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
 

@@ -15,7 +15,7 @@ from nix_prefix.builder.pack import BuildOptions, build_installer
 from nix_prefix.builder.samples import build_nix_closure, build_small_closure
 
 from .conftest import NOBODY
-from .support import tree_snapshot
+from .support import as_user, tree_snapshot
 
 pytestmark = [
     pytest.mark.slow,
@@ -25,7 +25,7 @@ pytestmark = [
 
 def as_nobody(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *cmd],
+        [*as_user(NOBODY), *cmd],
         capture_output=True, text=True, env=env, check=False)
 
 
@@ -76,12 +76,13 @@ def test_self_contained_nix_installed_by_unprivileged_user(world_dir: Path) -> N
 
     profile_bin = prefix / "var/nix/profiles/default/bin"
     nix_store = profile_bin / "nix-store"
-    # The installed Nix loads every library from the prefix's store, none from the host.
-    ldd = subprocess.run(["ldd", str(nix_store.resolve())], capture_output=True, text=True,
-                         check=True)
-    libs = re.findall(r"=> (\S+)", ldd.stdout)
-    assert libs and all(lib.startswith(f"{prefix}/store/") for lib in libs), ldd.stdout
-    assert "/usr/lib/nix" not in ldd.stdout
+    # The installed Nix loads every library from the prefix's store, none from the host:
+    # its own ld.so (not the host's, as `ldd` would use) lists what it maps.
+    trace = subprocess.run([str(nix_store)], capture_output=True, text=True, check=True,
+                           env={"LD_TRACE_LOADED_OBJECTS": "1"})
+    loaded = re.findall(r"(/\S+) \(0x", trace.stdout)
+    assert len(loaded) > 10, trace.stdout
+    assert all(lib.startswith(f"{prefix}/store/") for lib in loaded), trace.stdout
 
     use = f". {prefix}/etc/profile.d/nix.sh && "
     verify = as_nobody(["sh", "-c", use + "nix-store --verify --check-contents"], env)

@@ -215,3 +215,43 @@ def test_user_without_a_name(small) -> None:
     env = {"PATH": "/usr/bin:/bin"}
     proc = run_installer(small.installer, "-y", env=env, user=12345)
     one_error_line(proc, "set USER")
+
+
+def _run_on_terminal(cmd: list[str], answer: bytes) -> tuple[int, str]:
+    """Run ``cmd`` with a pseudo-terminal as stdin/stderr and type ``answer``."""
+    import pty
+    import select
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(cmd, stdin=follower, stdout=subprocess.PIPE, stderr=follower)
+    os.close(follower)
+    seen = b""
+    answered = False
+    while True:
+        ready, _, _ = select.select([leader], [], [], 60)
+        if not ready:
+            break
+        try:
+            data = os.read(leader, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        seen += data
+        if not answered and b"Proceed?" in seen:
+            os.write(leader, answer)
+            answered = True
+    proc.wait(timeout=60)
+    os.close(leader)
+    return proc.returncode, seen.decode(errors="replace")
+
+
+def test_asks_once_on_a_terminal(small) -> None:
+    code, screen = _run_on_terminal(["sh", str(small.installer)], b"n\n")
+    assert "Install " in screen and "Proceed? [y/N]" in screen
+    assert screen.count("Proceed?") == 1
+    assert code == 1 and "nothing was changed" in screen
+    assert not small.prefix.exists()
+    code, screen = _run_on_terminal(["sh", str(small.installer)], b"y\n")
+    assert code == 0, screen
+    assert (small.prefix / "var/nix/profiles/default").is_symlink()
