@@ -77,6 +77,42 @@ def build(
 
 
 @app.command()
+def retarget(
+    source: Annotated[Path, typer.Argument(
+        help="an installer made by nix-prefix, or a closureInfo dir")],
+    prefix: Annotated[str, typer.Option(
+        "-p", "--prefix", help="the prefix the new installer installs into by default; its "
+                               "store dir may not be longer than the source's")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="installer file to write")],
+    compression: Annotated[str | None, typer.Option(
+        help="payload codec (default: the source installer's, or xz)")] = None,
+    level: Annotated[int | None, typer.Option(help="compression level")] = None,
+    store_root: Annotated[Path | None, typer.Option(
+        help="with a closureInfo source: where its store dir physically lives")] = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress bar or summary")]
+    = False,
+) -> None:
+    """Make an installer for another prefix from an installer or closure, without Nix."""
+    from .retarget import retarget as run_retarget
+
+    started = time.time()
+    try:
+        with tqdm(unit="B", unit_scale=True, desc="verifying and relocating",
+                  disable=quiet or None, file=sys.stderr) as bar:
+            result = run_retarget(source, prefix, output, compression=compression, level=level,
+                                  store_root=store_root, progress=bar.update)
+    except (BuildError, codecs.CodecError) as e:
+        _fail(e)
+    if not quiet:
+        m = result.manifest
+        typer.echo(f"wrote {output}: {len(m.paths)} store paths for {m.store_dir} "
+                   f"(embedded as {m.embedded_store_dir}) in {time.time() - started:.1f} s",
+                   err=True)
+        for line in m.hidden_refs:
+            typer.echo(f"warning: the old store dir stays hidden in {line}", err=True)
+
+
+@app.command()
 def demo(
     workdir: Annotated[Path | None, typer.Option(
         help="where to build and install (default: a new dir under /tmp)")] = None,

@@ -16,13 +16,14 @@ import hashlib
 import os
 import platform
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import installer as installer_pkg
 from .. import payload as payload_pkg
-from ..payload import archive, codecs, hashes, nar
+from ..payload import archive, codecs, hashes, nar, relocate
 from ..payload.manifest import Chunk, Manifest, PathEntry
 from .closure_info import Closure
 from .compress import compressor
@@ -52,6 +53,9 @@ class BuildOptions:
     roots: list[str] | None = None
     system: str | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    # Pack for another store dir (no longer than the closure's): contents are
+    # rewritten with the same-length, slash-padded form (payload/relocate.py).
+    relocate_to: str | None = None
 
 
 @dataclass
@@ -93,8 +97,12 @@ def build_installer(
         for name, info in zip(names, closure.infos, strict=True)
     ]
     roots = _roots(entries, options.roots, closure.store_dir)
+    store_dir, embedded = closure.store_dir, closure.store_dir
+    if options.relocate_to:
+        store_dir = options.relocate_to
+        embedded = relocation_target(closure.store_dir, store_dir)
     manifest = Manifest(
-        store_dir=closure.store_dir,
+        store_dir=store_dir,
         system=options.system or host_system(),
         compression=options.compression,
         paths=entries,
@@ -103,14 +111,49 @@ def build_installer(
         nix_store=_find_nix_store(entries, roots, store_root),
         preamble_sha256=hashlib.sha256(PREAMBLE.read_bytes()).hexdigest(),
         tool_version=payload_pkg.__version__,
+        embedded_store_dir=embedded,
     )
+    relocation = None
+    if embedded != closure.store_dir:
+        relocation = (closure.store_dir.encode(), embedded.encode())
+
+    def write_payload(payload: PayloadWriter) -> None:
+        for group in _chunk_groups(manifest.paths, options.chunk_size):
+            with payload.chunk(group) as tar:
+                for entry in group:
+                    tar.top = entry.name
+                    manifest.hidden_refs += _pack_path(
+                        tar, entry, store_root, options.verify, closure.store_dir,
+                        relocation, progress)
+
+    write_installer_file(out, manifest, options.compression, options.level, write_payload)
+    return BuildResult(manifest, out.stat().st_size)
+
+
+def relocation_target(old_store_dir: str, new_store_dir: str) -> str:
+    """The padded form of ``new_store_dir`` that replaces ``old_store_dir`` in place."""
+    try:
+        return relocate.padded_store_dir(old_store_dir, new_store_dir)
+    except relocate.RelocationError as e:
+        raise BuildError(str(e), "build the closure with a store dir at least as long as the "
+                         "target's (see docs/relocation.md)") from None
+
+
+def write_installer_file(out: Path, manifest: Manifest, compression: str, level: int | None,
+                         write_payload: Callable[[PayloadWriter], None]) -> None:
+    """Write preamble, code, payload (by ``write_payload``) and manifest to ``out``.
+
+    Atomic: the file appears complete under its name or not at all.
+    """
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             f.write(PREAMBLE.read_bytes())
             with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
                 _write_code(zf)
-                _write_payload(zf, manifest, store_root, options, progress)
+                payload = PayloadWriter(zf, manifest, compression, level)
+                write_payload(payload)
+                payload.finish()
                 zf.writestr(_zip_info("manifest.json"), manifest.to_json())
             f.flush()
             os.fsync(f.fileno())
@@ -119,7 +162,6 @@ def build_installer(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return BuildResult(manifest, out.stat().st_size)
 
 
 def _roots(entries: list[PathEntry], wanted: list[str] | None, store_dir: str) -> list[str]:
@@ -206,30 +248,42 @@ def _chunk_groups(entries: list[PathEntry], chunk_size: int) -> list[list[PathEn
     return groups
 
 
-def _write_payload(zf, manifest: Manifest, store_root: Path, options: BuildOptions,
-                   progress: Callable[[int], object] | None) -> None:
-    payload_hash = hashlib.sha256()
-    ext = codecs.EXTENSIONS[options.compression]
-    longest = 0
-    for index, group in enumerate(_chunk_groups(manifest.paths, options.chunk_size)):
+class PayloadWriter:
+    """Writes the payload chunks of ``manifest`` into the zip, one ``chunk()`` at a time."""
+
+    def __init__(self, zf: zipfile.ZipFile, manifest: Manifest, compression: str,
+                 level: int | None) -> None:
+        self._zf = zf
+        self._manifest = manifest
+        self._compression = compression
+        self._level = level
+        self._hash = hashlib.sha256()
+        self._longest = 0
+
+    @contextmanager
+    def chunk(self, group: list[PathEntry]) -> Iterator[archive.TarWriter]:
+        """A tar writer for the next chunk, which will hold the paths of ``group``."""
+        index = len(self._manifest.chunks)
+        ext = codecs.EXTENSIONS[self._compression]
         info = _zip_info(f"payload/{index:04d}{ext}")
-        with zf.open(info, "w", force_zip64=True) as member:
-            sink = _ChunkSink(member, compressor(options.compression, options.level),
-                              payload_hash)
+        with self._zf.open(info, "w", force_zip64=True) as member:
+            sink = _ChunkSink(member, compressor(self._compression, self._level), self._hash)
             tar = archive.TarWriter(sink)
             for entry in group:
                 entry.chunk = index
-                tar.top = entry.name
-                _pack_path(tar, entry, store_root, options.verify, manifest.store_dir,
-                           progress)
+            yield tar
             tar.close()
             sink.finish()
-        longest = max(longest, tar.longest)
-        manifest.chunks.append(Chunk(info.filename, sink.size, sink.sha256.hexdigest(),
-                                     sum(e.nar_size for e in group)))
-    manifest.payload_size = sum(c.size for c in manifest.chunks)
-    manifest.payload_sha256 = payload_hash.hexdigest()
-    manifest.longest_path = longest
+        self._longest = max(self._longest, tar.longest)
+        self._manifest.chunks.append(Chunk(info.filename, sink.size, sink.sha256.hexdigest(),
+                                           sum(e.nar_size for e in group)))
+
+    def finish(self) -> None:
+        """Record the payload's size, hash and longest name in the manifest."""
+        m = self._manifest
+        m.payload_size = sum(c.size for c in m.chunks)
+        m.payload_sha256 = self._hash.hexdigest()
+        m.longest_path = self._longest
 
 
 class _Progress:
@@ -246,9 +300,17 @@ class _Progress:
 
 
 def _pack_path(tar: archive.TarWriter, entry: PathEntry, store_root: Path, verify: bool,
-               store_dir: str, progress: Callable[[int], object] | None) -> None:
+               store_dir: str, relocation: tuple[bytes, bytes] | None,
+               progress: Callable[[int], object] | None) -> list[str]:
+    """Pack one store path; verify it, relocate it if asked; return its hidden refs."""
     hasher = nar.NarHasher() if verify else None
-    visitor = nar.Tee(tar, hasher, _Progress(progress) if progress else None)
+    scanner = relocate.HiddenReferenceScanner(store_dir.encode())
+    out: object = tar
+    new_hasher = None
+    if relocation is not None:
+        new_hasher = nar.NarHasher()
+        out = relocate.Relocator(nar.Tee(tar, new_hasher), *relocation)
+    visitor = nar.Tee(out, hasher, scanner, _Progress(progress) if progress else None)
     try:
         nar.dump_path(os.fsencode(store_root / entry.name), visitor)
     except nar.NarError as e:
@@ -256,12 +318,14 @@ def _pack_path(tar: archive.TarWriter, entry: PathEntry, store_root: Path, verif
     except OSError as e:
         raise BuildError(f"{store_dir}/{entry.name}: cannot read {e.filename} ({e.strerror})",
                          "check the store's permissions") from None
-    if hasher is None:
-        return
-    got = hashes.format_sha256(hasher.digest())
-    if got != entry.nar_hash or hasher.size != entry.nar_size:
-        raise BuildError(
-            f"{store_dir}/{entry.name} does not match its registration: narHash {got} size "
-            f"{hasher.size}, registered {entry.nar_hash} size {entry.nar_size}",
-            "the store path was modified or the registration is stale; regenerate it, "
-            "or pass --no-verify to pack it anyway")
+    if hasher is not None:
+        got = hashes.format_sha256(hasher.digest())
+        if got != entry.nar_hash or hasher.size != entry.nar_size:
+            raise BuildError(
+                f"{store_dir}/{entry.name} does not match its registration: narHash {got} "
+                f"size {hasher.size}, registered {entry.nar_hash} size {entry.nar_size}",
+                "the store path was modified or the registration is stale; regenerate it, "
+                "or pass --no-verify to pack it anyway")
+    if new_hasher is not None:
+        entry.nar_hash = hashes.format_sha256(new_hasher.digest())
+    return [entry.name + found for found in scanner.found]

@@ -116,3 +116,15 @@ def build_nix_closure(nix: LocalNix) -> str:
         "otherLibs": joined(host.other),
         "nixLibs": joined(host.nix),
     })[0]
+
+
+def build_c_program(nix: LocalNix) -> str:
+    """Build ``hello-c`` (gcc, interpreter and RUNPATH in the store); return its path."""
+    if shutil.which("gcc") is None:
+        raise BuildError("gcc is needed for the C sample", "install it (apt-get install gcc)")
+    host = find_host_nix()
+    libc = next((p for p in host.glibc if p.name.startswith("libc.so")), None)
+    if libc is None:
+        raise BuildError("cannot find libc among the libraries of the machine's Nix")
+    return nix.build_file(NIX_DIR / "c-program.nix", argstrs={
+        "interpreter": str(host.interpreter), "libc": str(libc)})[0]

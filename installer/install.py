@@ -10,7 +10,7 @@ import errno
 import os
 import time
 
-from ..payload import nar, registration
+from ..payload import hashes, nar, registration, relocate
 from . import envfiles, nixstore, preflight, staging
 from .errors import InstallError
 from .prefix import Prefix, user_name
@@ -44,6 +44,11 @@ def plan_lines(manifest, prefix):
                                                  preflight.human_size(manifest.total_nar_size),
                                                  prefix.store_dir),
         "  verify every path against its Nix NAR hash before moving it into place",
+    ]
+    if preflight.relocation(manifest, prefix):
+        lines.append("  relocate them from %s (rewrite the store dir in place, same length)"
+                     % manifest.store_dir)
+    lines += [
         "  register them in %s with nix-store --load-db" % prefix.state_dir,
         "  write %s (if absent)" % prefix.nix_conf,
         "  make the profile %s with %s" % (prefix.profile, ", ".join(manifest.roots)),
@@ -58,12 +63,12 @@ def preflight_checks(manifest, prefix):
     """Every check that needs no writing; raises InstallError on the first failure."""
     preflight.check_system(manifest)
     user_name()
-    preflight.check_store_dir(manifest, prefix)
+    preflight.relocation(manifest, prefix)
     preflight.check_no_symlinks(prefix)
     preflight.check_writable(prefix)
     preflight.check_path_length(manifest, prefix)
     missing = [p for p in manifest.paths
-               if not os.path.lexists(manifest.store_path(p.name))]
+               if not os.path.lexists(os.path.join(prefix.store_dir, p.name))]
     preflight.check_space(prefix, sum(p.nar_size for p in missing))
 
 
@@ -97,7 +102,6 @@ def _remove_created(prefix, created):
 
 def _on_disk_matches(manifest, entry):
     # type: (Manifest, PathEntry) -> bool
-    from ..payload import hashes
     try:
         digest, size = nar.hash_path(manifest.store_path(entry.name))
     except (OSError, nar.NarError):
@@ -124,19 +128,23 @@ def _nix_tool(manifest, prefix, tool):
 def install(source, prefix_root, ui):
     # type: (InstallerFile, str, UI) -> bool
     """Install ``source`` into ``prefix_root``; returns True if anything changed."""
-    manifest = source.manifest
     prefix = Prefix(prefix_root)
+    relocation = preflight.relocation(source.manifest, prefix)
+    manifest = source.manifest
+    if relocation is not None:
+        # Paths, and after unpacking their NAR hashes, as they will be at this prefix.
+        manifest = manifest.moved_to(prefix.store_dir, relocation[1])
     started = time.time()
     created = _make_dirs(prefix)
     try:
-        return _install_locked(source, manifest, prefix, ui, started)
+        return _install_locked(source, manifest, prefix, ui, started, relocation)
     except BaseException:
         _remove_created(prefix, created)
         raise
 
 
-def _install_locked(source, manifest, prefix, ui, started):
-    # type: (InstallerFile, Manifest, Prefix, UI, float) -> bool
+def _install_locked(source, manifest, prefix, ui, started, relocation):
+    # type: (InstallerFile, Manifest, Prefix, UI, float, Optional[Tuple[str, str]]) -> bool
     changed = False
     with nixstore.PrefixLock(prefix.lock_file,
                              on_wait=lambda: ui.say("waiting for another installer on %s..."
@@ -152,15 +160,20 @@ def _install_locked(source, manifest, prefix, ui, started):
                 continue
             if os.path.lexists(path):
                 # Placed by an install that stopped before registering: keep it if
-                # its bytes are right, else replace it (it is not valid to Nix).
-                if _on_disk_matches(manifest, entry):
+                # its bytes are right, else replace it (it is not valid to Nix).  A
+                # relocated path's hash is known only by unpacking it again.
+                if relocation is None and _on_disk_matches(manifest, entry):
                     staging.seal_top(path)
                     continue
                 ui.say("replacing %s, which does not match its NAR hash" % path)
                 staging.remove_tree(path)
             to_place.append(entry)
         if to_place:
-            _unpack_and_place(source, manifest, prefix, to_place, ui)
+            if relocation is not None:
+                ui.say("relocating %d store paths from %s to %s"
+                       % (len(to_place), source.manifest.store_dir, prefix.store_dir))
+                _warn_hidden_refs(manifest, ui)
+            _unpack_and_place(source, manifest, prefix, to_place, ui, relocation)
             changed = True
         for path, content in envfiles.planned_files(prefix):
             state = envfiles.write_file(path, content)
@@ -169,9 +182,11 @@ def _install_locked(source, manifest, prefix, ui, started):
             elif state == "kept" and path == prefix.nix_conf:
                 ui.say("keeping your %s as it is" % path)
         nix_store = _nix_tool(manifest, prefix, "nix-store")
-        if set(full) - valid:
-            ui.say("registering %d paths with nix-store --load-db" % len(set(full) - valid))
-            nixstore.load_db(prefix, nix_store, _registration(manifest))
+        unregistered = [p for p in manifest.paths if manifest.store_path(p.name) not in valid]
+        if unregistered:
+            ui.say("registering %d paths with nix-store --load-db" % len(unregistered))
+            # Only new paths: valid ones keep their rows (and, relocated, their hashes).
+            nixstore.load_db(prefix, nix_store, _registration(manifest, unregistered))
             changed = True
         nix_env = _nix_tool(manifest, prefix, "nix-env")
         roots = [manifest.store_path(r) for r in manifest.roots]
@@ -189,20 +204,34 @@ def _install_locked(source, manifest, prefix, ui, started):
     return changed
 
 
-def _registration(manifest):
-    # type: (Manifest) -> str
+def _registration(manifest, entries):
+    # type: (Manifest, List[PathEntry]) -> str
     infos = [
         registration.ValidPathInfo(
             manifest.store_path(p.name), p.nar_hash, p.nar_size,
             manifest.store_path(p.deriver) if p.deriver else "",
             tuple(manifest.store_path(r) for r in p.references))
-        for p in manifest.paths
+        for p in entries
     ]
     return registration.format(infos)
 
 
-def _unpack_and_place(source, manifest, prefix, to_place, ui):
-    # type: (InstallerFile, Manifest, Prefix, List[PathEntry], UI) -> None
+def _warn_hidden_refs(manifest, ui):
+    # type: (Manifest, UI) -> None
+    """Name the files a same-length rewrite cannot fix (found when the installer was built)."""
+    if not manifest.hidden_refs:
+        return
+    ui.say("warning: %d file(s) keep the old store dir hidden in compressed or checksummed "
+           "content; they are installed unchanged:" % len(manifest.hidden_refs))
+    for line in manifest.hidden_refs[:20]:
+        ui.say("  %s" % line)
+    if len(manifest.hidden_refs) > 20:
+        ui.say("  ... and %d more (nix-prefix inspect lists them all)"
+               % (len(manifest.hidden_refs) - 20))
+
+
+def _unpack_and_place(source, manifest, prefix, to_place, ui, relocation):
+    # type: (InstallerFile, Manifest, Prefix, List[PathEntry], UI, Optional[Tuple[str, str]]) -> None
     wanted = dict((p.name, p) for p in to_place)
     chunks = sorted(set(p.chunk for p in to_place))
     total = sum(c.nar_size for i, c in enumerate(manifest.chunks) if i in chunks)
@@ -216,7 +245,14 @@ def _unpack_and_place(source, manifest, prefix, to_place, ui):
             return nar.Tee(_Discard(), count)
         writer = staging.DiskWriter(stage, name)
         writers.append(writer)
-        return _Finishing(writer, count)
+        if relocation is None:
+            return _Finishing(writer, count)
+        # The payload's bytes were verified against the original NAR hash on the
+        # way in; what reaches the disk is rewritten, and hashed again for Nix.
+        hasher = nar.NarHasher()
+        rewritten = relocate.Relocator(nar.Tee(writer, hasher), relocation[0].encode(),
+                                       relocation[1].encode())
+        return _Finishing(writer, count, rewritten, _record_hash(wanted[name], hasher))
 
     try:
         try:
@@ -238,14 +274,25 @@ def _unpack_and_place(source, manifest, prefix, to_place, ui):
 
 
 class _Finishing(object):
-    """Tee of a DiskWriter and a counter that forwards ``finish`` to the writer."""
+    """Sends events to ``target`` (default: the writer) and a counter; on ``finish``
+    runs ``then`` (if any) and finishes the writer."""
 
-    def __init__(self, writer, count):
+    def __init__(self, writer, count, target=None, then=None):
         self._writer = writer
-        self._tee = nar.Tee(writer, count)
+        self._tee = nar.Tee(target or writer, count)
+        self._then = then
 
     def __getattr__(self, name):
         return getattr(self._tee, name)
 
     def finish(self):
+        if self._then is not None:
+            self._then()
         self._writer.finish()
+
+
+def _record_hash(entry, hasher):
+    # type: (PathEntry, nar.NarHasher) -> Callable[[], None]
+    def record():
+        entry.nar_hash = hashes.format_sha256(hasher.digest())
+    return record

@@ -130,6 +130,8 @@ def _info(manifest):
         "nix-prefix installer (format %d, built by nix-prefix %s)" % (1, manifest.tool_version),
         "store dir:     %s" % manifest.store_dir,
         "prefix:        %s" % manifest.prefix,
+        "relocatable:   to any prefix of at most %d bytes (--prefix)"
+        % (manifest.max_store_dir_length - len("/store")),
         "system:        %s" % manifest.system,
         "store paths:   %d (%s NAR)" % (len(manifest.paths),
                                         preflight.human_size(manifest.total_nar_size)),

@@ -3,7 +3,7 @@
 import os
 import platform
 
-from ..payload import storepath
+from ..payload import relocate, storepath
 from .errors import EnvironmentProblem, InstallError
 
 PATH_MAX = 4096  # Linux's limit on a path name, NUL included
@@ -43,14 +43,26 @@ def check_system(manifest):
             "download the installer built for %s" % host)
 
 
-def check_store_dir(manifest, prefix):
-    # type: (Manifest, Prefix) -> None
-    if prefix.store_dir != manifest.store_dir:
+def relocation(manifest, prefix):
+    # type: (Manifest, Prefix) -> Optional[Tuple[str, str]]
+    """None to install at the built store dir, else (old, new) store dir bytes as text.
+
+    Any store dir no longer than the one inside the payload can be served by a
+    same-length rewrite (payload/relocate.py); a longer one cannot.
+    """
+    if prefix.store_dir == manifest.store_dir:
+        return None
+    limit = manifest.max_store_dir_length
+    if len(prefix.store_dir.encode()) > limit:
         raise InstallError(
-            "this installer was built for the store %s and cannot install into %s"
-            % (manifest.store_dir, prefix.store_dir),
-            "use --prefix %s, or build an installer for %s with nix-prefix"
-            % (manifest.prefix, prefix.root))
+            "the prefix %s is too long: this installer can relocate to a prefix of at most "
+            "%d bytes (its store dir, PREFIX/store, at most %d), and %s is %d"
+            % (prefix.root, limit - len("/store"), limit, prefix.store_dir,
+               len(prefix.store_dir.encode())),
+            "choose a shorter --prefix, or build the installer from a closure built with a "
+            "longer store dir (see docs/relocation.md)")
+    old = manifest.embedded_store_dir
+    return old, relocate.padded_store_dir(old, prefix.store_dir)
 
 
 def check_no_symlinks(prefix):

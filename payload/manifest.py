@@ -12,6 +12,7 @@ Store paths are kept as base names (``<hash>-<name>``) and joined with
 ``store_dir`` on use, so a later relocation only has to change one field.
 """
 
+import copy
 import json
 import re
 
@@ -73,8 +74,14 @@ class Manifest(object):
 
     def __init__(self, store_dir, system, compression, paths, chunks, roots,
                  nix_store=None, payload_size=0, payload_sha256="", longest_path=0,
-                 preamble_sha256="", tool_version=""):
+                 preamble_sha256="", tool_version="", embedded_store_dir=None,
+                 hidden_refs=()):
         self.store_dir = store_dir
+        # The store dir as its bytes appear inside the payload: the store dir
+        # itself, or after a retarget a slash-padded form of it (relocate.py).
+        self.embedded_store_dir = embedded_store_dir or store_dir
+        # "<base name>/<rel>: <reason>" for files a relocation cannot fix.
+        self.hidden_refs = list(hidden_refs)
         self.system = system
         self.compression = compression
         self.paths = list(paths)  # type: List[PathEntry]
@@ -94,9 +101,24 @@ class Manifest(object):
         return self.store_dir.rpartition("/")[0] or "/"
 
     @property
+    def max_store_dir_length(self):
+        # type: () -> int
+        """The longest store dir this payload can be relocated to, in bytes."""
+        return len(self.embedded_store_dir.encode())
+
+    @property
     def total_nar_size(self):
         # type: () -> int
         return sum(p.nar_size for p in self.paths)
+
+    def moved_to(self, store_dir, embedded_store_dir):
+        # type: (str, str) -> Manifest
+        """A copy for another store dir, with path entries of its own to update."""
+        moved = copy.copy(self)
+        moved.store_dir = store_dir
+        moved.embedded_store_dir = embedded_store_dir
+        moved.paths = [copy.copy(p) for p in self.paths]
+        return moved
 
     def store_path(self, name):
         # type: (str) -> str
@@ -114,6 +136,8 @@ class Manifest(object):
             "version": VERSION,
             "toolVersion": self.tool_version,
             "storeDir": self.store_dir,
+            "embeddedStoreDir": self.embedded_store_dir,
+            "hiddenStoreDirRefs": self.hidden_refs,
             "system": self.system,
             "compression": self.compression,
             "roots": self.roots,
@@ -205,12 +229,23 @@ class Manifest(object):
             if base not in names or not _REL_PATH.match(rest):
                 raise ManifestError("nixStore %r is not inside the closure" % nix_store)
         payload = doc["payload"]
+        embedded = _string(doc.get("embeddedStoreDir", store_dir), "embeddedStoreDir")
+        if re.sub("/+", "/", embedded) != store_dir:
+            raise ManifestError("embeddedStoreDir %r is not a slash-padded form of storeDir %r"
+                                % (embedded, store_dir))
+        hidden_refs = doc.get("hiddenStoreDirRefs", [])
+        if not isinstance(hidden_refs, list):
+            raise ManifestError("hiddenStoreDirRefs must be a list")
+        for ref in hidden_refs:
+            if "\n" in _string(ref, "hiddenStoreDirRefs") or "\0" in ref:
+                raise ManifestError("hiddenStoreDirRefs holds a line break or NUL")
         manifest = cls(store_dir, system, compression, paths, chunks, roots, nix_store,
                        _count(payload["size"], "payload.size"),
                        _string(payload["sha256"], "payload.sha256"),
                        _count(doc["longestPath"], "longestPath"),
                        _string(doc["preambleSha256"], "preambleSha256"),
-                       _string(doc["toolVersion"], "toolVersion"))
+                       _string(doc["toolVersion"], "toolVersion"),
+                       embedded, hidden_refs)
         if _count(doc["totalNarSize"], "totalNarSize") != manifest.total_nar_size:
             raise ManifestError("totalNarSize does not match the sum of the paths' narSize")
         if sum(c.size for c in chunks) != manifest.payload_size:

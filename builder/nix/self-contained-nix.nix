@@ -15,12 +15,7 @@
 , nixLibs              # Nix's own libraries (/usr/lib/nix)
 }:
 let
-  sh = name: script: derivation {
-    inherit name system;
-    builder = "/bin/sh";
-    args = [ "-ec" script ];
-    PATH = "/usr/bin:/bin";
-  };
+  sh = import ./host-derivation.nix { inherit system; };
 
   # Copy libraries by the name they are asked for (their soname link),
   # dereferencing the host's symlinks; make them writable so patchelf can

@@ -32,6 +32,8 @@ let
     ln -s $out/share/message $out/share/self-link
     ln -s ../nowhere $out/share/dangling-link
     ln -s ../share $out/lib/to-share-dir
+    # The store dir hidden in compressed bytes: relocation must report it.
+    printf '%s\n' "$out" | gzip -n > $out/share/where.gz
   '' "nix-prefix-sample-data" { };
 
   hello = sh ''
