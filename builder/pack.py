@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .. import installer as installer_pkg
 from .. import payload as payload_pkg
-from ..payload import archive, codecs, hashes, nar, relocate
+from ..payload import archive, codecs, hashes, nar, relocate, seal
 from ..payload.manifest import Chunk, Manifest, PathEntry
 from .closure_info import Closure
 from .compress import compressor
@@ -155,7 +155,10 @@ def write_installer_file(out: Path, manifest: Manifest, compression: str, level:
                 write_payload(payload)
                 payload.finish()
                 zf.writestr(_zip_info("manifest.json"), manifest.to_json())
+                zf.comment = seal.placeholder()
             f.flush()
+        seal.seal(str(tmp))
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o755)
         os.replace(tmp, out)

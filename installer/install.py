@@ -11,7 +11,7 @@ import os
 import time
 
 from ..payload import hashes, nar, registration, relocate
-from . import envfiles, nixstore, preflight, staging
+from . import crashpoints, envfiles, nixstore, preflight, staging
 from .errors import InstallError
 from .prefix import Prefix, user_name
 
@@ -177,6 +177,7 @@ def _install_locked(source, manifest, prefix, ui, started, relocation):
             changed = True
         for path, content in envfiles.planned_files(prefix):
             state = envfiles.write_file(path, content)
+            crashpoints.reached("env-file")
             if state == "written":
                 changed = True
             elif state == "kept" and path == prefix.nix_conf:
@@ -186,13 +187,17 @@ def _install_locked(source, manifest, prefix, ui, started, relocation):
         if unregistered:
             ui.say("registering %d paths with nix-store --load-db" % len(unregistered))
             # Only new paths: valid ones keep their rows (and, relocated, their hashes).
+            crashpoints.reached("before-load-db")
             nixstore.load_db(prefix, nix_store, _registration(manifest, unregistered))
+            crashpoints.reached("after-load-db")
             changed = True
         nix_env = _nix_tool(manifest, prefix, "nix-env")
         roots = [manifest.store_path(r) for r in manifest.roots]
         if nixstore.profile_paths(prefix, nix_env) != set(roots):
             ui.say("making the profile %s" % prefix.profile)
+            crashpoints.reached("before-profile")
             nixstore.set_profile(prefix, nix_env, roots)
+            crashpoints.reached("after-profile")
             changed = True
     elapsed = time.time() - started
     if changed:
@@ -268,7 +273,9 @@ def _unpack_and_place(source, manifest, prefix, to_place, ui, relocation):
             src = os.path.join(stage, entry.name)
             dst = manifest.store_path(entry.name)
             os.rename(src, dst)
+            crashpoints.reached("renamed")
             staging.seal_top(dst)
+            crashpoints.reached("placed")
     finally:
         staging.remove_tree(stage)
 

@@ -7,9 +7,10 @@ both ``--check`` and the real install share one reading path.
 """
 
 import hashlib
+import os
 import zipfile
 
-from ..payload import archive, codecs, hashes, nar
+from ..payload import archive, codecs, hashes, nar, seal
 from ..payload.manifest import Manifest, ManifestError
 from .errors import CorruptInstaller, EnvironmentProblem
 
@@ -44,6 +45,16 @@ class InstallerFile(object):
     def __init__(self, path):
         # type: (str) -> None
         self.path = path
+        try:
+            # The sh preamble already checked the seal with sha256sum if it could
+            # (and says how many bytes it hashed): one pass over a big file is enough.
+            if os.environ.pop("NIX_PREFIX_SEAL_CHECKED", "") != str(
+                    os.path.getsize(path) - seal.DIGITS):
+                seal.check(path)
+        except seal.SealError as e:
+            raise CorruptInstaller("%s is damaged: %s" % (path, e))
+        except OSError as e:
+            raise CorruptInstaller("cannot read %s (%s)" % (path, e.strerror))
         try:
             self._zip = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:

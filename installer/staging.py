@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 
+from . import crashpoints
 from .errors import EnvironmentProblem, InstallError
 
 STAGING_PREFIX = ".nix-prefix-staging-"
@@ -64,6 +65,7 @@ class DiskWriter(object):
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
+        crashpoints.reached("write")
 
     def end_regular(self):
         fd, self._fd = self._fd, None
@@ -92,6 +94,7 @@ class DiskWriter(object):
         for path in reversed(self._dirs[1:]):
             os.chmod(path, 0o555)
             os.utime(path, _MTIME)
+        crashpoints.reached("unpacked")
 
     def abort(self):
         if self._fd is not None:

@@ -55,7 +55,7 @@ def as_user(uid: int) -> list[str]:
 def run_installer(installer: Path, *args: str, env: dict[str, str] | None = None,
                   user: int | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``sh INSTALLER ARGS`` (optionally as another uid) and capture its output."""
-    cmd = ["sh", str(installer), *args]
+    cmd = ["/bin/sh", str(installer), *args]
     if user is not None:
         cmd = [*as_user(user), *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
