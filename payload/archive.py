@@ -69,6 +69,11 @@ class TarWriter(object):
         self.longest = max(self.longest, len(name.encode(ENCODING, ERRORS)))
         return name
 
+    def raw(self, data):
+        # type: (bytes) -> None
+        """Write bytes as they are: the low level for crafted (e.g. hostile) test payloads."""
+        self._sink(data)
+
     def begin_directory(self, rel=b""):
         self._sink(_header(self._name(rel), tarfile.DIRTYPE, 0o555))
 
