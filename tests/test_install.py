@@ -255,3 +255,26 @@ def test_asks_once_on_a_terminal(small) -> None:
     code, screen = _run_on_terminal(["sh", str(small.installer)], b"y\n")
     assert code == 0, screen
     assert (small.prefix / "var/nix/profiles/default").is_symlink()
+
+
+def test_store_paths_over_the_path_limit_are_refused(world_dir: Path) -> None:
+    from nix_prefix.installer import preflight
+    from nix_prefix.installer.errors import EnvironmentProblem
+    from nix_prefix.installer.prefix import Prefix
+    from nix_prefix.payload.manifest import Manifest
+
+    manifest = Manifest(f"{world_dir}/p/store", "x86_64-linux", "xz", [], [], [],
+                        longest_path=4090)
+    with pytest.raises(EnvironmentProblem, match="over Linux's limit of 4096"):
+        preflight.check_path_length(manifest, Prefix(f"{world_dir}/p"))
+    manifest.longest_path = 200
+    preflight.check_path_length(manifest, Prefix(f"{world_dir}/p"))
+
+
+def test_home_and_user_unset(small) -> None:
+    """Nix runs with the prefix's own HOME and the user's name from the password database."""
+    proc = run_installer(small.installer, "-y", env={"PATH": os.environ["PATH"]})
+    assert proc.returncode == 0, proc.stderr
+    hello = small.prefix / "var/nix/profiles/default/bin/hello-nix-prefix"
+    assert subprocess.run([hello], capture_output=True, text=True,
+                          check=True).stdout == "hello from nix-prefix\n"
