@@ -52,49 +52,42 @@ def prefix_env(prefix: Path, *, home: Path | None = None) -> dict[str, str]:
     return env
 
 
-class LocalNix:
-    """The machine's Nix (``nix-bin``) bound to a store at ``prefix/store``.
+class Nix:
+    """The machine's Nix tools, run with one environment.
 
-    ``state_prefix`` lets the state, log and config live somewhere other than
-    the store's parent (handy when the store dir itself must later be moved
-    away to prove an installer does not depend on it).
+    ``env`` None means this process's environment, as the user's own ``nix-store``
+    would see it (``NIX_STORE_DIR``, ``NIX_REMOTE``, ... included).
     """
 
-    def __init__(self, prefix: Path, *, bin_dir: Path | None = None) -> None:
-        self.prefix = Path(prefix)
-        self.store_dir = self.prefix / "store"
+    def __init__(self, env: dict[str, str] | None = None, *,
+                 bin_dir: Path | None = None) -> None:
         found = bin_dir or _find_nix_bin_dir()
         if found is None:
             raise NixCommandError(
                 "no nix-store on PATH; install Nix (Debian: apt-get install nix-bin)"
             )
         self.bin_dir = found
-        conf_dir = self.prefix / "etc" / "nix"
-        conf_dir.mkdir(parents=True, exist_ok=True)
-        conf = conf_dir / "nix.conf"
-        if not conf.exists():
-            conf.write_text(NIX_CONF)
-        # Nix >= 2.10 would silently switch to a chroot store when the state
-        # dir is missing; creating it first keeps every version honest.
-        (self.prefix / "var" / "nix").mkdir(parents=True, exist_ok=True)
-        (self.prefix / "store").mkdir(parents=True, exist_ok=True)
-        self._home = self.prefix / "home"
-        self._home.mkdir(exist_ok=True)
+        self._env = env
 
     def env(self) -> dict[str, str]:
         """The environment every Nix command of this store runs with."""
-        return prefix_env(self.prefix, home=self._home)
+        return dict(os.environ) if self._env is None else dict(self._env)
 
     def run(
-        self, tool: str, args: Sequence[str], *, input: bytes | None = None
+        self, tool: str, args: Sequence[str], *, input: bytes | None = None,
+        show_log: bool = False,
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run ``tool`` (e.g. ``nix-store``) and return its result; raise on failure."""
+        """Run ``tool`` (e.g. ``nix-store``) and return its result; raise on failure.
+
+        ``show_log`` lets Nix's stderr (build logs, progress) through to ours.
+        """
         cmd = [str(self.bin_dir / tool), *args]
         proc = subprocess.run(
-            cmd, input=input, capture_output=True, env=self.env(), check=False
+            cmd, input=input, stdout=subprocess.PIPE,
+            stderr=None if show_log else subprocess.PIPE, env=self.env(), check=False
         )
         if proc.returncode != 0:
-            err = proc.stderr.decode(errors="replace").strip().splitlines()
+            err = (proc.stderr or b"").decode(errors="replace").strip().splitlines()
             last = err[-1] if err else f"exit code {proc.returncode}"
             raise NixCommandError(f"{tool} {' '.join(args[:3])} failed: {last}")
         return proc
@@ -107,15 +100,15 @@ class LocalNix:
         out = self.run("nix-build", args).stdout.decode()
         return [line for line in out.splitlines() if line]
 
-    def build_file(self, path: Path, *, attr: str | None = None,
-                   argstrs: dict[str, str] | None = None) -> list[str]:
-        """``nix-build FILE [-A attr] [--argstr k v]... --no-out-link``; return the outputs."""
+    def build_file(self, path: Path, *, attrs: Sequence[str] = (),
+                   argstrs: dict[str, str] | None = None, show_log: bool = False) -> list[str]:
+        """``nix-build FILE [-A attr]... [--argstr k v]... --no-out-link``; return the outputs."""
         args = ["--no-out-link", str(path)]
-        if attr:
+        for attr in attrs:
             args += ["-A", attr]
         for key, value in (argstrs or {}).items():
             args += ["--argstr", key, value]
-        out = self.run("nix-build", args).stdout.decode()
+        out = self.run("nix-build", args, show_log=show_log).stdout.decode()
         return [line for line in out.splitlines() if line]
 
     def closure(self, roots: Sequence[str]) -> list[str]:
@@ -141,6 +134,79 @@ class LocalNix:
         sizes = self.run("nix-store", ["-q", "--size", *paths]).stdout.split()
         (out_dir / "total-nar-size").write_text(f"{sum(int(s) for s in sizes)}\n")
         return out_dir
+
+
+class LocalNix(Nix):
+    """The machine's Nix (``nix-bin``) bound to a private store at ``prefix/store``.
+
+    The store, state and config dirs are created (with a nix.conf for builds
+    as any user) if missing; the host's Nix set-up cannot leak in.
+    """
+
+    def __init__(self, prefix: Path, *, bin_dir: Path | None = None) -> None:
+        self.prefix = Path(prefix)
+        self.store_dir = self.prefix / "store"
+        self._home = self.prefix / "home"
+        super().__init__(prefix_env(self.prefix, home=self._home), bin_dir=bin_dir)
+        make_prefix(self.prefix)
+        self._home.mkdir(exist_ok=True)
+
+
+def make_prefix(prefix: Path) -> None:
+    """Create ``prefix``'s store, state and config dirs and a nix.conf, if missing."""
+    conf_dir = prefix / "etc" / "nix"
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    conf = conf_dir / "nix.conf"
+    if not conf.exists():
+        conf.write_text(NIX_CONF)
+    # Nix >= 2.10 would silently switch to a chroot store when the state
+    # dir is missing; creating it first keeps every version honest.
+    (prefix / "var" / "nix").mkdir(parents=True, exist_ok=True)
+    (prefix / "store").mkdir(parents=True, exist_ok=True)
+
+
+def store_nix(store_dir: Path | None, *, create: bool = False) -> Nix:
+    """The machine's Nix for the user's store: the one Nix is configured for, or
+    ``store_dir`` laid out as a prefix (``S/../var/nix``, ``S/../etc/nix``).
+
+    With ``create``, a missing prefix store is made (as ``LocalNix`` does);
+    without, it must exist.  The user's environment is kept (``NIX_PATH``
+    included) except what would send Nix to another store.
+    """
+    if store_dir is None:
+        return Nix()
+    store_dir = Path(os.path.abspath(store_dir))
+    prefix = store_dir.parent
+    if store_dir.name != "store":
+        raise NixCommandError(
+            f"{store_dir} is not a prefix's store dir (it must be named 'store', "
+            "as in PREFIX/store)")
+    if create:
+        make_prefix(prefix)
+    elif not store_dir.is_dir():
+        raise NixCommandError(f"the store dir {store_dir} does not exist")
+    env = {k: v for k, v in os.environ.items() if k != "NIX_REMOTE"}
+    env.update(
+        NIX_STORE_DIR=str(store_dir),
+        NIX_STATE_DIR=str(prefix / "var" / "nix"),
+        NIX_LOG_DIR=str(prefix / "var" / "log" / "nix"),
+        NIX_CONF_DIR=str(prefix / "etc" / "nix"),
+    )
+    installed = prefix / "var" / "nix" / "profiles" / "default" / "bin"
+    bin_dir = None
+    if _find_nix_bin_dir() is None and (installed / "nix-store").exists():
+        bin_dir = installed  # a prefix installed by nix-prefix brings its own Nix
+    return Nix(env, bin_dir=bin_dir)
+
+
+def store_path_of(arg: str, store_dir: str) -> str:
+    """The store path ``arg`` names: itself, a file inside it, or a link to it
+    (like ``./result``), as Nix's ``followLinksToStorePath`` does."""
+    for path, store in ((os.path.abspath(arg), store_dir),
+                        (os.path.realpath(arg), os.path.realpath(store_dir))):
+        if path.startswith(store + "/"):
+            return store_dir + "/" + path[len(store) + 1:].split("/")[0]
+    raise NixCommandError(f"{arg} is not in the Nix store {store_dir}")
 
 
 def _find_nix_bin_dir() -> Path | None:

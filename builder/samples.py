@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BuildError
-from .localnix import LocalNix
+from .localnix import Nix
 
 NIX_DIR = Path(__file__).resolve().parent / "nix"
 
@@ -35,10 +35,10 @@ _GLIBC = re.compile(
 _GCC_RUNTIME = re.compile(r"^(libstdc\+\+|libgcc_s|libatomic)\.so(\.\d+)*$")
 
 
-def build_small_closure(nix: LocalNix) -> list[str]:
+def build_small_closure(nix: Nix) -> list[str]:
     """Build the small sample closure; return its roots (the paths nothing refers to)."""
     expr = NIX_DIR / "small.nix"
-    return [nix.build_file(expr, attr=attr)[0] for attr in ("hello", "lonely")]
+    return [nix.build_file(expr, attrs=[attr])[0] for attr in ("hello", "lonely")]
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def group_libraries(binary: Path, ldd_output: str) -> HostNix:
                    sorted(groups["nix"]), sorted(groups["other"]))
 
 
-def build_nix_closure(nix: LocalNix) -> str:
+def build_nix_closure(nix: Nix) -> str:
     """Build the self-contained Nix from the machine's Nix; return its store path."""
     host = find_host_nix()
 
@@ -118,7 +118,7 @@ def build_nix_closure(nix: LocalNix) -> str:
     })[0]
 
 
-def build_c_program(nix: LocalNix) -> str:
+def build_c_program(nix: Nix) -> str:
     """Build ``hello-c`` (gcc, interpreter and RUNPATH in the store); return its path."""
     if shutil.which("gcc") is None:
         raise BuildError("gcc is needed for the C sample", "install it (apt-get install gcc)")
