@@ -1,39 +1,139 @@
-"""The ``nix-prefix`` command (build side)."""
+"""The ``nix-prefix`` command (build side).
+
+Each command is a thin typer function: it parses options, calls one module
+that does the work (inputs, pack, inspect, retarget, demo) and reports.
+Errors go through ``reporting``: one line with a hint, a documented exit
+code, and the traceback only with ``--debug``.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from tqdm import tqdm
 
+from ..installer.errors import InstallError
+from ..installer.preflight import human_size
 from ..payload import __version__, codecs
-from .closure_info import read_closure
-from .errors import BuildError
-from .pack import BuildOptions, build_installer
+from .errors import BuildError, UsageError
+from .localnix import NixCommandError, store_nix
+from .pack import BuildOptions, BuildResult, build_installer
+
+EXIT_CODES = """\
+Exit codes: 0 done; 1 failed (bad input, Nix failed, nothing written); 2 bad usage;
+3 the installer file is damaged (verify, inspect); 130 interrupted.
+"""
 
 app = typer.Typer(
     help="Turn a Nix store closure into one self-extracting installer that needs no root.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,
+    # rich's help is coloured; NO_COLOR (https://no-color.org) gets click's plain text.
+    rich_markup_mode=None if os.environ.get("NO_COLOR") else "rich",
 )
 
+Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="no progress bars or summary")]
+Debug = Annotated[bool, typer.Option(
+    "--debug", envvar="NIX_PREFIX_DEBUG", help="show the traceback of an error")]
+StoreDir = Annotated[Path | None, typer.Option(
+    "--store-dir", metavar="DIR",
+    help="use the store DIR laid out as a prefix (DIR/../var/nix, DIR/../etc/nix) instead "
+         "of the one the machine's Nix is set up for (NIX_STORE_DIR and friends count)")]
 
-def _fail(e: Exception, code: int = 1) -> None:
-    typer.echo(f"nix-prefix: error: {e}", err=True)
+
+@contextmanager
+def reporting(debug: bool) -> Iterator[None]:
+    """Turn every failure into one line on stderr and its exit code."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except KeyboardInterrupt:
+        _error("interrupted; nothing half-written is left", 130, debug)
+    except (BuildError, InstallError) as e:
+        _error(str(e), e.exit_code, debug)
+    except (NixCommandError, codecs.CodecError) as e:
+        _error(str(e), 1, debug)
+    except Exception as e:  # a bug: still one line, with the way to see more
+        if debug:
+            raise
+        _error(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the "
+               "traceback, and report it)", 1, debug)
+
+
+def _error(message: str, code: int, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    typer.echo(f"nix-prefix: error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _say(quiet: bool):
+    def say(message: str) -> None:
+        if not quiet:
+            typer.echo(message, err=True)
+    return say
+
+
+def _bar(desc: str, total: int | None, quiet: bool) -> tqdm:
+    """A byte progress bar on stderr (hidden when quiet or not on a terminal)."""
+    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=quiet or None,
+                file=sys.stderr)
+
+
+@app.command()
+def closure(
+    roots: Annotated[list[str], typer.Argument(
+        metavar="ROOT...", help="store paths, or links to them such as ./result")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="directory to write")],
+    store_dir: StoreDir = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Write a closureInfo dir (store-paths, registration, total-nar-size) for ROOTs.
+
+    The same files as nixpkgs' closureInfo, from the local Nix (nix-store -qR,
+    --dump-db); `nix-prefix build DIR` and `nix-store --load-db` read them.
+    """
+    from .inputs import from_closure_info, write_closure_info
+
+    with reporting(debug):
+        nix = store_nix(store_dir)
+        write_closure_info(nix, roots, output)
+        closure = from_closure_info(output).closure
+    _say(quiet)(f"wrote {output}: {len(closure.infos)} store paths, "
+                f"{human_size(closure.total_nar_size)} NAR, store dir {closure.store_dir}")
 
 
 @app.command()
 def build(
-    closure_info: Annotated[Path, typer.Argument(
-        help="closureInfo output dir (store-paths, registration, total-nar-size), "
-             "or a `nix-store --dump-db` file")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="installer file to write")],
+    sources: Annotated[list[str] | None, typer.Argument(
+        metavar="CLOSURE_INFO | ROOT...",
+        help="a closureInfo dir (or `nix-store --dump-db` file); with --roots, store "
+             "paths or links to them")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="installer file to write")]
+    = Path("nix-installer.sh"),
+    roots: Annotated[bool, typer.Option(
+        "--roots", help="the arguments are store paths: pack their closure")] = False,
+    file: Annotated[Path | None, typer.Option(
+        "-f", "--file", help="build this Nix file with nix-build first and pack its "
+                             "outputs' closure")] = None,
+    attr: Annotated[list[str] | None, typer.Option(
+        "-A", "--attr", help="with -f: attribute to build (repeatable)")] = None,
+    argstr: Annotated[list[str] | None, typer.Option(
+        "--argstr", metavar="NAME=VALUE", help="with -f: passed to nix-build as --argstr "
+                                               "NAME VALUE (repeatable)")] = None,
+    store_dir: StoreDir = None,
     compression: Annotated[str, typer.Option(
         help="payload codec: xz (any Python can install it) or zstd (faster)")] = "xz",
     level: Annotated[int | None, typer.Option(
@@ -41,39 +141,122 @@ def build(
     store_root: Annotated[Path | None, typer.Option(
         help="where the store dir physically lives (a chroot store); default: the store "
              "dir itself")] = None,
-    root: Annotated[list[str] | None, typer.Option(
-        "--root", help="store path for the profile (repeatable); default: the paths "
-                       "nothing else references")] = None,
+    profile_root: Annotated[list[str] | None, typer.Option(
+        "--profile-root", "--root",
+        help="store path for the installed profile (repeatable); default: the roots given, "
+             "or the paths nothing else references")] = None,
     system: Annotated[str | None, typer.Option(
         help="Nix system of the closure (default: this machine's)")] = None,
     no_verify: Annotated[bool, typer.Option(
         "--no-verify", help="do not recompute NAR hashes against the registration")] = False,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress bar or summary")]
-    = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
 ) -> None:
-    """Build a single-file installer from a closure."""
-    try:
-        codecs.check_name(compression)
-    except codecs.CodecError as e:
-        _fail(e, 2)
+    """Build a single-file installer from a closureInfo dir, store paths or a Nix file.
+
+    \b
+      nix-prefix build ./closure-info -o nix-installer.sh
+      nix-prefix build --roots ./result /nix/store/...-hello -o hello.sh
+      nix-prefix build -f default.nix -A nix --argstr prefix=/tmp/nix -o nix.sh
+    """
+    from . import inputs
+
+    say = _say(quiet)
     started = time.time()
-    try:
-        closure = read_closure(closure_info)
+    with reporting(debug):
+        try:
+            codecs.check_name(compression)
+        except codecs.CodecError as e:
+            raise UsageError(str(e)) from None
+        if file is not None and (sources or roots):
+            raise UsageError("-f builds its own roots: give no CLOSURE_INFO or --roots")
+        if (attr or argstr) and file is None:
+            raise UsageError("-A and --argstr go with -f FILE.nix")
+        if file is not None:
+            source = inputs.from_nix_file(store_nix(store_dir, create=True), file, attr or [],
+                                          argstr or [], say)
+        elif roots:
+            if not sources:
+                raise UsageError("--roots needs at least one store path")
+            say(f"querying the closure of {len(sources)} root(s) with nix-store -qR")
+            source = inputs.from_roots(store_nix(store_dir), sources)
+        elif sources and len(sources) == 1:
+            source = inputs.from_closure_info(Path(sources[0]))
+        else:
+            raise UsageError("give one CLOSURE_INFO dir, --roots ROOT..., or -f FILE.nix",
+                             "see nix-prefix build --help")
         options = BuildOptions(compression=compression, level=level, store_root=store_root,
-                               verify=not no_verify, roots=root or None, system=system)
-        with tqdm(total=closure.total_nar_size, unit="B", unit_scale=True,
-                  desc="hashing and packing", disable=quiet or None, file=sys.stderr) as bar:
-            result = build_installer(closure, output, options, progress=bar.update)
-    except BuildError as e:
-        _fail(e)
-    if not quiet:
-        m = result.manifest
-        ratio = result.size / max(m.total_nar_size, 1)
-        typer.echo(
-            f"wrote {output}: {len(m.paths)} store paths, {m.total_nar_size / 2**20:.1f} MiB "
-            f"NAR -> {result.size / 2**20:.1f} MiB installer ({ratio:.1%}, {compression}) "
-            f"in {time.time() - started:.1f} s", err=True)
-        typer.echo(f"install with: sh {output}   (or: sh {output} --help)", err=True)
+                               verify=not no_verify, roots=profile_root or source.roots,
+                               system=system)
+        with _bar("hashing, packing and compressing", source.closure.total_nar_size,
+                  quiet) as bar:
+            result = build_installer(source.closure, output, options, progress=bar.update)
+    for line in build_summary(result, output, time.time() - started):
+        say(line)
+
+
+def build_summary(result: BuildResult, output: Path, seconds: float) -> list[str]:
+    """What ``build`` prints at the end: sizes, ratio, time, what to do next."""
+    m = result.manifest
+    ratio = result.size / max(m.total_nar_size, 1)
+    max_prefix = m.max_store_dir_length - len("/store")
+    return [
+        f"wrote {output}: {len(m.paths)} store paths, {human_size(m.total_nar_size)} NAR "
+        f"-> {human_size(result.size)} installer ({ratio:.1%}, {m.compression}) "
+        f"in {seconds:.1f} s",
+        f"  installs into {m.prefix} by default, or any --prefix of at most {max_prefix} "
+        "bytes",
+        f"install with: sh {output}   (or: sh {output} --help)",
+    ]
+
+
+@app.command()
+def inspect(
+    installer: Annotated[Path, typer.Argument(help="an installer made by nix-prefix")],
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="print one JSON document: the manifest, sizes, relocation limits")]
+    = False,
+    debug: Debug = False,
+) -> None:
+    """Show what an installer holds: store dir, paths and sizes, compression, relocation limits.
+
+    Reads only the manifest (quick); `nix-prefix verify` checks the payload.
+    """
+    import json
+
+    from .inspect import describe, open_installer, render
+
+    with reporting(debug):
+        source = open_installer(installer)
+        try:
+            if json_output:
+                typer.echo(json.dumps(describe(installer, source.manifest), indent=1,
+                                      sort_keys=True))
+            else:
+                typer.echo(render(installer, source.manifest), nl=False)
+        finally:
+            source.close()
+
+
+@app.command()
+def verify(
+    installer: Annotated[Path, typer.Argument(help="an installer made by nix-prefix")],
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Check an installer as its own --check does: every checksum and NAR hash; writes nothing."""
+    from .inspect import open_installer
+
+    with reporting(debug):
+        source = open_installer(installer)
+        try:
+            manifest = source.manifest
+            with _bar("verifying", manifest.total_nar_size, quiet) as bar:
+                source.check(bar.update)
+        finally:
+            source.close()
+    _say(quiet)(f"OK: {installer} is intact: {len(manifest.paths)} store paths, "
+                f"{human_size(manifest.total_nar_size)} of NAR verified")
 
 
 @app.command()
@@ -89,20 +272,17 @@ def retarget(
     level: Annotated[int | None, typer.Option(help="compression level")] = None,
     store_root: Annotated[Path | None, typer.Option(
         help="with a closureInfo source: where its store dir physically lives")] = None,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress bar or summary")]
-    = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
 ) -> None:
     """Make an installer for another prefix from an installer or closure, without Nix."""
     from .retarget import retarget as run_retarget
 
     started = time.time()
-    try:
-        with tqdm(unit="B", unit_scale=True, desc="verifying and relocating",
-                  disable=quiet or None, file=sys.stderr) as bar:
+    with reporting(debug):
+        with _bar("verifying and relocating", None, quiet) as bar:
             result = run_retarget(source, prefix, output, compression=compression, level=level,
                                   store_root=store_root, progress=bar.update)
-    except (BuildError, codecs.CodecError) as e:
-        _fail(e)
     if not quiet:
         m = result.manifest
         typer.echo(f"wrote {output}: {len(m.paths)} store paths for {m.store_dir} "
@@ -113,18 +293,37 @@ def retarget(
 
 
 @app.command()
+def sample(
+    store_dir: StoreDir = None,
+    debug: Debug = False,
+) -> None:
+    """Build a sample closure with the machine's Nix and print its roots (no nixpkgs needed).
+
+    A self-contained Nix made from the machine's own Nix binary (patchelf'd,
+    every library in the store) and a small program, hello-nix-prefix: enough
+    to try nix-prefix end to end.  A missing --store-dir is created.
+    """
+    from . import samples
+
+    with reporting(debug):
+        nix = store_nix(store_dir, create=True)
+        roots = [samples.build_nix_closure(nix), *samples.build_small_closure(nix)]
+    for root in roots:
+        typer.echo(root)
+
+
+@app.command()
 def demo(
     workdir: Annotated[Path | None, typer.Option(
         help="where to build and install (default: a new dir under /tmp)")] = None,
     compression: Annotated[str, typer.Option(help="payload codec: xz or zstd")] = "xz",
+    debug: Debug = False,
 ) -> None:
     """Build a sample closure with this machine's Nix, make an installer, install it, run it."""
     from .demo import run_demo
 
-    try:
+    with reporting(debug):
         run_demo(workdir, compression)
-    except BuildError as e:
-        _fail(e)
 
 
 def _version(value: bool) -> None:

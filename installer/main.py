@@ -94,11 +94,10 @@ def run(path, args, ui):
                 sys.stdout.write(manifest.store_path(p.name) + "\n")
             return 0
         if args.info:
-            sys.stdout.write(_info(manifest))
+            sys.stdout.write(info_text(manifest))
             return 0
         if args.check:
-            source.check_payload_hash()
-            source.unpack(lambda name: _Null())
+            source.check()
             ui.say("OK: %s is intact: %d store paths, %s of NAR verified"
                    % (path, len(manifest.paths), preflight.human_size(manifest.total_nar_size)))
             return 0
@@ -119,13 +118,9 @@ def run(path, args, ui):
         source.close()
 
 
-class _Null(object):
-    def __getattr__(self, name):
-        return lambda *args: None
-
-
-def _info(manifest):
+def info_text(manifest):
     # type: (Manifest) -> str
+    """The summary ``--info`` prints (``nix-prefix inspect`` shows it too)."""
     lines = [
         "nix-prefix installer (format %d, built by nix-prefix %s)" % (1, manifest.tool_version),
         "store dir:     %s" % manifest.store_dir,

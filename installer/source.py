@@ -134,6 +134,16 @@ class InstallerFile(object):
                 raise CorruptInstaller("%s does not match its sha256 in the manifest"
                                        % chunk.file)
 
+    def check(self, progress=None):
+        # type: (Optional[Callable[[int], object]]) -> None
+        """Everything ``--check`` verifies, writing nothing: the payload's sha256,
+        then every chunk and every store path's NAR hash.
+
+        ``progress`` is called with the number of NAR bytes verified since the last call.
+        """
+        self.check_payload_hash()
+        self.unpack(lambda name: _Counter(progress))
+
     def check_payload_hash(self):
         # type: () -> None
         """Hash every chunk's bytes in order against the manifest's payload sha256."""
@@ -152,6 +162,20 @@ class InstallerFile(object):
                 raise CorruptInstaller("%s is damaged (%s)" % (chunk.file, e))
         if size != self.manifest.payload_size or total.hexdigest() != self.manifest.payload_sha256:
             raise CorruptInstaller("the payload does not match its sha256 in the manifest")
+
+
+class _Counter(object):
+    """A visitor that writes nothing and reports the bytes it sees."""
+
+    def __init__(self, progress):
+        self._progress = progress
+
+    def contents(self, data):
+        if self._progress is not None:
+            self._progress(len(data))
+
+    def __getattr__(self, name):
+        return lambda *args: None
 
 
 def _zip_start(zf):

@@ -1,0 +1,76 @@
+"""``nix-prefix inspect`` and ``nix-prefix verify``: an installer seen from the build side.
+
+Both open the file through the installer's own reader
+(nix_prefix.installer.source.InstallerFile), so they accept exactly what the
+installer accepts: ``verify`` is the installer's ``--check``, and
+``inspect`` shows the installer's ``--info`` and then the manifest in full.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..installer.main import info_text
+from ..installer.preflight import human_size
+from ..installer.source import InstallerFile
+from ..payload.manifest import Manifest
+
+STORE_SUFFIX = "/store"
+
+
+def open_installer(path: Path) -> InstallerFile:
+    """The installer file, its manifest and preamble checked (InstallError if not)."""
+    return InstallerFile(str(path))
+
+
+def relocation_limits(manifest: Manifest) -> dict[str, int]:
+    """How long a prefix this installer can serve (payload/relocate.py):
+    any P whose ``P/store`` is no longer than the store dir in the payload."""
+    return {"maxStoreDirLength": manifest.max_store_dir_length,
+            "maxPrefixLength": manifest.max_store_dir_length - len(STORE_SUFFIX)}
+
+
+def describe(path: Path, manifest: Manifest) -> dict:
+    """Everything ``inspect --json`` prints: the file, its manifest, what it implies."""
+    size = os.path.getsize(path)
+    return {
+        "file": str(path),
+        "size": size,
+        "compressionRatio": round(manifest.payload_size / max(manifest.total_nar_size, 1), 4),
+        "defaultPrefix": manifest.prefix,
+        "relocation": relocation_limits(manifest),
+        "manifest": json.loads(manifest.to_json()),
+    }
+
+
+def render(path: Path, manifest: Manifest) -> str:
+    """``inspect`` as text: the installer's ``--info``, then chunks and paths."""
+    limits = relocation_limits(manifest)
+    lines = [
+        info_text(manifest).rstrip("\n"),
+        f"file:          {path} ({human_size(os.path.getsize(path))}, payload "
+        f"{_ratio(manifest.payload_size, manifest.total_nar_size)} of the NAR size)",
+        f"relocation:    any prefix P with len(P/store) <= {limits['maxStoreDirLength']}, "
+        f"i.e. len(P) <= {limits['maxPrefixLength']} bytes",
+        "",
+        f"chunks ({len(manifest.chunks)}, {manifest.compression}):",
+    ]
+    for chunk in manifest.chunks:
+        lines.append(f"  {chunk.file}  {human_size(chunk.size):>10} from "
+                     f"{human_size(chunk.nar_size):>10} NAR ({_ratio(chunk.size, chunk.nar_size)})")
+    lines += ["", f"store paths ({len(manifest.paths)}, NAR size, chunk):"]
+    roots = set(manifest.roots)
+    for entry in manifest.paths:
+        mark = "  (root)" if entry.name in roots else ""
+        lines.append(f"  {human_size(entry.nar_size):>10}  {entry.chunk:>4}  "
+                     f"{manifest.store_path(entry.name)}{mark}")
+    if manifest.hidden_refs:
+        lines += ["", "files where relocation cannot rewrite the store dir:"]
+        lines += [f"  {ref}" for ref in manifest.hidden_refs]
+    return "\n".join(lines) + "\n"
+
+
+def _ratio(part: int, whole: int) -> str:
+    return f"{part / max(whole, 1):.1%}"
