@@ -32,6 +32,12 @@ class CorruptInstaller(InstallError):
         InstallError.__init__(self, message, hint)
 
 
+class UpdateNeeded(InstallError):
+    """The prefix holds another install; replacing its profile needs -u."""
+
+    exit_code = EXIT_USAGE
+
+
 class EnvironmentProblem(InstallError):
     """The machine or prefix cannot take this install (space, arch, permissions...)."""
 

@@ -12,7 +12,7 @@ import time
 
 from ..payload import hashes, nar, registration, relocate
 from . import crashpoints, envfiles, nixstore, preflight, staging
-from .errors import InstallError
+from .errors import InstallError, UpdateNeeded
 from .prefix import Prefix, user_name
 
 
@@ -72,6 +72,28 @@ def preflight_checks(manifest, prefix):
     preflight.check_space(prefix, sum(p.nar_size for p in missing))
 
 
+def check_update(manifest, prefix, update):
+    # type: (Manifest, Prefix, bool) -> None
+    """Refuse to replace another install's profile unless ``update`` (-u) is given.
+
+    The prefix holds another install when its default profile exists and lacks
+    some of this installer's roots (the same installer run again, with or
+    without packages the user added since, or a first install that stopped
+    before the profile, is not another install).
+    """
+    if update:
+        return
+    roots = set(os.path.join(prefix.store_dir, r) for r in manifest.roots)
+    current = nixstore.profile_manifest_paths(prefix)
+    if current and not roots <= current:
+        names = ", ".join(sorted(os.path.basename(p).partition("-")[2] for p in current))
+        raise UpdateNeeded(
+            "%s already has a nix-prefix install (profile generation %s with %s)" % (
+                prefix.root, nixstore.profile_generation(prefix) or "?", names),
+            "pass -u (--update) to add this installer's paths and make a new profile "
+            "generation; the old one stays for a rollback")
+
+
 def _make_dirs(prefix):
     # type: (Prefix) -> List[str]
     """Create the prefix's directories; return the ones that did not exist."""
@@ -125,9 +147,14 @@ def _nix_tool(manifest, prefix, tool):
                        "build the installer from a closure that includes Nix")
 
 
-def install(source, prefix_root, ui):
-    # type: (InstallerFile, str, UI) -> bool
-    """Install ``source`` into ``prefix_root``; returns True if anything changed."""
+def install(source, prefix_root, ui, update=False):
+    # type: (InstallerFile, str, UI, bool) -> bool
+    """Install ``source`` into ``prefix_root``; returns True if anything changed.
+
+    A first install's profile holds exactly the roots; with ``update`` (-u) the
+    new generation also keeps the other packages the profile had (same-named
+    ones are replaced, as ``nix-env -i`` does).
+    """
     prefix = Prefix(prefix_root)
     relocation = preflight.relocation(source.manifest, prefix)
     manifest = source.manifest
@@ -137,14 +164,14 @@ def install(source, prefix_root, ui):
     started = time.time()
     created = _make_dirs(prefix)
     try:
-        return _install_locked(source, manifest, prefix, ui, started, relocation)
+        return _install_locked(source, manifest, prefix, ui, started, relocation, update)
     except BaseException:
         _remove_created(prefix, created)
         raise
 
 
-def _install_locked(source, manifest, prefix, ui, started, relocation):
-    # type: (InstallerFile, Manifest, Prefix, UI, float, Optional[Tuple[str, str]]) -> bool
+def _install_locked(source, manifest, prefix, ui, started, relocation, update):
+    # type: (InstallerFile, Manifest, Prefix, UI, float, Optional[Tuple[str, str]], bool) -> bool
     changed = False
     with nixstore.PrefixLock(prefix.lock_file,
                              on_wait=lambda: ui.say("waiting for another installer on %s..."
@@ -193,10 +220,11 @@ def _install_locked(source, manifest, prefix, ui, started, relocation):
             changed = True
         nix_env = _nix_tool(manifest, prefix, "nix-env")
         roots = [manifest.store_path(r) for r in manifest.roots]
-        if nixstore.profile_paths(prefix, nix_env) != set(roots):
+        current = nixstore.profile_paths(prefix, nix_env)
+        if not set(roots) <= current:
             ui.say("making the profile %s" % prefix.profile)
             crashpoints.reached("before-profile")
-            nixstore.set_profile(prefix, nix_env, roots)
+            nixstore.set_profile(prefix, nix_env, roots, keep_others=update)
             crashpoints.reached("after-profile")
             changed = True
     elapsed = time.time() - started

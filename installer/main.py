@@ -6,7 +6,7 @@ import sys
 
 from ..payload import __version__
 from . import install as install_mod
-from . import preflight
+from . import preflight, shellrc, summary
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, InstallError
 from .prefix import Prefix
 from .source import InstallerFile
@@ -20,8 +20,12 @@ anything is moved into place; running it again only adds what is missing.
 """
 
 EPILOG = """\
-exit codes: 0 done, 1 install failed (the prefix is as it was), 2 bad usage,
-3 the installer file is damaged, 4 this machine or prefix cannot take it.
+exit codes: 0 done, 1 install failed (the prefix is as it was), 2 bad usage
+(also: the prefix holds another install and -u was not given), 3 the installer
+file is damaged, 4 this machine or prefix cannot take it.
+
+environment: NIX_PREFIX_PYTHON=/path/to/python3 picks the Python that runs the
+installer; NIX_PREFIX_DEBUG=1 shows the traceback of an internal error.
 """
 
 
@@ -38,14 +42,24 @@ def _parser(prog):
                    help="install into P (default: the prefix the closure was built for)")
     p.add_argument("-y", "--yes", "-b", "--batch", dest="yes", action="store_true",
                    help="do not ask before installing")
+    p.add_argument("-u", "--update", action="store_true",
+                   help="update a prefix that has another nix-prefix install: add this "
+                        "installer's paths and make a new profile generation with its roots "
+                        "(the old generation stays)")
     p.add_argument("--check", action="store_true",
                    help="verify the whole installer file (manifest, payload, every NAR hash) "
                         "and write nothing")
     p.add_argument("--list", action="store_true", help="print the store paths and exit")
     p.add_argument("--info", action="store_true", help="print a summary of the installer")
-    p.add_argument("--no-modify-profile", action="store_true",
-                   help="do not edit shell start-up files (the default: nix-prefix never "
-                        "edits them; source PREFIX/etc/profile.d/nix.sh yourself)")
+    rc = p.add_mutually_exclusive_group()
+    rc.add_argument("--modify-profile", action="store_true",
+                    help="also add a marked line that sources PREFIX/etc/profile.d/nix.sh to "
+                         "~/.profile (and ~/.bash_profile, ~/.bashrc, ~/.zshrc if present)")
+    rc.add_argument("--unmodify-profile", action="store_true",
+                    help="remove that line from those files, install nothing, and exit")
+    rc.add_argument("--no-modify-profile", action="store_true",
+                    help="do not edit shell start-up files: the default, accepted for "
+                         "compatibility with Nix's own installer")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     p.add_argument("--version", action="version", version="nix-prefix installer " + __version__)
     return p
@@ -103,16 +117,22 @@ def run(path, args, ui):
             return 0
         root = preflight.resolve_prefix(args.prefix) if args.prefix else manifest.prefix
         prefix = Prefix(root)
+        if args.unmodify_profile:
+            changed = shellrc.remove_block(root)
+            ui.say("removed the nix-prefix line for %s from %s"
+                   % (root, ", ".join(changed)) if changed else
+                   "no shell start-up file sources %s; nothing to remove" % root)
+            return 0
         install_mod.preflight_checks(manifest, prefix)
+        install_mod.check_update(manifest, prefix, args.update)
         if not args.yes and ui.interactive:
             ui.say("\n".join(install_mod.plan_lines(manifest, prefix)))
             if not ui.confirm("Proceed?"):
                 ui.say("nothing was changed")
                 return EXIT_FAILED
-        install_mod.install(source, root, ui)
-        ui.say("")
-        ui.say("To use Nix from %s, run (or add to your shell's start-up file):" % root)
-        ui.say("  . %s/etc/profile.d/nix.sh" % root)
+        install_mod.install(source, root, ui, update=args.update)
+        rc_files = shellrc.add_block(root) if args.modify_profile else []
+        ui.say("\n".join(summary.summary_lines(manifest, prefix, path, rc_files)))
         return 0
     finally:
         source.close()

@@ -3,6 +3,7 @@
 import errno
 import fcntl
 import os
+import re
 import subprocess
 
 from .errors import InstallError
@@ -100,13 +101,42 @@ def profile_paths(prefix, nix_env):
     return set(line.strip() for line in out.splitlines() if line.strip())
 
 
-def set_profile(prefix, nix_env, store_paths):
-    # type: (Prefix, str, List[str]) -> None
-    """Make a new profile generation holding exactly ``store_paths``.
+def profile_manifest_paths(prefix):
+    # type: (Prefix) -> Set[str]
+    """Store paths in the default profile, read from its ``manifest.nix`` without
+    running Nix (so a check before the install writes nothing, not even Nix's
+    locks).  nix-env writes one ``outPath = "...";`` per package and output
+    (src/nix-env/user-env.cc); an unreadable manifest reads as empty."""
+    try:
+        with open(os.path.join(prefix.profile, "manifest.nix")) as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError):
+        return set()
+    return set(re.findall(r'outPath = "([^"]+)";', text))
+
+
+def profile_generation(prefix):
+    # type: (Prefix) -> Optional[int]
+    """The current generation N of the default profile (link ``default-N-link``), if any."""
+    try:
+        link = os.readlink(prefix.profile)
+    except OSError:
+        return None
+    parts = link.rpartition("/")[2].split("-")
+    if len(parts) >= 3 and parts[-1] == "link" and parts[-2].isdigit():
+        return int(parts[-2])
+    return None
+
+
+def set_profile(prefix, nix_env, store_paths, keep_others=False):
+    # type: (Prefix, str, List[str], bool) -> None
+    """Make a new profile generation holding exactly ``store_paths`` (with
+    ``keep_others``: those plus the other packages it had, minus same-named ones).
 
     ``nix-env -i`` builds the user environment with Nix's builtin buildenv and
     links it from ``var/nix/profiles/default``, which Nix's
     ``gcroots/profiles`` link makes a GC root; the previous generation stays
     for ``nix-env --rollback``.
     """
-    run_nix(prefix, [nix_env, "-p", prefix.profile, "--remove-all", "-i"] + list(store_paths))
+    replace = [] if keep_others else ["--remove-all"]
+    run_nix(prefix, [nix_env, "-p", prefix.profile] + replace + ["-i"] + list(store_paths))

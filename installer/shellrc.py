@@ -1,0 +1,144 @@
+"""``--modify-profile``: the one line that sources a prefix's nix.sh, in shell start-up files.
+
+The line goes in a marked block, one block per prefix, so adding it again
+changes nothing and removing it (``--unmodify-profile``, or an uninstall via
+``remove_block``) takes out exactly what was added and nothing else::
+
+    # >>> nix-prefix /home/me/.nix >>>
+    if [ -e '/home/me/.nix/etc/profile.d/nix.sh' ]; then . '/home/me/.nix/etc/profile.d/nix.sh'; fi
+    # <<< nix-prefix /home/me/.nix <<<
+
+Files: ``~/.profile`` (created if missing: sh, dash, ksh and login bash read
+it), and ``~/.bash_profile``, ``~/.bashrc``, ``~/.zshrc`` when they exist.
+Sourcing nix.sh twice is harmless (it adds to PATH only once).  Each file is
+rewritten atomically, through a symlink to its target, keeping its mode; a
+file that did not end with a newline keeps the one added before the block.
+"""
+
+import os
+
+from .errors import InstallError
+
+ALWAYS = ".profile"
+IF_PRESENT = (".bash_profile", ".bashrc", ".zshrc")
+
+
+def begin_marker(root):
+    # type: (str) -> str
+    return "# >>> nix-prefix %s >>>" % root
+
+
+def end_marker(root):
+    # type: (str) -> str
+    return "# <<< nix-prefix %s <<<" % root
+
+
+def block(root):
+    # type: (str) -> str
+    script = "%s/etc/profile.d/nix.sh" % root
+    return "%s\nif [ -e '%s' ]; then . '%s'; fi\n%s\n" % (
+        begin_marker(root), script, script, end_marker(root))
+
+
+def home_dir():
+    # type: () -> str
+    home = os.environ.get("HOME") or os.path.expanduser("~")
+    if not home or home == "~" or not os.path.isdir(home):
+        raise InstallError("cannot find your home directory to edit its shell start-up files",
+                           "set HOME, or leave out --modify-profile and source "
+                           "PREFIX/etc/profile.d/nix.sh yourself")
+    return home
+
+
+def candidates(home):
+    # type: (str) -> List[str]
+    """The start-up files a block goes into (or is removed from)."""
+    files = [os.path.join(home, ALWAYS)]
+    files += [os.path.join(home, name) for name in IF_PRESENT
+              if os.path.lexists(os.path.join(home, name))]
+    return files
+
+
+def add_block(root, home=None):
+    # type: (str, Optional[str]) -> List[str]
+    """Add the block for ``root`` where it is missing (an outdated one is replaced);
+    return every file that has it now."""
+    files = candidates(home or home_dir())
+    for path in files:
+        text = _read(path)
+        if block(root) in text:
+            continue
+        new = _without(text, root)
+        if new and not new.endswith("\n"):
+            new += "\n"
+        _write(path, new + block(root))
+    return files
+
+
+def remove_block(root, home=None):
+    # type: (str, Optional[str]) -> List[str]
+    """Remove the block for ``root`` wherever it is; return the files that changed.
+
+    This is what an uninstall calls; it never touches anything outside the markers.
+    """
+    changed = []
+    for path in candidates(home or home_dir()):
+        if not os.path.lexists(path):
+            continue
+        text = _read(path)
+        new = _without(text, root)
+        if new != text:
+            _write(path, new)
+            changed.append(path)
+    return changed
+
+
+def _without(text, root):
+    # type: (str, str) -> str
+    """``text`` without the marked block(s) for ``root`` (begin to end marker lines)."""
+    begin, end = begin_marker(root), end_marker(root)
+    out = []
+    inside = False
+    for line in text.splitlines(True):
+        stripped = line.rstrip("\r\n")
+        if not inside and stripped == begin:
+            inside = True
+        elif inside and stripped == end:
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:  # a begin marker without its end: leave the file as it was
+        return text
+    return "".join(out)
+
+
+def _read(path):
+    # type: (str) -> str
+    if not os.path.lexists(path):
+        return ""
+    try:
+        with open(path) as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InstallError("cannot read %s (%s)" % (path, e),
+                           "fix the file, or leave out --modify-profile")
+
+
+def _write(path, text):
+    # type: (str, str) -> None
+    """Replace the file's content atomically; a symlinked rc file keeps its link."""
+    target = os.path.realpath(path)
+    tmp = "%s.nix-prefix-%d" % (target, os.getpid())
+    try:
+        mode = os.stat(target).st_mode & 0o7777 if os.path.exists(target) else 0o644
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.rename(tmp, target)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise InstallError("cannot write %s (%s)" % (path, e.strerror),
+                           "fix its permissions, or leave out --modify-profile")

@@ -1,0 +1,36 @@
+"""What the installer says when it is done: what, where, how to start, update, undo."""
+
+import os
+
+from . import nixstore, preflight
+
+
+def summary_lines(manifest, prefix, installer, rc_files):
+    # type: (Manifest, Prefix, str, List[str]) -> List[str]
+    """The closing summary of an install into ``prefix`` by the file ``installer``."""
+    names = ", ".join(r.partition("-")[2] for r in manifest.roots) or "(no roots)"
+    script = os.path.join(prefix.profile_d, "nix.sh")
+    again = "sh %s -p %s" % (installer, prefix.root)
+    lines = [
+        "",
+        "Installed %s (%d store paths, %s) in %s" % (
+            names, len(manifest.paths), preflight.human_size(manifest.total_nar_size),
+            prefix.root),
+        "  profile:   %s (generation %s)" % (prefix.profile,
+                                            nixstore.profile_generation(prefix) or "?"),
+        "Start using it in this shell:",
+        "  . %s" % script,
+        "  (fish: source %s/nix.fish)" % prefix.profile_d,
+    ]
+    if rc_files:
+        lines.append("New shells do it already: the line is in %s (undo: %s --unmodify-profile)"
+                     % (", ".join(rc_files), again))
+    else:
+        lines.append("For every new shell: %s --modify-profile (adds it to ~/.profile etc.)"
+                     % again)
+    lines += [
+        "Update later:  sh NEWER-INSTALLER -u -p %s" % prefix.root,
+        "Uninstall:     %s --uninstall" % again,
+    ]
+    return lines
+
