@@ -49,7 +49,7 @@ def from_roots(nix: Nix, roots: Sequence[str]) -> Input:
 def from_nix_file(nix: Nix, file: Path, attrs: Sequence[str], argstrs: Sequence[str],
                   say: Callable[[str], object] = print) -> Input:
     """``nix-build FILE [-A ATTR]... [--argstr NAME VALUE]...``, then its outputs' closure."""
-    if not file.exists():
+    if not file.exists() and not str(file).startswith("<"):  # <nixpkgs> is Nix's to find
         raise BuildError(f"{file} does not exist", "pass a Nix file to build with -f")
     args = parse_argstrs(argstrs)
     shown = " ".join([str(file), *(f"-A {a}" for a in attrs)])
