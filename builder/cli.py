@@ -320,13 +320,14 @@ def demo(
     workdir: Annotated[Path | None, typer.Option(
         help="where to build and install (default: a new dir under /tmp)")] = None,
     compression: Annotated[str, typer.Option(help="payload codec: xz or zstd")] = "xz",
+    level: Level = None,
     debug: Debug = False,
 ) -> None:
     """Build a sample closure with this machine's Nix, make an installer, install it, run it."""
     from .demo import run_demo
 
     with reporting(debug):
-        run_demo(workdir, compression)
+        run_demo(workdir, compression, level)
 
 
 def _version(value: bool) -> None:

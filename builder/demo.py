@@ -28,7 +28,7 @@ def _step(message: str) -> None:
     print(f"==> {message}", file=sys.stderr, flush=True)
 
 
-def run_demo(workdir: Path | None, compression: str = "xz") -> Path:
+def run_demo(workdir: Path | None, compression: str = "xz", level: int | None = None) -> Path:
     """Run the demo in ``workdir`` (default: a new dir under /tmp); return the prefix."""
     from . import samples
 
@@ -53,7 +53,8 @@ def run_demo(workdir: Path | None, compression: str = "xz") -> Path:
     closure = read_closure(info_dir)
     with tqdm(total=closure.total_nar_size, unit="B", unit_scale=True,
               desc="hashing and packing", file=sys.stderr) as bar:
-        result = build_installer(closure, installer, BuildOptions(compression=compression),
+        result = build_installer(closure, installer,
+                                 BuildOptions(compression=compression, level=level),
                                  progress=bar.update)
     print(f"    {result.size / 2**20:.1f} MiB for {closure.total_nar_size / 2**20:.1f} MiB "
           f"of NAR", file=sys.stderr)

@@ -231,3 +231,38 @@ def test_shell_completion() -> None:
     options = _run(_NIX_PREFIX_COMPLETE="complete_bash", COMP_WORDS="nix-prefix build --ro",
                    COMP_CWORD="2")
     assert "--roots" in options.stdout.split()
+
+
+def test_sample_builds_into_a_new_store(world_dir: Path) -> None:
+    store = world_dir / "s" / "store"
+    result = runner.invoke(app, ["sample", "--store-dir", str(store)])
+    assert result.exit_code == 0, result.output
+    roots = result.stdout.split()
+    assert len(roots) == 3
+    assert all(r.startswith(f"{store}/") and os.path.lexists(r) for r in roots)
+    assert any(r.endswith("-nix-self-contained") for r in roots)
+    assert (store.parent / "etc/nix/nix.conf").exists()
+
+
+def test_retarget_through_the_cli(small, world_dir: Path) -> None:
+    out = world_dir / "short.sh"
+    prefix = world_dir / "s"
+    result = nix_prefix("retarget", small.installer, "--prefix", prefix, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert f"for {prefix}/store" in result.output
+    doc = json.loads(nix_prefix("inspect", out, "--json").output)
+    assert doc["manifest"]["storeDir"] == f"{prefix}/store"
+    assert doc["relocation"]["maxStoreDirLength"] == len(store_dir_of(small))
+    assert nix_prefix("verify", out, "-q").exit_code == 0
+    too_long = nix_prefix("retarget", small.installer, "--prefix", world_dir / ("x" * 40),
+                          "-o", world_dir / "long.sh")
+    assert too_long.exit_code == 1 and "nix-prefix: error: " in too_long.output
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(world_dir: Path) -> None:
+    result = runner.invoke(app, ["demo", "--workdir", str(world_dir / "demo")],
+                           env={"NIX_PREFIX_LEVEL": "0"})
+    assert result.exit_code == 0, result.output
+    assert "Demo done" in result.output
+    assert (world_dir / "demo" / "nix" / "var/nix/profiles/default/bin/nix-store").exists()
