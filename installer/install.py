@@ -36,9 +36,10 @@ class _Count(object):
         return lambda *args: None
 
 
-def plan_lines(manifest, prefix):
-    # type: (Manifest, Prefix) -> List[str]
-    """What the install will do, shown before it asks to proceed."""
+def plan_lines(manifest, prefix, also=()):
+    # type: (Manifest, Prefix, Sequence[str]) -> List[str]
+    """What the install will do, shown before it asks to proceed; ``also`` lists
+    what it will do outside the prefix (e.g. --modify-profile)."""
     lines = [
         "Install %d store paths (%s) into %s" % (len(manifest.paths),
                                                  preflight.human_size(manifest.total_nar_size),
@@ -53,8 +54,9 @@ def plan_lines(manifest, prefix):
         "  write %s (if absent)" % prefix.nix_conf,
         "  make the profile %s with %s" % (prefix.profile, ", ".join(manifest.roots)),
         "  write %s/nix.sh and nix.fish" % prefix.profile_d,
-        "Nothing outside %s is changed." % prefix.root,
     ]
+    lines += also
+    lines.append("Nothing %soutside %s is changed." % ("else " if also else "", prefix.root))
     return lines
 
 

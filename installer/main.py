@@ -125,13 +125,19 @@ def run(path, args, ui):
             return 0
         install_mod.preflight_checks(manifest, prefix)
         install_mod.check_update(manifest, prefix, args.update)
+        # Found before installing, so that a missing HOME stops nothing half-way.
+        home = shellrc.home_dir() if args.modify_profile else None
+        also = []
+        if home is not None:
+            also.append("  add a line sourcing %s/nix.sh to %s" % (
+                prefix.profile_d, ", ".join(shellrc.candidates(home))))
         if not args.yes and ui.interactive:
-            ui.say("\n".join(install_mod.plan_lines(manifest, prefix)))
+            ui.say("\n".join(install_mod.plan_lines(manifest, prefix, also)))
             if not ui.confirm("Proceed?"):
                 ui.say("nothing was changed")
                 return EXIT_FAILED
         install_mod.install(source, root, ui, update=args.update)
-        rc_files = shellrc.add_block(root) if args.modify_profile else []
+        rc_files = shellrc.add_block(root, home) if args.modify_profile else []
         ui.say("\n".join(summary.summary_lines(manifest, prefix, path, rc_files)))
         return 0
     finally:

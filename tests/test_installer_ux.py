@@ -13,7 +13,7 @@ from nix_prefix.installer import nixstore, shellrc
 from nix_prefix.installer.prefix import Prefix
 
 from .support import build_small, run_installer, tree_snapshot
-from .test_install import machine_nix, one_error_line
+from .test_install import _run_on_terminal, machine_nix, one_error_line
 
 NEWER = r"""
 derivation {
@@ -136,6 +136,20 @@ def test_modify_profile_is_idempotent_and_reversible(small, world_dir: Path) -> 
     assert {p: p.read_text() for p in originals} == originals
     assert (home / ".profile").read_text() == ""
     assert (home / ".bashrc").is_symlink()
+
+
+def test_the_plan_names_the_start_up_files_before_asking(small, world_dir: Path) -> None:
+    home = world_dir / "home"
+    home.mkdir()
+    (home / ".zshrc").write_text("# mine\n")
+    code, screen = _run_on_terminal(
+        ["env", f"HOME={home}", "sh", str(small.installer), "--modify-profile"], b"n\n")
+    assert code == 1 and "nothing was changed" in screen
+    assert f"add a line sourcing {small.prefix}/etc/profile.d/nix.sh to {home}/.profile, " \
+           f"{home}/.zshrc" in screen.replace("\r", "")
+    assert f"Nothing else outside {small.prefix} is changed." in screen
+    assert sorted(os.listdir(home)) == [".zshrc"]
+    assert not small.prefix.exists()
 
 
 def test_modify_and_no_modify_profile_exclude_each_other(small) -> None:
