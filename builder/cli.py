@@ -223,7 +223,8 @@ def inspect(
 ) -> None:
     """Show what an installer holds: store dir, paths and sizes, compression, relocation limits.
 
-    Reads only the manifest (quick); `nix-prefix verify` checks the payload.
+    Checks the file's seal and reads its manifest; `nix-prefix verify` also checks
+    every chunk and NAR hash.
     """
     import json
 

@@ -179,10 +179,13 @@ def test_verify_passes_and_catches_damage(small, world_dir: Path) -> None:
     bad = world_dir / "bad.sh"
     bad.write_bytes(bytes(data))
     result = nix_prefix("verify", bad)
-    assert_one_line_error(result, "payload")
+    assert_one_line_error(result, str(bad), "is damaged")
+    assert result.exit_code == 3
+    result = nix_prefix("inspect", bad)  # the installer's own reader refuses it as well
+    assert_one_line_error(result, "is damaged")
     assert result.exit_code == 3
     result = nix_prefix("inspect", world_dir / "nope.sh")
-    assert_one_line_error(result, "not a readable installer")
+    assert_one_line_error(result, "nope.sh")
     assert result.exit_code == 3
 
 
