@@ -7,11 +7,12 @@ a corrupt installer never leaves a registered path missing or partial.
 """
 
 import errno
+import hashlib
 import os
 import time
 
 from ..payload import hashes, nar, registration, relocate
-from . import crashpoints, envfiles, nixstore, preflight, staging
+from . import crashpoints, envfiles, nixstore, preflight, receipt, staging
 from .errors import InstallError, UpdateNeeded
 from .prefix import Prefix, user_name
 
@@ -133,7 +134,7 @@ def _on_disk_matches(manifest, entry):
     return size == entry.nar_size and hashes.format_sha256(digest) == entry.nar_hash
 
 
-def _nix_tool(manifest, prefix, tool):
+def nix_tool(manifest, prefix, tool):
     # type: (Manifest, Prefix, str) -> str
     """The closure's own Nix tool, else one on PATH, else a clear error."""
     if manifest.nix_store:
@@ -204,15 +205,22 @@ def _install_locked(source, manifest, prefix, ui, started, relocation, update):
                 _warn_hidden_refs(manifest, ui)
             _unpack_and_place(source, manifest, prefix, to_place, ui, relocation)
             changed = True
+        written = {}
         for path, content in envfiles.planned_files(prefix):
             state = envfiles.write_file(path, content)
             crashpoints.reached("env-file")
             if state == "written":
+                written[path] = hashlib.sha256(content.encode()).hexdigest()
                 changed = True
             elif state == "kept" and path == prefix.nix_conf:
                 ui.say("keeping your %s as it is" % path)
-        nix_store = _nix_tool(manifest, prefix, "nix-store")
+        nix_store = nix_tool(manifest, prefix, "nix-store")
         unregistered = [p for p in manifest.paths if manifest.store_path(p.name) not in valid]
+        if unregistered or written:
+            # Recorded before registering: a crash after load-db must not leave paths
+            # that no receipt claims (--uninstall only removes what is recorded).
+            receipt.record(prefix, manifest, [manifest.store_path(p.name) for p in unregistered],
+                           None, None, written)
         if unregistered:
             ui.say("registering %d paths with nix-store --load-db" % len(unregistered))
             # Only new paths: valid ones keep their rows (and, relocated, their hashes).
@@ -220,7 +228,7 @@ def _install_locked(source, manifest, prefix, ui, started, relocation, update):
             nixstore.load_db(prefix, nix_store, _registration(manifest, unregistered))
             crashpoints.reached("after-load-db")
             changed = True
-        nix_env = _nix_tool(manifest, prefix, "nix-env")
+        nix_env = nix_tool(manifest, prefix, "nix-env")
         roots = [manifest.store_path(r) for r in manifest.roots]
         current = nixstore.profile_paths(prefix, nix_env)
         if not set(roots) <= current:
@@ -228,6 +236,8 @@ def _install_locked(source, manifest, prefix, ui, started, relocation, update):
             crashpoints.reached("before-profile")
             nixstore.set_profile(prefix, nix_env, roots, keep_others=update)
             crashpoints.reached("after-profile")
+            receipt.record(prefix, manifest, [], nixstore.profile_generation(prefix),
+                           os.path.realpath(prefix.profile), {})
             changed = True
     elapsed = time.time() - started
     if changed:

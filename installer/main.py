@@ -6,7 +6,7 @@ import sys
 
 from ..payload import __version__
 from . import install as install_mod
-from . import preflight, shellrc, summary
+from . import preflight, receipt, shellrc, summary, uninstall
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, InstallError
 from .prefix import Prefix
 from .source import InstallerFile
@@ -46,6 +46,11 @@ def _parser(prog):
                    help="update a prefix that has another nix-prefix install: add this "
                         "installer's paths and make a new profile generation with its roots "
                         "(the old generation stays)")
+    p.add_argument("--uninstall", action="store_true",
+                   help="remove what this installer added to the prefix (its store paths, "
+                        "profile generations and files), keeping anything still needed")
+    p.add_argument("--rollback", action="store_true",
+                   help="switch the prefix's profile back to its previous generation")
     p.add_argument("--check", action="store_true",
                    help="verify the whole installer file (manifest, payload, every NAR hash) "
                         "and write nothing")
@@ -117,6 +122,8 @@ def run(path, args, ui):
             return 0
         root = preflight.resolve_prefix(args.prefix) if args.prefix else manifest.prefix
         prefix = Prefix(root)
+        if args.uninstall or args.rollback:
+            return _undo(source, manifest, prefix, args, ui)
         if args.unmodify_profile:
             changed = shellrc.remove_block(root)
             ui.say("removed the nix-prefix line for %s from %s"
@@ -142,6 +149,33 @@ def run(path, args, ui):
         return 0
     finally:
         source.close()
+
+
+def _undo(source, manifest, prefix, args, ui):
+    # type: (InstallerFile, Manifest, Prefix, argparse.Namespace, UI) -> int
+    """--uninstall and --rollback, with the prefix's own Nix."""
+    relocation = preflight.relocation(manifest, prefix)
+    if relocation is not None:
+        manifest = manifest.moved_to(prefix.store_dir, relocation[1])
+    nix_env = install_mod.nix_tool(manifest, prefix, "nix-env")
+    if args.rollback:
+        uninstall.rollback(prefix, nix_env, ui)
+        return 0
+    if not args.yes and ui.interactive:
+        if not ui.confirm("Remove what %s installed in %s?" % (source.path, prefix.root)):
+            ui.say("nothing was changed")
+            return EXIT_FAILED
+    uninstall.uninstall(manifest, prefix, install_mod.nix_tool(manifest, prefix, "nix-store"),
+                        nix_env, ui)
+    if not receipt.others(prefix, ""):
+        # The last install is gone: so goes the line that sources the prefix.
+        try:
+            changed = shellrc.remove_block(prefix.root)
+        except InstallError:
+            changed = []  # no HOME: no start-up files of ours to look at
+        for path in changed:
+            ui.say("removed the nix-prefix line from %s" % path)
+    return 0
 
 
 def info_text(manifest):

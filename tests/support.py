@@ -58,7 +58,8 @@ def run_installer(installer: Path, *args: str, env: dict[str, str] | None = None
     cmd = ["/bin/sh", str(installer), *args]
     if user is not None:
         cmd = [*as_user(user), *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    return subprocess.run(cmd, capture_output=True, text=True, errors="replace", env=env,
+                          check=False)
 
 
 def installed_nix(prefix: Path, tool: str, *args: str,
@@ -70,7 +71,8 @@ def installed_nix(prefix: Path, tool: str, *args: str,
     if user is not None:
         cmd = [*as_user(user), *cmd]
         env["USER"] = "nobody"
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    return subprocess.run(cmd, capture_output=True, text=True, errors="replace", env=env,
+                          check=False)
 
 
 def tree_snapshot(root: Path) -> dict[str, tuple]:
