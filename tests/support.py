@@ -43,6 +43,16 @@ def build_small(base: Path, *, compression: str = "xz", name: str = "p") -> Buil
     return Built(base / name, info, out, roots, nix)
 
 
+def build_and_install(base: Path, prefix: Path) -> Built:
+    """Build the small closure at a long prefix under BASE, move the build away and
+    install it into PREFIX (shorter, so by relocation): a prefix to test against."""
+    built = build_small(base, name="a-long-enough-build-prefix")
+    built.move_build_away()
+    proc = run_installer(built.installer, "-y", "-p", str(prefix))
+    assert proc.returncode == 0, proc.stderr
+    return built
+
+
 def as_user(uid: int) -> list[str]:
     """Command prefix that runs the rest as ``uid`` (its own group, no others).
 

@@ -13,7 +13,7 @@ from nix_prefix.builder.localnix import LocalNix, prefix_env
 from nix_prefix.builder.pack import BuildOptions, build_installer
 from nix_prefix.payload import registration
 
-from .support import build_small, run_installer, tree_snapshot
+from .support import build_and_install, run_installer, tree_snapshot
 
 
 def nix(prefix: Path, tool: str, *args: str) -> str:
@@ -38,12 +38,8 @@ def second_installer(world_dir: Path) -> Path:
 
 @pytest.fixture
 def installed(world_dir: Path):
-    built = build_small(world_dir, name="a-long-enough-build-prefix")
-    built.move_build_away()
     prefix = world_dir / "p"
-    first = run_installer(built.installer, "-y", "-p", str(prefix))
-    assert first.returncode == 0, first.stderr
-    return built, prefix
+    return build_and_install(world_dir, prefix), prefix
 
 
 def test_a_prefix_with_its_own_store_keeps_everything(installed, world_dir: Path) -> None:

@@ -20,7 +20,7 @@ import pytest
 
 from nix_prefix.payload import seal
 
-from .support import Built, build_small, run_installer, tree_snapshot
+from .support import Built, build_and_install, run_installer, tree_snapshot
 
 SEED = 20261125
 CORRUPTIONS = 200
@@ -31,13 +31,10 @@ TRUNCATIONS = 50
 def world() -> Iterator[tuple[Built, Path]]:
     base = Path(tempfile.mkdtemp(prefix="np-integrity-", dir="/tmp"))
     try:
-        # A long build prefix, so that every short prefix below is one it can serve.
-        built = build_small(base, name="a-long-enough-build-prefix")
-        built.move_build_away()
+        # A long build prefix (build_and_install), so every short prefix below is one
+        # the installer can serve.
         installed = base / "i"
-        proc = run_installer(built.installer, "-y", "-p", str(installed))
-        assert proc.returncode == 0, proc.stderr
-        yield built, installed
+        yield build_and_install(base, installed), installed
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
