@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs everything nix-prefix needs on a fresh Debian/Ubuntu machine:
 # Debian's nix-bin (the real Nix the tests and the demo drive), patchelf (to
-# make the self-contained Nix sample closure), python3-venv, then a virtual
+# make the self-contained Nix sample closure), gcc and binutils (the C sample
+# for relocation), xz-utils and zstd (bench/), python3-venv, then a virtual
 # environment in .venv with nix-prefix and its test tools.
 set -eu
 cd "$(dirname "$0")/.."
@@ -14,6 +15,10 @@ missing=""
 command -v nix-store >/dev/null 2>&1 || missing="$missing nix-bin"
 command -v patchelf >/dev/null 2>&1 || missing="$missing patchelf"
 command -v setpriv >/dev/null 2>&1 || missing="$missing util-linux"
+command -v gcc >/dev/null 2>&1 || missing="$missing gcc"
+command -v readelf >/dev/null 2>&1 || missing="$missing binutils"
+command -v xz >/dev/null 2>&1 || missing="$missing xz-utils"
+command -v zstd >/dev/null 2>&1 || missing="$missing zstd"
 [ -x /usr/bin/python3 ] || missing="$missing python3"
 /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$missing python3-venv"
 if [ -n "$missing" ]; then
