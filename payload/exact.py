@@ -254,10 +254,6 @@ class _Planner(object):
                 self._derivation(name)
             elif name in self.output_of:
                 self._derivation(self.output_of[name][0])
-                self.p.kinds[name] = OUTPUT
-                self.p.derivers[name] = self.output_of[name][0]
-                if self.drvs[self.output_of[name][0]].is_fixed_output:
-                    self.p.kinds[name] = FIXED
             else:
                 self._content_addressed(name)
         finally:
@@ -365,7 +361,10 @@ class _Planner(object):
             unmasked = hashlib.sha256(new.unparse(False, inputs)).digest()
             modulo = dict((o, unmasked) for o in outputs)
         for out_id, old_path, _, _ in drv.outputs:
-            self._set(self._base(old_path, name), outputs[out_id])
+            base = self._base(old_path, name)
+            self._set(base, outputs[out_id])
+            self.p.kinds[base] = FIXED if drv.is_fixed_output else OUTPUT
+            self.p.derivers[base] = name
         self.drv_hashes[name] = modulo
         text = new.unparse()
         self.p.texts[name] = text
