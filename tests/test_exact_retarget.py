@@ -206,3 +206,33 @@ def test_rewriter_in_pieces_equals_whole(parts: list[bytes], cuts: list[int]) ->
     assert b"/old/store" not in whole.replace(b"/new//////", b"")
     h = hashlib.sha256(data).hexdigest()
     assert h  # deterministic input
+
+
+def test_cli_build_with_derivations_and_retarget_exact(built: dict) -> None:
+    from typer.testing import CliRunner
+
+    from nix_prefix.builder.cli import app
+
+    base = built["base"]
+    runner = CliRunner()
+    inst = base / "cli.sh"
+    res = runner.invoke(app, ["build", str(base / "closure-info"), "-o", str(inst),
+                              "--with-derivations", "--level", "1", "-q"])
+    assert res.exit_code == 0, res.output
+    out = base / "cli-exact.sh"
+    res = runner.invoke(app, ["retarget", str(inst), "-p", str(base / "s4"), "-o", str(out),
+                              "--exact", "-q"])
+    assert res.exit_code == 0, res.output
+    f = InstallerFile(str(out))
+    try:
+        assert any(p.name.endswith("-b.drv") for p in f.manifest.paths)
+        assert f.manifest.store_dir == f"{base}/s4/store"
+    finally:
+        f.close()
+    # A closure without derivations: a one-line error with a hint, no traceback.
+    plain = base / "cli-plain.sh"
+    runner.invoke(app, ["build", str(base / "closure-info"), "-o", str(plain), "-q"])
+    res = runner.invoke(app, ["retarget", str(plain), "-p", str(base / "s5"), "-o",
+                              str(base / "cli-never.sh"), "--exact", "-q"])
+    assert res.exit_code == 1
+    assert "no .drv files" in res.output and "Traceback" not in res.output
