@@ -24,14 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import payload as payload_pkg
-from ..installer.errors import InstallError
 from ..installer.source import InstallerFile
 from ..payload import codecs, exact, hashes, nar, relocate
 from .closure_info import Closure, read_closure
 from .errors import BuildError
 from .localnix import Nix, NixCommandError, store_nix
 from .pack import PREAMBLE, BuildResult, PayloadWriter, relocation_target, write_installer_file
-from .retarget import target_store_dir
+from .retarget import target_store_dir, with_installer
 
 # Paths that are one regular file up to this size are read for the planner.
 TEXT_LIMIT = 16 << 20
@@ -45,16 +44,10 @@ def retarget_exact(source: Path, prefix: str, out: Path, *, compression: str | N
     if source.is_dir():
         raise BuildError(f"{source}: --exact reads an installer, not a closureInfo dir",
                          "build an installer with --with-derivations first")
-    try:
-        installer = InstallerFile(str(source))
-    except InstallError as e:
-        raise BuildError(f"{source}: {e.args[0]}", "pass an intact installer") from None
-    try:
-        return _retarget(installer, store_dir, out, compression, level, progress)
-    except InstallError as e:
-        raise BuildError(f"{source}: {e.args[0]}", e.hint) from None
-    finally:
-        installer.close()
+    return with_installer(
+        source, lambda installer: _retarget(installer, store_dir, out, compression, level,
+                                            progress),
+        "pass an intact installer")
 
 
 class _Collect:

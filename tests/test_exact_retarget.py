@@ -17,7 +17,7 @@ from nix_prefix.builder.pack import BuildOptions, build_installer
 from nix_prefix.installer.source import InstallerFile
 from nix_prefix.payload import derivation, exact, storepaths_ca
 
-from .support import run_installer
+from .support import feed_in_pieces, run_installer
 
 # Several builtins.derivation depending on each other, builtins.toFile inputs
 # (one referring to the other), a flat fixed-output derivation and a
@@ -193,14 +193,7 @@ def test_rewriter_in_pieces_equals_whole(parts: list[bytes], cuts: list[int]) ->
     hashes = {b"a" * 32: b"b" * 32, b"q" * 32: b"r" * 32}
     whole = exact.Rewriter(b"/old/store", b"/new//////", hashes).whole(data)
     rw = exact.Rewriter(b"/old/store", b"/new//////", hashes)
-    out, pos, i = [], 0, 0
-    while pos < len(data):
-        step = cuts[i % len(cuts)]
-        out.append(rw.feed(data[pos:pos + step]))
-        pos += step
-        i += 1
-    out.append(rw.flush())
-    assert b"".join(out) == whole
+    assert feed_in_pieces(rw, data, cuts) == whole
     assert len(whole) == len(data)
     if b"a" * 20 not in data and b"q" * 32 not in data:
         assert whole == data.replace(b"/old/store", b"/new//////")
