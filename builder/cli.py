@@ -152,6 +152,9 @@ def build(
         help="Nix system of the closure (default: this machine's)")] = None,
     no_verify: Annotated[bool, typer.Option(
         "--no-verify", help="do not recompute NAR hashes against the registration")] = False,
+    with_derivations: Annotated[bool, typer.Option(
+        "--with-derivations", help="also pack the .drv closure of every path's deriver (from "
+                                   "the local Nix), for `retarget --exact`")] = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -188,12 +191,19 @@ def build(
         else:
             raise UsageError("give one CLOSURE_INFO dir, --roots ROOT..., or -f FILE.nix",
                              "see nix-prefix build --help")
+        closure, default_roots = source.closure, source.roots
+        if with_derivations:
+            from .exact import with_derivations as add_derivations
+
+            closure, drv_roots = add_derivations(
+                closure, store_nix(store_dir) if store_dir is not None else None)
+            default_roots = default_roots or drv_roots
         options = BuildOptions(compression=compression, level=level, store_root=store_root,
-                               verify=not no_verify, roots=profile_root or source.roots,
+                               verify=not no_verify, roots=profile_root or default_roots,
                                system=system)
-        with _bar("hashing, packing and compressing", source.closure.total_nar_size,
+        with _bar("hashing, packing and compressing", closure.total_nar_size,
                   quiet) as bar:
-            result = build_installer(source.closure, output, options, progress=bar.update)
+            result = build_installer(closure, output, options, progress=bar.update)
     for line in build_summary(result, output, time.time() - started):
         say(line)
 
@@ -276,6 +286,9 @@ def retarget(
     level: Level = None,
     store_root: Annotated[Path | None, typer.Option(
         help="with a closureInfo source: where its store dir physically lives")] = None,
+    exact: Annotated[bool, typer.Option(
+        "--exact", help="recompute every store path for the new store dir as Nix would "
+                        "(needs an installer built with --with-derivations)")] = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -285,8 +298,14 @@ def retarget(
     started = time.time()
     with reporting(debug):
         with _bar("verifying and relocating", None, quiet) as bar:
-            result = run_retarget(source, prefix, output, compression=compression, level=level,
-                                  store_root=store_root, progress=bar.update)
+            if exact:
+                from .exact import retarget_exact
+
+                result = retarget_exact(source, prefix, output, compression=compression,
+                                        level=level, progress=bar.update)
+            else:
+                result = run_retarget(source, prefix, output, compression=compression,
+                                      level=level, store_root=store_root, progress=bar.update)
     if not quiet:
         m = result.manifest
         typer.echo(f"wrote {output}: {len(m.paths)} store paths for {m.store_dir} "

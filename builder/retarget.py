@@ -57,13 +57,21 @@ def retarget(source: Path, prefix: str, out: Path, *, compression: str | None = 
         options = BuildOptions(compression=compression or "xz", level=level,
                                store_root=store_root, relocate_to=store_dir)
         return build_installer(read_closure(source), out, options, progress)
+    return with_installer(
+        source, lambda installer: _retarget_installer(installer, store_dir, out, compression,
+                                                      level, progress),
+        "pass an intact installer or a closureInfo dir")
+
+
+def with_installer(source: Path, run: Callable[[InstallerFile], BuildResult],
+                   hint: str) -> BuildResult:
+    """Open ``source`` as an installer and ``run`` on it; its errors become BuildErrors."""
     try:
         installer = InstallerFile(str(source))
     except InstallError as e:
-        raise BuildError(f"{source}: {e.args[0]}", "pass an intact installer or a "
-                         "closureInfo dir") from None
+        raise BuildError(f"{source}: {e.args[0]}", hint) from None
     try:
-        return _retarget_installer(installer, store_dir, out, compression, level, progress)
+        return run(installer)
     except InstallError as e:
         raise BuildError(f"{source}: {e.args[0]}", e.hint) from None
     finally:

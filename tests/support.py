@@ -100,3 +100,15 @@ def tree_snapshot(root: Path) -> dict[str, tuple]:
             snap[os.path.relpath(full, root)] = (st.st_mode, st.st_size, st.st_mtime_ns,
                                                  target, content)
     return snap
+
+
+def feed_in_pieces(rewriter, data: bytes, cuts: list[int]) -> bytes:
+    """Feed ``data`` to a stream rewriter in pieces of the sizes ``cuts`` (cycled), then flush."""
+    out, pos, i = [], 0, 0
+    while pos < len(data):
+        step = cuts[i % len(cuts)]
+        out.append(rewriter.feed(data[pos:pos + step]))
+        pos += step
+        i += 1
+    out.append(rewriter.flush())
+    return b"".join(out)

@@ -22,7 +22,7 @@ from nix_prefix.builder.samples import NIX_DIR, build_c_program
 from nix_prefix.payload import hashes, nar, registration, relocate
 from nix_prefix.payload.manifest import Manifest, ManifestError
 
-from .support import Built, build_small, run_installer
+from .support import Built, build_small, feed_in_pieces, run_installer
 
 LONG = "a-build-prefix-long-enough-to-relocate-from"
 
@@ -48,14 +48,7 @@ def test_padded_store_dir_keeps_length_and_shape() -> None:
 def test_stream_rewriter_equals_a_whole_replace(parts: list[bytes], cuts: list[int]) -> None:
     data = b"".join(parts)
     rw = relocate.StreamRewriter(b"/old/store", b"/new//////")
-    out, pos, i = [], 0, 0
-    while pos < len(data):
-        step = cuts[i % len(cuts)]
-        out.append(rw.feed(data[pos:pos + step]))
-        pos += step
-        i += 1
-    out.append(rw.flush())
-    assert b"".join(out) == data.replace(b"/old/store", b"/new//////")
+    assert feed_in_pieces(rw, data, cuts) == data.replace(b"/old/store", b"/new//////")
     assert rw.count == data.count(b"/old/store")
 
 
