@@ -13,7 +13,6 @@ and directories, mtime 1, owner and group 0 with empty names.  Only regular
 files, directories and symlinks exist in a store; anything else is refused.
 """
 
-import collections
 import stat
 import tarfile
 
@@ -137,16 +136,12 @@ def unpack(fileobj, expected, open_path):
     the path's events (as from ``nar.dump_path``) and then ``finish()``.
     Raises ArchiveError for anything that a canonical payload never holds.
     """
-    reader = _TailReader(fileobj)
-    try:
-        tar = tarfile.open(fileobj=reader, mode="r|", encoding=ENCODING, errors=ERRORS)
-    except tarfile.TarError as e:
-        raise ArchiveError("payload chunk is not a tar stream (%s)" % e)
     remaining = list(expected)
     visitor = None
     stack = []  # open directories: [parts, name of the last entry seen in it]
+    stream = _Input(fileobj)
     try:
-        for member in tar:
+        for member in _members(stream):
             kind = _KIND.get(member.type)
             if kind is None:
                 what = _FOREIGN.get(member.type, "an entry of unknown type %r" % member.type)
@@ -189,7 +184,11 @@ def unpack(fileobj, expected, open_path):
             if kind == "symlink":
                 visitor.symlink(rel, member.linkname.encode(ENCODING, ERRORS))
             else:
-                _copy_contents(tar, member, rel, visitor)
+                visitor.regular(rel, bool(member.mode & stat.S_IXUSR), member.size)
+                for data in stream.pieces(member.size, member.name):
+                    visitor.contents(data)
+                visitor.end_regular()
+                stream.skip(-member.size % BLOCK, member.name)
             if len(parts) > 1:
                 visitor.end_entry()
         while stack:
@@ -197,62 +196,140 @@ def unpack(fileobj, expected, open_path):
             visitor.end_directory()
             if stack:
                 visitor.end_entry()
-        # tarfile ends its iteration silently on a truncated or corrupt header
-        # and on a missing end marker; only a clean end lets the last path finish.
-        _check_clean_end(reader, tar.offset)
+        # Only a clean end (see _members) lets the last path finish.
         if visitor is not None:
             visitor.finish()
-    except (tarfile.TarError, EOFError) as e:
-        raise ArchiveError("payload chunk is truncated or corrupt (%s)" % e)
     except nar.NarError as e:
         raise ArchiveError(str(e))
     if remaining:
         raise ArchiveError("payload chunk lacks store path %s" % remaining[0])
 
 
-class _TailReader(object):
-    """A read-only file that remembers its position and the last bytes it gave out."""
+def _truncated(what):
+    # type: (str) -> ArchiveError
+    return ArchiveError("payload chunk is truncated or corrupt (%s)" % what)
 
-    KEEP = 4 * tarfile.RECORDSIZE  # more than tarfile's stream read-ahead
+
+class _Input(object):
+    """The decompressed stream, read in large pieces and handed out by exact sizes.
+
+    The archive is read here rather than by tarfile's stream mode, which pulls
+    10 KiB at a time through every layer below and stops silently on a bad
+    header; one 1 MiB read per MiB keeps the per-byte cost in C (decoder,
+    sha256, write), and every short read is an error.
+    """
 
     def __init__(self, raw):
         self._raw = raw
-        self.pos = 0
-        self._tail = collections.deque()  # type: Deque[bytes]
-        self._tail_size = 0
+        self._buf = b""
+        self._pos = 0
 
-    def read(self, size=-1):
-        data = self._raw.read(size)
-        if data:
-            self.pos += len(data)
-            self._tail.append(data)
-            self._tail_size += len(data)
-            while self._tail_size - len(self._tail[0]) >= self.KEEP:
-                self._tail_size -= len(self._tail.popleft())
+    def _fill(self):
+        # type: () -> bool
+        data = self._raw.read(_READ_SIZE)
+        if not data:
+            return False
+        self._buf = data if self._pos >= len(self._buf) else self._buf[self._pos:] + data
+        self._pos = 0
+        return True
+
+    def read(self, n, what):
+        # type: (int, str) -> bytes
+        """Exactly ``n`` bytes; a short stream is a truncated archive."""
+        while len(self._buf) - self._pos < n:
+            if not self._fill():
+                raise _truncated(what)
+        data = self._buf[self._pos:self._pos + n]
+        self._pos += n
         return data
 
-    def since(self, offset):
-        # type: (int) -> Optional[bytes]
-        """The bytes read from ``offset`` on, or None if they are no longer kept."""
-        start = self.pos - self._tail_size
-        if offset < start:
-            return None
-        return b"".join(self._tail)[offset - start:]
+    def pieces(self, n, name):
+        # type: (int, str) -> Iterator[bytes]
+        """``n`` bytes as a few large pieces (file contents)."""
+        while n > 0:
+            if self._pos >= len(self._buf) and not self._fill():
+                raise _truncated("entry %r is cut short" % name)
+            take = min(n, len(self._buf) - self._pos)
+            yield self._buf[self._pos:self._pos + take]
+            self._pos += take
+            n -= take
+
+    def skip(self, n, name):
+        # type: (int, str) -> None
+        for _ in self.pieces(n, name):
+            pass
+
+    def at_eof(self):
+        # type: () -> bool
+        return self._pos >= len(self._buf) and not self._fill()
+
+    def zeros_to_end(self):
+        # type: () -> int
+        """How many bytes are left, all of them zero; -1 if any is not zero."""
+        count = 0
+        while True:
+            rest = self._buf[self._pos:]
+            if rest.strip(b"\0"):
+                return -1
+            count += len(rest)
+            self._pos = len(self._buf)
+            if not self._fill():
+                return count
 
 
-def _check_clean_end(reader, offset):
-    # type: (_TailReader, int) -> None
-    """Everything after the last member must be zeros, at least the two end blocks."""
-    rest = reader.since(offset)
-    zeros = len(rest) if rest is not None and not rest.strip(b"\0") else -1
-    while zeros >= 0:
-        data = reader.read(_READ_SIZE)
-        if not data:
-            break
-        zeros = zeros + len(data) if not data.strip(b"\0") else -1
-    if zeros < 2 * BLOCK:
-        raise ArchiveError("payload chunk is truncated or corrupt (it does not end with a "
-                           "clean end-of-archive marker after its last entry)")
+# Longest GNU long name or link target accepted (Linux's PATH_MAX is 4096).
+_MAX_LONG_NAME = 1 << 16
+
+
+def _members(stream):
+    # type: (_Input) -> Iterator[tarfile.TarInfo]
+    """The tar headers of the stream, GNU long names applied, up to a clean end.
+
+    The end is a zero block followed by nothing but zeros, two blocks at
+    least; anything else (a cut header, a missing end marker, trailing
+    garbage) is an error, so a damaged chunk never looks complete.
+    """
+    long_name = long_link = None
+    while True:
+        if stream.at_eof():
+            raise _truncated("it ends without an end-of-archive marker")
+        block = stream.read(BLOCK, "it ends inside an entry header")
+        if not block.strip(b"\0"):
+            if long_name is not None or long_link is not None:
+                raise _truncated("a long name record has no entry after it")
+            zeros = stream.zeros_to_end()
+            if zeros < BLOCK:
+                raise _truncated("its end-of-archive marker is %s"
+                                 % ("followed by other data" if zeros < 0 else "cut short"))
+            return
+        try:
+            info = tarfile.TarInfo.frombuf(block, ENCODING, ERRORS)
+        except tarfile.HeaderError as e:
+            raise _truncated("bad entry header: %s" % e)
+        if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):
+            if info.size > _MAX_LONG_NAME:
+                raise ArchiveError("a long name record claims %d bytes" % info.size)
+            data = stream.read(info.size + (-info.size % BLOCK), "a long name is cut short")
+            value = tarfile.nts(data[:info.size], ENCODING, ERRORS)
+            if info.type == tarfile.GNUTYPE_LONGNAME:
+                long_name = value
+            else:
+                long_link = value
+            continue
+        if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE):
+            raise ArchiveError("entry %r carries a pax header, which a canonical payload "
+                               "never has" % info.name)
+        if long_name is not None:
+            info.name = long_name[:-1] if long_name.endswith("/") and info.isdir() \
+                else long_name
+        if long_link is not None:
+            info.linkname = long_link
+        long_name = long_link = None
+        if info.type in (tarfile.DIRTYPE, tarfile.SYMTYPE) and info.size:
+            # tarfile would skip no data here and read it as the next header.
+            raise ArchiveError("entry %r is not a regular file but claims %d bytes of data"
+                               % (info.name, info.size))
+        yield info
 
 
 def _check_mode(member, kind):
@@ -264,17 +341,3 @@ def _check_mode(member, kind):
         raise ArchiveError("entry %r has mode %s, not Nix's canonical %s"
                            % (member.name, oct(member.mode),
                               " or ".join(oct(m) for m in allowed)))
-
-
-def _copy_contents(tar, member, rel, visitor):
-    # type: (tarfile.TarFile, tarfile.TarInfo, bytes, object) -> None
-    visitor.regular(rel, bool(member.mode & stat.S_IXUSR), member.size)
-    src = tar.extractfile(member)
-    left = member.size
-    while left > 0:
-        data = src.read(min(_READ_SIZE, left))
-        if not data:
-            raise ArchiveError("entry %r is truncated" % member.name)
-        left -= len(data)
-        visitor.contents(data)
-    visitor.end_regular()

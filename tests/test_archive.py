@@ -307,7 +307,43 @@ def _pax_path(name: str) -> bytes:
     return tar_of(e[0], (info, data), *e[1:], fmt=tarfile.PAX_FORMAT)
 
 
+def _raw(*entries: tuple[tarfile.TarInfo, bytes | None]) -> list[bytes]:
+    """Each entry's header and padded data, with no end marker."""
+    out = []
+    for info, data in entries:
+        out.append(info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape"))
+        if data:
+            out.append(data + bytes(-len(data) % 512))
+    return out
+
+
+def _with_data(kind: bytes) -> bytes:
+    """An entry of ``kind`` whose header claims a data block (tarfile would read it as
+    the next header): here the block is a valid header, so only the claim is wrong."""
+    info, _ = entry(TOP + "/c", kind, linkname="a" if kind == tarfile.SYMTYPE else "")
+    info.size = 512
+    e = good_entries()
+    smuggled = (entry(TOP + "/d")[0], None)  # a header where the claimed data would be
+    return b"".join(_raw(e[0], e[1], (info, None), smuggled, *e[3:])) + bytes(1024)
+
+
+def _long_name_record(size: int, rest: bool = True) -> bytes:
+    """A GNU long name record claiming ``size`` bytes, then (``rest``) its entry."""
+    info = tarfile.TarInfo("././@LongLink")
+    info.type = tarfile.GNUTYPE_LONGNAME
+    info.size = size
+    name = (TOP + "/" + "n" * 200).encode() + b"\0"
+    body = [info.tobuf(tarfile.USTAR_FORMAT), name + bytes(-len(name) % 512)]
+    e = good_entries()
+    tail = _raw(file(TOP + "/" + "n" * 200)) if rest else []
+    return b"".join(_raw(e[0]) + body + tail) + bytes(1024)
+
+
 HOSTILE: dict[str, Callable[[], bytes]] = {
+    "directory with data": lambda: _with_data(tarfile.DIRTYPE),
+    "symlink with data": lambda: _with_data(tarfile.SYMTYPE),
+    "huge long name record": lambda: _long_name_record(1 << 30),
+    "long name record with no entry": lambda: _long_name_record(202, rest=False),
     "hard link": lambda: inserted(2, entry(TOP + "/b", tarfile.LNKTYPE, linkname=TOP + "/a")),
     "character device": lambda: inserted(2, entry(TOP + "/c", tarfile.CHRTYPE)),
     "block device": lambda: inserted(2, entry(TOP + "/c", tarfile.BLKTYPE)),
@@ -441,3 +477,10 @@ def test_damaged_end_baseline() -> None:
         assert tf.getmembers()[4].offset == 6 * 512
     opener = unpack_bytes(data, [TOP])
     assert opener.opened[0][1].events[-1] == ("finish",)
+
+
+def test_a_long_name_record_names_the_next_entry() -> None:
+    """The baseline of the long-name hostile cases: GNU 'L' records are honoured."""
+    opener = unpack_bytes(_long_name_record(202), [TOP])
+    ((_, rec),) = opener.opened
+    assert ("regular", b"n" * 200, False, 4) in rec.merged()
