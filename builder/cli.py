@@ -25,7 +25,7 @@ from ..installer.preflight import human_size
 from ..payload import __version__, codecs
 from .errors import BuildError, UsageError
 from .localnix import NixCommandError, store_nix
-from .pack import BuildOptions, BuildResult, build_installer
+from .pack import DEFAULT_CHUNK_SIZE, BuildOptions, BuildResult, build_installer
 
 EXIT_CODES = """\
 Exit codes: 0 done; 1 failed (bad input, Nix failed, nothing written); 2 bad usage;
@@ -155,6 +155,14 @@ def build(
     with_derivations: Annotated[bool, typer.Option(
         "--with-derivations", help="also pack the .drv closure of every path's deriver (from "
                                    "the local Nix), for `retarget --exact`")] = False,
+    jobs: Annotated[int | None, typer.Option(
+        "-j", "--jobs", min=1, envvar="NIX_PREFIX_JOBS",
+        help="chunks to compress at once (default: one per CPU, as memory allows; "
+             "the output is the same whatever the number)")] = None,
+    chunk_mb: Annotated[int, typer.Option(
+        "--chunk-mb", min=1, help="NAR MiB per payload chunk (whole store paths); smaller "
+                                  "chunks spread over more threads, larger ones compress "
+                                  "a little better")] = DEFAULT_CHUNK_SIZE >> 20,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -200,7 +208,7 @@ def build(
             default_roots = default_roots or drv_roots
         options = BuildOptions(compression=compression, level=level, store_root=store_root,
                                verify=not no_verify, roots=profile_root or default_roots,
-                               system=system)
+                               system=system, jobs=jobs, chunk_size=chunk_mb << 20)
         with _bar("hashing, packing and compressing", closure.total_nar_size,
                   quiet) as bar:
             result = build_installer(closure, output, options, progress=bar.update)

@@ -15,18 +15,23 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import tempfile
+import threading
 import zipfile
+from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from .. import installer as installer_pkg
 from .. import payload as payload_pkg
 from ..payload import archive, codecs, hashes, nar, relocate, seal
 from ..payload.manifest import Chunk, Manifest, PathEntry
 from .closure_info import Closure
-from .compress import compressor
+from .compress import compressor, default_jobs
 from .errors import BuildError
 
 PREAMBLE = Path(__file__).with_name("preamble.sh")
@@ -34,6 +39,7 @@ DEFAULT_CHUNK_SIZE = 64 << 20  # NAR bytes per chunk: whole paths, at least one
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _BUFFER = 1 << 20
 _MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}
+T = TypeVar("T")
 
 MAIN_PY = b"""\
 import sys
@@ -56,6 +62,8 @@ class BuildOptions:
     # Pack for another store dir (no longer than the closure's): contents are
     # rewritten with the same-length, slash-padded form (payload/relocate.py).
     relocate_to: str | None = None
+    # Chunks packed and compressed at once (None: as many as CPUs and memory allow).
+    jobs: int | None = None
 
 
 @dataclass
@@ -117,16 +125,23 @@ def build_installer(
     if embedded != closure.store_dir:
         relocation = (closure.store_dir.encode(), embedded.encode())
 
-    def write_payload(payload: PayloadWriter) -> None:
-        for group in _chunk_groups(manifest.paths, options.chunk_size):
-            with payload.chunk(group) as tar:
-                for entry in group:
-                    tar.top = entry.name
-                    manifest.hidden_refs += _pack_path(
-                        tar, entry, store_root, options.verify, closure.store_dir,
-                        relocation, progress)
+    report = _locked(progress) if progress else None
 
-    write_installer_file(out, manifest, options.compression, options.level, write_payload)
+    def fill(group: list[PathEntry], tar: archive.TarWriter) -> list[str]:
+        hidden: list[str] = []
+        for entry in group:
+            tar.top = entry.name
+            hidden += _pack_path(tar, entry, store_root, options.verify, closure.store_dir,
+                                 relocation, report)
+        return hidden
+
+    def write_payload(payload: PayloadWriter) -> None:
+        groups = _chunk_groups(manifest.paths, options.chunk_size)
+        for hidden in payload.write_chunks(groups, fill, options.jobs):
+            manifest.hidden_refs += hidden
+
+    write_installer_file(out, manifest, options.compression, options.level, write_payload,
+                         tmp_dir=out.parent)
     return BuildResult(manifest, out.stat().st_size)
 
 
@@ -140,10 +155,12 @@ def relocation_target(old_store_dir: str, new_store_dir: str) -> str:
 
 
 def write_installer_file(out: Path, manifest: Manifest, compression: str, level: int | None,
-                         write_payload: Callable[[PayloadWriter], None]) -> None:
+                         write_payload: Callable[[PayloadWriter], None],
+                         tmp_dir: Path | None = None) -> None:
     """Write preamble, code, payload (by ``write_payload``) and manifest to ``out``.
 
-    Atomic: the file appears complete under its name or not at all.
+    Atomic: the file appears complete under its name or not at all.  Chunks
+    compressed in parallel wait in anonymous temporary files in ``tmp_dir``.
     """
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
@@ -151,7 +168,7 @@ def write_installer_file(out: Path, manifest: Manifest, compression: str, level:
             f.write(PREAMBLE.read_bytes())
             with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
                 _write_code(zf)
-                payload = PayloadWriter(zf, manifest, compression, level)
+                payload = PayloadWriter(zf, manifest, compression, level, tmp_dir)
                 write_payload(payload)
                 payload.finish()
                 zf.writestr(_zip_info("manifest.json"), manifest.to_json())
@@ -230,7 +247,8 @@ class _ChunkSink:
         if data:
             self._member.write(data)
             self.sha256.update(data)
-            self._payload_hash.update(data)
+            if self._payload_hash is not None:
+                self._payload_hash.update(data)
             self.size += len(data)
 
     def finish(self) -> None:
@@ -255,13 +273,77 @@ class PayloadWriter:
     """Writes the payload chunks of ``manifest`` into the zip, one ``chunk()`` at a time."""
 
     def __init__(self, zf: zipfile.ZipFile, manifest: Manifest, compression: str,
-                 level: int | None) -> None:
+                 level: int | None, tmp_dir: Path | None = None) -> None:
         self._zf = zf
         self._manifest = manifest
         self._compression = compression
         self._level = level
+        self._tmp_dir = tmp_dir
         self._hash = hashlib.sha256()
         self._longest = 0
+
+    def write_chunks(self, groups: list[list[PathEntry]],
+                     fill: Callable[[list[PathEntry], archive.TarWriter], T],
+                     jobs: int | None = None) -> Iterator[T]:
+        """Write one chunk per group, ``fill(group, tar)`` packing each, in threads.
+
+        The compressors (lzma, zstd) and sha256 release the GIL, so ``jobs``
+        chunks are packed and compressed at once, each into an anonymous
+        temporary file; they enter the zip in order, so the file is the same
+        whatever the number of jobs.  Yields what ``fill`` returned, in order.
+        """
+        first = len(self._manifest.chunks)
+        for offset, group in enumerate(groups):
+            for entry in group:
+                entry.chunk = first + offset
+        jobs = jobs or default_jobs(self._compression, self._level)
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            pending: deque = deque()
+            try:
+                for group in groups:
+                    # At most jobs chunks compressing and one waiting to be copied.
+                    if len(pending) > jobs:
+                        yield self._add_compressed(*pending.popleft().result())
+                    pending.append(pool.submit(self._compress_group, group, fill))
+                while pending:
+                    yield self._add_compressed(*pending.popleft().result())
+            finally:
+                for future in pending:
+                    future.cancel()
+                for future in pending:
+                    if not future.cancelled():
+                        with suppress(BaseException):
+                            future.result()[0].close()
+
+    def _compressor(self):
+        return compressor(self._compression, self._level, self._manifest.system)
+
+    def _compress_group(self, group: list[PathEntry], fill: Callable) -> tuple:
+        spool = tempfile.TemporaryFile(dir=self._tmp_dir)
+        try:
+            sink = _ChunkSink(spool, self._compressor(), None)
+            tar = archive.TarWriter(sink)
+            result = fill(group, tar)
+            tar.close()
+            sink.finish()
+        except BaseException:
+            spool.close()
+            raise
+        return spool, sink, tar.longest, group, result
+
+    def _add_compressed(self, spool, sink: _ChunkSink, longest: int, group: list[PathEntry],
+                        result: T) -> T:
+        index = len(self._manifest.chunks)
+        info = _zip_info(f"payload/{index:04d}{codecs.EXTENSIONS[self._compression]}")
+        with spool, self._zf.open(info, "w", force_zip64=True) as member:
+            spool.seek(0)
+            while data := spool.read(_BUFFER):
+                member.write(data)
+                self._hash.update(data)
+        self._longest = max(self._longest, longest)
+        self._manifest.chunks.append(Chunk(info.filename, sink.size, sink.sha256.hexdigest(),
+                                           sum(e.nar_size for e in group)))
+        return result
 
     @contextmanager
     def chunk(self, group: list[PathEntry]) -> Iterator[archive.TarWriter]:
@@ -270,7 +352,7 @@ class PayloadWriter:
         ext = codecs.EXTENSIONS[self._compression]
         info = _zip_info(f"payload/{index:04d}{ext}")
         with self._zf.open(info, "w", force_zip64=True) as member:
-            sink = _ChunkSink(member, compressor(self._compression, self._level), self._hash)
+            sink = _ChunkSink(member, self._compressor(), self._hash)
             tar = archive.TarWriter(sink)
             for entry in group:
                 entry.chunk = index
@@ -287,6 +369,16 @@ class PayloadWriter:
         m.payload_size = sum(c.size for c in m.chunks)
         m.payload_sha256 = self._hash.hexdigest()
         m.longest_path = self._longest
+
+
+def _locked(report: Callable[[int], object]) -> Callable[[int], object]:
+    """``report`` made safe to call from the chunk threads."""
+    lock = threading.Lock()
+
+    def call(n: int) -> None:
+        with lock:
+            report(n)
+    return call
 
 
 class _Progress:
