@@ -150,13 +150,14 @@ def nix_tool(manifest, prefix, tool):
                        "build the installer from a closure that includes Nix")
 
 
-def install(source, prefix_root, ui, update=False):
-    # type: (InstallerFile, str, UI, bool) -> bool
+def install(source, prefix_root, ui, update=False, jobs=1):
+    # type: (InstallerFile, str, UI, bool, int) -> bool
     """Install ``source`` into ``prefix_root``; returns True if anything changed.
 
     A first install's profile holds exactly the roots; with ``update`` (-u) the
     new generation also keeps the other packages the profile had (same-named
-    ones are replaced, as ``nix-env -i`` does).
+    ones are replaced, as ``nix-env -i`` does).  ``jobs`` payload chunks are
+    unpacked at once.
     """
     prefix = Prefix(prefix_root)
     relocation = preflight.relocation(source.manifest, prefix)
@@ -167,14 +168,14 @@ def install(source, prefix_root, ui, update=False):
     started = time.time()
     created = _make_dirs(prefix)
     try:
-        return _install_locked(source, manifest, prefix, ui, started, relocation, update)
+        return _install_locked(source, manifest, prefix, ui, started, relocation, update, jobs)
     except BaseException:
         _remove_created(prefix, created)
         raise
 
 
-def _install_locked(source, manifest, prefix, ui, started, relocation, update):
-    # type: (InstallerFile, Manifest, Prefix, UI, float, Optional[Tuple[str, str]], bool) -> bool
+def _install_locked(source, manifest, prefix, ui, started, relocation, update, jobs):
+    # type: (InstallerFile, Manifest, Prefix, UI, float, Optional[Tuple[str, str]], bool, int) -> bool
     changed = False
     with nixstore.PrefixLock(prefix.lock_file,
                              on_wait=lambda: ui.say("waiting for another installer on %s..."
@@ -203,7 +204,7 @@ def _install_locked(source, manifest, prefix, ui, started, relocation, update):
                 ui.say("relocating %d store paths from %s to %s"
                        % (len(to_place), source.manifest.store_dir, prefix.store_dir))
                 _warn_hidden_refs(manifest, ui)
-            _unpack_and_place(source, manifest, prefix, to_place, ui, relocation)
+            _unpack_and_place(source, manifest, prefix, to_place, ui, relocation, jobs)
             changed = True
         written = {}
         for path, content in envfiles.planned_files(prefix):
@@ -275,8 +276,8 @@ def _warn_hidden_refs(manifest, ui):
                % (len(manifest.hidden_refs) - 20))
 
 
-def _unpack_and_place(source, manifest, prefix, to_place, ui, relocation):
-    # type: (InstallerFile, Manifest, Prefix, List[PathEntry], UI, Optional[Tuple[str, str]]) -> None
+def _unpack_and_place(source, manifest, prefix, to_place, ui, relocation, jobs):
+    # type: (InstallerFile, Manifest, Prefix, List[PathEntry], UI, Optional[Tuple[str, str]], int) -> None
     wanted = dict((p.name, p) for p in to_place)
     chunks = sorted(set(p.chunk for p in to_place))
     total = sum(c.nar_size for i, c in enumerate(manifest.chunks) if i in chunks)
@@ -301,7 +302,7 @@ def _unpack_and_place(source, manifest, prefix, to_place, ui, relocation):
 
     try:
         try:
-            source.unpack(open_path, chunks)
+            source.unpack(open_path, chunks, jobs)
         except OSError as e:
             raise staging.write_error(e, prefix.store_dir)
         finally:

@@ -25,7 +25,8 @@ exit codes: 0 done, 1 install failed (the prefix is as it was), 2 bad usage
 file is damaged, 4 this machine or prefix cannot take it.
 
 environment: NIX_PREFIX_PYTHON=/path/to/python3 picks the Python that runs the
-installer; NIX_PREFIX_DEBUG=1 shows the traceback of an internal error.
+installer; NIX_PREFIX_DEBUG=1 shows the traceback of an internal error;
+NIX_PREFIX_JOBS=N is the default of --jobs.
 """
 
 
@@ -65,9 +66,20 @@ def _parser(prog):
     rc.add_argument("--no-modify-profile", action="store_true",
                     help="do not edit shell start-up files: the default, accepted for "
                          "compatibility with Nix's own installer")
+    p.add_argument("-j", "--jobs", metavar="N", type=_positive,
+                   default=preflight.default_jobs(os.environ.get("NIX_PREFIX_JOBS")),
+                   help="unpack and verify N payload chunks at once (default: the CPUs this "
+                        "process may use, at most %d; or NIX_PREFIX_JOBS)" % preflight.MAX_JOBS)
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     p.add_argument("--version", action="version", version="nix-prefix installer " + __version__)
     return p
+
+
+def _positive(value):
+    # type: (str) -> int
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError("%r is not a positive number" % value)
+    return int(value)
 
 
 def main(path, argv):
@@ -116,7 +128,7 @@ def run(path, args, ui):
             sys.stdout.write(info_text(manifest))
             return 0
         if args.check:
-            source.check()
+            source.check(jobs=args.jobs)
             ui.say("OK: %s is intact: %d store paths, %s of NAR verified"
                    % (path, len(manifest.paths), preflight.human_size(manifest.total_nar_size)))
             return 0
@@ -143,7 +155,7 @@ def run(path, args, ui):
             if not ui.confirm("Proceed?"):
                 ui.say("nothing was changed")
                 return EXIT_FAILED
-        install_mod.install(source, root, ui, update=args.update)
+        install_mod.install(source, root, ui, update=args.update, jobs=args.jobs)
         rc_files = shellrc.add_block(root, home) if args.modify_profile else []
         ui.say("\n".join(summary.summary_lines(manifest, prefix, path, rc_files)))
         return 0

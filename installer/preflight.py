@@ -135,3 +135,22 @@ def human_size(n):
             return ("%d %s" % (size, unit)) if unit == "B" else ("%.1f %s" % (size, unit))
         size /= 1024
     return "%d B" % n
+
+
+# More threads than this buy little on a 2-core laptop and cost memory
+# (each decoder holds its window: 8 MiB for xz -6, 16 MiB for zstd here).
+MAX_JOBS = 4
+
+
+def default_jobs(env_value=None):
+    # type: (Optional[str]) -> int
+    """How many chunks to unpack at once: NIX_PREFIX_JOBS if set to a number,
+    else the CPUs this process may run on (its affinity mask, which batch
+    schedulers set), at most MAX_JOBS."""
+    if env_value and env_value.isdigit() and int(env_value) > 0:
+        return int(env_value)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_JOBS))

@@ -8,6 +8,7 @@ both ``--check`` and the real install share one reading path.
 
 import hashlib
 import os
+import threading
 import zipfile
 
 from ..payload import archive, codecs, hashes, nar, seal
@@ -17,15 +18,26 @@ from .errors import CorruptInstaller, EnvironmentProblem
 _READ_SIZE = 1 << 20
 
 
-class _HashingReader(object):
-    """Wraps a zip member: counts and hashes the compressed bytes as they pass."""
+class _Stopped(Exception):
+    """Another chunk's worker failed: this one stops where it is."""
 
-    def __init__(self, member):
+
+class _HashingReader(object):
+    """Wraps a zip member: counts and hashes the compressed bytes as they pass.
+
+    With a ``stop`` event, a read after it is set raises _Stopped, so the
+    other workers end soon after one of them fails.
+    """
+
+    def __init__(self, member, stop=None):
         self._member = member
+        self._stop = stop
         self.sha256 = hashlib.sha256()
         self.size = 0
 
     def read(self, n=-1):
+        if self._stop is not None and self._stop.is_set():
+            raise _Stopped()
         data = self._member.read(n)
         self.sha256.update(data)
         self.size += len(data)
@@ -46,7 +58,7 @@ class InstallerFile(object):
         # type: (str) -> None
         self.path = path
         try:
-            # The sh preamble already checked the seal with sha256sum if it could
+            # The sh preamble already checked the seal (python3 or sha256sum) if it could
             # (and says how many bytes it hashed): one pass over a big file is enough.
             if os.environ.pop("NIX_PREFIX_SEAL_CHECKED", "") != str(
                     os.path.getsize(path) - seal.DIGITS):
@@ -91,58 +103,72 @@ class InstallerFile(object):
         if hashlib.sha256(head).hexdigest() != self.manifest.preamble_sha256:
             raise CorruptInstaller("the installer's sh preamble does not match its checksum")
 
-    def unpack(self, open_path, chunks=None):
-        # type: (Callable[[str], object], Optional[Iterable[int]]) -> None
+    def unpack(self, open_path, chunks=None, jobs=1):
+        # type: (Callable[[str], object], Optional[Iterable[int]], int) -> None
         """Replay chunks (default: all) into per-path visitors, verifying everything.
 
         ``open_path(name)`` returns the visitor for a store path; each path's
         NAR hash and size are checked against the manifest when it finishes,
         and each chunk's sha256 and size when it ends.  Raises CorruptInstaller
-        on any mismatch.
+        on any mismatch.  With ``jobs`` > 1, that many chunks are worked on at
+        once in threads (the decoders, sha256 and file writes run without the
+        GIL); ``open_path`` and the visitors must then be thread-safe.
         """
         m = self.manifest
-        indexes = range(len(m.chunks)) if chunks is None else chunks
-        for index in indexes:
-            chunk = m.chunks[index]
-            expected = [p for p in m.paths if p.chunk == index]
-            by_name = dict((p.name, p) for p in expected)
+        indexes = list(range(len(m.chunks)) if chunks is None else chunks)
+        if jobs <= 1 or len(indexes) <= 1:
+            for index in indexes:
+                self._unpack_chunk(self._zip, index, open_path, None)
+            return
+        _run_parallel(self.path, indexes, jobs, m,
+                      lambda zf, index, stop: self._unpack_chunk(zf, index, open_path, stop))
 
-            def open_checked(name, by_name=by_name):
-                return _VerifyingVisitor(by_name[name], open_path(name))
+    def _unpack_chunk(self, zf, index, open_path, stop):
+        # type: (zipfile.ZipFile, int, Callable[[str], object], Optional[threading.Event]) -> None
+        m = self.manifest
+        chunk = m.chunks[index]
+        expected = [p for p in m.paths if p.chunk == index]
+        by_name = dict((p.name, p) for p in expected)
 
+        def open_checked(name):
+            return _VerifyingVisitor(by_name[name], open_path(name))
+
+        try:
+            member = zf.open(chunk.file)
+        except KeyError:
+            raise CorruptInstaller("the installer has no %s" % chunk.file)
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            raise CorruptInstaller("%s is damaged (%s)" % (chunk.file, e))
+        reader = _HashingReader(member, stop)
+        try:
+            stream = codecs.open_reader(m.compression, reader)
             try:
-                member = self._zip.open(chunk.file)
-            except KeyError:
-                raise CorruptInstaller("the installer has no %s" % chunk.file)
-            except (zipfile.BadZipFile, OSError, ValueError) as e:
-                raise CorruptInstaller("%s is damaged (%s)" % (chunk.file, e))
-            reader = _HashingReader(member)
-            try:
-                stream = codecs.open_reader(m.compression, reader)
                 archive.unpack(stream, [p.name for p in expected], open_checked)
                 reader.drain()
-            except codecs.CodecError as e:
-                raise EnvironmentProblem(str(e))
-            except archive.ArchiveError as e:
-                raise CorruptInstaller("%s: %s" % (chunk.file, e))
-            except (codecs.CorruptData, zipfile.BadZipFile, EOFError) as e:
-                # zipfile's CRC check, the decoders' "corrupt input" and short reads.
-                raise CorruptInstaller("%s is damaged (%s)" % (chunk.file, e))
             finally:
-                member.close()
-            if reader.size != chunk.size or reader.sha256.hexdigest() != chunk.sha256:
-                raise CorruptInstaller("%s does not match its sha256 in the manifest"
-                                       % chunk.file)
+                stream.close()
+        except codecs.CodecError as e:
+            raise EnvironmentProblem(str(e))
+        except archive.ArchiveError as e:
+            raise CorruptInstaller("%s: %s" % (chunk.file, e))
+        except (codecs.CorruptData, zipfile.BadZipFile, EOFError) as e:
+            # zipfile's CRC check, the decoders' "corrupt input" and short reads.
+            raise CorruptInstaller("%s is damaged (%s)" % (chunk.file, e))
+        finally:
+            member.close()
+        if reader.size != chunk.size or reader.sha256.hexdigest() != chunk.sha256:
+            raise CorruptInstaller("%s does not match its sha256 in the manifest"
+                                   % chunk.file)
 
-    def check(self, progress=None):
-        # type: (Optional[Callable[[int], object]]) -> None
+    def check(self, progress=None, jobs=1):
+        # type: (Optional[Callable[[int], object]], int) -> None
         """Everything ``--check`` verifies, writing nothing: the payload's sha256,
         then every chunk and every store path's NAR hash.
 
         ``progress`` is called with the number of NAR bytes verified since the last call.
         """
         self.check_payload_hash()
-        self.unpack(lambda name: _Counter(progress))
+        self.unpack(lambda name: _Counter(progress), jobs=jobs)
 
     def check_payload_hash(self):
         # type: () -> None
@@ -162,6 +188,61 @@ class InstallerFile(object):
                 raise CorruptInstaller("%s is damaged (%s)" % (chunk.file, e))
         if size != self.manifest.payload_size or total.hexdigest() != self.manifest.payload_sha256:
             raise CorruptInstaller("the payload does not match its sha256 in the manifest")
+
+
+def _run_parallel(path, indexes, jobs, manifest, work):
+    # type: (str, List[int], int, Manifest, Callable[[zipfile.ZipFile, int, threading.Event], None]) -> None
+    """Run ``work(zf, index, stop)`` for every chunk index in ``jobs`` threads.
+
+    Each thread reads through its own ZipFile (one file position each).  The
+    biggest chunks start first, so the last one to finish is a small one.  The
+    first failure stops the others and is raised once all have stopped.
+    """
+    queue = sorted(indexes, key=lambda i: -manifest.chunks[i].nar_size)
+    lock = threading.Lock()
+    stop = threading.Event()
+    errors = []  # type: List[BaseException]
+
+    def worker():
+        try:
+            zf = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            errors.append(CorruptInstaller("%s is not a readable installer (%s)" % (path, e)))
+            stop.set()
+            return
+        try:
+            while not stop.is_set():
+                with lock:
+                    if not queue:
+                        return
+                    index = queue.pop(0)
+                work(zf, index, stop)
+        except _Stopped:
+            pass
+        except BaseException as e:  # handed to the main thread, which raises it
+            with lock:
+                errors.append(e)
+            stop.set()
+        finally:
+            zf.close()
+
+    threads = [threading.Thread(target=worker, name="nix-prefix-chunk-%d" % n)
+               for n in range(min(jobs, len(indexes)))]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)  # a timeout keeps Ctrl-C deliverable to this thread
+    except BaseException:
+        # The caller removes the staging dir next: let the workers stop first
+        # (each notices at its next read, within a MiB of work).
+        stop.set()
+        for t in threads:
+            t.join()
+        raise
+    if errors:
+        raise errors[0]
 
 
 class _Counter(object):

@@ -1,6 +1,7 @@
 """What the installer says: messages, a progress line on terminals, one question."""
 
 import sys
+import threading
 import time
 
 
@@ -44,10 +45,12 @@ class Progress(object):
         self.done = 0
         self.enabled = enabled
         self._last = 0.0
+        self._lock = threading.Lock()
 
     def update(self, n):
         # type: (int) -> None
-        self.done += n
+        with self._lock:  # chunks are unpacked in several threads
+            self.done += n
         if self.enabled:
             now = time.time()
             if now - self._last >= 0.2:
