@@ -154,7 +154,8 @@ def build(
         "--no-verify", help="do not recompute NAR hashes against the registration")] = False,
     with_derivations: Annotated[bool, typer.Option(
         "--with-derivations", help="also pack the .drv closure of every path's deriver (from "
-                                   "the local Nix), for `retarget --exact`")] = False,
+                                   "the local Nix), for exact retarget: `retarget --exact`, "
+                                   "and installing at another --prefix")] = False,
     jobs: Annotated[int | None, typer.Option(
         "-j", "--jobs", min=1, envvar="NIX_PREFIX_JOBS",
         help="chunks to compress at once (default: one per CPU, as memory allows; "
@@ -201,14 +202,17 @@ def build(
                              "see nix-prefix build --help")
         closure, default_roots = source.closure, source.roots
         if with_derivations:
+            from .exact import check_exact
             from .exact import with_derivations as add_derivations
 
             closure, drv_roots = add_derivations(
                 closure, store_nix(store_dir) if store_dir is not None else None)
             default_roots = default_roots or drv_roots
+            check_exact(closure, store_root)
         options = BuildOptions(compression=compression, level=level, store_root=store_root,
                                verify=not no_verify, roots=profile_root or default_roots,
-                               system=system, jobs=jobs, chunk_size=chunk_mb << 20)
+                               system=system, jobs=jobs, chunk_size=chunk_mb << 20,
+                               derivations=with_derivations)
         with _bar("hashing, packing and compressing", closure.total_nar_size,
                   quiet) as bar:
             result = build_installer(closure, output, options, progress=bar.update)

@@ -25,15 +25,12 @@ from pathlib import Path
 
 from .. import payload as payload_pkg
 from ..installer.source import InstallerFile
-from ..payload import codecs, exact, hashes, nar, relocate
+from ..payload import codecs, exact, hashes, nar
 from .closure_info import Closure, read_closure
 from .errors import BuildError
 from .localnix import Nix, NixCommandError, store_nix
 from .pack import PREAMBLE, BuildResult, PayloadWriter, relocation_target, write_installer_file
 from .retarget import target_store_dir, with_installer
-
-# Paths that are one regular file up to this size are read for the planner.
-TEXT_LIMIT = 16 << 20
 
 
 def retarget_exact(source: Path, prefix: str, out: Path, *, compression: str | None = None,
@@ -50,64 +47,28 @@ def retarget_exact(source: Path, prefix: str, out: Path, *, compression: str | N
         "pass an intact installer")
 
 
-class _Collect:
-    """Keeps the bytes of a path that is one small regular file."""
-
-    def __init__(self, name: str, into: dict[str, bytes]) -> None:
-        self._name = name
-        self._into = into
-        self._parts: list[bytes] | None = None
-
-    def regular(self, rel: bytes, executable: bool, size: int) -> None:
-        self._parts = [] if rel == b"" and size <= TEXT_LIMIT else None
-
-    def contents(self, data: bytes) -> None:
-        if self._parts is not None:
-            self._parts.append(data)
-
-    def end_regular(self) -> None:
-        if self._parts is not None:
-            self._into[self._name] = b"".join(self._parts)
-
-    def __getattr__(self, name: str):
-        return lambda *args: None
-
-
 def _retarget(installer: InstallerFile, store_dir: str, out: Path, compression: str | None,
               level: int | None, progress: Callable[[int], object] | None) -> BuildResult:
     old = installer.manifest
     codec = compression or old.compression
     codecs.check_name(codec)
     embedded = relocation_target(old.embedded_store_dir, store_dir)
-    contents: dict[str, bytes] = {}
-    installer.unpack(lambda name: _Collect(name, contents))
-    infos = [exact.PathInfo(p.name, p.references, p.nar_hash, contents.get(p.name))
-             for p in old.paths]
     if not any(p.name.endswith(".drv") for p in old.paths):
         raise BuildError(f"the installer for {old.store_dir} holds no .drv files",
                          "build it with --with-derivations, or retarget without --exact")
+    contents: dict[str, bytes] = {}
+    installer.unpack(lambda name: exact.Collector(name, contents))
     try:
-        plan = exact.plan(infos, old.store_dir, store_dir)
+        plan = exact.plan_manifest(old, contents, store_dir)
     except exact.ExactError as e:
         raise BuildError(str(e), e.hint) from None
-    names = plan.names
-    new = old.moved_to(store_dir, embedded)
+    new = exact.retargeted_manifest(old, plan, store_dir, embedded)
     new.chunks = []
     new.preamble_sha256 = hashlib.sha256(PREAMBLE.read_bytes()).hexdigest()
     new.tool_version = payload_pkg.__version__
-    by_old = {}
-    for entry in new.paths:
-        by_old[entry.name] = entry
-        deriver = plan.derivers.get(entry.name, entry.deriver)
-        entry.deriver = names.get(deriver, "")
-        entry.references = sorted(names[r] for r in entry.references)
-        entry.name = names[entry.name]
-    new.roots = sorted(names[r] for r in old.roots)
-    if old.nix_store:
-        base, _, rest = old.nix_store.partition("/")
-        new.nix_store = f"{names[base]}/{rest}"
-    new.hidden_refs = [names[h.partition("/")[0].partition(":")[0]]
-                       + h[len(h.partition("/")[0].partition(":")[0]):] for h in old.hidden_refs]
+    # Still the derivations of its paths, for S2: installing elsewhere recomputes again.
+    new.derivations = True
+    by_old = {p.name: entry for p, entry in zip(old.paths, new.paths, strict=True)}
     binary = (old.embedded_store_dir.encode(), embedded.encode(), plan.hashes)
 
     def write_payload(payload: PayloadWriter) -> None:
@@ -133,54 +94,17 @@ class _ExactPath:
                  binary: tuple[bytes, bytes, dict[bytes, bytes]],
                  progress: Callable[[int], object] | None) -> None:
         self._entry = entry
-        self._kind = kind
-        self._text = text
-        self._binary = binary
         self._hasher = nar.NarHasher()
-        self._out = nar.Tee(tar, self._hasher)
+        self._rewriter = exact.PathRewriter(nar.Tee(tar, self._hasher), kind, text, *binary)
         self._progress = progress
-        self._rewriter: exact.Rewriter | None = None
-        self._pending: tuple[bytes, bool] | None = None
-
-    def regular(self, rel: bytes, executable: bool, size: int) -> None:
-        if self._text is not None:
-            self._pending = (rel, executable)
-            return
-        self._rewriter = None
-        if self._kind not in exact.KEEP_CONTENTS and not relocate.is_archive(rel):
-            self._rewriter = exact.Rewriter(*self._binary)
-        self._out.regular(rel, executable, size)
 
     def contents(self, data: bytes) -> None:
         if self._progress:
             self._progress(len(data))
-        if self._text is not None:
-            return
-        if self._rewriter is not None:
-            data = self._rewriter.feed(data)
-        if data:
-            self._out.contents(data)
-
-    def end_regular(self) -> None:
-        if self._pending is not None:
-            rel, executable = self._pending
-            self._pending = None
-            self._out.regular(rel, executable, len(self._text))
-            self._out.contents(self._text)
-        elif self._rewriter is not None:
-            tail = self._rewriter.flush()
-            if tail:
-                self._out.contents(tail)
-            self._rewriter = None
-        self._out.end_regular()
-
-    def symlink(self, rel: bytes, target: bytes) -> None:
-        if self._kind not in exact.KEEP_CONTENTS:
-            target = exact.Rewriter(*self._binary).whole(target)
-        self._out.symlink(rel, target)
+        self._rewriter.contents(data)
 
     def __getattr__(self, name: str):
-        return getattr(self._out, name)
+        return getattr(self._rewriter, name)
 
     def finish(self) -> None:
         self._entry.nar_hash = hashes.format_sha256(self._hasher.digest())
@@ -214,3 +138,33 @@ def with_derivations(closure: Closure, nix: Nix | None = None) -> tuple[Closure,
         reg = Path(tmp) / "registration"
         reg.write_bytes(dump)
         return read_closure(reg), roots
+
+
+def check_exact(closure: Closure, store_root: Path | None = None) -> None:
+    """Refuse a closure that exact retarget could not plan, naming why.
+
+    Plans the closure for its own store dir (which must give back every path),
+    reading the one-file paths the planner needs from ``store_root`` (default:
+    the store dir), so that an installer marked as holding its derivations
+    can be retargeted exactly, by ``retarget --exact`` or at install time.
+    """
+    root = Path(store_root or closure.store_dir)
+    bases = {i.path: i.path.rpartition("/")[2] for i in closure.infos}
+    infos = []
+    for i in closure.infos:
+        name = bases[i.path]
+        contents = None
+        if name.endswith(".drv") or i.deriver not in bases:
+            path = root / name
+            if path.is_file() and not path.is_symlink() and path.stat().st_size <= exact.TEXT_LIMIT:
+                contents = path.read_bytes()
+        infos.append(exact.PathInfo(name, [bases[r] for r in i.references], i.nar_hash,
+                                    contents))
+    if not any(i.name.endswith(".drv") for i in infos):
+        raise BuildError(f"the closure at {closure.store_dir} holds no .drv files",
+                         "build with --with-derivations")
+    try:
+        exact.plan(infos, closure.store_dir, closure.store_dir)
+    except exact.ExactError as e:
+        raise BuildError(f"exact retarget could not recompute this closure: {e}",
+                         "build without --with-derivations (plain relocation only)") from None

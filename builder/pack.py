@@ -59,6 +59,8 @@ class BuildOptions:
     roots: list[str] | None = None
     system: str | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    # The closure holds the derivations of its paths (build --with-derivations).
+    derivations: bool = False
     # Pack for another store dir (no longer than the closure's): contents are
     # rewritten with the same-length, slash-padded form (payload/relocate.py).
     relocate_to: str | None = None
@@ -120,6 +122,7 @@ def build_installer(
         preamble_sha256=hashlib.sha256(PREAMBLE.read_bytes()).hexdigest(),
         tool_version=payload_pkg.__version__,
         embedded_store_dir=embedded,
+        derivations=options.derivations and embedded == closure.store_dir,
     )
     relocation = None
     if embedded != closure.store_dir:

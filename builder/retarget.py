@@ -94,6 +94,8 @@ def _retarget_installer(installer: InstallerFile, store_dir: str, out: Path,
     codecs.check_name(codec)
     embedded = relocation_target(old.embedded_store_dir, store_dir)
     new = old.moved_to(store_dir, embedded)
+    # The .drv files keep their old hash parts: they no longer reproduce their paths.
+    new.derivations = False
     new.chunks = []
     new.preamble_sha256 = hashlib.sha256(PREAMBLE.read_bytes()).hexdigest()
     new.tool_version = payload_pkg.__version__

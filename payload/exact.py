@@ -16,19 +16,28 @@ recomputed bottom-up for the new store dir S2 (store-api.cc, derivations.cc;
 ``plan`` classifies each path by which formula reproduces its original path
 (and checks that planning for the original store dir reproduces the closure
 exactly) before planning for S2.
+
+The rest is shared by ``nix-prefix retarget --exact`` (builder/exact.py) and
+the installer (installer/exact_relocation.py): ``Collector`` keeps the
+contents the planner needs on a first pass over the payload,
+``plan_manifest`` plans a manifest's paths, ``retargeted_manifest`` gives the
+manifest under the new names and ``PathRewriter`` rewrites each path's
+contents on the second pass.
 """
 
 import binascii
 import hashlib
 import re
 
-from . import derivation, nix32, storepaths_ca
+from . import derivation, nix32, relocate, storepaths_ca
 from .hashes import parse_sha256
 from .storepath import HASH_LENGTH
 
 TEXT, SOURCE, FIXED, OUTPUT, DRV = "text", "source", "fixed", "output", "drv"
 # Which kinds have their contents rewritten, and how.
 KEEP_CONTENTS = (SOURCE, FIXED)
+# Paths that are one regular file up to this size are read for the planner.
+TEXT_LIMIT = 16 << 20
 
 
 class ExactError(ValueError):
@@ -372,3 +381,156 @@ class _Planner(object):
         self.p.kinds[name] = DRV
         self._set(name, storepaths_ca.make_text_path(self.new_dir, drv_name + ".drv", text,
                                                      refs))
+
+
+# -- planning a manifest and rewriting its paths ----------------------------------------------
+
+
+class Collector(object):
+    """Visitor that keeps the bytes of a store path that is one small regular file.
+
+    They go to ``into[name]`` when the file ends (up to TEXT_LIMIT bytes);
+    anything else (a directory, a symlink, a bigger file) is ignored.
+    """
+
+    def __init__(self, name, into):
+        # type: (str, Dict[str, bytes]) -> None
+        self._name = name
+        self._into = into
+        self._parts = None  # type: Optional[List[bytes]]
+
+    def regular(self, rel, executable, size):
+        # type: (bytes, bool, int) -> None
+        self._parts = [] if rel == b"" and size <= TEXT_LIMIT else None
+
+    def contents(self, data):
+        # type: (bytes) -> None
+        if self._parts is not None:
+            self._parts.append(data)
+
+    def end_regular(self):
+        # type: () -> None
+        if self._parts is not None:
+            self._into[self._name] = b"".join(self._parts)
+
+    def __getattr__(self, name):
+        return lambda *args: None
+
+
+def needs_contents(manifest):
+    # type: (Manifest) -> Set[str]
+    """The paths whose contents ``plan_manifest`` may need: every ``.drv`` and every
+    path whose deriver is not in the closure (texts, sources, fixed outputs).
+
+    The outputs of the closure's derivations are planned from their ``.drv``
+    alone; should a deriver be wrong, the planner finds a path it cannot
+    classify and refuses, so this only saves reading, never changes a plan.
+    """
+    names = set(p.name for p in manifest.paths)
+    return set(p.name for p in manifest.paths
+               if p.name.endswith(".drv") or p.deriver not in names)
+
+
+def plan_manifest(manifest, contents, new_dir):
+    # type: (Manifest, Dict[str, bytes], str) -> Plan
+    """``plan`` for the paths of ``manifest`` (``contents``: what ``Collector`` kept)."""
+    if not any(p.name.endswith(".drv") for p in manifest.paths):
+        raise ExactError("the installer for %s holds no .drv files" % manifest.store_dir,
+                         "build it with --with-derivations")
+    infos = [PathInfo(p.name, p.references, p.nar_hash, contents.get(p.name))
+             for p in manifest.paths]
+    return plan(infos, manifest.store_dir, new_dir)
+
+
+def retargeted_manifest(manifest, p, store_dir, embedded_store_dir):
+    # type: (Manifest, Plan, str, str) -> Manifest
+    """A copy of ``manifest`` for ``store_dir`` under the names of the plan ``p``.
+
+    Paths (in the same order), references, derivers, roots, ``nixStore`` and
+    the hidden references are renamed; NAR hashes and sizes stay the old ones
+    until the rewritten paths have been hashed.
+    """
+    names = p.names
+    new = manifest.moved_to(store_dir, embedded_store_dir)
+    for entry in new.paths:
+        deriver = p.derivers.get(entry.name, entry.deriver)
+        entry.deriver = names.get(deriver, "")
+        entry.references = sorted(names[r] for r in entry.references)
+        entry.name = names[entry.name]
+    new.roots = sorted(names[r] for r in manifest.roots)
+    if manifest.nix_store:
+        base, _, rest = manifest.nix_store.partition("/")
+        new.nix_store = names[base] + "/" + rest
+    new.hidden_refs = [_renamed(ref, names) for ref in manifest.hidden_refs]
+    return new
+
+
+def _renamed(ref, names):
+    # type: (str, Dict[str, str]) -> str
+    """``<base>/<rel>: <reason>`` (or ``<base>: <reason>``) with the new base name."""
+    base = ref.partition("/")[0].partition(":")[0]
+    return names[base] + ref[len(base):]
+
+
+class PathRewriter(object):
+    """Visitor that rewrites one store path on its way to ``inner``.
+
+    A ``.drv`` or text path (``text`` given: its new contents from the plan)
+    gets ``text`` instead of its bytes, whatever their length; sources and
+    fixed outputs (KEEP_CONTENTS) pass unchanged; every other file and
+    symlink target gets the same-length ``new_dir`` for ``old_dir`` and the
+    new hash parts (``Rewriter``), except zip-family archives, which are left
+    unchanged as plain relocation leaves them (relocate.is_archive).
+    """
+
+    def __init__(self, inner, kind, text, old_dir, new_dir, hashes):
+        # type: (object, str, Optional[bytes], bytes, bytes, Dict[bytes, bytes]) -> None
+        self._inner = inner
+        self._kind = kind
+        self._text = text
+        self._binary = (old_dir, new_dir, hashes)
+        self._rewriter = None  # type: Optional[Rewriter]
+        self._pending = None  # type: Optional[Tuple[bytes, bool]]
+
+    def regular(self, rel, executable, size):
+        # type: (bytes, bool, int) -> None
+        if self._text is not None:
+            self._pending = (rel, executable)
+            return
+        self._rewriter = None
+        if self._kind not in KEEP_CONTENTS and not relocate.is_archive(rel):
+            self._rewriter = Rewriter(*self._binary)
+        self._inner.regular(rel, executable, size)
+
+    def contents(self, data):
+        # type: (bytes) -> None
+        if self._text is not None:
+            return
+        if self._rewriter is not None:
+            data = self._rewriter.feed(data)
+        if data:
+            self._inner.contents(data)
+
+    def end_regular(self):
+        # type: () -> None
+        if self._pending is not None:
+            rel, executable = self._pending
+            self._pending = None
+            self._inner.regular(rel, executable, len(self._text))
+            self._inner.contents(self._text)
+        elif self._rewriter is not None:
+            tail = self._rewriter.flush()
+            if tail:
+                self._inner.contents(tail)
+            self._rewriter = None
+        self._inner.end_regular()
+
+    def symlink(self, rel, target):
+        # type: (bytes, bytes) -> None
+        if self._kind not in KEEP_CONTENTS:
+            target = Rewriter(*self._binary).whole(target)
+        self._inner.symlink(rel, target)
+
+    def __getattr__(self, name):
+        # begin_directory, begin_entry, end_entry, end_directory
+        return getattr(self._inner, name)

@@ -75,13 +75,16 @@ class Manifest(object):
     def __init__(self, store_dir, system, compression, paths, chunks, roots,
                  nix_store=None, payload_size=0, payload_sha256="", longest_path=0,
                  preamble_sha256="", tool_version="", embedded_store_dir=None,
-                 hidden_refs=()):
+                 hidden_refs=(), derivations=False):
         self.store_dir = store_dir
         # The store dir as its bytes appear inside the payload: the store dir
         # itself, or after a retarget a slash-padded form of it (relocate.py).
         self.embedded_store_dir = embedded_store_dir or store_dir
         # "<base name>/<rel>: <reason>" for files a relocation cannot fix.
         self.hidden_refs = list(hidden_refs)
+        # The payload holds the derivations of its paths (build --with-derivations):
+        # another store dir gets every store path recomputed exactly (exact.py).
+        self.derivations = derivations
         self.system = system
         self.compression = compression
         self.paths = list(paths)  # type: List[PathEntry]
@@ -138,6 +141,7 @@ class Manifest(object):
             "storeDir": self.store_dir,
             "embeddedStoreDir": self.embedded_store_dir,
             "hiddenStoreDirRefs": self.hidden_refs,
+            "derivations": self.derivations,
             "system": self.system,
             "compression": self.compression,
             "roots": self.roots,
@@ -239,13 +243,18 @@ class Manifest(object):
         for ref in hidden_refs:
             if "\n" in _string(ref, "hiddenStoreDirRefs") or "\0" in ref:
                 raise ManifestError("hiddenStoreDirRefs holds a line break or NUL")
+        derivations = doc.get("derivations", False)
+        if not isinstance(derivations, bool):
+            raise ManifestError("derivations must be true or false")
+        if derivations and not any(p.name.endswith(".drv") for p in paths):
+            raise ManifestError("derivations is true but the closure holds no .drv file")
         manifest = cls(store_dir, system, compression, paths, chunks, roots, nix_store,
                        _count(payload["size"], "payload.size"),
                        _string(payload["sha256"], "payload.sha256"),
                        _count(doc["longestPath"], "longestPath"),
                        _string(doc["preambleSha256"], "preambleSha256"),
                        _string(doc["toolVersion"], "toolVersion"),
-                       embedded, hidden_refs)
+                       embedded, hidden_refs, derivations)
         if _count(doc["totalNarSize"], "totalNarSize") != manifest.total_nar_size:
             raise ManifestError("totalNarSize does not match the sum of the paths' narSize")
         if sum(c.size for c in chunks) != manifest.payload_size:
