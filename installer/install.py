@@ -12,7 +12,7 @@ import os
 import time
 
 from ..payload import hashes, nar, registration, relocate
-from . import crashpoints, envfiles, nixstore, preflight, receipt, staging
+from . import crashpoints, envfiles, exact_relocation, nixstore, preflight, receipt, staging
 from .errors import InstallError, UpdateNeeded
 from .prefix import Prefix, user_name
 
@@ -47,13 +47,17 @@ def plan_lines(manifest, prefix, also=()):
                                                  prefix.store_dir),
         "  verify every path against its Nix NAR hash before moving it into place",
     ]
-    if preflight.relocation(manifest, prefix):
+    exact = exact_relocation.prepared(manifest, prefix)
+    if exact is not None:
+        lines.append(exact.plan_line())
+    elif preflight.relocation(manifest, prefix):
         lines.append("  relocate them from %s (rewrite the store dir in place, same length)"
                      % manifest.store_dir)
     lines += [
         "  register them in %s with nix-store --load-db" % prefix.state_dir,
         "  write %s (if absent)" % prefix.nix_conf,
-        "  make the profile %s with %s" % (prefix.profile, ", ".join(manifest.roots)),
+        "  make the profile %s with %s" % (
+            prefix.profile, ", ".join((exact.manifest if exact else manifest).roots)),
         "  write %s/nix.sh and nix.fish" % prefix.profile_d,
     ]
     lines += also
@@ -165,6 +169,10 @@ def install(source, prefix_root, ui, update=False, jobs=1):
     if relocation is not None:
         # Paths, and after unpacking their NAR hashes, as they will be at this prefix.
         manifest = manifest.moved_to(prefix.store_dir, relocation[1])
+    # Exact retarget instead when the payload holds the derivations (exact_relocation.py).
+    exact = exact_relocation.prepare(source, prefix, ui)
+    if exact is not None:
+        relocation, manifest = exact, exact.manifest
     started = time.time()
     created = _make_dirs(prefix)
     try:
@@ -287,6 +295,8 @@ def _unpack_and_place(source, manifest, prefix, to_place, ui, relocation, jobs):
 
     def open_path(name):
         count = _Count(progress)
+        if isinstance(relocation, exact_relocation.ExactRelocation):
+            return relocation.open_path(name, wanted, stage, writers, count)
         if name not in wanted:
             return nar.Tee(_Discard(), count)
         writer = staging.DiskWriter(stage, name)

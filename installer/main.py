@@ -5,8 +5,8 @@ import os
 import sys
 
 from ..payload import __version__
+from . import exact_relocation, preflight, receipt, shellrc, summary, uninstall
 from . import install as install_mod
-from . import preflight, receipt, shellrc, summary, uninstall
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, InstallError
 from .prefix import Prefix
 from .source import InstallerFile
@@ -142,8 +142,12 @@ def run(path, args, ui):
                    % (root, ", ".join(changed)) if changed else
                    "no shell start-up file sources %s; nothing to remove" % root)
             return 0
-        install_mod.preflight_checks(manifest, prefix)
-        install_mod.check_update(manifest, prefix, args.update)
+        # With the derivations in the payload, the paths get new names at another
+        # store dir (exact_relocation.py): the checks and the summary use those.
+        exact = exact_relocation.prepare(source, prefix, ui)
+        installed = exact.manifest if exact is not None else manifest
+        install_mod.preflight_checks(installed, prefix)
+        install_mod.check_update(installed, prefix, args.update)
         # Found before installing, so that a missing HOME stops nothing half-way.
         home = shellrc.home_dir() if args.modify_profile else None
         also = []
@@ -157,7 +161,7 @@ def run(path, args, ui):
                 return EXIT_FAILED
         install_mod.install(source, root, ui, update=args.update, jobs=args.jobs)
         rc_files = shellrc.add_block(root, home) if args.modify_profile else []
-        ui.say("\n".join(summary.summary_lines(manifest, prefix, path, rc_files)))
+        ui.say("\n".join(summary.summary_lines(installed, prefix, path, rc_files)))
         return 0
     finally:
         source.close()
@@ -169,6 +173,9 @@ def _undo(source, manifest, prefix, args, ui):
     relocation = preflight.relocation(manifest, prefix)
     if relocation is not None:
         manifest = manifest.moved_to(prefix.store_dir, relocation[1])
+    exact = exact_relocation.prepare(source, prefix, ui)
+    if exact is not None:
+        manifest = exact.manifest
     nix_env = install_mod.nix_tool(manifest, prefix, "nix-env")
     if args.rollback:
         uninstall.rollback(prefix, nix_env, ui)
@@ -199,6 +206,8 @@ def info_text(manifest):
         "prefix:        %s" % manifest.prefix,
         "relocatable:   to any prefix of at most %d bytes (--prefix)"
         % (manifest.max_store_dir_length - len("/store")),
+        "derivations:   %s" % ("yes (another --prefix gets every store path recomputed "
+                               "exactly)" if manifest.derivations else "no"),
         "system:        %s" % manifest.system,
         "store paths:   %d (%s NAR)" % (len(manifest.paths),
                                         preflight.human_size(manifest.total_nar_size)),

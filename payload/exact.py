@@ -49,6 +49,7 @@ class ExactError(ValueError):
 
 
 _NIX32 = "[" + nix32.ALPHABET + "]"
+_HASH_PART = re.compile(_NIX32 + "{%d}-" % HASH_LENGTH)
 
 
 class Rewriter(object):
@@ -439,7 +440,14 @@ def plan_manifest(manifest, contents, new_dir):
                          "build it with --with-derivations")
     infos = [PathInfo(p.name, p.references, p.nar_hash, contents.get(p.name))
              for p in manifest.paths]
-    return plan(infos, manifest.store_dir, new_dir)
+    result = plan(infos, manifest.store_dir, new_dir)
+    # Only the hash part may change (new names become file names in the store).
+    for info in infos:
+        new = result.names[info.name]
+        if new[HASH_LENGTH:] != info.name[HASH_LENGTH:] or not _HASH_PART.match(new):
+            raise ExactError("%s/%s would become %r, not a store path of the same name"
+                             % (manifest.store_dir, info.name, new))
+    return result
 
 
 def retargeted_manifest(manifest, p, store_dir, embedded_store_dir):

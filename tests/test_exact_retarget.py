@@ -106,6 +106,8 @@ def test_exact_retarget_installs_what_a_native_build_gives(built: dict) -> None:
     retarget_exact(built["installer"], str(s2), again, level=1)
     assert out.read_bytes() == again.read_bytes()
     new_names = {p.name for p in result.manifest.paths}
+    # Still the derivations of its paths: installing it elsewhere recomputes them again.
+    assert result.manifest.derivations
 
     done = run_installer(out, "-y", "-p", str(s2))
     assert done.returncode == 0, done.stderr

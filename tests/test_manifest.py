@@ -126,6 +126,32 @@ def test_non_ascii_tool_version_round_trips() -> None:
     assert Manifest.from_json(data).tool_version == "0.1.0+é"
 
 
+def test_derivations_round_trip_and_default() -> None:
+    m = sample()
+    m.paths.append(PathEntry(DRV, hashes.format_sha256(sha("drv")), 0, [LIBC], "", 1))
+    m.derivations = True
+    parsed = Manifest.from_json(m.to_json())
+    assert parsed.derivations is True and parsed.to_json() == m.to_json()
+    # Written before the field existed: no derivations.
+    d = doc()
+    assert d["derivations"] is False
+    del d["derivations"]
+    assert Manifest.from_json(encode(d)).derivations is False
+
+
+@pytest.mark.parametrize("value", [1, 0, "true", None, []])
+def test_rejects_derivations_of_the_wrong_type(value: Any) -> None:
+    d = doc()
+    d["derivations"] = value
+    reject(encode(d), "derivations must be true or false")
+
+
+def test_rejects_derivations_without_a_drv() -> None:
+    d = doc()
+    d["derivations"] = True
+    reject(encode(d), "no .drv")
+
+
 # -- rejections ------------------------------------------------------------------------------------
 
 def reject(data: bytes, match: str | None = None) -> ManifestError:
