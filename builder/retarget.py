@@ -93,9 +93,12 @@ def _retarget_installer(installer: InstallerFile, store_dir: str, out: Path,
     codec = compression or old.compression
     codecs.check_name(codec)
     embedded = relocation_target(old.embedded_store_dir, store_dir)
+    if any(p.name.endswith(".drv") for p in old.paths):
+        # Their hash parts would stay: Nix's --load-db checks a .drv's outputs and refuses it.
+        raise BuildError(f"the installer for {old.store_dir} holds .drv files, which Nix refuses "
+                         "to register at another store dir with their old hash parts",
+                         "retarget with --exact (see docs/relocation.md)")
     new = old.moved_to(store_dir, embedded)
-    # The .drv files keep their old hash parts: they no longer reproduce their paths.
-    new.derivations = False
     new.chunks = []
     new.preamble_sha256 = hashlib.sha256(PREAMBLE.read_bytes()).hexdigest()
     new.tool_version = payload_pkg.__version__
