@@ -138,6 +138,25 @@ def test_install_at_another_prefix_is_what_a_native_build_gives(built: dict) -> 
 
 
 @pytest.mark.slow
+def test_an_exactly_retargeted_installer_is_recomputed_again(built: dict) -> None:
+    # expected.sh: retarget --exact for S2; installed at S9 it gives what the
+    # original installer gives for S9, byte for byte.
+    base = built["base"]
+    s9 = base / "s9"
+    direct = retarget_exact(built["installer"], str(s9), base / "direct.sh", level=1).manifest
+    done = run_installer(base / "expected.sh", "-y", "-p", str(s9))
+    assert done.returncode == 0, done.stderr
+    for p in direct.paths:
+        path = f"{s9}/store/{p.name}"
+        assert nix_at(s9, "nix-store", "-q", "--hash", path).stdout.strip() == p.nar_hash
+    inst = nix_at(s9, "nix-instantiate", str(built["expr"]), *ATTRS)
+    assert inst.returncode == 0, inst.stderr
+    assert {d.rpartition("/")[2] for d in inst.stdout.split()} <= {p.name for p in direct.paths}
+    verify = nix_at(s9, "nix-store", "--verify", "--check-contents")
+    assert verify.returncode == 0, verify.stderr
+
+
+@pytest.mark.slow
 def test_plan_says_the_paths_are_recomputed(built: dict) -> None:
     source = InstallerFile(str(built["installer"]))
     try:
