@@ -55,8 +55,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     closure, roots = with_derivations(read_closure(info), nix)
     check_exact(closure)
     installer = base / "with-drvs.sh"
+    # Small chunks: the first pass reads only those holding derivations and texts.
     build_installer(closure, installer,
-                    BuildOptions(compression="xz", level=1, roots=roots, derivations=True))
+                    BuildOptions(compression="xz", level=1, roots=roots, derivations=True,
+                                 chunk_size=1024))
     # The exact retarget of the builder, for S2: what the installer must give too.
     s2 = base / "s2"
     expected = retarget_exact(installer, str(s2), base / "expected.sh", level=1).manifest
@@ -276,7 +278,7 @@ def test_installer_plans_what_nix_computes_and_installs_it(tmp_path: Path) -> No
     closure, old = _closure(tmp_path)
     check_exact(closure)
     installer = tmp_path / "greet.sh"
-    build_installer(closure, installer, BuildOptions(compression="xz", level=1,
+    build_installer(closure, installer, BuildOptions(compression="xz", level=1, chunk_size=1,
                                                      roots=[old["out"]], derivations=True))
     prefix = Prefix(str(tmp_path / "s2"))
     new = _derive(prefix.store_dir)
