@@ -42,13 +42,14 @@ def applies(manifest, prefix):
     return bool(manifest.derivations) and prefix.store_dir != manifest.store_dir
 
 
-def prepare(source, prefix, ui):
-    # type: (InstallerFile, Prefix, UI) -> Optional[ExactRelocation]
+def prepare(source, prefix, ui, jobs=1):
+    # type: (InstallerFile, Prefix, UI, int) -> Optional[ExactRelocation]
     """The exact relocation of ``source`` into ``prefix``, or None if it does not apply.
 
-    The first call for a store dir reads the payload; later calls return the
-    same result.  Raises InstallError (one line) if the prefix is too long or
-    the closure cannot be planned, CorruptInstaller if the payload is damaged.
+    The first call for a store dir reads the payload (``jobs`` chunks at
+    once); later calls return the same result.  Raises InstallError (one
+    line) if the prefix is too long or the closure cannot be planned,
+    CorruptInstaller if the payload is damaged.
     """
     manifest = source.manifest
     if not applies(manifest, prefix):
@@ -59,7 +60,7 @@ def prepare(source, prefix, ui):
         preflight.check_system(manifest)
         relocation = preflight.relocation(manifest, prefix)  # refuses a longer store dir
         memo[prefix.store_dir] = ExactRelocation(manifest, prefix.store_dir, relocation[1],
-                                                 _read_texts(source, prefix.store_dir, ui))
+                                                 _read_texts(source, prefix.store_dir, ui, jobs))
     return memo[prefix.store_dir]
 
 
@@ -69,8 +70,8 @@ def prepared(manifest, prefix):
     return _PREPARED.get(manifest, {}).get(prefix.store_dir)
 
 
-def _read_texts(source, store_dir, ui):
-    # type: (InstallerFile, str, UI) -> Dict[str, bytes]
+def _read_texts(source, store_dir, ui, jobs):
+    # type: (InstallerFile, str, UI, int) -> Dict[str, bytes]
     """The contents the planner needs, read through the verifying path, writing nothing."""
     manifest = source.manifest
     wanted = exact.needs_contents(manifest)
@@ -88,7 +89,7 @@ def _read_texts(source, store_dir, ui):
     ui.say("reading the derivations: the %d store paths get the paths Nix computes for %s"
            % (len(manifest.paths), store_dir))
     try:
-        source.unpack(open_path, chunks)
+        source.unpack(open_path, chunks, jobs)
     finally:
         progress.close()
     return contents

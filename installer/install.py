@@ -170,7 +170,7 @@ def install(source, prefix_root, ui, update=False, jobs=1):
         # Paths, and after unpacking their NAR hashes, as they will be at this prefix.
         manifest = manifest.moved_to(prefix.store_dir, relocation[1])
     # Exact retarget instead when the payload holds the derivations (exact_relocation.py).
-    exact = exact_relocation.prepare(source, prefix, ui)
+    exact = exact_relocation.prepare(source, prefix, ui, jobs)
     if exact is not None:
         relocation, manifest = exact, exact.manifest
     started = time.time()

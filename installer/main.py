@@ -144,7 +144,7 @@ def run(path, args, ui):
             return 0
         # With the derivations in the payload, the paths get new names at another
         # store dir (exact_relocation.py): the checks and the summary use those.
-        exact = exact_relocation.prepare(source, prefix, ui)
+        exact = exact_relocation.prepare(source, prefix, ui, args.jobs)
         installed = exact.manifest if exact is not None else manifest
         install_mod.preflight_checks(installed, prefix)
         install_mod.check_update(installed, prefix, args.update)
@@ -173,7 +173,7 @@ def _undo(source, manifest, prefix, args, ui):
     relocation = preflight.relocation(manifest, prefix)
     if relocation is not None:
         manifest = manifest.moved_to(prefix.store_dir, relocation[1])
-    exact = exact_relocation.prepare(source, prefix, ui)
+    exact = exact_relocation.prepare(source, prefix, ui, args.jobs)
     if exact is not None:
         manifest = exact.manifest
     nix_env = install_mod.nix_tool(manifest, prefix, "nix-env")

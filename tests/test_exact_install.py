@@ -140,6 +140,23 @@ def test_install_at_another_prefix_is_what_a_native_build_gives(built: dict) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("moment", ["write:5", "renamed:3", "before-load-db:1", "after-load-db:1",
+                                    "before-profile:1"])
+def test_a_crash_then_a_rerun_gives_the_exact_store(built: dict, moment: str) -> None:
+    prefix = built["base"] / f"c-{moment.partition(':')[0]}"
+    env = dict(os.environ, NIX_PREFIX_TEST_CRASH_AT=moment)
+    crashed = run_installer(built["installer"], "-y", "-p", str(prefix), env=env)
+    assert crashed.returncode in (-9, 137), crashed.stderr
+    done = run_installer(built["installer"], "-y", "-p", str(prefix))
+    assert done.returncode == 0, done.stderr
+    verify = nix_at(prefix, "nix-store", "--verify", "--check-contents")
+    assert verify.returncode == 0 and "error" not in verify.stderr, verify.stderr
+    dry = nix_at(prefix, "nix-build", "--dry-run", "--no-out-link", str(built["expr"]), *ATTRS)
+    assert dry.returncode == 0, dry.stderr
+    assert "will be built" not in dry.stderr
+
+
+@pytest.mark.slow
 def test_an_exactly_retargeted_installer_is_recomputed_again(built: dict) -> None:
     # expected.sh: retarget --exact for S2; installed at S9 it gives what the
     # original installer gives for S9, byte for byte.
