@@ -23,18 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from common import CLI, REPO, Run, machine, remove, sh  # first: nix_prefix = this checkout
 
-from nix_prefix.builder.localnix import LocalNix, prefix_env  # noqa: E402
+from nix_prefix.builder.localnix import LocalNix, prefix_env
 
 # Where the closure's bytes come from: big trees first, then libraries file by file.
 TREES = ["/usr/lib/python3.11", "/usr/share/perl", "/usr/lib/gcc"]
@@ -76,37 +72,6 @@ def plan_groups(size_mb: int, paths: int) -> list[dict]:
     return [g for g in groups if g["sources"]]
 
 
-class Run:
-    """One timed child process, with its peak RSS (from wait4)."""
-
-    def __init__(self, cmd: list[str], env: dict[str, str] | None = None,
-                 cwd: Path | None = None, stdin: bytes | None = None) -> None:
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if stdin is not None:
-            proc.stdin.write(stdin)
-        proc.stdin.close()
-        err = proc.stderr.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        self.seconds = time.perf_counter() - started
-        self.rss_mb = usage.ru_maxrss / 1024
-        if proc.returncode != 0:
-            raise SystemExit(f"bench: {' '.join(cmd[:4])} failed: "
-                             f"{err.decode(errors='replace').strip()[-400:]}")
-
-
-def sh(script: str, **kw) -> Run:
-    return Run(["/bin/sh", "-ec", script], **kw)
-
-
-def remove(path: Path) -> None:
-    if path.exists():
-        subprocess.run(["chmod", "-R", "u+w", str(path)], check=True)
-        shutil.rmtree(path)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=int, default=320, help="closure size to aim for")
@@ -143,7 +108,7 @@ def bench(base: Path, prefix: Path, size_mb: int, paths: int) -> dict:
     print(f"closure: {len(names)} store paths, {files} files, {nar / 2**20:.1f} MiB NAR "
           f"(built in {time.perf_counter() - t:.1f} s)", file=sys.stderr)
 
-    cli = [str(Path(sys.executable).with_name("nix-prefix"))]
+    cli = CLI
     r: dict = {"machine": machine(), "closure": {"paths": len(names), "files": files,
                                                  "nar_bytes": nar}}
     for codec in ("xz", "zstd"):
@@ -210,19 +175,6 @@ TARGETS = {
     "size_zstd_vs_official": 1.1, "build_xz_vs_official": 1.0, "installer_rss_mb": 150,
     "builder_rss_mb": 1024,
 }
-
-
-def machine() -> dict:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "system": f"{platform.system()} {platform.release()}"}
 
 
 def print_table(r: dict) -> None:
