@@ -31,3 +31,23 @@ def test_bench_runs_on_a_tiny_closure(tmp_path: Path) -> None:
                                 "size_xz_vs_official", "size_zstd_vs_official",
                                 "build_xz_vs_official", "installer_rss_mb", "builder_rss_mb"}
     assert "ratio" in proc.stdout and "official-style tar.xz" in proc.stdout
+
+
+@pytest.mark.slow
+def test_scale_runs_on_tiny_closures(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "scale.py"), "--sizes", "20,60",
+                           "--files-per-path", "12", "--level", "1",
+                           "--json", str(out)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["code"] == str(REPO)  # this checkout's builder and installer, not another one's
+    assert [(s["paths"], s["files"]) for s in r["sizes"]] == [(20, 240), (60, 720)]
+    for s in r["sizes"]:
+        assert s["verified"], s["problem"]
+        for field in ("nar_bytes", "make_closure_s", "build_s", "install_s", "size_bytes",
+                      "builder_rss_mb", "installer_rss_mb"):
+            assert s[field] > 0, (s["paths"], field)
+    assert set(r["linearity"]) == {"build_per_file_ratio", "install_per_file_ratio"}
+    assert "linearity" in proc.stdout and "pass" in proc.stdout
