@@ -22,6 +22,11 @@ substituters =
 experimental-features = nix-command
 """
 
+# Store paths per Nix command line.  Linux allows about 2 MiB of arguments and
+# environment in all (ARG_MAX); a whole closure on one command line passes that
+# at some 25,000 paths ("Argument list too long").
+ARGS_PER_CALL = 2000
+
 
 class NixCommandError(RuntimeError):
     """A Nix command failed; the message carries its last stderr line."""
@@ -113,12 +118,14 @@ class Nix:
 
     def closure(self, roots: Sequence[str]) -> list[str]:
         """Every store path the roots need, sorted as ``nix-store -qR`` would not: by name."""
-        out = self.run("nix-store", ["-qR", *roots]).stdout.decode()
-        return sorted(line for line in out.splitlines() if line)
+        out = b"".join(self.run("nix-store", ["-qR", *batch]).stdout
+                       for batch in _batches(roots)).decode()
+        return sorted({line for line in out.splitlines() if line})
 
     def dump_db(self, paths: Sequence[str]) -> bytes:
         """The registration of ``paths`` as ``nix-store --dump-db`` prints it."""
-        return self.run("nix-store", ["--dump-db", *paths]).stdout
+        return b"".join(self.run("nix-store", ["--dump-db", *batch]).stdout
+                        for batch in _batches(paths))
 
     def write_closure_info(self, roots: Sequence[str], out_dir: Path) -> Path:
         """Write a closureInfo-style dir (store-paths, registration, total-nar-size).
@@ -131,7 +138,8 @@ class Nix:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "store-paths").write_text("".join(p + "\n" for p in paths))
         (out_dir / "registration").write_bytes(self.dump_db(paths))
-        sizes = self.run("nix-store", ["-q", "--size", *paths]).stdout.split()
+        sizes = b"".join(self.run("nix-store", ["-q", "--size", *batch]).stdout
+                         for batch in _batches(paths)).split()
         (out_dir / "total-nar-size").write_text(f"{sum(int(s) for s in sizes)}\n")
         return out_dir
 
@@ -150,6 +158,11 @@ class LocalNix(Nix):
         super().__init__(prefix_env(self.prefix, home=self._home), bin_dir=bin_dir)
         make_prefix(self.prefix)
         self._home.mkdir(exist_ok=True)
+
+
+def _batches(args: Sequence[str]) -> list[Sequence[str]]:
+    """``args`` in command lines of at most ARGS_PER_CALL (one, maybe empty, if fewer)."""
+    return [args[i:i + ARGS_PER_CALL] for i in range(0, len(args), ARGS_PER_CALL)] or [args]
 
 
 def make_prefix(prefix: Path) -> None:

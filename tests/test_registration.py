@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from nix_prefix.builder import localnix
 from nix_prefix.builder.localnix import LocalNix
 from nix_prefix.payload import hashes, registration
 from nix_prefix.payload.registration import RegistrationError, ValidPathInfo
@@ -135,6 +136,17 @@ def test_format_parse_round_trip(closure: Closure) -> None:
     again = registration.parse(registration.format(infos))
     assert again == infos
     assert registration.format(again) == registration.format(infos)
+
+
+def test_closure_info_in_batches_is_the_same(closure: Closure, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # Big closures go to Nix a few thousand paths per command line (ARG_MAX).
+    assert len(closure.paths) > 2
+    monkeypatch.setattr(localnix, "ARGS_PER_CALL", 2)
+    again = closure.nix.write_closure_info([closure.root], tmp_path / "info")
+    for name in ("store-paths", "registration", "total-nar-size"):
+        assert (again / name).read_bytes() == (closure.info_dir / name).read_bytes(), name
+    assert closure.nix.closure(closure.paths) == closure.paths
 
 
 def test_empty_registration() -> None:
