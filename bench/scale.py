@@ -89,6 +89,7 @@ def say(text: str) -> None:
 def bench_size(work: Path, n: int, args: argparse.Namespace) -> dict:
     """Make, build, install and verify the closure of ``n`` paths under ``work``."""
     work.mkdir(parents=True)
+    load = os.getloadavg()[0]  # others' work on the machine shows in the times
     prefix = work / "nix"  # the build store first, then the installed prefix
     nix = LocalNix(prefix)
     closure = make_closure(nix, n, args.files_per_path, args.seed)
@@ -117,7 +118,7 @@ def bench_size(work: Path, n: int, args: argparse.Namespace) -> dict:
     verified, verify_s, problem = check_install(prefix, closure.root, n, work / "home")
     say(f"{n} paths: nix-store --verify --check-contents "
         f"{'passed' if verified else 'FAILED: ' + problem} in {verify_s:.1f} s")
-    return {"paths": n, "files": closure.files, "nar_bytes": nar,
+    return {"paths": n, "files": closure.files, "nar_bytes": nar, "load_before": load,
             "make_closure_s": closure.seconds, "closure_info_s": info_s,
             "build_s": build.seconds, "builder_rss_mb": build.rss_mb,
             "size_bytes": out.stat().st_size,
@@ -167,14 +168,14 @@ def print_table(r: dict) -> None:
           f"{r['compression']}; machine: {m['cpus']} CPUs, {m['cpu']}; code: {r['code']}")
     print(f"{'paths':>7}{'files':>9}{'NAR MiB':>9}{'make s':>8}{'build s':>9}"
           f"{'install s':>10}{'b s/1k':>8}{'i s/1k':>8}{'b RSS':>8}{'i RSS':>8}"
-          f"{'inst MiB':>9}  nix verify")
+          f"{'inst MiB':>9}{'load':>6}  nix verify")
     for s in r["sizes"]:
         k = s["files"] / 1000
         print(f"{s['paths']:7d}{s['files']:9d}{s['nar_bytes'] / 2**20:9.1f}"
               f"{s['make_closure_s']:8.1f}{s['build_s']:9.1f}{s['install_s']:10.1f}"
               f"{s['build_s'] / k:8.3f}{s['install_s'] / k:8.3f}"
               f"{s['builder_rss_mb']:7.0f}M{s['installer_rss_mb']:7.0f}M"
-              f"{s['size_bytes'] / 2**20:9.1f}  "
+              f"{s['size_bytes'] / 2**20:9.1f}{s['load_before']:6.1f}  "
               f"{'pass' if s['verified'] else 'FAIL: ' + s['problem']}")
     lin = r["linearity"]
     if lin:
