@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_bench_runs_on_a_tiny_closure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--size-mb", "2",
-                           "--paths", "3", "--json", str(out)],
+                           "--paths", "3", "--rounds", "2", "--json", str(out)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(out.read_text())
@@ -27,8 +27,12 @@ def test_bench_runs_on_a_tiny_closure(tmp_path: Path) -> None:
             assert r[codec][field] > 0, (codec, field)
     assert r["official"]["pack_s"] > 0 and r["official"]["install_s"] > 0
     assert r["limit_cp_a_s"] > 0 and r["limit_zstd_tar_s"] > 0
+    for key in ("ours_xz", "ours_zstd", "official"):
+        assert r[key]["install_disk_s"] >= r[key]["install_s"] > 0, key
+    assert all(len(runs) == 2 for runs in r["rounds"].values()), r["rounds"]
     assert set(r["ratios"]) == {"install_xz_vs_official", "install_zstd_vs_cp_a",
-                                "size_xz_vs_official", "size_zstd_vs_official",
+                                "install_xz_vs_official_on_disk",
+                                "install_zstd_vs_cp_a_on_disk", "size_xz_vs_official", "size_zstd_vs_official",
                                 "build_xz_vs_official", "installer_rss_mb", "builder_rss_mb"}
     assert "ratio" in proc.stdout and "official-style tar.xz" in proc.stdout
 
