@@ -32,7 +32,8 @@ def test_bench_runs_on_a_tiny_closure(tmp_path: Path) -> None:
     assert all(len(runs) == 2 for runs in r["rounds"].values()), r["rounds"]
     assert set(r["ratios"]) == {"install_xz_vs_official", "install_zstd_vs_cp_a",
                                 "install_xz_vs_official_on_disk",
-                                "install_zstd_vs_cp_a_on_disk", "size_xz_vs_official", "size_zstd_vs_official",
+                                "install_zstd_vs_cp_a_on_disk", "size_xz_vs_official",
+                                "size_zstd_vs_official",
                                 "build_xz_vs_official", "installer_rss_mb", "builder_rss_mb"}
     assert "ratio" in proc.stdout and "official-style tar.xz" in proc.stdout
 
