@@ -31,6 +31,7 @@ import weakref
 from ..payload import exact, hashes, nar
 from . import preflight, staging
 from .errors import InstallError
+from .source import CountingVisitor
 
 # source manifest -> {store dir: ExactRelocation}
 _PREPARED = weakref.WeakKeyDictionary()  # type: weakref.WeakKeyDictionary
@@ -81,7 +82,7 @@ def _read_texts(source, store_dir, ui, jobs):
     contents = {}  # type: Dict[str, bytes]
 
     def open_path(name):
-        count = _Count(progress)
+        count = CountingVisitor(progress.update)
         if name not in wanted:
             return count
         return nar.Tee(exact.Collector(name, contents), count)
@@ -141,7 +142,7 @@ class ExactRelocation(object):
         new = self.plan.names[name]
         entry = wanted.get(new)
         if entry is None:
-            return nar.Tee(_Discard(), count)
+            return count
         writer = staging.DiskWriter(stage, new)
         writers.append(writer)
         hasher = nar.NarHasher()
@@ -172,19 +173,3 @@ class _Placing(object):
         self._entry.nar_hash = hashes.format_sha256(self._hasher.digest())
         self._entry.nar_size = self._hasher.size
         self._writer.finish()
-
-
-class _Discard(object):
-    def __getattr__(self, name):
-        return lambda *args: None
-
-
-class _Count(object):
-    def __init__(self, progress):
-        self._progress = progress
-
-    def contents(self, data):
-        self._progress.update(len(data))
-
-    def __getattr__(self, name):
-        return lambda *args: None

@@ -15,26 +15,7 @@ from ..payload import hashes, nar, registration, relocate
 from . import crashpoints, envfiles, exact_relocation, nixstore, preflight, receipt, staging
 from .errors import InstallError, UpdateNeeded
 from .prefix import Prefix, user_name
-
-
-class _Discard(object):
-    """Visitor for paths already installed: their bytes are verified, not written."""
-
-    def __getattr__(self, name):
-        return lambda *args: None
-
-
-class _Count(object):
-    """Visitor that feeds a progress counter."""
-
-    def __init__(self, progress):
-        self._progress = progress
-
-    def contents(self, data):
-        self._progress.update(len(data))
-
-    def __getattr__(self, name):
-        return lambda *args: None
+from .source import CountingVisitor
 
 
 def plan_lines(manifest, prefix, also=()):
@@ -294,11 +275,11 @@ def _unpack_and_place(source, manifest, prefix, to_place, ui, relocation, jobs):
     writers = []
 
     def open_path(name):
-        count = _Count(progress)
+        count = CountingVisitor(progress.update)
         if isinstance(relocation, exact_relocation.ExactRelocation):
             return relocation.open_path(name, wanted, stage, writers, count)
         if name not in wanted:
-            return nar.Tee(_Discard(), count)
+            return count
         writer = staging.DiskWriter(stage, name)
         writers.append(writer)
         if relocation is None:

@@ -168,7 +168,7 @@ class InstallerFile(object):
         ``progress`` is called with the number of NAR bytes verified since the last call.
         """
         self.check_payload_hash()
-        self.unpack(lambda name: _Counter(progress), jobs=jobs)
+        self.unpack(lambda name: CountingVisitor(progress), jobs=jobs)
 
     def check_payload_hash(self):
         # type: () -> None
@@ -245,8 +245,9 @@ def _run_parallel(path, indexes, jobs, manifest, work):
         raise errors[0]
 
 
-class _Counter(object):
-    """A visitor that writes nothing and reports the bytes it sees."""
+class CountingVisitor(object):
+    """A tree visitor that writes nothing and reports the contents bytes it sees
+    to ``progress`` (a callable, or None): for paths that are only verified."""
 
     def __init__(self, progress):
         self._progress = progress
