@@ -17,8 +17,7 @@ import pytest
 
 from nix_prefix.builder.closure_info import Closure, read_closure
 from nix_prefix.builder.errors import BuildError
-from nix_prefix.builder.exact import check_exact, retarget_exact, with_derivations
-from nix_prefix.builder.localnix import LocalNix
+from nix_prefix.builder.exact import check_exact, retarget_exact
 from nix_prefix.builder.pack import BuildOptions, build_installer
 from nix_prefix.builder.retarget import retarget
 from nix_prefix.installer import exact_relocation
@@ -32,7 +31,7 @@ from nix_prefix.payload import derivation, hashes, nar, storepaths_ca
 from nix_prefix.payload.registration import ValidPathInfo
 
 from .support import run_installer
-from .test_exact_retarget import ATTRS, EXPR, nix_at
+from .test_exact_retarget import ATTRS, build_at_s1, nix_at
 
 
 def manifest_of(installer: Path):
@@ -46,13 +45,8 @@ def manifest_of(installer: Path):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     base = tmp_path_factory.mktemp("exact-install")
-    expr = base / "expr.nix"
-    expr.write_text(EXPR)
-    s1 = base / "s1-a-build-prefix-longer-than-the-targets"
-    nix = LocalNix(s1)
-    outs = nix.run("nix-build", ["--no-out-link", str(expr), *ATTRS]).stdout.decode().split()
-    info = nix.write_closure_info(outs, base / "closure-info")
-    closure, roots = with_derivations(read_closure(info), nix)
+    expr, s1, _, _, info, closure, roots = build_at_s1(
+        base, "s1-a-build-prefix-longer-than-the-targets")
     check_exact(closure)
     installer = base / "with-drvs.sh"
     # Small chunks: the first pass reads only those holding derivations and texts.

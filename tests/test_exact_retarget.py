@@ -63,16 +63,25 @@ def nix_at(prefix: Path, tool: str, *args: str) -> subprocess.CompletedProcess[s
     return subprocess.run([tool, *args], capture_output=True, text=True, env=env, check=False)
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    base = tmp_path_factory.mktemp("exact")
+def build_at_s1(base: Path, s1_name: str) -> tuple:
+    """Build EXPR's ATTRS with real Nix at BASE/S1_NAME; return the expression file,
+    the store prefix, its Nix, the outputs, the closureInfo dir, and the closure
+    with its derivations and their roots."""
     expr = base / "expr.nix"
     expr.write_text(EXPR)
-    s1 = base / "s1-a-build-prefix-longer-than-the-target"
+    s1 = base / s1_name
     nix = LocalNix(s1)
     outs = nix.run("nix-build", ["--no-out-link", str(expr), *ATTRS]).stdout.decode().split()
     info = nix.write_closure_info(outs, base / "closure-info")
     closure, roots = with_derivations(read_closure(info), nix)
+    return expr, s1, nix, outs, info, closure, roots
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    base = tmp_path_factory.mktemp("exact")
+    expr, s1, nix, outs, _, closure, roots = build_at_s1(
+        base, "s1-a-build-prefix-longer-than-the-target")
     installer = base / "with-drvs.sh"
     build_installer(closure, installer, BuildOptions(compression="xz", level=1, roots=roots))
     return {"base": base, "expr": expr, "s1": s1, "nix": nix, "outs": outs,
