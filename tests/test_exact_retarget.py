@@ -63,6 +63,20 @@ def nix_at(prefix: Path, tool: str, *args: str) -> subprocess.CompletedProcess[s
     return subprocess.run([tool, *args], capture_output=True, text=True, env=env, check=False)
 
 
+def assert_nothing_to_build(store: Path, expr: Path,
+                            outs: list[str]) -> subprocess.CompletedProcess[str]:
+    """nix-build of EXPR at STORE builds and fetches nothing and gives exactly the
+    root outputs among OUTS (store paths at STORE); returns that nix-build."""
+    dry = nix_at(store, "nix-build", "--dry-run", "--no-out-link", str(expr), *ATTRS)
+    assert dry.returncode == 0, dry.stderr
+    assert "will be built" not in dry.stderr and "will be fetched" not in dry.stderr
+    real = nix_at(store, "nix-build", "--no-out-link", str(expr), *ATTRS)
+    assert real.returncode == 0, real.stderr
+    assert "building" not in real.stderr
+    assert sorted(real.stdout.split()) == sorted(o for o in outs if o.endswith(("-b", "-multi")))
+    return real
+
+
 def build_at_s1(base: Path, s1_name: str) -> tuple:
     """Build EXPR's ATTRS with real Nix at BASE/S1_NAME; return the expression file,
     the store prefix, its Nix, the outputs, the closureInfo dir, and the closure
@@ -135,13 +149,7 @@ def test_exact_retarget_installs_what_a_native_build_gives(built: dict) -> None:
         assert path.rpartition("/")[2] in new_names, path
 
     # Nothing to build.
-    dry = nix_at(s2, "nix-build", "--dry-run", "--no-out-link", str(built["expr"]), *ATTRS)
-    assert dry.returncode == 0, dry.stderr
-    assert "will be built" not in dry.stderr and "will be fetched" not in dry.stderr
-    real = nix_at(s2, "nix-build", "--no-out-link", str(built["expr"]), *ATTRS)
-    assert real.returncode == 0, real.stderr
-    assert "building" not in real.stderr
-    assert sorted(real.stdout.split()) == sorted(o for o in outs if o.endswith(("-b", "-multi")))
+    real = assert_nothing_to_build(s2, built["expr"], outs)
     run = subprocess.run([f"{real.stdout.split()[0]}/bin/b"], capture_output=True, text=True,
                          check=False)
     assert run.returncode == 0 and "lib" in run.stdout and "configured by" in run.stdout
