@@ -143,8 +143,7 @@ def build_installer(
         for hidden in payload.write_chunks(groups, fill, options.jobs):
             manifest.hidden_refs += hidden
 
-    write_installer_file(out, manifest, options.compression, options.level, write_payload,
-                         tmp_dir=out.parent)
+    write_installer_file(out, manifest, options.compression, options.level, write_payload)
     return BuildResult(manifest, out.stat().st_size)
 
 
@@ -158,12 +157,11 @@ def relocation_target(old_store_dir: str, new_store_dir: str) -> str:
 
 
 def write_installer_file(out: Path, manifest: Manifest, compression: str, level: int | None,
-                         write_payload: Callable[[PayloadWriter], None],
-                         tmp_dir: Path | None = None) -> None:
+                         write_payload: Callable[[PayloadWriter], None]) -> None:
     """Write preamble, code, payload (by ``write_payload``) and manifest to ``out``.
 
-    Atomic: the file appears complete under its name or not at all.  Chunks
-    compressed in parallel wait in anonymous temporary files in ``tmp_dir``.
+    Atomic: the file appears complete under its name or not at all.  Compressed
+    chunks wait for their turn in anonymous temporary files beside ``out``.
     """
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
@@ -171,7 +169,7 @@ def write_installer_file(out: Path, manifest: Manifest, compression: str, level:
             f.write(PREAMBLE.read_bytes())
             with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
                 _write_code(zf)
-                payload = PayloadWriter(zf, manifest, compression, level, tmp_dir)
+                payload = PayloadWriter(zf, manifest, compression, level, out.parent)
                 write_payload(payload)
                 payload.finish()
                 zf.writestr(_zip_info("manifest.json"), manifest.to_json())
@@ -230,12 +228,11 @@ def _write_code(zf: zipfile.ZipFile) -> None:
 
 
 class _ChunkSink:
-    """Buffers tar bytes, compresses them into a zip member, hashes the result."""
+    """Buffers tar bytes, compresses them into a file, hashes the result."""
 
-    def __init__(self, member, compressor, payload_hash) -> None:
+    def __init__(self, member, compressor) -> None:
         self._member = member
         self._compressor = compressor
-        self._payload_hash = payload_hash
         self._buf = bytearray()
         self.sha256 = hashlib.sha256()
         self.size = 0
@@ -250,8 +247,6 @@ class _ChunkSink:
         if data:
             self._member.write(data)
             self.sha256.update(data)
-            if self._payload_hash is not None:
-                self._payload_hash.update(data)
             self.size += len(data)
 
     def finish(self) -> None:
@@ -273,7 +268,9 @@ def _chunk_groups(entries: list[PathEntry], chunk_size: int) -> list[list[PathEn
 
 
 class PayloadWriter:
-    """Writes the payload chunks of ``manifest`` into the zip, one ``chunk()`` at a time."""
+    """Writes the payload chunks of ``manifest`` into the zip: all at once
+    (``write_chunks``, in threads) or one ``chunk()`` at a time; either way each
+    is compressed into a temporary file in ``tmp_dir`` and then copied in."""
 
     def __init__(self, zf: zipfile.ZipFile, manifest: Manifest, compression: str,
                  level: int | None, tmp_dir: Path | None = None) -> None:
@@ -321,17 +318,23 @@ class PayloadWriter:
     def _compressor(self):
         return compressor(self._compression, self._level, self._manifest.system)
 
-    def _compress_group(self, group: list[PathEntry], fill: Callable) -> tuple:
+    @contextmanager
+    def _spooled_chunk(self) -> Iterator[tuple[archive.TarWriter, object, _ChunkSink]]:
+        """A tar writer into a compressed anonymous temporary file (closed on error)."""
         spool = tempfile.TemporaryFile(dir=self._tmp_dir)
         try:
-            sink = _ChunkSink(spool, self._compressor(), None)
+            sink = _ChunkSink(spool, self._compressor())
             tar = archive.TarWriter(sink)
-            result = fill(group, tar)
+            yield tar, spool, sink
             tar.close()
             sink.finish()
         except BaseException:
             spool.close()
             raise
+
+    def _compress_group(self, group: list[PathEntry], fill: Callable) -> tuple:
+        with self._spooled_chunk() as (tar, spool, sink):
+            result = fill(group, tar)
         return spool, sink, tar.longest, group, result
 
     def _add_compressed(self, spool, sink: _ChunkSink, longest: int, group: list[PathEntry],
@@ -350,21 +353,14 @@ class PayloadWriter:
 
     @contextmanager
     def chunk(self, group: list[PathEntry]) -> Iterator[archive.TarWriter]:
-        """A tar writer for the next chunk, which will hold the paths of ``group``."""
+        """A tar writer for the next chunk, which will hold the paths of ``group``
+        (one chunk at a time, for callers that fill it as they read another file)."""
         index = len(self._manifest.chunks)
-        ext = codecs.EXTENSIONS[self._compression]
-        info = _zip_info(f"payload/{index:04d}{ext}")
-        with self._zf.open(info, "w", force_zip64=True) as member:
-            sink = _ChunkSink(member, self._compressor(), self._hash)
-            tar = archive.TarWriter(sink)
-            for entry in group:
-                entry.chunk = index
+        for entry in group:
+            entry.chunk = index
+        with self._spooled_chunk() as (tar, spool, sink):
             yield tar
-            tar.close()
-            sink.finish()
-        self._longest = max(self._longest, tar.longest)
-        self._manifest.chunks.append(Chunk(info.filename, sink.size, sink.sha256.hexdigest(),
-                                           sum(e.nar_size for e in group)))
+        self._add_compressed(spool, sink, tar.longest, group, None)
 
     def finish(self) -> None:
         """Record the payload's size, hash and longest name in the manifest."""
