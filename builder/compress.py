@@ -6,10 +6,10 @@ The decoders, which must run anywhere, are in nix_prefix.payload.codecs.
 from __future__ import annotations
 
 import lzma
-import os
 
 import zstandard
 
+from ..installer.preflight import usable_cpus
 from ..payload import codecs
 
 XZ_PRESET = 6  # as `xz -6`, the official tarball's default
@@ -50,12 +50,8 @@ def compressor(name: str, level: int | None = None, system: str | None = None):
 
 def default_jobs(name: str, level: int | None = None) -> int:
     """How many chunks to compress at once: one per CPU, as memory allows."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
     if name == "xz":
         each = _XZ_MEMORY.get(XZ_PRESET if level is None else level, 675)
     else:
         each = _ZSTD_MEMORY
-    return max(1, min(cpus, MAX_JOBS, MEMORY_BUDGET // each))
+    return max(1, min(usable_cpus(), MAX_JOBS, MEMORY_BUDGET // each))

@@ -149,8 +149,14 @@ def default_jobs(env_value=None):
     schedulers set), at most MAX_JOBS."""
     if env_value and env_value.isdigit() and int(env_value) > 0:
         return int(env_value)
+    return min(usable_cpus(), MAX_JOBS)
+
+
+def usable_cpus():
+    # type: () -> int
+    """The CPUs this process may run on: its affinity mask (which batch
+    schedulers and taskset narrow), else all of the machine's."""
     try:
-        cpus = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, MAX_JOBS))
+        return os.cpu_count() or 1
