@@ -28,7 +28,7 @@ manifest object, see ``prepared``).
 
 import weakref
 
-from ..payload import exact, hashes, nar
+from ..payload import exact, nar
 from . import preflight, staging
 from .errors import InstallError
 from .source import CountingVisitor
@@ -148,28 +148,9 @@ class ExactRelocation(object):
         hasher = nar.NarHasher()
         rewriter = exact.PathRewriter(nar.Tee(writer, hasher), self.plan.kinds[name],
                                       self.plan.texts.get(name), *self._binary)
-        return _Placing(nar.Tee(rewriter, count), writer, hasher, entry)
+        return staging.StagedPath(nar.Tee(rewriter, count), writer, hasher, entry)
 
 
 def _padded(n):
     # type: (int) -> int
     return (n + 7) // 8 * 8
-
-
-class _Placing(object):
-    """Events go to the rewriter; at the end the new NAR hash and size are recorded
-    in the installed manifest's entry and the writer seals the path."""
-
-    def __init__(self, target, writer, hasher, entry):
-        self._target = target
-        self._writer = writer
-        self._hasher = hasher
-        self._entry = entry
-
-    def __getattr__(self, name):
-        return getattr(self._target, name)
-
-    def finish(self):
-        self._entry.nar_hash = hashes.format_sha256(self._hasher.digest())
-        self._entry.nar_size = self._hasher.size
-        self._writer.finish()

@@ -135,6 +135,21 @@ def nix_tool(manifest, prefix, tool):
                        "build the installer from a closure that includes Nix")
 
 
+def at_prefix(source, prefix, ui, jobs=1):
+    # type: (InstallerFile, Prefix, UI, int) -> Tuple[Manifest, object]
+    """The manifest as installed at ``prefix``, and how the payload gets there:
+    None (built for it), the (old, new) store dirs of a plain relocation, or an
+    ExactRelocation when the payload holds the derivations."""
+    exact = exact_relocation.prepare(source, prefix, ui, jobs)
+    if exact is not None:
+        return exact.manifest, exact
+    relocation = preflight.relocation(source.manifest, prefix)
+    if relocation is None:
+        return source.manifest, None
+    # Paths, and after unpacking their NAR hashes, as they will be at this prefix.
+    return source.manifest.moved_to(prefix.store_dir, relocation[1]), relocation
+
+
 def install(source, prefix_root, ui, update=False, jobs=1):
     # type: (InstallerFile, str, UI, bool, int) -> bool
     """Install ``source`` into ``prefix_root``; returns True if anything changed.
@@ -145,15 +160,7 @@ def install(source, prefix_root, ui, update=False, jobs=1):
     unpacked at once.
     """
     prefix = Prefix(prefix_root)
-    relocation = preflight.relocation(source.manifest, prefix)
-    manifest = source.manifest
-    if relocation is not None:
-        # Paths, and after unpacking their NAR hashes, as they will be at this prefix.
-        manifest = manifest.moved_to(prefix.store_dir, relocation[1])
-    # Exact retarget instead when the payload holds the derivations (exact_relocation.py).
-    exact = exact_relocation.prepare(source, prefix, ui, jobs)
-    if exact is not None:
-        relocation, manifest = exact, exact.manifest
+    manifest, relocation = at_prefix(source, prefix, ui, jobs)
     started = time.time()
     created = _make_dirs(prefix)
     try:
@@ -283,13 +290,13 @@ def _unpack_and_place(source, manifest, prefix, to_place, ui, relocation, jobs):
         writer = staging.DiskWriter(stage, name)
         writers.append(writer)
         if relocation is None:
-            return _Finishing(writer, count)
+            return staging.StagedPath(nar.Tee(writer, count), writer)
         # The payload's bytes were verified against the original NAR hash on the
         # way in; what reaches the disk is rewritten, and hashed again for Nix.
         hasher = nar.NarHasher()
         rewritten = relocate.Relocator(nar.Tee(writer, hasher), relocation[0].encode(),
                                        relocation[1].encode())
-        return _Finishing(writer, count, rewritten, _record_hash(wanted[name], hasher))
+        return staging.StagedPath(nar.Tee(rewritten, count), writer, hasher, wanted[name])
 
     try:
         try:
@@ -310,28 +317,3 @@ def _unpack_and_place(source, manifest, prefix, to_place, ui, relocation, jobs):
             crashpoints.reached("placed")
     finally:
         staging.remove_tree(stage)
-
-
-class _Finishing(object):
-    """Sends events to ``target`` (default: the writer) and a counter; on ``finish``
-    runs ``then`` (if any) and finishes the writer."""
-
-    def __init__(self, writer, count, target=None, then=None):
-        self._writer = writer
-        self._tee = nar.Tee(target or writer, count)
-        self._then = then
-
-    def __getattr__(self, name):
-        return getattr(self._tee, name)
-
-    def finish(self):
-        if self._then is not None:
-            self._then()
-        self._writer.finish()
-
-
-def _record_hash(entry, hasher):
-    # type: (PathEntry, nar.NarHasher) -> Callable[[], None]
-    def record():
-        entry.nar_hash = hashes.format_sha256(hasher.digest())
-    return record

@@ -135,7 +135,7 @@ def run(path, args, ui):
         root = preflight.resolve_prefix(args.prefix) if args.prefix else manifest.prefix
         prefix = Prefix(root)
         if args.uninstall or args.rollback:
-            return _undo(source, manifest, prefix, args, ui)
+            return _undo(source, prefix, args, ui)
         if args.unmodify_profile:
             changed = shellrc.remove_block(root)
             ui.say("removed the nix-prefix line for %s from %s"
@@ -167,15 +167,10 @@ def run(path, args, ui):
         source.close()
 
 
-def _undo(source, manifest, prefix, args, ui):
-    # type: (InstallerFile, Manifest, Prefix, argparse.Namespace, UI) -> int
+def _undo(source, prefix, args, ui):
+    # type: (InstallerFile, Prefix, argparse.Namespace, UI) -> int
     """--uninstall and --rollback, with the prefix's own Nix."""
-    relocation = preflight.relocation(manifest, prefix)
-    if relocation is not None:
-        manifest = manifest.moved_to(prefix.store_dir, relocation[1])
-    exact = exact_relocation.prepare(source, prefix, ui, args.jobs)
-    if exact is not None:
-        manifest = exact.manifest
+    manifest, _ = install_mod.at_prefix(source, prefix, ui, args.jobs)
     nix_env = install_mod.nix_tool(manifest, prefix, "nix-env")
     if args.rollback:
         uninstall.rollback(prefix, nix_env, ui)

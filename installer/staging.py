@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 
+from ..payload import hashes
 from . import crashpoints
 from .errors import EnvironmentProblem, InstallError
 
@@ -100,6 +101,33 @@ class DiskWriter(object):
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class StagedPath(object):
+    """One store path on its way to the staging dir.
+
+    Its events go to ``target``, which ends in ``writer`` (possibly through a
+    rewriter and a NAR ``hasher``).  On ``finish``, the hash and size of what
+    was written are recorded in ``entry`` (the installed manifest's, which
+    --load-db registers) when the bytes were rewritten, and the writer seals
+    the path.
+    """
+
+    def __init__(self, target, writer, hasher=None, entry=None):
+        # type: (object, DiskWriter, Optional[object], Optional[PathEntry]) -> None
+        self._target = target
+        self._writer = writer
+        self._hasher = hasher
+        self._entry = entry
+
+    def __getattr__(self, name):
+        return getattr(self._target, name)
+
+    def finish(self):
+        if self._hasher is not None:
+            self._entry.nar_hash = hashes.format_sha256(self._hasher.digest())
+            self._entry.nar_size = self._hasher.size
+        self._writer.finish()
 
 
 def seal_top(path):
