@@ -1,0 +1,63 @@
+"""Signing with a publisher's Nix secret key (the build side only).
+
+Keys are the files ``nix-store --generate-binary-cache-key NAME SECRET PUBLIC``
+writes; their format lives in payload/signing.py, which the installer shares.
+Signatures are made with PyNaCl: it binds libsodium, the library Nix itself
+signs with (``crypto_sign_detached`` in src/libstore/crypto.cc), and reads
+the seed of Nix's 64-byte secret key directly.  Ed25519 signatures are
+deterministic, so a signature made here is byte for byte the one
+``nix store sign`` makes with the same key, and builds stay reproducible.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nacl.signing
+
+from ..payload import signing
+from ..payload.signing import SecretKey, Signature
+from .errors import BuildError
+
+_HINT = ("give the secret key file written by nix-store --generate-binary-cache-key "
+         "NAME SECRET PUBLIC")
+_MAX_KEY_FILE = 4096  # a key file is one short line
+
+
+def load_secret_key(path: Path) -> SecretKey:
+    """Read a Nix secret key file; a missing, unreadable or malformed one is a BuildError."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_KEY_FILE + 1)
+    except OSError as e:
+        raise BuildError(f"cannot read the secret key file {path} ({e.strerror})",
+                         _HINT) from None
+    if len(data) > _MAX_KEY_FILE:
+        raise BuildError(f"{path} is not a Nix secret key file (it is longer than a key)",
+                         _HINT)
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise BuildError(f"{path} is not a Nix secret key file (not ASCII text)",
+                         _HINT) from None
+    try:
+        return signing.parse_secret_key(text)
+    except signing.SigningError as e:
+        raise BuildError(f"{path}: {e}", _HINT) from None
+
+
+def load_secret_keys(paths: list[Path]) -> list[SecretKey]:
+    """Every ``--sign-key`` file; the same key given twice is used once."""
+    keys: list[SecretKey] = []
+    for path in paths:
+        key = load_secret_key(path)
+        if all(k.key != key.key for k in keys):
+            keys.append(key)
+    return keys
+
+
+def sign(secret_key: SecretKey, data: str | bytes) -> Signature:
+    """The detached signature of ``data`` by ``secret_key``, named after the key."""
+    message = data.encode("utf-8") if isinstance(data, str) else data
+    signed = nacl.signing.SigningKey(secret_key.seed).sign(message)
+    return Signature(secret_key.name, signed.signature)

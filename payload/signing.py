@@ -1,0 +1,241 @@
+"""Nix's signing formats: keys, signatures, and what a store path's signature covers.
+
+Follows NixOS/nix src/libstore/crypto.cc at 2.8.0 (in 2.34:
+src/libutil/signature/local-keys.cc) and ``ValidPathInfo::fingerprint``
+(src/libstore/store-api.cc at 2.8.0, src/libstore/path-info.cc in 2.34);
+see ../shared/docs/nix-formats.md section 9.
+
+- A key is ``NAME:BASE64``: the name is everything before the first colon
+  and must not be empty.  ``nix-store --generate-binary-cache-key`` writes
+  a secret key of 64 bytes (libsodium's ed25519 secret key: the 32-byte seed,
+  then the public key) and a public key of 32 bytes.
+- A signature is ``NAME:BASE64`` of a 64-byte detached ed25519 signature;
+  NAME says which key made it, and Nix checks it only against a trusted key
+  of that name (``verifyDetached``).
+- A store path's signature is made over its fingerprint,
+  ``1;<store path>;<narHash as sha256:nix32>;<narSize>;<references>``, the
+  references being full store paths, sorted and comma-joined.  The store dir
+  is part of it: a relocated path is another path, which no old signature
+  covers.
+
+Nothing here knows the installer file; it is the format library both the
+builder (which signs, builder/signer.py) and the installer (which verifies,
+with ed25519.py) use, and binary-cache narinfo ``Sig:`` lines are the same
+signatures.
+"""
+
+import base64
+import binascii
+import re
+
+from . import ed25519, hashes
+
+SECRET_KEY_SIZE = 64  # libsodium's crypto_sign_SECRETKEYBYTES: seed, then public key
+SEED_SIZE = 32
+
+# Nix takes any name before the first colon.  We also refuse white space and
+# control characters: trusted-public-keys is a space-separated list, so such a
+# name could never be trusted, and every message here is one line.
+_NAME = re.compile(r"^[^:\s\x00-\x1f\x7f]+\Z")
+
+
+class SigningError(ValueError):
+    """A key, key list or signature is malformed."""
+
+
+class PublicKey(object):
+    """A named ed25519 public key, as in Nix's ``trusted-public-keys``."""
+
+    __slots__ = ("name", "key")
+
+    def __init__(self, name, key):
+        # type: (str, bytes) -> None
+        self.name = name
+        self.key = key
+
+    def __str__(self):
+        # type: () -> str
+        return _format(self.name, self.key)
+
+    def __eq__(self, other):
+        # type: (object) -> bool
+        return isinstance(other, PublicKey) and (self.name, self.key) == (other.name, other.key)
+
+    def __ne__(self, other):
+        # type: (object) -> bool
+        return not self == other
+
+    def __hash__(self):
+        # type: () -> int
+        return hash((self.name, self.key))
+
+    def __repr__(self):
+        # type: () -> str
+        return "PublicKey(%r)" % str(self)
+
+
+class SecretKey(object):
+    """A named libsodium ed25519 secret key (seed followed by public key)."""
+
+    __slots__ = ("name", "key")
+
+    def __init__(self, name, key):
+        # type: (str, bytes) -> None
+        self.name = name
+        self.key = key
+
+    @property
+    def seed(self):
+        # type: () -> bytes
+        return self.key[:SEED_SIZE]
+
+    @property
+    def public_key(self):
+        # type: () -> PublicKey
+        """The public half, as libsodium's ``crypto_sign_ed25519_sk_to_pk`` reads it."""
+        return PublicKey(self.name, self.key[SEED_SIZE:])
+
+    def __repr__(self):
+        # type: () -> str
+        return "SecretKey(%r, <secret>)" % self.name  # never the key itself
+
+
+class Signature(object):
+    """A detached ed25519 signature and the name of the key that made it."""
+
+    __slots__ = ("key_name", "sig")
+
+    def __init__(self, key_name, sig):
+        # type: (str, bytes) -> None
+        self.key_name = key_name
+        self.sig = sig
+
+    def __str__(self):
+        # type: () -> str
+        return _format(self.key_name, self.sig)
+
+    def __eq__(self, other):
+        # type: (object) -> bool
+        return isinstance(other, Signature) and (self.key_name, self.sig) == (
+            other.key_name, other.sig)
+
+    def __ne__(self, other):
+        # type: (object) -> bool
+        return not self == other
+
+    def __hash__(self):
+        # type: () -> int
+        return hash((self.key_name, self.sig))
+
+    def __repr__(self):
+        # type: () -> str
+        return "Signature(%r)" % str(self)
+
+
+def _format(name, data):
+    # type: (str, bytes) -> str
+    return name + ":" + base64.b64encode(data).decode("ascii")
+
+
+def _split(text, what, size, secret=False):
+    # type: (str, str, int, bool) -> Tuple[str, bytes]
+    """``NAME:BASE64`` into the name and ``size`` decoded bytes (crypto.cc ``split``).
+
+    Messages quote the text, except a secret key's: a damaged secret is still a secret.
+    """
+    if not isinstance(text, str):
+        raise SigningError("%s must be text" % what)
+    text = text.strip()
+    name, colon, body = text.partition(":")
+    if secret:
+        quoted = what
+    else:
+        quoted = "%s %r" % (what, text if len(text) <= 80 else text[:77] + "...")
+    if not colon or not name:
+        raise SigningError("%s is not of the form NAME:BASE64" % quoted)
+    if not _NAME.match(name):
+        raise SigningError("%s: the name before the colon has white space or control "
+                           "characters" % quoted)
+    try:
+        data = base64.b64decode(body.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise SigningError("%s: the part after the colon is not base64" % quoted)
+    if secret and len(data) == ed25519.PUBLIC_KEY_SIZE:
+        raise SigningError("%s holds %d bytes: it is a public key, not the secret one"
+                           % (quoted, len(data)))
+    if len(data) != size:
+        raise SigningError("%s holds %d bytes, not the %d of an ed25519 %s"
+                           % (quoted, len(data), size, what))
+    return name, data
+
+
+def parse_public_key(text):
+    # type: (str) -> PublicKey
+    """Parse ``NAME:BASE64`` (a 32-byte key), as ``nix-store --generate-binary-cache-key``
+    writes it and ``trusted-public-keys`` lists it; raise SigningError otherwise."""
+    name, key = _split(text, "public key", ed25519.PUBLIC_KEY_SIZE)
+    return PublicKey(name, key)
+
+
+def parse_public_keys(text):
+    # type: (str) -> List[PublicKey]
+    """A space-separated list of public keys, like Nix's ``trusted-public-keys``."""
+    return [parse_public_key(word) for word in text.split()]
+
+
+def parse_secret_key(text):
+    # type: (str) -> SecretKey
+    """Parse a secret key file's text, ``NAME:BASE64`` of 64 bytes (crypto.cc ``SecretKey``).
+
+    Raises SigningError if it is malformed, or if its public half is not the
+    public key of its seed: libsodium signs with the public half as it is,
+    so such a key would make signatures that nothing verifies.
+    """
+    name, key = _split(text, "secret key", SECRET_KEY_SIZE, secret=True)
+    secret = SecretKey(name, key)
+    if ed25519.public_key_of_seed(secret.seed) != secret.public_key.key:
+        raise SigningError("secret key %r is not valid: its public half does not belong to "
+                           "its seed" % name)
+    return secret
+
+
+def parse_signature(text):
+    # type: (str) -> Signature
+    """Parse ``NAME:BASE64`` of a 64-byte signature; raise SigningError otherwise."""
+    name, sig = _split(text, "signature", ed25519.SIGNATURE_SIZE)
+    return Signature(name, sig)
+
+
+def fingerprint(store_path, nar_hash, nar_size, references):
+    # type: (str, str, int, Iterable[str]) -> str
+    """What a store path's Nix signature covers (``ValidPathInfo::fingerprint``).
+
+    ``store_path`` and ``references`` are full store paths; ``nar_hash`` is any
+    form ``hashes`` reads and is printed as ``sha256:<nix32>``.  Nix refuses a
+    path whose size is unknown (0), and so does this.
+    """
+    if nar_size <= 0:
+        raise SigningError("cannot make the fingerprint of %s: its NAR size is not known"
+                           % store_path)
+    # printStorePathSet gives a std::set<std::string>: sorted, each path once.
+    refs = ",".join(sorted(set(references)))
+    return "1;%s;%s;%d;%s" % (store_path, hashes.normalise_sha256(nar_hash), nar_size, refs)
+
+
+def verify(message, signature, keys):
+    # type: (Union[str, bytes], Signature, Iterable[PublicKey]) -> bool
+    """Did a key of ``keys`` with the signature's name make ``signature`` over ``message``?
+
+    As Nix's ``verifyDetached``: only keys named as the signature says are tried.
+    """
+    data = message.encode("utf-8") if isinstance(message, str) else message
+    return any(k.name == signature.key_name and ed25519.verify(k.key, data, signature.sig)
+               for k in keys)
+
+
+def signers(message, signatures, keys):
+    # type: (Union[str, bytes], Iterable[Signature], Iterable[PublicKey]) -> List[PublicKey]
+    """The keys of ``keys`` that made one of ``signatures`` over ``message``."""
+    keys = list(keys)
+    signatures = list(signatures)
+    return [k for k in keys if any(verify(message, s, [k]) for s in signatures)]
