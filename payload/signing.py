@@ -26,6 +26,7 @@ signatures.
 
 import base64
 import binascii
+import collections
 import re
 
 from . import ed25519, hashes
@@ -43,46 +44,20 @@ class SigningError(ValueError):
     """A key, key list or signature is malformed."""
 
 
-class PublicKey(object):
-    """A named ed25519 public key, as in Nix's ``trusted-public-keys``."""
+class PublicKey(collections.namedtuple("PublicKey", ["name", "key"])):
+    """A named ed25519 public key (32 bytes), as in Nix's ``trusted-public-keys``."""
 
-    __slots__ = ("name", "key")
-
-    def __init__(self, name, key):
-        # type: (str, bytes) -> None
-        self.name = name
-        self.key = key
+    __slots__ = ()
 
     def __str__(self):
         # type: () -> str
         return _format(self.name, self.key)
 
-    def __eq__(self, other):
-        # type: (object) -> bool
-        return isinstance(other, PublicKey) and (self.name, self.key) == (other.name, other.key)
 
-    def __ne__(self, other):
-        # type: (object) -> bool
-        return not self == other
+class SecretKey(collections.namedtuple("SecretKey", ["name", "key"])):
+    """A named libsodium ed25519 secret key (64 bytes: seed, then public key)."""
 
-    def __hash__(self):
-        # type: () -> int
-        return hash((self.name, self.key))
-
-    def __repr__(self):
-        # type: () -> str
-        return "PublicKey(%r)" % str(self)
-
-
-class SecretKey(object):
-    """A named libsodium ed25519 secret key (seed followed by public key)."""
-
-    __slots__ = ("name", "key")
-
-    def __init__(self, name, key):
-        # type: (str, bytes) -> None
-        self.name = name
-        self.key = key
+    __slots__ = ()
 
     @property
     def seed(self):
@@ -100,36 +75,14 @@ class SecretKey(object):
         return "SecretKey(%r, <secret>)" % self.name  # never the key itself
 
 
-class Signature(object):
-    """A detached ed25519 signature and the name of the key that made it."""
+class Signature(collections.namedtuple("Signature", ["key_name", "sig"])):
+    """A detached ed25519 signature (64 bytes) and the name of the key that made it."""
 
-    __slots__ = ("key_name", "sig")
-
-    def __init__(self, key_name, sig):
-        # type: (str, bytes) -> None
-        self.key_name = key_name
-        self.sig = sig
+    __slots__ = ()
 
     def __str__(self):
         # type: () -> str
         return _format(self.key_name, self.sig)
-
-    def __eq__(self, other):
-        # type: (object) -> bool
-        return isinstance(other, Signature) and (self.key_name, self.sig) == (
-            other.key_name, other.sig)
-
-    def __ne__(self, other):
-        # type: (object) -> bool
-        return not self == other
-
-    def __hash__(self):
-        # type: () -> int
-        return hash((self.key_name, self.sig))
-
-    def __repr__(self):
-        # type: () -> str
-        return "Signature(%r)" % str(self)
 
 
 def _format(name, data):
