@@ -25,7 +25,7 @@ from ..installer.preflight import human_size
 from ..payload import __version__, codecs
 from .errors import BuildError, UsageError
 from .localnix import NixCommandError, store_nix
-from .pack import DEFAULT_CHUNK_SIZE, BuildOptions, BuildResult, build_installer
+from .pack import DEFAULT_CHUNK_SIZE, BuildOptions, BuildResult, build_installer, check_output
 
 EXIT_CODES = """\
 Exit codes: 0 done; 1 failed (bad input, Nix failed, nothing written); 2 bad usage;
@@ -187,6 +187,7 @@ def build(
             raise UsageError("-f builds its own roots: give no CLOSURE_INFO or --roots")
         if (attr or argstr) and file is None:
             raise UsageError("-A and --argstr go with -f FILE.nix")
+        check_output(output)  # before any work: -o /dev/null is refused at once
         if file is not None:
             source = inputs.from_nix_file(store_nix(store_dir, create=True), file, attr or [],
                                           argstr or [], say)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import stat
 import tempfile
 import threading
 import zipfile
@@ -163,6 +164,7 @@ def write_installer_file(out: Path, manifest: Manifest, compression: str, level:
     Atomic: the file appears complete under its name or not at all.  Compressed
     chunks wait for their turn in anonymous temporary files beside ``out``.
     """
+    check_output(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -179,10 +181,30 @@ def write_installer_file(out: Path, manifest: Manifest, compression: str, level:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o755)
+        check_output(out)  # again: it may have appeared while the payload was written
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_output(out: Path) -> None:
+    """Refuse an output that exists and is not a regular file: the atomic rename
+    would replace it (run as root, ``-o /dev/null`` would turn the device into a
+    file), and a symlink would be replaced rather than followed."""
+    try:
+        mode = os.lstat(out).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise BuildError(f"cannot use {out} as the output ({e.strerror})",
+                         "choose another -o") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a symlink" if stat.S_ISLNK(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "not a regular file")
+        raise BuildError(f"{out} is {kind}; the installer is written only over a regular file",
+                         "choose another -o, e.g. ./installer.sh")
 
 
 def _roots(entries: list[PathEntry], wanted: list[str] | None, store_dir: str) -> list[str]:

@@ -215,3 +215,27 @@ def test_unknown_input_and_codec(small, world_dir: Path) -> None:
                         "--compression", "gzip")
     assert_one_line_error(result, "unknown compression")
     assert result.exit_code == 2
+
+
+def test_output_that_is_not_a_regular_file_is_refused(small, world_dir: Path) -> None:
+    """The atomic rename replaces only a regular file: never a device, dir, FIFO or link."""
+    import stat
+
+    fifo = world_dir / "fifo"
+    os.mkfifo(fifo)
+    (world_dir / "dir").mkdir()
+    (world_dir / "link").symlink_to(world_dir / "elsewhere.sh")
+    targets = [Path("/dev/null"), fifo, world_dir / "dir", world_dir / "link"]
+    before = {t: os.lstat(t) for t in targets}
+    dev_before = sorted(os.listdir("/dev"))
+    for target, kind in zip(targets, ["a device", "not a regular file", "a directory",
+                                      "a symlink"], strict=True):
+        result = nix_prefix("build", small.closure_info, "-o", target, "--quiet")
+        assert_one_line_error(result, str(target), kind, "regular file")
+        st = os.lstat(target)
+        assert (stat.S_IFMT(st.st_mode), st.st_ino, st.st_rdev) == (
+            stat.S_IFMT(before[target].st_mode), before[target].st_ino,
+            before[target].st_rdev), target
+    assert sorted(os.listdir("/dev")) == dev_before
+    assert not (world_dir / "elsewhere.sh").exists()
+    assert not [p for p in os.listdir(world_dir) if ".tmp-" in p]
