@@ -4,7 +4,7 @@ import os
 import platform
 
 from ..payload import relocate, storepath
-from .errors import EnvironmentProblem, InstallError
+from .errors import EnvironmentProblem
 
 PATH_MAX = 4096  # Linux's limit on a path name, NUL included
 _MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}
@@ -54,7 +54,7 @@ def relocation(manifest, prefix):
         return None
     limit = manifest.max_store_dir_length
     if len(prefix.store_dir.encode()) > limit:
-        raise InstallError(
+        raise EnvironmentProblem(
             "the prefix %s is too long: this installer can relocate to a prefix of at most "
             "%d bytes (its store dir, PREFIX/store, at most %d), and %s is %d"
             % (prefix.root, limit - len("/store"), limit, prefix.store_dir,
@@ -104,6 +104,37 @@ def check_writable(prefix):
     if os.path.isdir(prefix.store_dir) and not os.access(prefix.store_dir, os.W_OK | os.X_OK):
         raise EnvironmentProblem("%s is not writable by you" % prefix.store_dir,
                                  "choose a --prefix you own")
+
+
+# Entries of a store dir that are not store paths but belong to Nix or to us:
+# Nix's hard-link dir (auto-optimise-store) and our staging dirs.
+_STORE_OWN_ENTRIES = (".links",)
+
+
+def check_store_is_nix(prefix, staging_prefix):
+    # type: (Prefix, str) -> None
+    """Refuse a P/store holding anything but store paths: it is not a Nix store,
+    and Nix (whose garbage collector deletes every entry of the store dir that
+    is not a valid path) must never be let loose on it."""
+    try:
+        names = sorted(os.listdir(prefix.store_dir))
+    except OSError:
+        return  # absent (created later) or unreadable (check_writable says so)
+    strangers = []
+    for name in names:
+        if name in _STORE_OWN_ENTRIES or name.startswith(staging_prefix):
+            continue
+        try:
+            storepath.check_base_name(name)
+        except storepath.StorePathError:
+            strangers.append(name)
+    if strangers:
+        more = " and %d more" % (len(strangers) - 1) if len(strangers) > 1 else ""
+        raise EnvironmentProblem(
+            "%s is not a Nix store: it holds %s%s, which is not a store path"
+            % (prefix.store_dir, os.path.join(prefix.store_dir, strangers[0]), more),
+            "move your files out of it, or choose another --prefix (PREFIX/store must be "
+            "empty or a Nix store)")
 
 
 def check_space(prefix, needed):

@@ -155,6 +155,7 @@ def test_longer_prefix_is_refused(small, world_dir: Path) -> None:
     other = world_dir / "elsewhere"  # longer than the build prefix: no relocation possible
     proc = run_installer(small.installer, "-y", "--prefix", str(other))
     one_error_line(proc, "too long", "at most")
+    assert proc.returncode == 4
     assert not other.exists()
 
 
