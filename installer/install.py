@@ -54,6 +54,7 @@ def preflight_checks(manifest, prefix):
     preflight.relocation(manifest, prefix)
     preflight.check_no_symlinks(prefix)
     preflight.check_writable(prefix)
+    preflight.check_store_is_nix(prefix, staging.STAGING_PREFIX)
     preflight.check_path_length(manifest, prefix)
     missing = [p for p in manifest.paths
                if not os.path.lexists(os.path.join(prefix.store_dir, p.name))]
@@ -231,10 +232,13 @@ def _install_locked(source, manifest, prefix, ui, started, relocation, update, j
         if not set(roots) <= current:
             ui.say("making the profile %s" % prefix.profile)
             crashpoints.reached("before-profile")
+            before = nixstore.max_path_id(prefix)
             nixstore.set_profile(prefix, nix_env, roots, keep_others=update)
             crashpoints.reached("after-profile")
-            receipt.record(prefix, manifest, [], nixstore.profile_generation(prefix),
-                           os.path.realpath(prefix.profile), {})
+            environment = os.path.realpath(prefix.profile)
+            receipt.record(prefix, manifest, _made_by_nix_env(prefix, nix_store, environment,
+                                                              before),
+                           nixstore.profile_generation(prefix), environment, {})
             changed = True
     elapsed = time.time() - started
     if changed:
@@ -244,6 +248,21 @@ def _install_locked(source, manifest, prefix, ui, started, relocation, update, j
         ui.say("nothing to do: all %d store paths are already installed and registered in %s"
                % (len(manifest.paths), prefix.root))
     return changed
+
+
+def _made_by_nix_env(prefix, nix_store, environment, before):
+    # type: (Prefix, str, str, int) -> List[str]
+    """The paths ``nix-env`` registered for ``environment`` (the environment, its
+    manifest and .drv): those in its closure or its deriver's registered after
+    id ``before``.  A user environment that was valid before is not ours."""
+    new = nixstore.registered_since(prefix, before)
+    if not new:
+        return []
+    related = set(nixstore.run_nix(prefix, [nix_store, "-qR", environment]).split())
+    deriver = nixstore.run_nix(prefix, [nix_store, "-q", "--deriver", environment]).strip()
+    if deriver in new:
+        related.update(nixstore.run_nix(prefix, [nix_store, "-qR", deriver]).split())
+    return sorted(new & related)
 
 
 def _registration(manifest, entries):

@@ -17,26 +17,45 @@ def valid_paths(prefix, paths):
     Without a database nothing is valid.
     """
     paths = list(paths)
+    found = set()  # type: Set[str]
+    for start in range(0, len(paths), 500):
+        batch = paths[start:start + 500]
+        found.update(r[0] for r in _query(
+            prefix, "select path from ValidPaths where path in (%s)" % ",".join("?" * len(batch)),
+            batch))
+    return found
+
+
+def max_path_id(prefix):
+    # type: (Prefix) -> int
+    """The highest ValidPaths id (ids only grow: schema.sql's autoincrement), 0 if none."""
+    rows = _query(prefix, "select max(id) from ValidPaths", [])
+    return (rows[0][0] or 0) if rows else 0
+
+
+def registered_since(prefix, path_id):
+    # type: (Prefix, int) -> Set[str]
+    """Paths registered after the one with id ``path_id`` (see max_path_id)."""
+    return set(r[0] for r in _query(prefix, "select path from ValidPaths where id > ?",
+                                    [path_id]))
+
+
+def _query(prefix, sql, args):
+    # type: (Prefix, str, List[object]) -> List[tuple]
+    """Rows of one read-only query on the prefix's database; none without one."""
     if not os.path.exists(prefix.db):
-        return set()
+        return []
     try:
         import sqlite3
     except ImportError:
         # Without sqlite3 treat nothing as valid: everything is verified and
         # re-registered, which is slower but still correct.
-        return set()
+        return []
     uri = "file:%s?mode=ro" % prefix.db.replace("?", "%3f").replace("#", "%23")
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=60)
         try:
-            found = set()
-            for start in range(0, len(paths), 500):
-                batch = paths[start:start + 500]
-                rows = conn.execute(
-                    "select path from ValidPaths where path in (%s)" % ",".join("?" * len(batch)),
-                    batch)
-                found.update(r[0] for r in rows)
-            return found
+            return list(conn.execute(sql, args))
         finally:
             conn.close()
     except sqlite3.Error as e:
@@ -69,15 +88,18 @@ class PrefixLock(object):
         self._fd = None
 
 
-def run_nix(prefix, argv, stdin_text=None):
-    # type: (Prefix, List[str], Optional[str]) -> str
-    """Run a Nix command on the prefix; return stdout or raise with Nix's last line."""
+def run_nix(prefix, argv, stdin_text=None, started=None):
+    # type: (Prefix, List[str], Optional[str], Optional[Callable[[int], None]]) -> str
+    """Run a Nix command on the prefix; return stdout or raise with Nix's last line.
+    ``started`` is given the process id (to tell its own runtime roots)."""
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=prefix.nix_env(), cwd=prefix.home)
     except OSError as e:
         raise InstallError("cannot run %s (%s)" % (argv[0], e.strerror),
                            "the installer's Nix may not suit this machine")
+    if started is not None:
+        started(proc.pid)
     out, err = proc.communicate(stdin_text.encode() if stdin_text is not None else None)
     if proc.returncode != 0:
         lines = [line for line in err.decode("utf-8", "replace").splitlines() if line.strip()]

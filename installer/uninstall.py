@@ -2,9 +2,8 @@
 
 Uninstall reads the installer's receipt (receipt.py), drops the profile
 generations it made (switching the profile back to the newest other one),
-then deletes the store paths it added and the user environments it made,
-except any path still alive (needed by another profile generation or GC
-root), which Nix itself decides (``nix-store --gc --print-live``).  The files
+then deletes exactly the store paths it added (the user environments it
+made among them) except any still alive (deletion.py).  The files
 outside the store go only with the last receipt, and only if unchanged.
 """
 
@@ -12,7 +11,7 @@ import hashlib
 import os
 import re
 
-from . import nixstore, receipt
+from . import deletion, nixstore, receipt
 from .errors import InstallError
 
 
@@ -65,23 +64,10 @@ def uninstall(manifest, prefix, nix_store, nix_env, ui):
         raise InstallError("%s holds no record of this installer" % prefix.root,
                            "uninstall with the installer that installed it")
     with nixstore.PrefixLock(prefix.lock_file):
-        # The closures of our environments, read while they still exist.
-        ours = set(doc["added"])
-        for env in doc["environments"]:
-            if os.path.lexists(env):
-                out = nixstore.run_nix(prefix, [nix_store, "-qR", env])
-                ours.update(line for line in out.splitlines() if line)
-                # nix-env also registered the environment's .drv, which refers to
-                # its manifest: it goes too, or Nix keeps the manifest alive.
-                deriver = nixstore.run_nix(prefix, [nix_store, "-q", "--deriver", env]).strip()
-                if deriver.startswith("/") and os.path.lexists(deriver):
-                    ours.add(deriver)
         _drop_generations(prefix, nix_env, doc["generations"], ui)
-        live = set(nixstore.run_nix(prefix, [nix_store, "--gc", "--print-live"]).split())
-        doomed = sorted(p for p in ours if p not in live and os.path.lexists(p))
-        kept = sorted(p for p in ours if p in live)
-        if doomed:
-            nixstore.run_nix(prefix, [nix_store, "--delete"] + doomed)
+        # Exactly the paths the receipt says this installer added (its user
+        # environments among them), never one that was valid before it ran.
+        doomed, kept = deletion.delete_store_paths(prefix, nix_store, doc["added"])
         files = []
         if not receipt.others(prefix, path):
             files = _remove_unchanged(doc["files"])
