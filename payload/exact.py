@@ -50,6 +50,7 @@ class ExactError(ValueError):
 
 _NIX32 = "[" + nix32.ALPHABET + "]"
 _HASH_PART = re.compile(_NIX32 + "{%d}-" % HASH_LENGTH)
+_HASH_RUN = re.compile(_NIX32.encode() + b"{%d,}" % HASH_LENGTH)
 
 
 class Rewriter(object):
@@ -204,6 +205,7 @@ class _Planner(object):
 
     def run(self):
         # type: () -> Plan
+        self.by_hash = dict((name[:HASH_LENGTH].encode(), name) for name in self.infos)
         for name, info in sorted(self.infos.items()):
             if name.endswith(".drv"):
                 if info.contents is None:
@@ -270,6 +272,27 @@ class _Planner(object):
             self.busy.discard(name)
         return self.p.names[name]
 
+    def _resolve_mentioned(self, name):
+        # type: (str) -> None
+        """Resolve first every closure path whose hash part the contents of ``name`` hold.
+
+        A string can name a store path without declaring it (``builtins.readFile``
+        or ``import`` of a built output gives strings whose context does not
+        carry every path in them), so the declared references do not suffice:
+        the rewrite needs the new hash part of every path it meets.
+        """
+        contents = self.infos[name].contents
+        if contents is None:
+            return
+        for m in _HASH_RUN.finditer(contents):
+            run = m.group(0)
+            for i in range(len(run) - HASH_LENGTH + 1):
+                other = self.by_hash.get(run[i:i + HASH_LENGTH])
+                # A derivation's own outputs are what it computes.
+                if other is not None and other != name and \
+                        self.output_of.get(other, ("",))[0] != name:
+                    self.resolve(other)
+
     def _content_addressed(self, name):
         # type: (str) -> None
         info = self.infos.get(name)
@@ -281,6 +304,7 @@ class _Planner(object):
         self_ref = name in info.references
         for r in refs:
             self.resolve(r)
+        self._resolve_mentioned(name)
         _, pname = _split(name)
         old_refs = [self.old_dir + "/" + r for r in refs]
         new_refs = [self._full_new(self.p.names[r]) for r in refs]
@@ -337,6 +361,7 @@ class _Planner(object):
         for r in info.references:
             if r != name:
                 self.resolve(r)
+        self._resolve_mentioned(name)
         drv_name = name[HASH_LENGTH + 1:-len(".drv")]
         rw = self.rewrite_str
         new = derivation.Derivation(

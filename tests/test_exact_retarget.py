@@ -194,6 +194,26 @@ def test_unknown_path_is_refused_with_a_hint() -> None:
     assert "--with-derivations" in e.value.hint
 
 
+def test_a_path_named_without_a_reference_is_planned_before_the_text_naming_it() -> None:
+    # builtins.readFile or import of a built output gives strings whose context
+    # need not carry every store path in them: a text can name a path it does
+    # not reference.  Whatever the order of the names, its new contents hold
+    # the new hash part.
+    old_dir, new_dir = "/old-long/store", "/new/store"
+    a_path = storepaths_ca.make_text_path(old_dir, "a.txt", b"a\n", [])
+    a = exact.PathInfo(a_path.rpartition("/")[2], [], "sha256:" + "1" * 52, b"a\n")
+    orders = set()
+    for i in range(12):
+        text = f"see {a_path} ({i})\n".encode()
+        b_path = storepaths_ca.make_text_path(old_dir, "b.txt", text, [])
+        b = exact.PathInfo(b_path.rpartition("/")[2], [], "sha256:" + "1" * 52, text)
+        p = exact.plan([a, b], old_dir, new_dir)
+        new_a = new_dir + "/" + p.names[a.name]
+        assert p.texts[b.name] == f"see {new_a} ({i})\n".encode()
+        orders.add(b.name < a.name)
+    assert orders == {True, False}
+
+
 def test_store_path_formulas_match_nix_add() -> None:
     # `nix-store --add` of a file is a "source" path over its NAR hash;
     # builtins.toFile a "text" path over its contents.
