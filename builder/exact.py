@@ -17,7 +17,6 @@ recomputed; references, derivers, roots are mapped to the new names.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -29,7 +28,13 @@ from ..payload import codecs, exact, hashes, nar
 from .closure_info import Closure, read_closure
 from .errors import BuildError
 from .localnix import Nix, NixCommandError, store_nix
-from .pack import PREAMBLE, BuildResult, PayloadWriter, relocation_target, write_installer_file
+from .pack import (
+    BuildResult,
+    PayloadWriter,
+    preamble_sha256,
+    relocation_target,
+    write_installer_file,
+)
 from .retarget import target_store_dir, with_installer
 
 
@@ -64,7 +69,7 @@ def _retarget(installer: InstallerFile, store_dir: str, out: Path, compression: 
         raise BuildError(str(e), e.hint) from None
     new = exact.retargeted_manifest(old, plan, store_dir, embedded)
     new.chunks = []
-    new.preamble_sha256 = hashlib.sha256(PREAMBLE.read_bytes()).hexdigest()
+    new.preamble_sha256 = preamble_sha256()
     new.tool_version = payload_pkg.__version__
     # Still the derivations of its paths, for S2: installing elsewhere recomputes again.
     new.derivations = True

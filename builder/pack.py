@@ -35,7 +35,7 @@ from .closure_info import Closure
 from .compress import compressor, default_jobs
 from .errors import BuildError
 
-PREAMBLE = Path(__file__).with_name("preamble.sh")
+PREAMBLE_SH = Path(__file__).with_name("preamble.sh")
 DEFAULT_CHUNK_SIZE = 64 << 20  # NAR bytes per chunk: whole paths, at least one
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _BUFFER = 1 << 20
@@ -120,7 +120,7 @@ def build_installer(
         chunks=[],
         roots=roots,
         nix_store=_find_nix_store(entries, roots, store_root),
-        preamble_sha256=hashlib.sha256(PREAMBLE.read_bytes()).hexdigest(),
+        preamble_sha256=preamble_sha256(),
         tool_version=payload_pkg.__version__,
         embedded_store_dir=embedded,
         derivations=options.derivations and embedded == closure.store_dir,
@@ -157,6 +157,17 @@ def relocation_target(old_store_dir: str, new_store_dir: str) -> str:
                          "target's (see docs/relocation.md)") from None
 
 
+def preamble() -> bytes:
+    """The file's first bytes: the sh preamble (builder/preamble.sh) and the seal
+    checker (payload/seal.py) it hands the file to, with the seal placeholder."""
+    return seal.head(PREAMBLE_SH.read_bytes(), Path(seal.__file__).read_bytes())
+
+
+def preamble_sha256() -> str:
+    """The manifest's ``preambleSha256``: of preamble(), seal placeholder included."""
+    return hashlib.sha256(preamble()).hexdigest()
+
+
 def write_installer_file(out: Path, manifest: Manifest, compression: str, level: int | None,
                          write_payload: Callable[[PayloadWriter], None]) -> None:
     """Write preamble, code, payload (by ``write_payload``) and manifest to ``out``.
@@ -168,14 +179,13 @@ def write_installer_file(out: Path, manifest: Manifest, compression: str, level:
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(PREAMBLE.read_bytes())
+            f.write(preamble())
             with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
                 _write_code(zf)
                 payload = PayloadWriter(zf, manifest, compression, level, out.parent)
                 write_payload(payload)
                 payload.finish()
                 zf.writestr(_zip_info("manifest.json"), manifest.to_json())
-                zf.comment = seal.placeholder()
             f.flush()
         seal.seal(str(tmp))
         with open(tmp, "rb") as f:

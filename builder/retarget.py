@@ -11,7 +11,6 @@ deterministic: the same input and prefix give the same bytes.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -23,11 +22,11 @@ from ..payload import codecs, hashes, nar, relocate, storepath
 from .closure_info import read_closure
 from .errors import BuildError
 from .pack import (
-    PREAMBLE,
     BuildOptions,
     BuildResult,
     PayloadWriter,
     build_installer,
+    preamble_sha256,
     relocation_target,
     write_installer_file,
 )
@@ -100,7 +99,7 @@ def _retarget_installer(installer: InstallerFile, store_dir: str, out: Path,
                          "retarget with --exact (see docs/relocation.md)")
     new = old.moved_to(store_dir, embedded)
     new.chunks = []
-    new.preamble_sha256 = hashlib.sha256(PREAMBLE.read_bytes()).hexdigest()
+    new.preamble_sha256 = preamble_sha256()
     new.tool_version = payload_pkg.__version__
     by_name = {p.name: p for p in new.paths}
     rewrite = (old.embedded_store_dir.encode(), embedded.encode())

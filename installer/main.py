@@ -82,15 +82,21 @@ def _positive(value):
     return int(value)
 
 
-def main(path, argv):
-    # type: (str, List[str]) -> None
-    """Entry point from the sh preamble or ``python3 FILE``; never returns."""
-    prog = os.path.basename(path) if path else "installer"
+def main(path, argv, name=None, sealed=False):
+    # type: (str, List[str], Optional[str], bool) -> None
+    """Entry point from the sh preamble or ``python3 FILE``; never returns.
+
+    ``path`` is the file to read, ``name`` how to call it in messages (the
+    preamble reads the file through an open descriptor); ``sealed``: the
+    preamble already checked the seal over ``path`` (payload/seal.py).
+    """
+    name = name or path
+    prog = os.path.basename(name) if name else "installer"
     args = _parser(prog).parse_args(argv)
     ui = UI(quiet=args.quiet)
     debug = bool(os.environ.get("NIX_PREFIX_DEBUG"))
     try:
-        code = run(path, args, ui)
+        code = run(path, args, ui, name, sealed)
     except InstallError as e:
         sys.stderr.write("nix-prefix: error: %s\n" % e)
         code = e.exit_code
@@ -114,10 +120,10 @@ def _check_python():
                            % sys.version_info[:2], "install python3")
 
 
-def run(path, args, ui):
-    # type: (str, argparse.Namespace, UI) -> int
+def run(path, args, ui, name=None, sealed=False):
+    # type: (str, argparse.Namespace, UI, Optional[str], bool) -> int
     _check_python()
-    source = InstallerFile(path)
+    source = InstallerFile(path, name, sealed)
     try:
         manifest = source.manifest
         if args.list:
@@ -130,7 +136,8 @@ def run(path, args, ui):
         if args.check:
             source.check(jobs=args.jobs)
             ui.say("OK: %s is intact: %d store paths, %s of NAR verified"
-                   % (path, len(manifest.paths), preflight.human_size(manifest.total_nar_size)))
+                   % (source.name, len(manifest.paths),
+                      preflight.human_size(manifest.total_nar_size)))
             return 0
         root = preflight.resolve_prefix(args.prefix) if args.prefix else manifest.prefix
         prefix = Prefix(root)
@@ -161,7 +168,7 @@ def run(path, args, ui):
                 return EXIT_FAILED
         install_mod.install(source, root, ui, update=args.update, jobs=args.jobs)
         rc_files = shellrc.add_block(root, home) if args.modify_profile else []
-        ui.say("\n".join(summary.summary_lines(installed, prefix, path, rc_files)))
+        ui.say("\n".join(summary.summary_lines(installed, prefix, source.name, rc_files)))
         return 0
     finally:
         source.close()
@@ -176,7 +183,7 @@ def _undo(source, prefix, args, ui):
         uninstall.rollback(prefix, nix_env, ui)
         return 0
     if not args.yes and ui.interactive:
-        if not ui.confirm("Remove what %s installed in %s?" % (source.path, prefix.root)):
+        if not ui.confirm("Remove what %s installed in %s?" % (source.name, prefix.root)):
             ui.say("nothing was changed")
             return EXIT_FAILED
     uninstall.uninstall(manifest, prefix, install_mod.nix_tool(manifest, prefix, "nix-store"),

@@ -7,7 +7,6 @@ both ``--check`` and the real install share one reading path.
 """
 
 import hashlib
-import os
 import threading
 import zipfile
 
@@ -54,23 +53,23 @@ class _HashingReader(object):
 class InstallerFile(object):
     """An opened installer file: its manifest, checked, and its payload."""
 
-    def __init__(self, path):
-        # type: (str) -> None
+    def __init__(self, path, name=None, sealed=False):
+        # type: (str, Optional[str], bool) -> None
+        """Open ``path`` (shown as ``name``); ``sealed``: the sh preamble's Python
+        already checked the seal over this very file (payload/seal.py)."""
         self.path = path
+        self.name = name or path
         try:
-            # The sh preamble already checked the seal (python3 or sha256sum) if it could
-            # (and says how many bytes it hashed): one pass over a big file is enough.
-            if os.environ.pop("NIX_PREFIX_SEAL_CHECKED", "") != str(
-                    os.path.getsize(path) - seal.DIGITS):
+            if not sealed:
                 seal.check(path)
         except seal.SealError as e:
-            raise CorruptInstaller("%s is damaged: %s" % (path, e))
+            raise CorruptInstaller("%s is damaged: %s" % (self.name, e))
         except OSError as e:
-            raise CorruptInstaller("cannot read %s (%s)" % (path, e.strerror))
+            raise CorruptInstaller("cannot read %s (%s)" % (self.name, e.strerror))
         try:
             self._zip = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-            raise CorruptInstaller("%s is not a readable installer (%s)" % (path, e))
+            raise CorruptInstaller("%s is not a readable installer (%s)" % (self.name, e))
         self.manifest = self._read_manifest()
         self._check_preamble()
 
@@ -96,10 +95,11 @@ class InstallerFile(object):
 
     def _check_preamble(self):
         # type: () -> None
-        # The zip does not cover the sh preamble in front of it; the manifest does.
+        # The zip does not cover the sh preamble in front of it; the manifest does
+        # (with the seal as its placeholder: the seal is written after the manifest).
         with open(self.path, "rb") as f:
             start = _zip_start(self._zip)
-            head = f.read(start)
+            head = seal.masked(f.read(start))
         if hashlib.sha256(head).hexdigest() != self.manifest.preamble_sha256:
             raise CorruptInstaller("the installer's sh preamble does not match its checksum")
 

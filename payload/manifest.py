@@ -19,7 +19,7 @@ import re
 from . import hashes, storepath
 
 FORMAT = "nix-prefix-manifest"
-VERSION = 1
+VERSION = 2
 _CHUNK_FILE = re.compile(r"^payload/[0-9]{4,6}\.tar(\.xz|\.zst)?\Z")
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 # A plain relative path inside a store path: no empty, "." or ".." parts.

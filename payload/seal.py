@@ -1,73 +1,273 @@
-"""The seal: a sha256 of the whole installer file, kept in its last bytes.
+"""The seal: a sha256 of the whole installer file, kept on its second line.
 
-The zip's CRCs cover member data, and the manifest covers the sh preamble,
-but some bytes of a zip (local header times and versions, the central
-directory's attributes, padding) are checked by nothing.  So the file ends
-with the zip comment ``nix-prefix-sha256:<64 hex digits>``: the sha256 of
-every byte before those 64 digits.  Any flipped bit anywhere, and any
-truncation, breaks it, and the installer checks it before anything else.
-The sh preamble checks only that the marker is there (``tail -c``), so a
-truncated file says so even before Python starts.
+The zip CRCs cover member data, and the manifest covers the sh preamble, but
+some bytes of a zip (local header times and versions, the central directory
+attributes, padding) are checked by nothing.  So the file starts::
+
+    #!/bin/sh
+    { seal=(quote)sha256:<64 hex digits>:<20-digit file size>(quote)
+
+and the digits are the sha256 of every byte of the file, taken with those 64
+digits written as zeros (the size is covered too).  Any flipped bit anywhere,
+and any truncation, breaks it.  The seal sits at a fixed offset near the start,
+not in the zip comment, because the zipimport of Python 3.6 and 3.7 refuses a
+zip that has a comment; at the start it also reaches Python through sh when
+the file is piped (sh has read that line before Python starts).
+
+This module is also the first Python that runs: the sh preamble passes its
+text to ``python3 -I`` (see head()), and ``bootstrap`` checks the seal over
+the bytes it is about to run before importing anything from the zip.  So it
+imports only the standard library, runs on Python 3.6, and holds no single
+quote character (it travels inside a single-quoted sh string).
 """
 
+import atexit
 import hashlib
+import importlib
 import os
-import re
+import shutil
+import stat
+import sys
+import tempfile
 
-MARKER = b"nix-prefix-sha256:"
+SHEBANG = b"#!/bin/sh\n"
+OPEN = b"{ seal=" + b"\x27"
+ALGORITHM = b"sha256:"
 DIGITS = 64
-LENGTH = len(MARKER) + DIGITS
+SIZE_DIGITS = 20
+# Where the digest and the size are in the file: fixed, so that a reader finds
+# them without parsing (and sh has read them before it runs anything).
+DIGEST_AT = len(SHEBANG) + len(OPEN) + len(ALGORITHM)
+SIZE_AT = DIGEST_AT + DIGITS + 1
+SEAL_END = SIZE_AT + SIZE_DIGITS
+# The sh preamble and its padding fill the first HEAD_SIZE bytes; the zip
+# starts there.  The padding (newlines) is what sh may read ahead of the
+# command it runs when the file comes through a pipe (dash reads 8 KiB
+# blocks), so Python can put those bytes back: they are known.
+HEAD_SIZE = 1 << 16
 _READ_SIZE = 1 << 20
-_SEAL = re.compile(b"^" + re.escape(MARKER) + b"[0-9a-f]{64}\\Z")
+_QUOTE = "\x27"
+EXIT_DAMAGED = 3
+ENTRY_POINT = "nix_prefix.installer.main"
 
 
 class SealError(ValueError):
-    """The file's seal is missing or does not match its bytes."""
+    """The file seal is missing or does not match its bytes."""
 
 
-def placeholder():
-    # type: () -> bytes
-    """The comment to write into the zip before the digest is known."""
-    return MARKER + b"0" * DIGITS
+def value(digest=b"0" * DIGITS, size=0):
+    # type: (bytes, int) -> bytes
+    """The text of the sh variable ``seal`` (the placeholder by default)."""
+    return ALGORITHM + digest + b":" + b"%0*d" % (SIZE_DIGITS, size)
 
 
-def _digest(f, size):
-    # type: (BinaryIO, int) -> bytes
-    h = hashlib.sha256()
-    f.seek(0)
-    left = size
-    while left > 0:
-        data = f.read(min(_READ_SIZE, left))
+def head(shell, boot, seal_value=None):
+    # type: (bytes, bytes, Optional[bytes]) -> bytes
+    """The first HEAD_SIZE bytes of an installer: the sh preamble and its padding.
+
+    ``shell`` is the sh code the preamble evaluates, ``boot`` the Python it
+    hands the file to (this module); neither may hold a single quote.
+    """
+    q = _QUOTE.encode()
+    if q in shell or q in boot:
+        raise ValueError("the preamble parts must not hold a single quote")
+    text = (SHEBANG + OPEN + (seal_value or value()) + q + b"\n"
+            + b"h=" + q + shell + q + b"\n"
+            + b"b=" + q + boot + q + b"\n"
+            + b"eval \"$h\"; exit 3; } #\n")
+    if len(text) >= HEAD_SIZE - (16 << 10):
+        raise ValueError("the sh preamble is too long (%d bytes)" % len(text))
+    return text + b"\n" * (HEAD_SIZE - len(text))
+
+
+def masked(data):
+    # type: (bytes) -> bytes
+    """``data`` (the start of a file) with its digest and size as in the placeholder."""
+    return data[:DIGEST_AT] + value()[len(ALGORITHM):] + data[SEAL_END:]
+
+
+def _parse(first):
+    # type: (bytes) -> Tuple[bytes, int]
+    """Digest and size from the first SEAL_END bytes of a file."""
+    digest, size = first[DIGEST_AT:SIZE_AT - 1], first[SIZE_AT:SEAL_END]
+    if (len(first) < SEAL_END or not first.startswith(SHEBANG + OPEN + ALGORITHM)
+            or first[SIZE_AT - 1:SIZE_AT] != b":" or not size.isdigit()
+            or len(digest.strip(b"0123456789abcdef")) != 0):
+        raise SealError("it does not start with a nix-prefix seal (installers of format 1 "
+                        "kept it at their end: rebuild those)")
+    return digest, int(size)
+
+
+class _Hasher(object):
+    """sha256 of a file written or read in order, with the digest digits as zeros."""
+
+    def __init__(self):
+        self._sha = hashlib.sha256()
+        self.size = 0
+
+    def update(self, data):
+        # type: (bytes) -> None
+        start = self.size
+        self.size += len(data)
+        if start < SIZE_AT and self.size > DIGEST_AT:
+            data = bytearray(data)
+            lo, hi = max(DIGEST_AT - start, 0), min(SIZE_AT - 1 - start, len(data))
+            data[lo:hi] = b"0" * (hi - lo)
+            data = bytes(data)
+        self._sha.update(data)
+
+    def hexdigest(self):
+        # type: () -> bytes
+        return self._sha.hexdigest().encode()
+
+
+def _hash_from(f, hasher):
+    # type: (BinaryIO, _Hasher) -> _Hasher
+    while True:
+        data = f.read(_READ_SIZE)
         if not data:
-            raise SealError("the file ended while being read")
-        h.update(data)
-        left -= len(data)
-    return h.hexdigest().encode()
+            return hasher
+        hasher.update(data)
 
 
 def seal(path):
     # type: (str) -> None
-    """Write the digest over the placeholder at the end of ``path``."""
+    """Write the size and the digest over the placeholder at the start of ``path``."""
     with open(path, "r+b") as f:
         size = f.seek(0, os.SEEK_END)
-        f.seek(size - LENGTH)
-        if f.read(LENGTH) != placeholder():
-            raise SealError("%s does not end with the seal placeholder" % path)
-        digest = _digest(f, size - DIGITS)
-        f.seek(size - DIGITS)
+        f.seek(0)
+        if not f.read(SEAL_END).startswith(SHEBANG + OPEN + value()):
+            raise SealError("%s does not start with the seal placeholder" % path)
+        f.seek(SIZE_AT)
+        f.write(b"%0*d" % (SIZE_DIGITS, size))
+        f.seek(0)
+        digest = _hash_from(f, _Hasher()).hexdigest()
+        f.seek(DIGEST_AT)
         f.write(digest)
+
+
+def check_file(f):
+    # type: (BinaryIO) -> None
+    """Raise SealError unless the open file ``f`` matches its seal (read from the start)."""
+    f.seek(0)
+    first = f.read(SEAL_END)
+    digest, size = _parse(first)
+    hasher = _Hasher()
+    hasher.update(first)
+    _hash_from(f, hasher)
+    _compare(hasher, digest, size)
+
+
+def _compare(hasher, digest, size):
+    # type: (_Hasher, bytes, int) -> None
+    if hasher.size < size:
+        raise SealError("it is truncated (%d of %d bytes)" % (hasher.size, size))
+    if hasher.size > size:
+        raise SealError("it is %d bytes longer than its seal says" % (hasher.size - size))
+    if hasher.hexdigest() != digest:
+        raise SealError("its bytes do not match its sha256 seal")
 
 
 def check(path):
     # type: (str) -> None
-    """Raise SealError unless ``path`` ends with a seal matching all its other bytes."""
+    """Raise SealError unless ``path`` matches its seal."""
     with open(path, "rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size < LENGTH:
-            raise SealError("the file is too short to be an installer")
-        f.seek(size - LENGTH)
-        tail = f.read(LENGTH)
-        if not _SEAL.match(tail):
-            raise SealError("its end marker is missing or damaged (truncated download?)")
-        if _digest(f, size - DIGITS) != tail[len(MARKER):]:
-            raise SealError("its bytes do not match its sha256 seal")
+        check_file(f)
+
+
+def _fail(message, code=EXIT_DAMAGED):
+    # type: (str, int) -> None
+    sys.stderr.write("nix-prefix: error: %s\n" % message)
+    sys.exit(code)
+
+
+def _run_from(path, name, args):
+    # type: (str, str, List[str]) -> None
+    """Import the installer from the verified file at ``path`` and run it."""
+    sys.path.insert(0, path)
+    try:
+        # The entry point the format names (docs/format.md), found in the zip
+        # just verified: a name, not an import of the installer by payload/.
+        main = importlib.import_module(ENTRY_POINT).main
+    except Exception as e:
+        _fail("%s passed its seal but its code does not load in Python %s at %s (%s: %s); "
+              "report this" % (name, sys.version.split()[0], sys.executable,
+                               type(e).__name__, e), 1)
+    main(path, args, name=name, sealed=True)
+
+
+def bootstrap(argv):
+    # type: (List[str]) -> None
+    """Entry point of the sh preamble: ``argv`` is ``[-c, SOURCE, SEAL, SHELL, BOOT, ARGS...]``.
+
+    SOURCE is the installer file sh runs.  The seal is checked over the exact
+    bytes the installer then runs from (an open descriptor of the file), so a
+    file replaced in between cannot slip in.
+    """
+    try:
+        # ``opened`` stays referenced: closing it would close the path /proc shows.
+        opened, path, name, args = _verified(argv)
+    except Exception as e:  # this code itself damaged: still one line
+        _fail("%s is damaged (its seal checker fails: %s: %s); download it again"
+              % (argv[1], type(e).__name__, e))
+    _run_from(path, name, args)
+
+
+def _verified(argv):
+    # type: (List[str]) -> Tuple[BinaryIO, str, str, List[str]]
+    """The verified file, the path to run from, its name for messages, and the
+    installer arguments."""
+    source, args = argv[1], argv[5:]
+    try:
+        fd = os.open(source, os.O_RDONLY)
+    except OSError as e:
+        _fail("cannot read the installer %s (%s)" % (source, e.strerror), 1)
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        _fail("%s is not a regular file; download the installer and run sh FILE" % source, 1)
+    try:
+        check_file(f)
+    except SealError as e:
+        _fail("%s is damaged: %s; download it again" % (source, e))
+    except OSError as e:
+        _fail("cannot read the installer %s (%s)" % (source, e.strerror), 1)
+    # Python reopens the zip by name: through /proc it is this same open file.
+    path = "/proc/self/fd/%d" % fd
+    if not _same_file(path, fd):
+        path = _private_copy(f, source)
+    return f, path, source, args
+
+
+def _same_file(path, fd):
+    # type: (str, int) -> bool
+    try:
+        a, b = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _private_copy(f, name):
+    # type: (BinaryIO, str) -> str
+    """Copy the open file ``f`` into a file only this user can read, checking its seal."""
+    try:
+        # mkdtemp: mode 0700, owned by this user; removed when the installer exits.
+        directory = tempfile.mkdtemp(prefix="nix-prefix-")
+        atexit.register(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "installer.sh")
+        out = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+        with out:
+            f.seek(0)
+            while True:
+                data = f.read(_READ_SIZE)
+                if not data:
+                    break
+                out.write(data)
+        check(path)
+    except SealError as e:
+        _fail("%s changed while it was copied: %s; download it again" % (name, e))
+    except OSError as e:
+        _fail("cannot copy the installer into %s (%s); set TMPDIR to a directory with "
+              "space" % (tempfile.gettempdir(), e.strerror), 4)
+    return path
+

@@ -85,6 +85,13 @@ def installed_nix(prefix: Path, tool: str, *args: str,
                           check=False)
 
 
+def nix_store(prefix: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the machine's nix-store against the store of ``prefix``."""
+    env = prefix_env(prefix, home=prefix / "var/nix-prefix/home")
+    return subprocess.run(["nix-store", *args], env=env, capture_output=True, text=True,
+                          check=False)
+
+
 def tree_snapshot(root: Path) -> dict[str, tuple]:
     """Every entry under ``root`` with its type, mode, size, mtime and link target."""
     snap: dict[str, tuple] = {}

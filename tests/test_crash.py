@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from nix_prefix.builder.localnix import prefix_env
 from nix_prefix.payload import hashes, nar, registration
 
-from .support import Built, build_small, run_installer
+from .support import Built, build_small, nix_store, run_installer
 
 # (moment, n): die the n-th time the installer reaches the moment.
 KILL_POINTS = [
@@ -44,12 +43,6 @@ def built() -> Iterator[Built]:
         yield b
     finally:
         shutil.rmtree(base, ignore_errors=True)
-
-
-def nix_store(prefix: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = prefix_env(prefix, home=prefix / "var/nix-prefix/home")
-    return subprocess.run(["nix-store", *args], env=env, capture_output=True, text=True,
-                          check=False)
 
 
 def assert_sound(prefix: Path) -> None:

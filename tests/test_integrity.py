@@ -57,14 +57,14 @@ def regions(installer: Path) -> dict[str, tuple[int, int]]:
     chunk = next(v for k, v in data.items() if k.startswith("payload/"))
     third = (chunk[1] - chunk[0]) // 3
     return {
-        "preamble": (0, zip_start),
+        "preamble": (seal.SEAL_END, zip_start),
         "code": (zip_start, chunk[0]),
         "payload start": (chunk[0], chunk[0] + third),
         "payload middle": (chunk[0] + third, chunk[1] - third),
         "payload end": (chunk[1] - third, chunk[1]),
         "manifest": data["manifest.json"],
-        "central directory": (central, size - seal.LENGTH),
-        "seal": (size - seal.LENGTH, size),
+        "central directory": (central, size),
+        "seal": (seal.DIGEST_AT, seal.SEAL_END),
     }
 
 
@@ -82,8 +82,9 @@ def check_refused(built: Built, damaged: Path, target: Path, installed_before: d
                   installed: Path, fresh: bool, in_checker: bool = False) -> str:
     """Run the damaged installer; return its last line.
 
-    ``in_checker``: the byte is in the preamble's seal-checking line itself, where
-    sh may add a complaint of its own before (or instead of) ours.
+    ``in_checker``: the byte is in the sh code of the preamble, which runs before
+    anything is checked, so sh may add a complaint of its own before (or instead
+    of) ours.
     """
     proc = run_installer(damaged, "-y", "-p", str(target))
     lines = proc.stderr.strip().splitlines()
@@ -105,7 +106,8 @@ def test_every_single_byte_corruption_is_refused(world: tuple[Built, Path]) -> N
     rng = random.Random(SEED)
     original = built.installer.read_bytes()
     damaged = built.installer.with_name("damaged.sh")
-    checker = (original.index(b"\n") + 1, original.index(b"\n", original.index(b"\n") + 1))
+    # The sh code: from the seal line to the seal checker's Python ($b).
+    checker = (len(seal.SHEBANG), original.index(b"\nb=\x27") + 1)
     messages: dict[str, int] = {}
     shell_own = 0
     for i, (part, pos) in enumerate(damaged_positions(built.installer, rng)):
@@ -122,7 +124,7 @@ def test_every_single_byte_corruption_is_refused(world: tuple[Built, Path]) -> N
         messages[key] = messages.get(key, 0) + 1
     assert sum(messages.values()) == CORRUPTIONS
     print(f"\n{CORRUPTIONS} corruptions refused ({shell_own} with the shell's own message, "
-          f"all inside the preamble's checking line); messages:")
+          f"all inside the preamble's sh code); messages:")
     for key, count in sorted(messages.items()):
         print(f"  {count:4d}  {key}")
 
@@ -137,13 +139,15 @@ def test_every_truncation_is_refused(world: tuple[Built, Path]) -> None:
     # nothing and exits 0; every longer cut must be refused.  Random lengths past
     # that line, plus the edges.
     first = original.index(b"\n") + 1
+    sh_end = original.index(b"\neval ") + 1
     lengths = sorted({rng.randrange(first + 1, len(original)) for _ in range(TRUNCATIONS - 3)}
-                     | {first + 1, len(original) - 1, len(original) - seal.LENGTH})
+                     | {first + 1, len(original) - 1, seal.SEAL_END})
     for i, length in enumerate(lengths):
         damaged.write_bytes(original[:length])
         fresh = i % 2 == 0
         target = built.installer.with_name(f"t{i}") if fresh else installed
-        check_refused(built, damaged, target, before, installed, fresh)
+        # Cut inside the sh text, sh itself refuses the unfinished block, in its words.
+        check_refused(built, damaged, target, before, installed, fresh, length < sh_end)
     assert len(lengths) >= TRUNCATIONS - 2
     print(f"\n{len(lengths)} truncations refused")
 
@@ -179,7 +183,7 @@ def test_without_sha256sum_python_checks_the_seal(world: tuple[Built, Path]) -> 
     rng = random.Random(SEED + 2)
     original = built.installer.read_bytes()
     damaged = built.installer.with_name("nosum.sh")
-    start = original.index(b"\n", original.index(b"\n") + 1) + 1  # past the checking line
+    start = seal.SEAL_END  # past the seal
     for _ in range(20):
         data = bytearray(original)
         data[rng.randrange(start, len(original))] ^= rng.randrange(1, 256)

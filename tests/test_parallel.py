@@ -79,8 +79,7 @@ def _corrupt_chunk(installer: Path, index: int, out: Path) -> str:
         start = info.header_offset + 30 + sum(int.from_bytes(f.read(2), "little")
                                               for _ in range(2))
     data[start + info.compress_size // 2] ^= 0x55
-    data[-seal.DIGITS:] = b"0" * seal.DIGITS
-    out.write_bytes(data)
+    out.write_bytes(seal.masked(bytes(data)))
     seal.seal(str(out))
     return info.filename
 
