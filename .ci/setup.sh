@@ -33,4 +33,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q -e '.[test]'
+# Python 3.14 for the interpreter matrix (tests/pythons.py): Debian sid's
+# package, unpacked into a cache outside the repo, never installed (3.6-3.13
+# are pyenv builds).  Without network the 3.14 test says it is skipped.
+cache=${XDG_CACHE_HOME:-$HOME/.cache}/nix-prefix-ci
+sh .ci/debian-fetch.sh sid "$cache/python3.14" python3.14 ||
+    echo "setup: could not fetch Debian sid python3.14 into $cache (tests/test_pythons.py skips 3.14)"
 echo "setup: done (.venv/bin/nix-prefix is ready)"
