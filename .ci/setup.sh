@@ -3,7 +3,10 @@
 # Debian's nix-bin (the real Nix the tests and the demo drive), patchelf (to
 # make the self-contained Nix sample closure), gcc and binutils (the C sample
 # for relocation), xz-utils and zstd (bench/), python3-venv, then a virtual
-# environment in .venv with nix-prefix and its test tools.
+# environment in .venv with nix-prefix and its test tools.  Newer Nix
+# (trixie's 2.26, sid's 2.34) is fetched from Debian's archive into a cache
+# outside the repository, never installed (.ci/debian-fetch.sh): the tests
+# ship each of them inside an installer.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -25,6 +28,18 @@ if [ -n "$missing" ]; then
     echo "setup: installing Debian packages:$missing"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+
+# The Nix versions the end-to-end tests ship (tests/nix_versions.py reads the
+# same cache); skip with NIX_PREFIX_NO_DEBIAN_NIX=1 on a machine without network.
+if [ -z "${NIX_PREFIX_NO_DEBIAN_NIX:-}" ]; then
+    command -v dpkg-deb >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 || {
+        echo "setup: apt-get and dpkg-deb are needed to fetch Debian's newer Nix" >&2; exit 1; }
+    cache=${XDG_CACHE_HOME:-$HOME/.cache}/nix-prefix-ci/debian
+    for suite in trixie sid; do
+        sh .ci/debian-fetch.sh "$suite" "$cache/$suite" nix-bin
+    done
+    echo "setup: Debian's nix-bin of trixie and sid are in $cache"
 fi
 
 python=${PYTHON:-python3}

@@ -160,6 +160,11 @@ def build(
         "-j", "--jobs", min=1, envvar="NIX_PREFIX_JOBS",
         help="chunks to compress at once (default: one per CPU, as memory allows; "
              "the output is the same whatever the number)")] = None,
+    nix_store: Annotated[str | None, typer.Option(
+        "--nix-store", metavar="STORE_PATH",
+        help="when the closure holds several Nixes: the one that registers the paths and "
+             "goes into the profile (default: the newest, by the version in its name)")]
+    = None,
     chunk_mb: Annotated[int, typer.Option(
         "--chunk-mb", min=1, help="NAR MiB per payload chunk (whole store paths); smaller "
                                   "chunks spread over more threads, larger ones compress "
@@ -213,11 +218,11 @@ def build(
         options = BuildOptions(compression=compression, level=level, store_root=store_root,
                                verify=not no_verify, roots=profile_root or default_roots,
                                system=system, jobs=jobs, chunk_size=chunk_mb << 20,
-                               derivations=with_derivations)
+                               derivations=with_derivations, nix_store=nix_store)
         with _bar("hashing, packing and compressing", closure.total_nar_size,
                   quiet) as bar:
             result = build_installer(closure, output, options, progress=bar.update)
-    for line in build_summary(result, output, time.time() - started):
+    for line in result.notes + build_summary(result, output, time.time() - started):
         say(line)
 
 
@@ -331,19 +336,26 @@ def retarget(
 @app.command()
 def sample(
     store_dir: StoreDir = None,
+    nix_to_ship: Annotated[Path | None, typer.Option(
+        "--nix", metavar="PATH",
+        help="the Nix to package: a nix binary, or a tree with Debian's nix-bin unpacked "
+             "into it (usr/bin/nix and its libraries, e.g. from .ci/debian-fetch.sh); "
+             "default: the machine's Nix")] = None,
     debug: Debug = False,
 ) -> None:
     """Build a sample closure with the machine's Nix and print its roots (no nixpkgs needed).
 
-    A self-contained Nix made from the machine's own Nix binary (patchelf'd,
-    every library in the store) and a small program, hello-nix-prefix: enough
-    to try nix-prefix end to end.  A missing --store-dir is created.
+    A self-contained Nix made from a Nix binary (the machine's own, or --nix;
+    patchelf'd, every library in the store) and a small program,
+    hello-nix-prefix: enough to try nix-prefix end to end.  A missing
+    --store-dir is created.
     """
     from . import samples
 
     with reporting(debug):
         nix = store_nix(store_dir, create=True)
-        roots = [samples.build_nix_closure(nix), *samples.build_small_closure(nix)]
+        roots = [samples.build_nix_closure(nix, nix_to_ship),
+                 *samples.build_small_closure(nix)]
     for root in roots:
         typer.echo(root)
 

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,6 +31,7 @@ from .. import installer as installer_pkg
 from .. import payload as payload_pkg
 from ..payload import archive, codecs, hashes, nar, relocate, seal
 from ..payload.manifest import Chunk, Manifest, PathEntry
+from . import nixchoice
 from .closure_info import Closure
 from .compress import compressor, default_jobs
 from .errors import BuildError
@@ -67,6 +68,9 @@ class BuildOptions:
     relocate_to: str | None = None
     # Chunks packed and compressed at once (None: as many as CPUs and memory allow).
     jobs: int | None = None
+    # The Nix that registers the paths, when the closure holds several
+    # (builder/nixchoice.py; None: the newest).
+    nix_store: str | None = None
 
 
 @dataclass
@@ -75,6 +79,7 @@ class BuildResult:
 
     manifest: Manifest
     size: int
+    notes: list[str] = field(default_factory=list)
 
 
 def host_system() -> str:
@@ -107,7 +112,10 @@ def build_installer(
                   info.deriver.rpartition("/")[2])
         for name, info in zip(names, closure.infos, strict=True)
     ]
-    roots = _roots(entries, options.roots, closure.store_dir)
+    nix = nixchoice.choose([e.name for e in entries],
+                           _roots(entries, options.roots, closure.store_dir), store_root,
+                           options.nix_store, roots_given=bool(options.roots))
+    roots = nix.roots
     store_dir, embedded = closure.store_dir, closure.store_dir
     if options.relocate_to:
         store_dir = options.relocate_to
@@ -119,7 +127,7 @@ def build_installer(
         paths=entries,
         chunks=[],
         roots=roots,
-        nix_store=_find_nix_store(entries, roots, store_root),
+        nix_store=nix.nix_store,
         preamble_sha256=preamble_sha256(),
         tool_version=payload_pkg.__version__,
         embedded_store_dir=embedded,
@@ -145,7 +153,7 @@ def build_installer(
             manifest.hidden_refs += hidden
 
     write_installer_file(out, manifest, options.compression, options.level, write_payload)
-    return BuildResult(manifest, out.stat().st_size)
+    return BuildResult(manifest, out.stat().st_size, nix.notes)
 
 
 def relocation_target(old_store_dir: str, new_store_dir: str) -> str:
@@ -229,15 +237,6 @@ def _roots(entries: list[PathEntry], wanted: list[str] | None, store_dir: str) -
         return sorted(set(roots))
     referenced = {r for e in entries for r in e.references if r != e.name}
     return sorted(names - referenced)
-
-
-def _find_nix_store(entries: list[PathEntry], roots: list[str], store_root: Path) -> str | None:
-    # Prefer a root (the Nix the user asked for) over Nix pulled in as a dependency.
-    ordered = roots + [e.name for e in entries if e.name not in roots]
-    for name in ordered:
-        if os.path.lexists(store_root / name / "bin" / "nix-store"):
-            return f"{name}/bin/nix-store"
-    return None
 
 
 def _zip_info(name: str) -> zipfile.ZipInfo:

@@ -68,3 +68,14 @@ def check_store_dir(store_dir):
     if any(part in (".", "..") for part in store_dir.split("/")):
         raise StorePathError("%r is not canonical (contains . or ..)" % store_dir)
     return store_dir
+
+
+def split_drv_name(name):
+    # type: (str) -> Tuple[str, str]
+    """``("nix", "2.26.3")`` from ``nix-2.26.3``: the version starts at the first
+    dash not followed by a letter (``DrvName::DrvName``, src/libexpr/names.cc).
+    ``nix-env -i`` replaces installed packages of the same name this way."""
+    for i, c in enumerate(name):
+        if c == "-" and i + 1 < len(name) and not name[i + 1].isalpha():
+            return name[:i], name[i + 1:]
+    return name, ""

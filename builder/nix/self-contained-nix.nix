@@ -4,10 +4,13 @@
 # interpreter and every RUNPATH into the store.  The RUNPATH strings are what
 # makes Nix record the references between the groups.
 #
-# The lists of libraries are found on the build machine (ldd) and passed in
-# as space-separated absolute paths; see builder/samples.py.
+# The lists of libraries are found on the build machine (the loader's
+# --list) and passed in as space-separated absolute paths; see
+# builder/samples.py.  A group may be empty: trixie's and sid's nix-bin link
+# Nix's own libraries statically, so there is no Nix-libraries path then.
 { system ? builtins.currentSystem
 , nixBinary            # e.g. /usr/bin/nix
+, version              # e.g. 2.26.3 (the store path's name carries it)
 , interpreter          # e.g. /lib64/ld-linux-x86-64.so.2
 , glibcLibs            # libc and friends: copied as they are
 , gccLibs              # libstdc++, libgcc_s
@@ -22,7 +25,7 @@ let
   # edit them, then restore the read-only modes Nix canonicalises to anyway.
   copyLibs = libs: ''
     mkdir -p $out/lib
-    for lib in ${libs}; do
+    for lib in ${libs} ; do
       cp -L "$lib" "$out/lib/$(basename "$lib")"
       chmod u+w "$out/lib/$(basename "$lib")"
     done
@@ -32,6 +35,7 @@ let
     # libm, libresolv... find libc by its soname, already loaded by ld.so;
     # ld.so and libc themselves must not be edited.
     for lib in $out/lib/*; do
+      [ -e "$lib" ] || continue  # an empty group
       case "$(basename "$lib")" in
         ld-linux*|libc.so.*) ;;
         *) patchelf --set-rpath $out/lib "$lib" ;;
@@ -40,29 +44,35 @@ let
   '');
 
   gcc = sh "host-gcc-runtime" (copyLibs gccLibs + ''
-    for lib in $out/lib/*; do patchelf --set-rpath $out/lib:${glibc}/lib "$lib"; done
+    for lib in $out/lib/*; do [ -e "$lib" ] || continue; patchelf --set-rpath $out/lib:${glibc}/lib "$lib"; done
   '');
 
   deps = sh "host-nix-deps" (copyLibs otherLibs + ''
     for lib in $out/lib/*; do
+      [ -e "$lib" ] || continue  # an empty group
       patchelf --set-rpath $out/lib:${gcc}/lib:${glibc}/lib "$lib"
     done
   '');
 
   nixlibs = sh "host-nix-libs" (copyLibs nixLibs + ''
     for lib in $out/lib/*; do
+      [ -e "$lib" ] || continue  # an empty group
       patchelf --set-rpath $out/lib:${deps}/lib:${gcc}/lib:${glibc}/lib "$lib"
     done
   '');
 
+  # Statically linked Nix libraries: no group, no store path, no RUNPATH entry.
+  libGroups = (if nixLibs == "" then [ ] else [ nixlibs ]) ++ [ deps gcc glibc ];
+  rpath = builtins.concatStringsSep ":" (map (p: "${p}/lib") libGroups);
+
   interpreterName = baseNameOf interpreter;
 in
-sh "nix-self-contained" ''
+sh "nix-self-contained-${version}" ''
   mkdir -p $out/bin $out/libexec/nix
   cp -L ${nixBinary} $out/bin/nix
   chmod u+w $out/bin/nix
   patchelf --set-interpreter ${glibc}/lib/${interpreterName} \
-    --set-rpath ${nixlibs}/lib:${deps}/lib:${gcc}/lib:${glibc}/lib $out/bin/nix
+    --set-rpath ${rpath} $out/bin/nix
   for tool in nix-build nix-channel nix-collect-garbage nix-copy-closure \
       nix-daemon nix-env nix-hash nix-instantiate nix-prefetch-url nix-shell nix-store; do
     ln -s nix $out/bin/$tool
