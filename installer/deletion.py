@@ -49,10 +49,13 @@ def live_paths(prefix, nix_store):
     roots of other processes included, but not those of the querying nix-store."""
     pid = []
     out = nixstore.run_nix(prefix, [nix_store, "--gc", "--print-roots"], started=pid.append)
-    own = "/proc/%d/" % pid[0] if pid else None
+    # Its own runtime roots, and its temporary ones ("{temp:PID}", Nix >= 2.2x).
+    own = ("/proc/%d/" % pid[0], "{temp:%d}" % pid[0]) if pid else None
     roots = set()
     for line in out.splitlines():
         link, sep, target = line.rpartition(" -> ")
+        if link[:1] == '"' and link[-1:] == '"':
+            link = link[1:-1]  # Nix 2.34 quotes the link: "/proc/PID/exe" -> ...
         if not sep or (own and link.startswith(own)):
             continue
         roots.add(target.strip())

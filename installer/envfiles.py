@@ -22,10 +22,25 @@ export NIX_STATE_DIR='{root}/var/nix'
 export NIX_LOG_DIR='{root}/var/log/nix'
 export NIX_CONF_DIR='{root}/etc/nix'
 export NIX_PROFILES='{root}/var/nix/profiles/default'
+# nix-env's profile (every Nix reads NIX_PROFILE: src/nix-env/nix-env.cc).
+export NIX_PROFILE='{root}/var/nix/profiles/default'
+# Nix >= 2.25 keeps its per-user state (profiles, channels) here, not in
+# ~/.local/state/nix (getStateDir, src/libutil/users.cc).
+export NIX_STATE_HOME='{home}/.local/state/nix'
 case ":$PATH:" in
     *':{root}/var/nix/profiles/default/bin:'*) ;;
     *) export PATH='{root}/var/nix/profiles/default/bin'"${{PATH:+:$PATH}}" ;;
 esac
+# `nix profile` has no setting for its default profile: every Nix takes it
+# from $HOME/.nix-profile and creates that link if missing (getDefaultProfile,
+# src/libstore/profiles.cc).  It runs with a HOME in the prefix whose
+# .nix-profile is this prefix's default profile; nothing else sees that HOME.
+nix() {{
+    case " $* " in
+        *" profile "*) HOME='{home}' command nix "$@" ;;
+        *) command nix "$@" ;;
+    esac
+}}
 """
 
 NIX_FISH = """\
@@ -35,8 +50,18 @@ set -gx NIX_STATE_DIR '{root}/var/nix'
 set -gx NIX_LOG_DIR '{root}/var/log/nix'
 set -gx NIX_CONF_DIR '{root}/etc/nix'
 set -gx NIX_PROFILES '{root}/var/nix/profiles/default'
+set -gx NIX_PROFILE '{root}/var/nix/profiles/default'
+set -gx NIX_STATE_HOME '{home}/.local/state/nix'
 if not contains '{root}/var/nix/profiles/default/bin' $PATH
     set -gx PATH '{root}/var/nix/profiles/default/bin' $PATH
+end
+# `nix profile` runs with a HOME in the prefix (see nix.sh).
+function nix --wraps nix
+    if contains -- profile $argv
+        env HOME='{home}' nix $argv
+    else
+        command nix $argv
+    end
 end
 """
 
@@ -44,12 +69,30 @@ end
 def planned_files(prefix):
     # type: (Prefix) -> List[Tuple[str, str]]
     """(path, content) of every file the install writes outside the store."""
-    fmt = {"marker": MARKER, "root": prefix.root}
+    fmt = {"marker": MARKER, "root": prefix.root, "home": prefix.home}
     return [
         (prefix.nix_conf, NIX_CONF.format(**fmt)),
         (os.path.join(prefix.profile_d, "nix.sh"), NIX_SH.format(**fmt)),
         (os.path.join(prefix.profile_d, "nix.fish"), NIX_FISH.format(**fmt)),
     ]
+
+
+def make_profile_link(prefix):
+    # type: (Prefix) -> None
+    """Link ``P/var/nix-prefix/home/.nix-profile`` to the default profile.
+
+    That dir is HOME for every Nix the installer runs and for ``nix profile``
+    after sourcing nix.sh; Nix reads its default profile from
+    ``$HOME/.nix-profile`` and would otherwise point it at a per-user profile
+    (``getDefaultProfile``, src/libstore/profiles.cc).  Made before any Nix runs.
+    """
+    link = os.path.join(prefix.home, ".nix-profile")
+    if os.path.lexists(link):
+        return
+    try:
+        os.symlink(prefix.profile, link)
+    except OSError as e:
+        raise write_error(e, link)
 
 
 def write_file(path, content):

@@ -73,7 +73,7 @@ def check_update(manifest, prefix, update):
     if update:
         return
     roots = set(os.path.join(prefix.store_dir, r) for r in manifest.roots)
-    current = nixstore.profile_manifest_paths(prefix)
+    current = nixstore.profile_paths(prefix)
     if current and not roots <= current:
         names = ", ".join(sorted(os.path.basename(p).partition("-")[2] for p in current))
         raise UpdateNeeded(
@@ -203,6 +203,7 @@ def _install_locked(source, manifest, prefix, ui, started, relocation, update, j
                 _warn_hidden_refs(manifest, ui)
             _unpack_and_place(source, manifest, prefix, to_place, ui, relocation, jobs)
             changed = True
+        envfiles.make_profile_link(prefix)
         written = {}
         for path, content in envfiles.planned_files(prefix):
             state = envfiles.write_file(path, content)
@@ -228,7 +229,7 @@ def _install_locked(source, manifest, prefix, ui, started, relocation, update, j
             changed = True
         nix_env = nix_tool(manifest, prefix, "nix-env")
         roots = [manifest.store_path(r) for r in manifest.roots]
-        current = nixstore.profile_paths(prefix, nix_env)
+        current = nixstore.profile_paths(prefix)
         if not set(roots) <= current:
             ui.say("making the profile %s" % prefix.profile)
             crashpoints.reached("before-profile")

@@ -2,10 +2,12 @@
 
 import errno
 import fcntl
+import json
 import os
 import re
 import subprocess
 
+from ..payload import storepath
 from .errors import InstallError
 
 
@@ -90,7 +92,7 @@ class PrefixLock(object):
 
 def run_nix(prefix, argv, stdin_text=None, started=None):
     # type: (Prefix, List[str], Optional[str], Optional[Callable[[int], None]]) -> str
-    """Run a Nix command on the prefix; return stdout or raise with Nix's last line.
+    """Run a Nix command on the prefix; return stdout or raise with Nix's own error.
     ``started`` is given the process id (to tell its own runtime roots)."""
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -102,10 +104,34 @@ def run_nix(prefix, argv, stdin_text=None, started=None):
         started(proc.pid)
     out, err = proc.communicate(stdin_text.encode() if stdin_text is not None else None)
     if proc.returncode != 0:
-        lines = [line for line in err.decode("utf-8", "replace").splitlines() if line.strip()]
-        last = lines[-1].strip() if lines else "exit code %d" % proc.returncode
-        raise InstallError("%s %s failed: %s" % (os.path.basename(argv[0]), argv[1], last))
+        # Name the operation: "nix-env -i", not "nix-env -p".
+        operation = argv[3] if argv[1] == "-p" and len(argv) > 3 else argv[1]
+        raise InstallError("%s %s failed: %s" % (
+            os.path.basename(argv[0]), operation,
+            nix_error(err.decode("utf-8", "replace"), proc.returncode)))
     return out.decode("utf-8", "replace")
+
+
+# Nix's messages are "error: ..." followed by indented lines (the build log's
+# last lines, the files in conflict, a trace): src/libutil/error.cc showErrorInfo.
+MAX_ERROR_LINES = 15
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def nix_error(stderr_text, returncode):
+    # type: (str, int) -> str
+    """What to show of a failed Nix command's stderr: Nix's own error message,
+    from its first ``error:`` line on (at most MAX_ERROR_LINES lines), else the
+    last line, else the exit code."""
+    lines = [_ANSI.sub("", line).rstrip() for line in stderr_text.splitlines()]
+    lines = [line for line in lines if line.strip()]
+    start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("error:")), None)
+    if start is None:
+        return lines[-1].strip() if lines else "exit code %d" % returncode
+    shown = [line.strip() for line in lines[start:start + MAX_ERROR_LINES]]
+    if len(lines) - start > MAX_ERROR_LINES:
+        shown.append("... (%d more lines)" % (len(lines) - start - MAX_ERROR_LINES))
+    return "\n    ".join(shown)
 
 
 def load_db(prefix, nix_store, registration_text):
@@ -114,21 +140,40 @@ def load_db(prefix, nix_store, registration_text):
     run_nix(prefix, [nix_store, "--load-db"], registration_text)
 
 
-def profile_paths(prefix, nix_env):
-    # type: (Prefix, str) -> Set[str]
-    """Store paths installed in the default profile (empty if there is none)."""
-    if not os.path.lexists(prefix.profile):
-        return set()
-    out = run_nix(prefix, [nix_env, "-p", prefix.profile, "-q", "--out-path", "--no-name"])
-    return set(line.strip() for line in out.splitlines() if line.strip())
+def profile_format(profile):
+    # type: (str) -> Optional[str]
+    """How the profile generation ``profile`` links to was made: "nix profile"
+    (a ``manifest.json``, src/nix/profile.cc ``ProfileManifest``), "nix-env" (a
+    ``manifest.nix``, src/nix-env/user-env.cc), or None (no profile yet)."""
+    if os.path.exists(os.path.join(profile, "manifest.json")):
+        return "nix profile"
+    if os.path.lexists(profile):
+        return "nix-env"
+    return None
 
 
-def profile_manifest_paths(prefix):
+def profile_paths(prefix):
     # type: (Prefix) -> Set[str]
-    """Store paths in the default profile, read from its ``manifest.nix`` without
-    running Nix (so a check before the install writes nothing, not even Nix's
-    locks).  nix-env writes one ``outPath = "...";`` per package and output
-    (src/nix-env/user-env.cc); an unreadable manifest reads as empty."""
+    """Store paths installed in the default profile, in either format, read from
+    its manifest without running Nix (so a check before the install writes
+    nothing, not even Nix's locks); an unreadable manifest reads as empty.
+
+    ``manifest.nix``: nix-env writes one ``outPath = "...";`` per package and
+    output (src/nix-env/user-env.cc).  ``manifest.json``: ``elements``, a list
+    (versions 1 and 2) or an object keyed by name (version 3), each with its
+    ``storePaths`` (src/nix/profile.cc).
+    """
+    if profile_format(prefix.profile) == "nix profile":
+        try:
+            with open(os.path.join(prefix.profile, "manifest.json")) as f:
+                doc = json.load(f)
+            elements = doc.get("elements", [])
+            if isinstance(elements, dict):
+                elements = list(elements.values())
+            return set(p for e in elements if e.get("active", True)
+                       for p in e.get("storePaths", []) if isinstance(p, str))
+        except (OSError, ValueError, AttributeError):
+            return set()
     try:
         with open(os.path.join(prefix.profile, "manifest.nix")) as f:
             text = f.read()
@@ -153,12 +198,61 @@ def profile_generation(prefix):
 def set_profile(prefix, nix_env, store_paths, keep_others=False):
     # type: (Prefix, str, List[str], bool) -> None
     """Make a new profile generation holding exactly ``store_paths`` (with
-    ``keep_others``: those plus the other packages it had, minus same-named ones).
+    ``keep_others``: those plus the other packages it had, minus same-named
+    ones and, when ``store_paths`` bring a Nix, minus the Nix it had).
 
-    ``nix-env -i`` builds the user environment with Nix's builtin buildenv and
-    links it from ``var/nix/profiles/default``, which Nix's
-    ``gcroots/profiles`` link makes a GC root; the previous generation stays
-    for ``nix-env --rollback``.
+    The profile keeps its format: ``nix-env -i`` for a nix-env profile (Nix's
+    builtin buildenv makes the user environment), ``nix profile install`` of
+    the same Nix for one that ``nix profile`` made, which nix-env refuses
+    ("incompatible with 'nix-env'").  ``var/nix/profiles/default`` is a GC root
+    through Nix's ``gcroots/profiles`` link; the previous generation stays for
+    a rollback.  When old packages must go first, the generation that removing
+    them makes is deleted again, so one call adds one generation.
     """
-    replace = [] if keep_others else ["--remove-all"]
-    run_nix(prefix, [nix_env, "-p", prefix.profile] + replace + ["-i"] + list(store_paths))
+    fmt = profile_format(prefix.profile)
+    if not keep_others and fmt != "nix profile":
+        run_nix(prefix, [nix_env, "-p", prefix.profile, "-i", "--remove-all"]
+                + list(store_paths))
+        return
+    stale = _replaced(profile_paths(prefix), store_paths) if fmt else []
+    if fmt == "nix profile":
+        nix = os.path.join(os.path.dirname(nix_env), "nix")
+        remove = [nix, "profile", "remove", "--profile", prefix.profile] + _NIX_COMMAND
+        add = [nix, "profile", "install", "--profile", prefix.profile] + _NIX_COMMAND
+    else:
+        remove = [nix_env, "-p", prefix.profile, "-e"]
+        add = [nix_env, "-p", prefix.profile, "-i"]
+    removed = None
+    if stale:
+        run_nix(prefix, remove + stale)
+        removed = profile_generation(prefix)
+    installed = profile_paths(prefix)
+    run_nix(prefix, add + [p for p in store_paths if p not in installed])
+    if removed is not None and removed != profile_generation(prefix):
+        run_nix(prefix, [nix_env, "-p", prefix.profile, "--delete-generations", str(removed)])
+
+
+# `nix profile` is experimental in every supported Nix (2.8 to 2.34).
+_NIX_COMMAND = ["--extra-experimental-features", "nix-command"]
+
+
+def is_nix(path):
+    # type: (str) -> bool
+    """Whether the store path ``path`` is a Nix (has ``bin/nix-store``)."""
+    return os.path.lexists(os.path.join(path, "bin", "nix-store"))
+
+
+def _replaced(current, new_paths):
+    # type: (Iterable[str], List[str]) -> List[str]
+    """Which installed paths the new ones replace: the same package name (as
+    ``nix-env -i`` replaces, ``DrvName`` in src/libexpr/names.cc; ``nix profile``
+    would keep both and collide), and any Nix when a new one comes (two Nixes
+    collide on ``bin/nix*``, whatever their names)."""
+    def name(path):
+        # type: (str) -> str
+        return storepath.split_drv_name(os.path.basename(path).partition("-")[2])[0]
+    names = set(name(p) for p in new_paths)
+    brings_nix = any(is_nix(p) for p in new_paths)
+    return sorted(p for p in current if p not in new_paths
+                  and (name(p) in names or (brings_nix and is_nix(p))))
+

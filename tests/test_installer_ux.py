@@ -90,7 +90,7 @@ def test_update_needs_u_and_makes_a_new_generation(world_dir: Path) -> None:
     # The new roots, plus what the old generation had and the new one does not replace.
     assert set(listed.stdout.split()) == {hello, newer, built.roots[1]}
     # What the -u check reads without running Nix agrees with nix-env.
-    assert nixstore.profile_manifest_paths(Prefix(str(prefix))) == set(listed.stdout.split())
+    assert nixstore.profile_paths(Prefix(str(prefix))) == set(listed.stdout.split())
 
     again = run_installer(built.installer, "-y")  # the old installer's roots are all there
     assert again.returncode == 0, again.stderr
