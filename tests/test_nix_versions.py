@@ -80,7 +80,7 @@ def shipped(versions_dir: Path) -> Callable[[str], Path]:
             built[version], _ = _build(
                 versions_dir, f"nix-{version}-built-at-a-longer-prefix",
                 lambda nix: [build_nix_closure(nix, source), *build_small_closure(nix)],
-                BuildOptions(level=1))
+                BuildOptions(level=0))
         return built[version]
 
     return get
@@ -187,9 +187,19 @@ def test_shipped_nix_installs_builds_and_keeps_to_the_prefix(
     assert_home_kept(user)
 
     # The same installer again, over a profile that `nix profile` now owns.
-    again = ok(user.install(installer)) + user.install(installer).stderr
-    assert "nothing to do" in again
+    again = user.install(installer)
+    assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr
     assert ok(user.shell("tool-x && tool-y")) == "tool-x works\ntool-y works\n"
+
+    # A second prefix of the same user: its nix.sh sends nix-env to its own profile.
+    second = User(world_dir, "q")
+    ok(second.install(installer))
+    x2 = second.build_package("x")
+    assert x2.startswith(f"{second.prefix}/store/")
+    assert ok(second.shell(f"nix-env -i {x2} && command -v tool-x")).endswith(
+        f"{second.prefix}/var/nix/profiles/default/bin/tool-x\n")
+    assert x2 not in (profile / "manifest.json").read_text()  # the first prefix's is as it was
+    assert_home_kept(user)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -253,7 +263,7 @@ def test_a_closure_with_two_nixes_ships_the_newest(versions_dir: Path, world_dir
                 *build_small_closure(nix)]
 
     installer, manifest = _build(versions_dir, "two-nixes-at-a-longer-prefix", roots_of,
-                                 BuildOptions(level=1))
+                                 BuildOptions(level=0))
     assert manifest.nix_store.endswith("-nix-self-contained-2.26.3/bin/nix-store")
     assert not any(r.endswith("-nix-self-contained-2.8.0") for r in manifest.roots)
     assert any(p.name.endswith("-nix-self-contained-2.8.0") for p in manifest.paths)
