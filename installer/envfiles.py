@@ -95,6 +95,19 @@ def make_profile_link(prefix):
         raise write_error(e, link)
 
 
+def remove_profile_link(prefix):
+    # type: (Prefix) -> bool
+    """Remove the link ``make_profile_link`` made, if it is still ours; say whether."""
+    link = os.path.join(prefix.home, ".nix-profile")
+    try:
+        if os.readlink(link) != prefix.profile:
+            return False
+        os.unlink(link)
+    except OSError:
+        return False
+    return True
+
+
 def write_file(path, content):
     # type: (str, str) -> str
     """Write ``path`` unless it exists: returns "written", "unchanged" or "kept".

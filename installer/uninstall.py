@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 
-from . import deletion, nixstore, receipt
+from . import deletion, envfiles, nixstore, receipt
 from .errors import InstallError
 
 
@@ -71,6 +71,7 @@ def uninstall(manifest, prefix, nix_store, nix_env, ui):
         files = []
         if not receipt.others(prefix, path):
             files = _remove_unchanged(doc["files"])
+            envfiles.remove_profile_link(prefix)
         receipt.remove(path)
     ui.say("removed %d store paths from %s" % (len(doomed), prefix.store_dir))
     for p in doomed:

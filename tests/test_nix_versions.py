@@ -214,6 +214,7 @@ def test_uninstall_removes_the_shipped_nix(world_dir: Path, shipped: Callable[[s
     # The uninstalling nix-store's own /proc/PID/exe and maps keep nothing alive.
     assert "kept" not in proc.stderr, proc.stderr
     assert [p for p in os.listdir(store) if not p.startswith(".")] == []
+    assert not os.path.lexists(user.prefix / "var/nix-prefix/home/.nix-profile")
 
 
 def test_update_across_versions_with_profiles_in_either_format(
