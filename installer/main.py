@@ -5,6 +5,7 @@ import os
 import sys
 
 from ..payload import __version__
+from ..payload.manifest import VERSION as MANIFEST_VERSION
 from . import exact_relocation, preflight, receipt, shellrc, summary, uninstall
 from . import install as install_mod
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, InstallError
@@ -168,10 +169,17 @@ def run(path, args, ui, name=None, sealed=False):
                 return EXIT_FAILED
         install_mod.install(source, root, ui, update=args.update, jobs=args.jobs)
         rc_files = shellrc.add_block(root, home) if args.modify_profile else []
-        ui.say("\n".join(summary.summary_lines(installed, prefix, source.name, rc_files)))
+        ui.say("\n".join(summary.summary_lines(installed, prefix, _rerun_name(source), rc_files)))
         return 0
     finally:
         source.close()
+
+
+def _rerun_name(source):
+    # type: (InstallerFile) -> str
+    """How the summary names the installer to run again: its file, or INSTALLER
+    when it came through a pipe (curl URL | sh) and is gone."""
+    return source.name if os.path.isfile(source.name) else "INSTALLER"
 
 
 def _undo(source, prefix, args, ui):
@@ -203,7 +211,8 @@ def info_text(manifest):
     # type: (Manifest) -> str
     """The summary ``--info`` prints (``nix-prefix inspect`` shows it too)."""
     lines = [
-        "nix-prefix installer (format %d, built by nix-prefix %s)" % (1, manifest.tool_version),
+        "nix-prefix installer (format %d, built by nix-prefix %s)"
+        % (MANIFEST_VERSION, manifest.tool_version),
         "store dir:     %s" % manifest.store_dir,
         "prefix:        %s" % manifest.prefix,
         "relocatable:   to any prefix of at most %d bytes (--prefix)"

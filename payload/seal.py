@@ -218,24 +218,55 @@ def _verified(argv):
     """The verified file, the path to run from, its name for messages, and the
     installer arguments."""
     source, args = argv[1], argv[5:]
+    name = "the installer read from standard input" if source == "-" else source
     try:
-        fd = os.open(source, os.O_RDONLY)
+        fd = os.dup(0) if source == "-" else os.open(source, os.O_RDONLY)
     except OSError as e:
-        _fail("cannot read the installer %s (%s)" % (source, e.strerror), 1)
+        _fail("cannot read the installer %s (%s)" % (name, e.strerror), 1)
     f = os.fdopen(fd, "rb")
     if not stat.S_ISREG(os.fstat(fd).st_mode):
-        _fail("%s is not a regular file; download the installer and run sh FILE" % source, 1)
+        # A pipe (curl URL | sh, bash <(curl URL)): sh has read the start.
+        stream = _from_stream(f, *[os.fsencode(a) for a in argv[2:5]])
+        return f, _private_copy(stream, name), name, args
     try:
         check_file(f)
     except SealError as e:
-        _fail("%s is damaged: %s; download it again" % (source, e))
+        _fail("%s is damaged: %s; download it again" % (name, e))
     except OSError as e:
-        _fail("cannot read the installer %s (%s)" % (source, e.strerror), 1)
+        _fail("cannot read the installer %s (%s)" % (name, e.strerror), 1)
     # Python reopens the zip by name: through /proc it is this same open file.
     path = "/proc/self/fd/%d" % fd
     if not _same_file(path, fd):
-        path = _private_copy(f, source)
-    return f, path, source, args
+        f.seek(0)
+        path = _private_copy(iter(lambda: f.read(_READ_SIZE), b""), name)
+    return f, path, name, args
+
+
+def _from_stream(f, seal_value, shell, boot):
+    # type: (BinaryIO, bytes, bytes, bytes) -> Iterator[bytes]
+    """The whole installer, from the rest of a pipe whose start sh has read.
+
+    sh read the preamble and maybe some of the padding after it (in blocks);
+    those bytes are known: head() rebuilds them from the sh variables it
+    handed over, and the padding newlines still in the pipe are dropped.  The
+    seal, checked over the result, says whether that was right.
+    """
+    start = head(shell, boot, seal_value)
+    yield start
+    padding = len(start) - len(start.rstrip(b"\n")) - 1
+    skipped = 0
+    while True:
+        data = f.read(_READ_SIZE)
+        kept = data.lstrip(b"\n")
+        skipped += len(data) - len(kept)
+        if kept or not data:
+            break
+    if kept and (skipped == 0 or skipped > padding):
+        raise SealError("sh read %s of it than its preamble before handing it over; save it to "
+                        "a file and run sh FILE" % ("more" if skipped == 0 else "less"))
+    while kept:
+        yield kept
+        kept = f.read(_READ_SIZE)
 
 
 def _same_file(path, fd):
@@ -247,27 +278,24 @@ def _same_file(path, fd):
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def _private_copy(f, name):
-    # type: (BinaryIO, str) -> str
-    """Copy the open file ``f`` into a file only this user can read, checking its seal."""
+def _private_copy(chunks, name):
+    # type: (Iterable[bytes], str) -> str
+    """Write ``chunks`` into a new file only this user can read, and check its seal
+    over exactly those bytes; return its path."""
     try:
         # mkdtemp: mode 0700, owned by this user; removed when the installer exits.
+        # Python only reads the copy, so a noexec TMPDIR is fine.
         directory = tempfile.mkdtemp(prefix="nix-prefix-")
         atexit.register(shutil.rmtree, directory, True)
         path = os.path.join(directory, "installer.sh")
         out = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
         with out:
-            f.seek(0)
-            while True:
-                data = f.read(_READ_SIZE)
-                if not data:
-                    break
+            for data in chunks:
                 out.write(data)
         check(path)
     except SealError as e:
-        _fail("%s changed while it was copied: %s; download it again" % (name, e))
+        _fail("%s is damaged: %s; download it again" % (name, e))
     except OSError as e:
         _fail("cannot copy the installer into %s (%s); set TMPDIR to a directory with "
               "space" % (tempfile.gettempdir(), e.strerror), 4)
     return path
-

@@ -54,10 +54,15 @@ def regions(installer: Path) -> dict[str, tuple[int, int]]:
                 data[info.filename] = (start, start + info.compress_size)
         zip_start = infos[0].header_offset
         central = max(end for _, end in data.values())
+    head = installer.read_bytes()[:zip_start]
+    sh_end, python_end = head.index(b"\nb=\x27") + 1, head.index(b"\neval ") + 1
     chunk = next(v for k, v in data.items() if k.startswith("payload/"))
     third = (chunk[1] - chunk[0]) // 3
     return {
-        "preamble": (seal.SEAL_END, zip_start),
+        # The sh code ($h), the seal checker ($b) and the padding up to the zip.
+        "preamble sh": (seal.SEAL_END, sh_end),
+        "preamble Python": (sh_end, python_end),
+        "preamble padding": (python_end, zip_start),
         "code": (zip_start, chunk[0]),
         "payload start": (chunk[0], chunk[0] + third),
         "payload middle": (chunk[0] + third, chunk[1] - third),
