@@ -190,8 +190,8 @@ def test_no_python_found(small, world_dir: Path) -> None:
     proc = subprocess.run(["/bin/sh", str(small.installer), "--list"], capture_output=True,
                           text=True, env={"PATH": str(empty)}, check=False)
     assert proc.returncode == 127
-    assert "needs Python 3.6 or newer" in proc.stderr
-    assert "python3.6" in proc.stderr
+    assert "needs CPython 3.6 or newer" in proc.stderr
+    assert "python3.6 and python" in proc.stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs")

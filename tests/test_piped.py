@@ -154,14 +154,6 @@ def test_python2_is_named_as_too_old(built: Built) -> None:
     assert proc.returncode == 127 and str(python2) in proc.stderr, proc.stderr
 
 
-def test_no_python_names_every_candidate(built: Built, base: Path) -> None:
-    empty = base / "no-python-bin"
-    empty.mkdir(exist_ok=True)
-    proc = subprocess.run(["/bin/sh", str(built.installer), "--check"], capture_output=True,
-                          text=True, env={"PATH": str(empty)}, check=False)
-    assert proc.returncode == 127 and "python3.6 and python" in proc.stderr, proc.stderr
-
-
 def test_a_hostile_python_environment_changes_nothing(built: Built, base: Path) -> None:
     """PYTHONPATH with a broken enum.py (as `module load` leaves), PYTHONHOME that
     does not exist, PYTHONSTARTUP and an enum.py in the current directory."""
