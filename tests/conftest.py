@@ -44,6 +44,15 @@ def world_dir() -> Iterator[Path]:
     _force_remove(path)
 
 
+@pytest.fixture(scope="module")
+def module_dir() -> Iterator[Path]:
+    """Like world_dir, shared by the tests of one module (one installer built for all)."""
+    path = Path(tempfile.mkdtemp(prefix="np-module-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    _force_remove(path)
+
+
 def _force_remove(path: Path) -> None:
     for dirpath, dirnames, _ in os.walk(path):
         for d in dirnames:

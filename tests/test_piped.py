@@ -15,7 +15,6 @@ import os
 import shutil
 import stat
 import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,17 +29,8 @@ SHELLS = ["dash", "bash"]
 
 
 @pytest.fixture(scope="module")
-def base() -> Iterator[Path]:
-    base = Path(tempfile.mkdtemp(prefix="np-piped-", dir="/tmp"))
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def built(base: Path) -> Built:
-    built = build_small(base, name="a-long-enough-build-prefix-for-pipes")
+def built(module_dir: Path) -> Built:
+    built = build_small(module_dir, name="a-long-enough-build-prefix-for-pipes")
     built.move_build_away()
     return built
 
@@ -98,12 +88,12 @@ def test_curl_pipe_installs(built: Built, url: str, sh: str) -> None:
 
 
 @pytest.mark.parametrize("sh", SHELLS)
-def test_a_planted_sh_in_the_current_directory_is_never_run(built: Built, base: Path,
+def test_a_planted_sh_in_the_current_directory_is_never_run(built: Built, module_dir: Path,
                                                             sh: str) -> None:
     """In a world-writable directory holding someone else's ./sh and ./bash (a real,
     sealed installer of another closure), the piped installer runs itself."""
-    other = build_small(base, compression="zstd", name=f"someone-else-{sh}")
-    shared = base / f"shared-{sh}"
+    other = build_small(module_dir, compression="zstd", name=f"someone-else-{sh}")
+    shared = module_dir / f"shared-{sh}"
     shared.mkdir()
     shared.chmod(0o777)
     for name in ("sh", "bash"):
@@ -154,15 +144,15 @@ def test_python2_is_named_as_too_old(built: Built) -> None:
     assert proc.returncode == 127 and str(python2) in proc.stderr, proc.stderr
 
 
-def test_a_hostile_python_environment_changes_nothing(built: Built, base: Path) -> None:
+def test_a_hostile_python_environment_changes_nothing(built: Built, module_dir: Path) -> None:
     """PYTHONPATH with a broken enum.py (as `module load` leaves), PYTHONHOME that
     does not exist, PYTHONSTARTUP and an enum.py in the current directory."""
-    evil = base / "evil"
+    evil = module_dir / "evil"
     evil.mkdir(exist_ok=True)
     for name in ("enum.py", "hashlib.py", "zipfile.py"):
         (evil / name).write_text("raise SystemExit('hijacked by %s' % __file__)\n")
     (evil / "startup.py").write_text("raise SystemExit('hijacked by PYTHONSTARTUP')\n")
-    prefix = base / "hostile"
+    prefix = module_dir / "hostile"
     proc = subprocess.run(["/bin/sh", str(built.installer), "-y", "-p", str(prefix)],
                           capture_output=True, text=True, cwd=evil, check=False,
                           env=env(PYTHONPATH=str(evil), PYTHONHOME="/nonexistent",

@@ -9,10 +9,7 @@ with the reason shown, never silently.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,18 +21,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def base() -> Iterator[Path]:
-    base = Path(tempfile.mkdtemp(prefix="np-pythons-", dir="/tmp"))
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def built(base: Path) -> Built:
+def built(module_dir: Path) -> Built:
     # A long build prefix, so each short prefix below is reached by relocation.
-    built = build_small(base, name="a-long-enough-build-prefix-for-pythons")
+    built = build_small(module_dir, name="a-long-enough-build-prefix-for-pythons")
     built.move_build_away()
     return built
 
@@ -68,15 +56,15 @@ def test_installs_and_checks_with(built: Built, version: str) -> None:
                       env)
 
 
-def test_zstd_decodes_through_the_standard_library_on_314(base: Path) -> None:
+def test_zstd_decodes_through_the_standard_library_on_314(module_dir: Path) -> None:
     """On 3.14 a zstd payload needs no zstd program: compression.zstd decodes it
     (a zstd on PATH that fails if run proves it is not used)."""
     python = python_or_skip("3.14")
-    built = build_small(base, compression="zstd", name="a-long-enough-zstd-build-prefix")
+    built = build_small(module_dir, compression="zstd", name="a-long-enough-zstd-build-prefix")
     built.move_build_away()
-    fake = base / "fake-bin"
+    fake = module_dir / "fake-bin"
     fake.mkdir()
     (fake / "zstd").write_text("#!/bin/sh\necho fake zstd was run >&2\nexit 1\n")
     (fake / "zstd").chmod(0o755)
     env = {"PATH": f"{fake}:/usr/bin:/bin", "HOME": "/nonexistent", "NIX_PREFIX_PYTHON": python}
-    install_and_check(built.installer, base / "zstd314", env)
+    install_and_check(built.installer, module_dir / "zstd314", env)
