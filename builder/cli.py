@@ -20,9 +20,9 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
-from ..installer.errors import InstallError
-from ..installer.preflight import human_size
 from ..payload import __version__, codecs
+from ..payload.container import CorruptInstaller
+from ..payload.machine import human_size
 from .errors import BuildError, UsageError
 from .localnix import NixCommandError, store_nix
 from .pack import DEFAULT_CHUNK_SIZE, BuildOptions, BuildResult, build_installer, check_output
@@ -64,7 +64,7 @@ def reporting(debug: bool) -> Iterator[None]:
         raise
     except KeyboardInterrupt:
         _error("interrupted; nothing half-written is left", 130, debug)
-    except (BuildError, InstallError) as e:
+    except (BuildError, CorruptInstaller) as e:
         _error(str(e), e.exit_code, debug)
     except (NixCommandError, codecs.CodecError) as e:
         _error(str(e), 1, debug)

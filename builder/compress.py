@@ -9,8 +9,8 @@ import lzma
 
 import zstandard
 
-from ..installer.preflight import usable_cpus
 from ..payload import codecs
+from ..payload.machine import usable_cpus
 
 XZ_PRESET = 6  # as `xz -6`, the official tarball's default
 ZSTD_LEVEL = 19

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import payload as payload_pkg
-from ..installer.source import InstallerFile
 from ..payload import codecs, exact, hashes, nar
+from ..payload.container import InstallerFile
 from .closure_info import Closure, read_closure
 from .errors import BuildError
 from .localnix import Nix, NixCommandError, store_nix

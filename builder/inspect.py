@@ -1,7 +1,7 @@
 """``nix-prefix inspect`` and ``nix-prefix verify``: an installer seen from the build side.
 
 Both open the file through the installer's own reader
-(nix_prefix.installer.source.InstallerFile), so they accept exactly what the
+(nix_prefix.payload.container.InstallerFile), so they accept exactly what the
 installer accepts: ``verify`` is the installer's ``--check``, and
 ``inspect`` shows the installer's ``--info`` and then the manifest in full.
 """
@@ -12,16 +12,15 @@ import json
 import os
 from pathlib import Path
 
-from ..installer.main import info_text
-from ..installer.preflight import human_size
-from ..installer.source import InstallerFile
-from ..payload.manifest import Manifest
+from ..payload.container import InstallerFile
+from ..payload.machine import human_size
+from ..payload.manifest import Manifest, info_text
 
 STORE_SUFFIX = "/store"
 
 
 def open_installer(path: Path) -> InstallerFile:
-    """The installer file, its manifest and preamble checked (InstallError if not)."""
+    """The installer file, its manifest and preamble checked (CorruptInstaller if not)."""
     return InstallerFile(str(path))
 
 

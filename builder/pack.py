@@ -1,10 +1,10 @@
 """Pack a checked closure into one installer file.
 
-The file is the sh preamble followed by a zip application whose members are
-the installer code (``nix_prefix/installer``, ``nix_prefix/payload``), the
-payload chunks (``payload/NNNN.tar.xz`` or ``.tar.zst``) and ``manifest.json``
-(last).  Everything is written in a fixed order with fixed metadata, so two
-builds of the same closure are byte-identical.
+The file's layout (the sh preamble, then a zip of the installer code, the
+payload chunks and the manifest) is payload/container.py's; this module
+decides what goes in: which paths, in which chunks, checked how.  Everything
+is written in a fixed order with fixed metadata, so two builds of the same
+closure are byte-identical.
 
 Each store path is read once: the same walk feeds the tar writer and the NAR
 hasher, so verifying the registration costs no second pass.
@@ -14,23 +14,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import stat
-import tempfile
 import threading
-import zipfile
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
-from .. import installer as installer_pkg
 from .. import payload as payload_pkg
-from ..payload import archive, codecs, hashes, nar, relocate, seal
-from ..payload.manifest import Chunk, Manifest, PathEntry
+from ..payload import archive, codecs, container, hashes, nar, relocate, seal
+from ..payload.container import PayloadWriter
+from ..payload.machine import host_system
+from ..payload.manifest import Manifest, PathEntry
 from . import nixchoice
 from .closure_info import Closure
 from .compress import compressor, default_jobs
@@ -38,16 +32,6 @@ from .errors import BuildError
 
 PREAMBLE_SH = Path(__file__).with_name("preamble.sh")
 DEFAULT_CHUNK_SIZE = 64 << 20  # NAR bytes per chunk: whole paths, at least one
-_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
-_BUFFER = 1 << 20
-_MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}
-T = TypeVar("T")
-
-MAIN_PY = b"""\
-import sys
-from nix_prefix.installer.main import main
-main(sys.argv[0], sys.argv[1:])
-"""
 
 
 @dataclass
@@ -80,12 +64,6 @@ class BuildResult:
     manifest: Manifest
     size: int
     notes: list[str] = field(default_factory=list)
-
-
-def host_system() -> str:
-    """The Nix system name of this machine (e.g. ``x86_64-linux``)."""
-    machine = platform.machine().lower()
-    return f"{_MACHINES.get(machine, machine)}-{platform.system().lower()}"
 
 
 def build_installer(
@@ -149,7 +127,7 @@ def build_installer(
 
     def write_payload(payload: PayloadWriter) -> None:
         groups = _chunk_groups(manifest.paths, options.chunk_size)
-        for hidden in payload.write_chunks(groups, fill, options.jobs):
+        for hidden in payload.write_chunks(groups, fill, payload_jobs(options)):
             manifest.hidden_refs += hidden
 
     write_installer_file(out, manifest, options.compression, options.level, write_payload)
@@ -178,32 +156,18 @@ def preamble_sha256() -> str:
 
 def write_installer_file(out: Path, manifest: Manifest, compression: str, level: int | None,
                          write_payload: Callable[[PayloadWriter], None]) -> None:
-    """Write preamble, code, payload (by ``write_payload``) and manifest to ``out``.
+    """Write preamble, code, payload (by ``write_payload``) and manifest to ``out``,
+    atomically (payload/container.py), only ever over a regular file (``check_output``,
+    before the work and again before the rename)."""
+    container.write_installer(
+        str(out), preamble(), manifest, container.embedded_code(),
+        lambda: compressor(compression, level, manifest.system), write_payload,
+        check_out=lambda path: check_output(Path(path)))
 
-    Atomic: the file appears complete under its name or not at all.  Compressed
-    chunks wait for their turn in anonymous temporary files beside ``out``.
-    """
-    check_output(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(preamble())
-            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
-                _write_code(zf)
-                payload = PayloadWriter(zf, manifest, compression, level, out.parent)
-                write_payload(payload)
-                payload.finish()
-                zf.writestr(_zip_info("manifest.json"), manifest.to_json())
-            f.flush()
-        seal.seal(str(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o755)
-        check_output(out)  # again: it may have appeared while the payload was written
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+def payload_jobs(options: BuildOptions) -> int:
+    """Chunks packed and compressed at once: ``-j``, else as CPUs and memory allow."""
+    return options.jobs or default_jobs(options.compression, options.level)
 
 
 def check_output(out: Path) -> None:
@@ -239,54 +203,10 @@ def _roots(entries: list[PathEntry], wanted: list[str] | None, store_dir: str) -
     return sorted(names - referenced)
 
 
-def _zip_info(name: str) -> zipfile.ZipInfo:
-    info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
-    info.compress_type = zipfile.ZIP_STORED
-    info.create_system = 3
-    info.external_attr = 0o644 << 16
-    return info
-
-
-def _write_code(zf: zipfile.ZipFile) -> None:
-    """Embed the installer and payload packages (Python 3.6+, stdlib only)."""
-    zf.writestr(_zip_info("__main__.py"), MAIN_PY)
-    zf.writestr(_zip_info("nix_prefix/__init__.py"), b"")
-    for pkg in (installer_pkg, payload_pkg):
-        pkg_dir = Path(pkg.__file__).parent
-        sub = pkg.__name__.rpartition(".")[2]
-        for src in sorted(pkg_dir.glob("*.py")):
-            zf.writestr(_zip_info(f"nix_prefix/{sub}/{src.name}"), src.read_bytes())
-
-
-class _ChunkSink:
-    """Buffers tar bytes, compresses them into a file, hashes the result."""
-
-    def __init__(self, member, compressor) -> None:
-        self._member = member
-        self._compressor = compressor
-        self._buf = bytearray()
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def __call__(self, data: bytes) -> None:
-        self._buf += data
-        if len(self._buf) >= _BUFFER:
-            self._emit(self._compressor.compress(bytes(self._buf)))
-            self._buf.clear()
-
-    def _emit(self, data: bytes) -> None:
-        if data:
-            self._member.write(data)
-            self.sha256.update(data)
-            self.size += len(data)
-
-    def finish(self) -> None:
-        self._emit(self._compressor.compress(bytes(self._buf)))
-        self._buf.clear()
-        self._emit(self._compressor.flush())
 
 
 def _chunk_groups(entries: list[PathEntry], chunk_size: int) -> list[list[PathEntry]]:
+    """The paths in order, cut into groups of about ``chunk_size`` NAR bytes (one chunk each)."""
     groups: list[list[PathEntry]] = [[]]
     filled = 0
     for entry in entries:
@@ -296,109 +216,6 @@ def _chunk_groups(entries: list[PathEntry], chunk_size: int) -> list[list[PathEn
         groups[-1].append(entry)
         filled += entry.nar_size
     return groups
-
-
-class PayloadWriter:
-    """Writes the payload chunks of ``manifest`` into the zip: all at once
-    (``write_chunks``, in threads) or one ``chunk()`` at a time; either way each
-    is compressed into a temporary file in ``tmp_dir`` and then copied in."""
-
-    def __init__(self, zf: zipfile.ZipFile, manifest: Manifest, compression: str,
-                 level: int | None, tmp_dir: Path | None = None) -> None:
-        self._zf = zf
-        self._manifest = manifest
-        self._compression = compression
-        self._level = level
-        self._tmp_dir = tmp_dir
-        self._hash = hashlib.sha256()
-        self._longest = 0
-
-    def write_chunks(self, groups: list[list[PathEntry]],
-                     fill: Callable[[list[PathEntry], archive.TarWriter], T],
-                     jobs: int | None = None) -> Iterator[T]:
-        """Write one chunk per group, ``fill(group, tar)`` packing each, in threads.
-
-        The compressors (lzma, zstd) and sha256 release the GIL, so ``jobs``
-        chunks are packed and compressed at once, each into an anonymous
-        temporary file; they enter the zip in order, so the file is the same
-        whatever the number of jobs.  Yields what ``fill`` returned, in order.
-        """
-        first = len(self._manifest.chunks)
-        for offset, group in enumerate(groups):
-            for entry in group:
-                entry.chunk = first + offset
-        jobs = jobs or default_jobs(self._compression, self._level)
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            pending: deque = deque()
-            try:
-                for group in groups:
-                    # At most jobs chunks compressing and one waiting to be copied.
-                    if len(pending) > jobs:
-                        yield self._add_compressed(*pending.popleft().result())
-                    pending.append(pool.submit(self._compress_group, group, fill))
-                while pending:
-                    yield self._add_compressed(*pending.popleft().result())
-            finally:
-                for future in pending:
-                    future.cancel()
-                for future in pending:
-                    if not future.cancelled():
-                        with suppress(BaseException):
-                            future.result()[0].close()
-
-    def _compressor(self):
-        return compressor(self._compression, self._level, self._manifest.system)
-
-    @contextmanager
-    def _spooled_chunk(self) -> Iterator[tuple[archive.TarWriter, object, _ChunkSink]]:
-        """A tar writer into a compressed anonymous temporary file (closed on error)."""
-        spool = tempfile.TemporaryFile(dir=self._tmp_dir)
-        try:
-            sink = _ChunkSink(spool, self._compressor())
-            tar = archive.TarWriter(sink)
-            yield tar, spool, sink
-            tar.close()
-            sink.finish()
-        except BaseException:
-            spool.close()
-            raise
-
-    def _compress_group(self, group: list[PathEntry], fill: Callable) -> tuple:
-        with self._spooled_chunk() as (tar, spool, sink):
-            result = fill(group, tar)
-        return spool, sink, tar.longest, group, result
-
-    def _add_compressed(self, spool, sink: _ChunkSink, longest: int, group: list[PathEntry],
-                        result: T) -> T:
-        index = len(self._manifest.chunks)
-        info = _zip_info(f"payload/{index:04d}{codecs.EXTENSIONS[self._compression]}")
-        with spool, self._zf.open(info, "w", force_zip64=True) as member:
-            spool.seek(0)
-            while data := spool.read(_BUFFER):
-                member.write(data)
-                self._hash.update(data)
-        self._longest = max(self._longest, longest)
-        self._manifest.chunks.append(Chunk(info.filename, sink.size, sink.sha256.hexdigest(),
-                                           sum(e.nar_size for e in group)))
-        return result
-
-    @contextmanager
-    def chunk(self, group: list[PathEntry]) -> Iterator[archive.TarWriter]:
-        """A tar writer for the next chunk, which will hold the paths of ``group``
-        (one chunk at a time, for callers that fill it as they read another file)."""
-        index = len(self._manifest.chunks)
-        for entry in group:
-            entry.chunk = index
-        with self._spooled_chunk() as (tar, spool, sink):
-            yield tar
-        self._add_compressed(spool, sink, tar.longest, group, None)
-
-    def finish(self) -> None:
-        """Record the payload's size, hash and longest name in the manifest."""
-        m = self._manifest
-        m.payload_size = sum(c.size for c in m.chunks)
-        m.payload_sha256 = self._hash.hexdigest()
-        m.longest_path = self._longest
 
 
 def _locked(report: Callable[[int], object]) -> Callable[[int], object]:

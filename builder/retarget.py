@@ -16,9 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import payload as payload_pkg
-from ..installer.errors import InstallError
-from ..installer.source import InstallerFile
 from ..payload import codecs, hashes, nar, relocate, storepath
+from ..payload.container import CorruptInstaller, InstallerFile
 from .closure_info import read_closure
 from .errors import BuildError
 from .pack import (
@@ -67,12 +66,14 @@ def with_installer(source: Path, run: Callable[[InstallerFile], BuildResult],
     """Open ``source`` as an installer and ``run`` on it; its errors become BuildErrors."""
     try:
         installer = InstallerFile(str(source))
-    except InstallError as e:
+    except CorruptInstaller as e:
         raise BuildError(f"{source}: {e.args[0]}", hint) from None
     try:
         return run(installer)
-    except InstallError as e:
+    except CorruptInstaller as e:
         raise BuildError(f"{source}: {e.args[0]}", e.hint) from None
+    except codecs.CodecError as e:
+        raise BuildError(f"{source}: {e}") from None
     finally:
         installer.close()
 

@@ -29,9 +29,9 @@ manifest object, see ``prepared``).
 import weakref
 
 from ..payload import exact, nar
+from ..payload.container import CountingVisitor
 from . import preflight, staging
 from .errors import InstallError
-from .source import CountingVisitor
 
 # source manifest -> {store dir: ExactRelocation}
 _PREPARED = weakref.WeakKeyDictionary()  # type: weakref.WeakKeyDictionary

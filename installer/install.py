@@ -12,10 +12,11 @@ import os
 import time
 
 from ..payload import hashes, nar, registration, relocate
+from ..payload.container import CountingVisitor
+from ..payload.machine import human_size
 from . import crashpoints, envfiles, exact_relocation, nixstore, preflight, receipt, staging
 from .errors import InstallError, UpdateNeeded
 from .prefix import Prefix, user_name
-from .source import CountingVisitor
 
 
 def plan_lines(manifest, prefix, also=()):
@@ -24,7 +25,7 @@ def plan_lines(manifest, prefix, also=()):
     what it will do outside the prefix (e.g. --modify-profile)."""
     lines = [
         "Install %d store paths (%s) into %s" % (len(manifest.paths),
-                                                 preflight.human_size(manifest.total_nar_size),
+                                                 human_size(manifest.total_nar_size),
                                                  prefix.store_dir),
         "  verify every path against its Nix NAR hash before moving it into place",
     ]

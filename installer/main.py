@@ -5,12 +5,14 @@ import os
 import sys
 
 from ..payload import __version__
-from ..payload.manifest import VERSION as MANIFEST_VERSION
+from ..payload.codecs import CodecError
+from ..payload.container import CorruptInstaller, InstallerFile
+from ..payload.machine import human_size
+from ..payload.manifest import info_text
 from . import exact_relocation, preflight, receipt, shellrc, summary, uninstall
 from . import install as install_mod
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, InstallError
+from .errors import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, InstallError
 from .prefix import Prefix
-from .source import InstallerFile
 from .ui import UI
 
 DESCRIPTION = """\
@@ -98,9 +100,12 @@ def main(path, argv, name=None, sealed=False):
     debug = bool(os.environ.get("NIX_PREFIX_DEBUG"))
     try:
         code = run(path, args, ui, name, sealed)
-    except InstallError as e:
+    except (InstallError, CorruptInstaller) as e:
         sys.stderr.write("nix-prefix: error: %s\n" % e)
         code = e.exit_code
+    except CodecError as e:  # e.g. a zstd payload and no zstd decoder here
+        sys.stderr.write("nix-prefix: error: %s\n" % e)
+        code = EXIT_ENVIRONMENT
     except KeyboardInterrupt:
         sys.stderr.write("nix-prefix: interrupted; nothing half-installed is left, run it "
                          "again to finish\n")
@@ -138,7 +143,7 @@ def run(path, args, ui, name=None, sealed=False):
             source.check(jobs=args.jobs)
             ui.say("OK: %s is intact: %d store paths, %s of NAR verified"
                    % (source.name, len(manifest.paths),
-                      preflight.human_size(manifest.total_nar_size)))
+                      human_size(manifest.total_nar_size)))
             return 0
         root = preflight.resolve_prefix(args.prefix) if args.prefix else manifest.prefix
         prefix = Prefix(root)
@@ -205,28 +210,3 @@ def _undo(source, prefix, args, ui):
         for path in changed:
             ui.say("removed the nix-prefix line from %s" % path)
     return 0
-
-
-def info_text(manifest):
-    # type: (Manifest) -> str
-    """The summary ``--info`` prints (``nix-prefix inspect`` shows it too)."""
-    lines = [
-        "nix-prefix installer (format %d, built by nix-prefix %s)"
-        % (MANIFEST_VERSION, manifest.tool_version),
-        "store dir:     %s" % manifest.store_dir,
-        "prefix:        %s" % manifest.prefix,
-        "relocatable:   to any prefix of at most %d bytes (--prefix)"
-        % (manifest.max_store_dir_length - len("/store")),
-        "derivations:   %s" % ("yes (another --prefix gets every store path recomputed "
-                               "exactly)" if manifest.derivations else "no"),
-        "system:        %s" % manifest.system,
-        "store paths:   %d (%s NAR)" % (len(manifest.paths),
-                                        preflight.human_size(manifest.total_nar_size)),
-        "payload:       %s, %d chunk(s), %s, sha256 %s" % (
-            manifest.compression, len(manifest.chunks),
-            preflight.human_size(manifest.payload_size), manifest.payload_sha256),
-        "roots:         %s" % ", ".join(manifest.store_path(r) for r in manifest.roots),
-        "nix-store:     %s" % (manifest.store_dir + "/" + manifest.nix_store
-                               if manifest.nix_store else "(none in the closure)"),
-    ]
-    return "\n".join(lines) + "\n"

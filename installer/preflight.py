@@ -1,13 +1,12 @@
 """Checks made before anything is written: is this prefix and machine fit?"""
 
 import os
-import platform
 
 from ..payload import relocate, storepath
+from ..payload.machine import host_system, human_size, usable_cpus
 from .errors import EnvironmentProblem
 
 PATH_MAX = 4096  # Linux's limit on a path name, NUL included
-_MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}
 # Room for the Nix database, logs and the profile on top of the store paths.
 SPACE_MARGIN = 32 << 20
 
@@ -26,12 +25,6 @@ def resolve_prefix(text):
     if path == "/":
         raise EnvironmentProblem("the prefix cannot be /", "choose a directory such as ~/.nix")
     return path
-
-
-def host_system():
-    # type: () -> str
-    machine = platform.machine().lower()
-    return "%s-%s" % (_MACHINES.get(machine, machine), platform.system().lower())
 
 
 def check_system(manifest):
@@ -158,16 +151,6 @@ def check_path_length(manifest, prefix):
             "choose a shorter --prefix")
 
 
-def human_size(n):
-    # type: (int) -> str
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return ("%d %s" % (size, unit)) if unit == "B" else ("%.1f %s" % (size, unit))
-        size /= 1024
-    return "%d B" % n
-
-
 # More threads than this buy little on a 2-core laptop and cost memory
 # (each decoder holds its window: 8 MiB for xz -6, 16 MiB for zstd here).
 MAX_JOBS = 4
@@ -181,13 +164,3 @@ def default_jobs(env_value=None):
     if env_value and env_value.isdigit() and int(env_value) > 0:
         return int(env_value)
     return min(usable_cpus(), MAX_JOBS)
-
-
-def usable_cpus():
-    # type: () -> int
-    """The CPUs this process may run on: its affinity mask (which batch
-    schedulers and taskset narrow), else all of the machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1

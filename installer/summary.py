@@ -2,7 +2,8 @@
 
 import os
 
-from . import nixstore, preflight
+from ..payload.machine import human_size
+from . import nixstore
 
 
 def summary_lines(manifest, prefix, installer, rc_files):
@@ -14,7 +15,7 @@ def summary_lines(manifest, prefix, installer, rc_files):
     lines = [
         "",
         "Installed %s (%d store paths, %s) in %s" % (
-            names, len(manifest.paths), preflight.human_size(manifest.total_nar_size),
+            names, len(manifest.paths), human_size(manifest.total_nar_size),
             prefix.root),
         "  profile:   %s (generation %s)" % (prefix.profile,
                                             nixstore.profile_generation(prefix) or "?"),

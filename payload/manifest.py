@@ -17,6 +17,7 @@ import json
 import re
 
 from . import hashes, storepath
+from .machine import human_size
 
 FORMAT = "nix-prefix-manifest"
 VERSION = 2
@@ -282,3 +283,28 @@ def _base_name(value):
         return storepath.check_base_name(_string(value, "store path name"))
     except storepath.StorePathError as e:
         raise ManifestError(str(e))
+
+
+def info_text(manifest):
+    # type: (Manifest) -> str
+    """The summary ``--info`` prints (``nix-prefix inspect`` shows it too)."""
+    lines = [
+        "nix-prefix installer (format %d, built by nix-prefix %s)"
+        % (VERSION, manifest.tool_version),
+        "store dir:     %s" % manifest.store_dir,
+        "prefix:        %s" % manifest.prefix,
+        "relocatable:   to any prefix of at most %d bytes (--prefix)"
+        % (manifest.max_store_dir_length - len("/store")),
+        "derivations:   %s" % ("yes (another --prefix gets every store path recomputed "
+                               "exactly)" if manifest.derivations else "no"),
+        "system:        %s" % manifest.system,
+        "store paths:   %d (%s NAR)" % (len(manifest.paths),
+                                        human_size(manifest.total_nar_size)),
+        "payload:       %s, %d chunk(s), %s, sha256 %s" % (
+            manifest.compression, len(manifest.chunks),
+            human_size(manifest.payload_size), manifest.payload_sha256),
+        "roots:         %s" % ", ".join(manifest.store_path(r) for r in manifest.roots),
+        "nix-store:     %s" % (manifest.store_dir + "/" + manifest.nix_store
+                               if manifest.nix_store else "(none in the closure)"),
+    ]
+    return "\n".join(lines) + "\n"

@@ -76,3 +76,53 @@ def test_ruff_clean() -> None:
     proc = subprocess.run([_tool("ruff"), "check", "builder", "payload", "installer", "tests"],
                           cwd=REPO, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# The three rooms and the rooms each may import (docs/design.md): builder -> payload <- installer.
+ROOMS = {"builder": {"payload"}, "payload": set(), "installer": {"payload"}}
+
+
+def _imported_rooms(src: Path, room: str) -> list[tuple[int, str]]:
+    """(line, room) of every import in ``src`` (a module of ``room``) that reaches a room."""
+    found = []
+    for node in ast.walk(ast.parse(src.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                names = [node.module or ""]
+            elif node.level == 1:
+                names = [f"nix_prefix.{room}.{node.module or ''}"]
+            else:  # from .. import x / from ..x import y
+                base = (node.module or "").split(".")[0]
+                names = ([f"nix_prefix.{base}"] if base
+                         else [f"nix_prefix.{a.name}" for a in node.names])
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "nix_prefix" and len(parts) > 1 and parts[1] in ROOMS:
+                found.append((node.lineno, parts[1]))
+    return found
+
+
+def test_imports_flow_builder_to_payload_from_installer() -> None:
+    """builder -> payload <- installer: the builder never imports the installer, the
+    installer never the builder, and payload neither (ast, so no import escapes)."""
+    offenders = []
+    for room, allowed in ROOMS.items():
+        for src in sorted((REPO / room).glob("*.py")):
+            for line, other in _imported_rooms(src, room):
+                if other != room and other not in allowed:
+                    offenders.append(f"{src.relative_to(REPO)}:{line}: imports {other}")
+    assert offenders == []
+
+
+def test_the_import_rule_sees_relative_imports(tmp_path: Path) -> None:
+    """The rule above is not vacuous: each import form that reaches a room is seen."""
+    src = tmp_path / "m.py"
+    src.write_text("from .. import installer\nfrom ..installer.main import main\n"
+                   "import nix_prefix.builder.cli\nfrom nix_prefix.payload import nar\n"
+                   "from . import pack\nimport os\n")
+    assert _imported_rooms(src, "builder") == [
+        (1, "installer"), (2, "installer"), (3, "builder"), (4, "payload"), (5, "builder")]

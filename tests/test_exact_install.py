@@ -25,9 +25,9 @@ from nix_prefix.installer import install as install_mod
 from nix_prefix.installer.errors import InstallError
 from nix_prefix.installer.install import plan_lines
 from nix_prefix.installer.prefix import Prefix
-from nix_prefix.installer.source import InstallerFile
 from nix_prefix.installer.ui import UI
 from nix_prefix.payload import derivation, hashes, nar, storepaths_ca
+from nix_prefix.payload.container import InstallerFile
 from nix_prefix.payload.registration import ValidPathInfo
 
 from .support import run_installer

@@ -14,8 +14,8 @@ from nix_prefix.builder.errors import BuildError
 from nix_prefix.builder.exact import retarget_exact, with_derivations
 from nix_prefix.builder.localnix import LocalNix, prefix_env
 from nix_prefix.builder.pack import BuildOptions, build_installer
-from nix_prefix.installer.source import InstallerFile
 from nix_prefix.payload import derivation, exact, storepaths_ca
+from nix_prefix.payload.container import InstallerFile
 
 from .support import feed_in_pieces, run_installer
 

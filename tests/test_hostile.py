@@ -75,7 +75,7 @@ def hostile_installer(out: Path, prefix: Path, chunk: bytes) -> None:
 
 
 def _system() -> str:
-    from nix_prefix.builder.pack import host_system
+    from nix_prefix.payload.machine import host_system
     return host_system()
 
 

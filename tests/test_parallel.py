@@ -14,9 +14,8 @@ from nix_prefix.builder.closure_info import read_closure
 from nix_prefix.builder.compress import compressor
 from nix_prefix.builder.localnix import prefix_env
 from nix_prefix.builder.pack import BuildOptions, build_installer
-from nix_prefix.installer.errors import CorruptInstaller
-from nix_prefix.installer.source import InstallerFile
 from nix_prefix.payload import codecs, seal
+from nix_prefix.payload.container import CorruptInstaller, InstallerFile
 
 from .support import Built, build_small, run_installer, tree_snapshot
 

@@ -193,7 +193,7 @@ def test_retarget_is_deterministic_and_installs(long_built: Built, world_dir: Pa
 
 
 def _hashes(installer: Path) -> dict[str, str]:
-    from nix_prefix.installer.source import InstallerFile
+    from nix_prefix.payload.container import InstallerFile
     source = InstallerFile(str(installer))
     try:
         return {p.name: p.nar_hash for p in source.manifest.paths}

@@ -1,0 +1,574 @@
+"""The installer file as a container: writer and reader side by side.
+
+The file is an sh preamble followed by a zip application (as zipapp makes
+them; Python runs a zip with ``__main__.py``).  Its members, in this fixed
+order and with fixed metadata, so that two builds of one closure are
+byte-identical:
+
+    __main__.py                     starts nix_prefix.installer.main
+    nix_prefix/__init__.py          (empty)
+    nix_prefix/installer/*.py       the installer stub
+    nix_prefix/payload/*.py         this package
+    payload/NNNN.tar.xz|.tar.zst    the chunks: canonical tar streams of whole
+                                    store paths (archive.py), compressed (codecs.py)
+    manifest.json                   last (manifest.py)
+
+The manifest covers the preamble (``preambleSha256``), the chunks (size and
+sha256 each, and of all of them in order) and every path's NAR hash; the seal
+(seal.py, in line 2 of the preamble) covers every byte of the file.
+``InstallerFile`` checks all of it as it reads; ``write_installer`` and
+``PayloadWriter`` write it.
+"""
+
+import hashlib
+import importlib.util
+import os
+import tempfile
+import threading
+import zipfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+from . import archive, codecs, hashes, nar, seal
+from .manifest import Chunk, Manifest, ManifestError
+
+MANIFEST = "manifest.json"
+MAIN_PY = b"""\
+import sys
+from nix_prefix.installer.main import main
+main(sys.argv[0], sys.argv[1:])
+"""
+# The packages embedded in every installer, as they are named inside the zip.
+EMBEDDED_PACKAGES = ("nix_prefix.installer", "nix_prefix.payload")
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+_READ_SIZE = 1 << 20
+
+
+class CorruptInstaller(ValueError):
+    """The installer file is damaged, truncated or tampered with (exit code 3)."""
+
+    exit_code = 3
+
+    def __init__(self, message, hint="download the installer again"):
+        # type: (str, str) -> None
+        ValueError.__init__(self, message)
+        self.hint = hint
+
+    def __str__(self):
+        # type: () -> str
+        base = ValueError.__str__(self)
+        return "%s; %s" % (base, self.hint) if self.hint else base
+
+
+def chunk_file(index, compression):
+    # type: (int, str) -> str
+    """The zip member name of payload chunk ``index`` (manifest.py checks this form)."""
+    return "payload/%04d%s" % (index, codecs.EXTENSIONS[compression])
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+
+def _zip_info(name):
+    # type: (str) -> zipfile.ZipInfo
+    info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+    info.compress_type = zipfile.ZIP_STORED
+    info.create_system = 3
+    info.external_attr = 0o644 << 16
+    return info
+
+
+def embedded_code():
+    # type: () -> List[Tuple[str, bytes]]
+    """(zip member name, bytes) of the code every installer carries.
+
+    The packages' files are read as data, found where the import system
+    would find them, without importing them (the builder never imports the
+    installer: builder -> payload <- installer).
+    """
+    members = [("__main__.py", MAIN_PY), ("nix_prefix/__init__.py", b"")]
+    for package in EMBEDDED_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError("cannot find the package %s to embed" % package)
+        folder = list(spec.submodule_search_locations)[0]
+        sub = package.replace(".", "/")
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), "rb") as f:
+                    members.append(("%s/%s" % (sub, name), f.read()))
+    return members
+
+
+def write_installer(out, preamble, manifest, code, compressor, write_payload, tmp_dir=None,
+                    check_out=None):
+    # type: (str, bytes, Manifest, Sequence[Tuple[str, bytes]], Callable[[], Any], Callable[[PayloadWriter], None], Optional[str], Optional[Callable[[str], None]]) -> None
+    """Write ``preamble``, ``code``, the payload (by ``write_payload``) and the
+    manifest to ``out``, then seal it.
+
+    ``compressor()`` makes a streaming compressor (``compress``, ``flush``)
+    for one chunk.  Atomic: the file appears complete under its name or not at
+    all.  Compressed chunks wait for their turn in anonymous temporary files
+    in ``tmp_dir`` (default: beside ``out``).  ``check_out(out)``, if given, may
+    refuse ``out`` (by raising) before anything is written and again just before
+    the rename, which replaces whatever has that name.
+    """
+    if check_out is not None:
+        check_out(out)
+    folder = os.path.dirname(os.path.abspath(out))
+    tmp = os.path.join(folder, ".%s.tmp-%d" % (os.path.basename(out), os.getpid()))
+    try:
+        with open(tmp, "wb") as f:
+            f.write(preamble)
+            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+                for name, data in code:
+                    zf.writestr(_zip_info(name), data)
+                payload = PayloadWriter(zf, manifest, compressor, tmp_dir or folder)
+                write_payload(payload)
+                payload.finish()
+                zf.writestr(_zip_info(MANIFEST), manifest.to_json())
+            f.flush()
+        seal.seal(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o755)
+        if check_out is not None:
+            check_out(out)  # again: something may have appeared there meanwhile
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class _ChunkSink(object):
+    """Buffers tar bytes, compresses them into a file, hashes the result."""
+
+    def __init__(self, member, compressor):
+        # type: (BinaryIO, Any) -> None
+        self._member = member
+        self._compressor = compressor
+        self._buf = bytearray()
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def __call__(self, data):
+        # type: (bytes) -> None
+        self._buf += data
+        if len(self._buf) >= _READ_SIZE:
+            self._emit(self._compressor.compress(bytes(self._buf)))
+            del self._buf[:]
+
+    def _emit(self, data):
+        # type: (bytes) -> None
+        if data:
+            self._member.write(data)
+            self.sha256.update(data)
+            self.size += len(data)
+
+    def finish(self):
+        # type: () -> None
+        self._emit(self._compressor.compress(bytes(self._buf)))
+        del self._buf[:]
+        self._emit(self._compressor.flush())
+
+
+class PayloadWriter(object):
+    """Writes the payload chunks of ``manifest`` into the zip: all at once
+    (``write_chunks``, in threads) or one ``chunk()`` at a time; either way each
+    is compressed into a temporary file in ``tmp_dir`` and then copied in."""
+
+    def __init__(self, zf, manifest, compressor, tmp_dir=None):
+        # type: (zipfile.ZipFile, Manifest, Callable[[], Any], Optional[str]) -> None
+        self._zf = zf
+        self._manifest = manifest
+        self._compressor = compressor
+        self._tmp_dir = tmp_dir
+        self._hash = hashlib.sha256()
+        self._longest = 0
+
+    def write_chunks(self, groups, fill, jobs):
+        # type: (List[List[PathEntry]], Callable[[List[PathEntry], archive.TarWriter], Any], int) -> Iterator[Any]
+        """Write one chunk per group, ``fill(group, tar)`` packing each, in threads.
+
+        The compressors (lzma, zstd) and sha256 release the GIL, so ``jobs``
+        chunks are packed and compressed at once, each into an anonymous
+        temporary file; they enter the zip in order, so the file is the same
+        whatever the number of jobs.  Yields what ``fill`` returned, in order.
+        """
+        first = len(self._manifest.chunks)
+        for offset, group in enumerate(groups):
+            for entry in group:
+                entry.chunk = first + offset
+        jobs = max(1, jobs)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            pending = deque()  # type: Deque[Any]
+            try:
+                for group in groups:
+                    # At most jobs chunks compressing and one waiting to be copied.
+                    if len(pending) > jobs:
+                        yield self._add_compressed(*pending.popleft().result())
+                    pending.append(pool.submit(self._compress_group, group, fill))
+                while pending:
+                    yield self._add_compressed(*pending.popleft().result())
+            finally:
+                for future in pending:
+                    future.cancel()
+                for future in pending:
+                    if not future.cancelled():
+                        try:
+                            future.result()[0].close()
+                        except BaseException:
+                            pass
+
+    @contextmanager
+    def _spooled_chunk(self):
+        # type: () -> Iterator[Tuple[archive.TarWriter, BinaryIO, _ChunkSink]]
+        """A tar writer into a compressed anonymous temporary file (closed on error)."""
+        spool = tempfile.TemporaryFile(dir=self._tmp_dir)
+        try:
+            sink = _ChunkSink(spool, self._compressor())
+            tar = archive.TarWriter(sink)
+            yield tar, spool, sink
+            tar.close()
+            sink.finish()
+        except BaseException:
+            spool.close()
+            raise
+
+    def _compress_group(self, group, fill):
+        # type: (List[PathEntry], Callable[[List[PathEntry], archive.TarWriter], Any]) -> Tuple[BinaryIO, _ChunkSink, int, List[PathEntry], Any]
+        with self._spooled_chunk() as (tar, spool, sink):
+            result = fill(group, tar)
+        return spool, sink, tar.longest, group, result
+
+    def _add_compressed(self, spool, sink, longest, group, result):
+        # type: (BinaryIO, _ChunkSink, int, List[PathEntry], Any) -> Any
+        index = len(self._manifest.chunks)
+        info = _zip_info(chunk_file(index, self._manifest.compression))
+        with spool, self._zf.open(info, "w", force_zip64=True) as member:
+            spool.seek(0)
+            while True:
+                data = spool.read(_READ_SIZE)
+                if not data:
+                    break
+                member.write(data)
+                self._hash.update(data)
+        self._longest = max(self._longest, longest)
+        self._manifest.chunks.append(Chunk(info.filename, sink.size, sink.sha256.hexdigest(),
+                                           sum(e.nar_size for e in group)))
+        return result
+
+    @contextmanager
+    def chunk(self, group):
+        # type: (List[PathEntry]) -> Iterator[archive.TarWriter]
+        """A tar writer for the next chunk, which will hold the paths of ``group``
+        (one chunk at a time, for callers that fill it as they read another file)."""
+        index = len(self._manifest.chunks)
+        for entry in group:
+            entry.chunk = index
+        with self._spooled_chunk() as (tar, spool, sink):
+            yield tar
+        self._add_compressed(spool, sink, tar.longest, group, None)
+
+    def finish(self):
+        # type: () -> None
+        """Record the payload's size, hash and longest name in the manifest."""
+        m = self._manifest
+        m.payload_size = sum(c.size for c in m.chunks)
+        m.payload_sha256 = self._hash.hexdigest()
+        m.longest_path = self._longest
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+class _Stopped(Exception):
+    """Another chunk's worker failed: this one stops where it is."""
+
+
+class _HashingReader(object):
+    """Wraps a zip member: counts and hashes the compressed bytes as they pass.
+
+    With a ``stop`` event, a read after it is set raises _Stopped, so the
+    other workers end soon after one of them fails.
+    """
+
+    def __init__(self, member, stop=None):
+        # type: (BinaryIO, Optional[threading.Event]) -> None
+        self._member = member
+        self._stop = stop
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n=-1):
+        # type: (int) -> bytes
+        if self._stop is not None and self._stop.is_set():
+            raise _Stopped()
+        data = self._member.read(n)
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+    def readable(self):
+        # type: () -> bool
+        return True
+
+    def drain(self):
+        # type: () -> None
+        while self.read(_READ_SIZE):
+            pass
+
+
+class InstallerFile(object):
+    """An opened installer file: its manifest, checked, and its payload.
+
+    Opening checks the seal, the zip, the manifest and the preamble; nothing
+    here writes anything: ``unpack`` replays the payload into whatever
+    visitors the caller gives it, which is how ``--check``, the install and
+    the builder's ``verify`` and ``retarget`` share one reading path.
+    Raises CorruptInstaller for any damage, codecs.CodecError when a chunk's
+    codec cannot be decoded here.
+    """
+
+    def __init__(self, path, name=None, sealed=False):
+        # type: (str, Optional[str], bool) -> None
+        """Open ``path`` (shown as ``name``); ``sealed``: the sh preamble's Python
+        already checked the seal over this very file (payload/seal.py)."""
+        self.path = path
+        self.name = name or path
+        try:
+            if not sealed:
+                seal.check(path)
+        except seal.SealError as e:
+            raise CorruptInstaller("%s is damaged: %s" % (self.name, e))
+        except OSError as e:
+            raise CorruptInstaller("cannot read %s (%s)" % (self.name, e.strerror))
+        try:
+            self._zip = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            raise CorruptInstaller("%s is not a readable installer (%s)" % (self.name, e))
+        self.manifest = self._read_manifest()
+        self._check_preamble()
+
+    def close(self):
+        # type: () -> None
+        self._zip.close()
+
+    def _read_member(self, name):
+        # type: (str) -> bytes
+        try:
+            return self._zip.read(name)
+        except KeyError:
+            raise CorruptInstaller("the installer has no %s" % name)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise CorruptInstaller("%s in the installer is damaged (%s)" % (name, e))
+
+    def _read_manifest(self):
+        # type: () -> Manifest
+        try:
+            return Manifest.from_json(self._read_member(MANIFEST))
+        except ManifestError as e:
+            raise CorruptInstaller("the installer's manifest is invalid: %s" % e)
+
+    def _check_preamble(self):
+        # type: () -> None
+        # The zip does not cover the sh preamble in front of it; the manifest does
+        # (with the seal as its placeholder: the seal is written after the manifest).
+        with open(self.path, "rb") as f:
+            start = _zip_start(self._zip)
+            head = seal.masked(f.read(start))
+        if hashlib.sha256(head).hexdigest() != self.manifest.preamble_sha256:
+            raise CorruptInstaller("the installer's sh preamble does not match its checksum")
+
+    def unpack(self, open_path, chunks=None, jobs=1):
+        # type: (Callable[[str], Any], Optional[Iterable[int]], int) -> None
+        """Replay chunks (default: all) into per-path visitors, verifying everything.
+
+        ``open_path(name)`` returns the visitor for a store path; each path's
+        NAR hash and size are checked against the manifest when it finishes,
+        and each chunk's sha256 and size when it ends.  Raises CorruptInstaller
+        on any mismatch.  With ``jobs`` > 1, that many chunks are worked on at
+        once in threads (the decoders, sha256 and file writes run without the
+        GIL); ``open_path`` and the visitors must then be thread-safe.
+        """
+        m = self.manifest
+        indexes = list(range(len(m.chunks)) if chunks is None else chunks)
+        if jobs <= 1 or len(indexes) <= 1:
+            for index in indexes:
+                self._unpack_chunk(self._zip, index, open_path, None)
+            return
+        _run_parallel(self.path, indexes, jobs, m,
+                      lambda zf, index, stop: self._unpack_chunk(zf, index, open_path, stop))
+
+    def _unpack_chunk(self, zf, index, open_path, stop):
+        # type: (zipfile.ZipFile, int, Callable[[str], Any], Optional[threading.Event]) -> None
+        m = self.manifest
+        chunk = m.chunks[index]
+        expected = [p for p in m.paths if p.chunk == index]
+        by_name = dict((p.name, p) for p in expected)
+
+        def open_checked(name):
+            # type: (str) -> _VerifyingVisitor
+            return _VerifyingVisitor(by_name[name], open_path(name))
+
+        try:
+            member = zf.open(chunk.file)
+        except KeyError:
+            raise CorruptInstaller("the installer has no %s" % chunk.file)
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            raise CorruptInstaller("%s is damaged (%s)" % (chunk.file, e))
+        reader = _HashingReader(member, stop)
+        try:
+            stream = codecs.open_reader(m.compression, reader)
+            try:
+                archive.unpack(stream, [p.name for p in expected], open_checked)
+                reader.drain()
+            finally:
+                stream.close()
+        except archive.ArchiveError as e:
+            raise CorruptInstaller("%s: %s" % (chunk.file, e))
+        except (codecs.CorruptData, zipfile.BadZipFile, EOFError) as e:
+            # zipfile's CRC check, the decoders' "corrupt input" and short reads.
+            raise CorruptInstaller("%s is damaged (%s)" % (chunk.file, e))
+        finally:
+            member.close()
+        if reader.size != chunk.size or reader.sha256.hexdigest() != chunk.sha256:
+            raise CorruptInstaller("%s does not match its sha256 in the manifest"
+                                   % chunk.file)
+
+    def check(self, progress=None, jobs=1):
+        # type: (Optional[Callable[[int], object]], int) -> None
+        """Everything ``--check`` verifies, writing nothing: the payload's sha256,
+        then every chunk and every store path's NAR hash.
+
+        ``progress`` is called with the number of NAR bytes verified since the last call.
+        """
+        self.check_payload_hash()
+        self.unpack(lambda name: CountingVisitor(progress), jobs=jobs)
+
+    def check_payload_hash(self):
+        # type: () -> None
+        """Hash every chunk's bytes in order against the manifest's payload sha256."""
+        total = hashlib.sha256()
+        size = 0
+        for chunk in self.manifest.chunks:
+            try:
+                with self._zip.open(chunk.file) as member:
+                    while True:
+                        data = member.read(_READ_SIZE)
+                        if not data:
+                            break
+                        total.update(data)
+                        size += len(data)
+            except (KeyError, zipfile.BadZipFile, EOFError, ValueError) as e:
+                raise CorruptInstaller("%s is damaged (%s)" % (chunk.file, e))
+        if size != self.manifest.payload_size or total.hexdigest() != self.manifest.payload_sha256:
+            raise CorruptInstaller("the payload does not match its sha256 in the manifest")
+
+
+def _run_parallel(path, indexes, jobs, manifest, work):
+    # type: (str, List[int], int, Manifest, Callable[[zipfile.ZipFile, int, threading.Event], None]) -> None
+    """Run ``work(zf, index, stop)`` for every chunk index in ``jobs`` threads.
+
+    Each thread reads through its own ZipFile (one file position each).  The
+    biggest chunks start first, so the last one to finish is a small one.  The
+    first failure stops the others and is raised once all have stopped.
+    """
+    queue = sorted(indexes, key=lambda i: -manifest.chunks[i].nar_size)
+    lock = threading.Lock()
+    stop = threading.Event()
+    errors = []  # type: List[BaseException]
+
+    def worker():
+        # type: () -> None
+        try:
+            zf = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            errors.append(CorruptInstaller("%s is not a readable installer (%s)" % (path, e)))
+            stop.set()
+            return
+        try:
+            while not stop.is_set():
+                with lock:
+                    if not queue:
+                        return
+                    index = queue.pop(0)
+                work(zf, index, stop)
+        except _Stopped:
+            pass
+        except BaseException as e:  # handed to the main thread, which raises it
+            with lock:
+                errors.append(e)
+            stop.set()
+        finally:
+            zf.close()
+
+    threads = [threading.Thread(target=worker, name="nix-prefix-chunk-%d" % n)
+               for n in range(min(jobs, len(indexes)))]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)  # a timeout keeps Ctrl-C deliverable to this thread
+    except BaseException:
+        # The caller removes the staging dir next: let the workers stop first
+        # (each notices at its next read, within a MiB of work).
+        stop.set()
+        for t in threads:
+            t.join()
+        raise
+    if errors:
+        raise errors[0]
+
+
+class CountingVisitor(object):
+    """A tree visitor that writes nothing and reports the contents bytes it sees
+    to ``progress`` (a callable, or None): for paths that are only verified."""
+
+    def __init__(self, progress):
+        self._progress = progress
+
+    def contents(self, data):
+        if self._progress is not None:
+            self._progress(len(data))
+
+    def __getattr__(self, name):
+        return lambda *args: None
+
+
+def _zip_start(zf):
+    # type: (zipfile.ZipFile) -> int
+    """Offset of the first zip member: everything before it is the preamble."""
+    infos = zf.infolist()
+    if not infos:
+        raise CorruptInstaller("the installer's zip archive is empty")
+    # zipfile shifts header offsets by the preamble length when it reads a
+    # self-extracting archive, so the smallest offset is where the zip starts.
+    return min(i.header_offset for i in infos)
+
+
+class _VerifyingVisitor(object):
+    """Sends events to the caller's visitor and checks the path's NAR hash at the end."""
+
+    def __init__(self, entry, inner):
+        self._entry = entry
+        self._inner = inner
+        self._hasher = nar.NarHasher()
+        self._tee = nar.Tee(inner, self._hasher)
+
+    def __getattr__(self, name):
+        return getattr(self._tee, name)
+
+    def finish(self):
+        got = hashes.format_sha256(self._hasher.digest())
+        if got != self._entry.nar_hash or self._hasher.size != self._entry.nar_size:
+            raise CorruptInstaller(
+                "store path %s in the payload does not match its NAR hash (got %s, %d bytes; "
+                "expected %s, %d bytes)" % (self._entry.name, got, self._hasher.size,
+                                            self._entry.nar_hash, self._entry.nar_size))
+        finish = getattr(self._inner, "finish", None)
+        if finish is not None:
+            finish()
