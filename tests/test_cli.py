@@ -21,6 +21,7 @@ from nix_prefix.builder.cli import app
 from nix_prefix.builder.localnix import store_path_of
 from nix_prefix.builder.samples import NIX_DIR
 
+from .nix_versions import nix_source
 from .support import build_small
 from .test_build import assert_one_line_error
 
@@ -246,6 +247,22 @@ def test_sample_builds_into_a_new_store(world_dir: Path) -> None:
     assert all(r.startswith(f"{store}/") and os.path.lexists(r) for r in roots)
     assert any(re.search(r"-nix-self-contained-2\.\d+\.\d+$", r) for r in roots)
     assert (store.parent / "etc/nix/nix.conf").exists()
+
+
+def test_sample_packages_another_nix(world_dir: Path) -> None:
+    # Debian trixie's nix-bin (fetched by .ci/setup.sh): Nix's libraries linked
+    # statically, its glibc newer than the machine's, listed by its own loader.
+    store = world_dir / "s" / "store"
+    result = runner.invoke(app, ["sample", "--store-dir", str(store),
+                                 "--nix", str(nix_source("2.26"))])
+    assert result.exit_code == 0, result.output
+    nix = next(r for r in result.stdout.split() if "-nix-self-contained-" in r)
+    assert nix.endswith("-nix-self-contained-2.26.3")
+    version = subprocess.run([f"{nix}/bin/nix-store", "--version"], capture_output=True,
+                             text=True, env={}, check=True)
+    assert version.stdout == "nix-store (Nix) 2.26.3\n"
+    result = nix_prefix("sample", "--store-dir", store, "--nix", world_dir / "nowhere")
+    assert_one_line_error(result, "is not a Nix binary")
 
 
 def test_retarget_through_the_cli(small, world_dir: Path) -> None:
