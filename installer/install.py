@@ -14,7 +14,16 @@ import time
 from ..payload import hashes, nar, registration, relocate
 from ..payload.container import CountingVisitor
 from ..payload.machine import human_size
-from . import crashpoints, envfiles, exact_relocation, nixstore, preflight, receipt, staging
+from . import (
+    crashpoints,
+    envfiles,
+    exact_relocation,
+    nixstore,
+    preflight,
+    receipt,
+    staging,
+    timings,
+)
 from .errors import InstallError, UpdateNeeded
 from .prefix import Prefix, user_name
 
@@ -181,7 +190,8 @@ def _install_locked(source, manifest, prefix, ui, started, relocation, update, j
         for stale in staging.remove_stale_staging(prefix.store_dir):
             ui.say("removed %s, left by an interrupted install" % stale)
         full = [manifest.store_path(p.name) for p in manifest.paths]
-        valid = nixstore.valid_paths(prefix, full)
+        with timings.phase("valid paths"):
+            valid = nixstore.valid_paths(prefix, full)
         to_place = []
         for entry in manifest.paths:
             path = manifest.store_path(entry.name)
@@ -207,7 +217,8 @@ def _install_locked(source, manifest, prefix, ui, started, relocation, update, j
         envfiles.make_profile_link(prefix)
         written = {}
         for path, content in envfiles.planned_files(prefix):
-            state = envfiles.write_file(path, content)
+            with timings.phase("env files"):
+                state = envfiles.write_file(path, content)
             crashpoints.reached("env-file")
             if state == "written":
                 written[path] = hashlib.sha256(content.encode()).hexdigest()
@@ -225,17 +236,20 @@ def _install_locked(source, manifest, prefix, ui, started, relocation, update, j
             ui.say("registering %d paths with nix-store --load-db" % len(unregistered))
             # Only new paths: valid ones keep their rows (and, relocated, their hashes).
             crashpoints.reached("before-load-db")
-            nixstore.load_db(prefix, nix_store, _registration(manifest, unregistered))
+            with timings.phase("load-db"):
+                nixstore.load_db(prefix, nix_store, _registration(manifest, unregistered))
             crashpoints.reached("after-load-db")
             changed = True
         nix_env = nix_tool(manifest, prefix, "nix-env")
         roots = [manifest.store_path(r) for r in manifest.roots]
-        current = nixstore.profile_paths(prefix)
+        with timings.phase("profile"):
+            current = nixstore.profile_paths(prefix)
         if not set(roots) <= current:
             ui.say("making the profile %s" % prefix.profile)
             crashpoints.reached("before-profile")
             before = nixstore.max_path_id(prefix)
-            nixstore.set_profile(prefix, nix_env, roots, keep_others=update)
+            with timings.phase("profile"):
+                nixstore.set_profile(prefix, nix_env, roots, keep_others=update)
             crashpoints.reached("after-profile")
             environment = os.path.realpath(prefix.profile)
             receipt.record(prefix, manifest, _made_by_nix_env(prefix, nix_store, environment,
@@ -321,7 +335,8 @@ def _unpack_and_place(source, manifest, prefix, to_place, ui, relocation, jobs):
 
     try:
         try:
-            source.unpack(open_path, chunks, jobs)
+            with timings.phase("unpack"):
+                source.unpack(open_path, chunks, jobs)
         except OSError as e:
             raise staging.write_error(e, prefix.store_dir)
         finally:
@@ -329,12 +344,13 @@ def _unpack_and_place(source, manifest, prefix, to_place, ui, relocation, jobs):
                 w.abort()
             progress.close()
         # Everything needed is unpacked and verified: only now touch the store.
-        for entry in to_place:
-            src = os.path.join(stage, entry.name)
-            dst = manifest.store_path(entry.name)
-            os.rename(src, dst)
-            crashpoints.reached("renamed")
-            staging.seal_top(dst)
-            crashpoints.reached("placed")
+        with timings.phase("place"):
+            for entry in to_place:
+                src = os.path.join(stage, entry.name)
+                dst = manifest.store_path(entry.name)
+                os.rename(src, dst)
+                crashpoints.reached("renamed")
+                staging.seal_top(dst)
+                crashpoints.reached("placed")
     finally:
         staging.remove_tree(stage)

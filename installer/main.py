@@ -9,7 +9,7 @@ from ..payload.codecs import CodecError
 from ..payload.container import CorruptInstaller, InstallerFile
 from ..payload.machine import human_size
 from ..payload.manifest import info_text
-from . import exact_relocation, preflight, receipt, shellrc, summary, uninstall
+from . import exact_relocation, preflight, receipt, shellrc, summary, timings, uninstall
 from . import install as install_mod
 from .errors import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, InstallError
 from .prefix import Prefix
@@ -93,6 +93,7 @@ def main(path, argv, name=None, sealed=False):
     preamble reads the file through an open descriptor); ``sealed``: the
     preamble already checked the seal over ``path`` (payload/seal.py).
     """
+    timings.start()
     name = name or path
     prog = os.path.basename(name) if name else "installer"
     args = _parser(prog).parse_args(argv)
@@ -116,6 +117,7 @@ def main(path, argv, name=None, sealed=False):
         sys.stderr.write("nix-prefix: internal error: %s: %s (rerun with NIX_PREFIX_DEBUG=1 "
                          "for details, and report it)\n" % (type(e).__name__, e))
         code = EXIT_FAILED
+    timings.write()
     sys.exit(code)
 
 
@@ -129,7 +131,8 @@ def _check_python():
 def run(path, args, ui, name=None, sealed=False):
     # type: (str, argparse.Namespace, UI, Optional[str], bool) -> int
     _check_python()
-    source = InstallerFile(path, name, sealed)
+    with timings.phase("manifest"):  # the zip, the manifest; the seal if not checked yet
+        source = InstallerFile(path, name, sealed)
     try:
         manifest = source.manifest
         if args.list:
@@ -140,7 +143,8 @@ def run(path, args, ui, name=None, sealed=False):
             sys.stdout.write(info_text(manifest))
             return 0
         if args.check:
-            source.check(jobs=args.jobs)
+            with timings.phase("check"):
+                source.check(jobs=args.jobs)
             ui.say("OK: %s is intact: %d store paths, %s of NAR verified"
                    % (source.name, len(manifest.paths),
                       human_size(manifest.total_nar_size)))
@@ -157,10 +161,11 @@ def run(path, args, ui, name=None, sealed=False):
             return 0
         # With the derivations in the payload, the paths get new names at another
         # store dir (exact_relocation.py): the checks and the summary use those.
-        exact = exact_relocation.prepare(source, prefix, ui, args.jobs)
-        installed = exact.manifest if exact is not None else manifest
-        install_mod.preflight_checks(installed, prefix)
-        install_mod.check_update(installed, prefix, args.update)
+        with timings.phase("preflight"):
+            exact = exact_relocation.prepare(source, prefix, ui, args.jobs)
+            installed = exact.manifest if exact is not None else manifest
+            install_mod.preflight_checks(installed, prefix)
+            install_mod.check_update(installed, prefix, args.update)
         # Found before installing, so that a missing HOME stops nothing half-way.
         home = shellrc.home_dir() if args.modify_profile else None
         also = []
