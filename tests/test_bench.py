@@ -14,28 +14,48 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_bench_runs_on_a_tiny_closure(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--size-mb", "2",
-                           "--paths", "3", "--rounds", "2", "--json", str(out)],
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--size-mb", "3",
+                           "--paths", "4", "--rounds", "1", "--jobs", "1,2",
+                           "--json", str(out), "--markdown", str(md)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(out.read_text())
-    assert r["closure"]["paths"] == 3 and r["closure"]["nar_bytes"] > 1 << 20
+    c = r["closure"]
+    assert c["paths"] == 4 and c["nar_bytes"] > 2 << 20
+    assert c["big_path_share"] >= 0.5  # shaped like real closures: one path dominates
     for codec in ("ours_xz", "ours_zstd"):
-        for field in ("build_s", "size_bytes", "install_s", "builder_rss_mb",
-                      "installer_rss_mb"):
-            assert r[codec][field] > 0, (codec, field)
-    assert r["official"]["pack_s"] > 0 and r["official"]["install_s"] > 0
-    assert r["limit_cp_a_s"] > 0 and r["limit_zstd_tar_s"] > 0
-    for key in ("ours_xz", "ours_zstd", "official"):
-        assert r[key]["install_disk_s"] >= r[key]["install_s"] > 0, key
-    assert all(len(runs) == 2 for runs in r["rounds"].values()), r["rounds"]
-    assert set(r["ratios"]) == {"install_xz_vs_official", "install_zstd_vs_cp_a",
-                                "install_xz_vs_official_on_disk",
-                                "install_zstd_vs_cp_a_on_disk", "size_xz_vs_official",
-                                "size_zstd_vs_official",
-                                "build_xz_vs_official", "installer_rss_mb", "builder_rss_mb"}
-    assert "ratio" in proc.stdout and "official-style tar.xz" in proc.stdout
+        assert set(r[codec]["build_s"]) == {"1", "2"}
+        assert r[codec]["identical_across_jobs"] is True, codec
+        assert r[codec]["size_bytes"] > 0 and r[codec]["builder_rss_mb"] > 0
+    steps = {f"{s}_{codec}_j{j}" for s in ("install", "check") for codec in ("xz", "zstd")
+             for j in (1, 2)} | {"official", "cp_a", "zstd_tar"}
+    assert set(r["install"]) == steps
+    for key, v in r["install"].items():
+        assert v["disk_s"] >= v["s"] > 0, key
+    assert all(len(runs) == 1 for runs in r["rounds"].values()), r["rounds"]
+    # The installer's own phase timings: every serial part, and they add up.
+    for key in (k for k in steps if k.startswith("install_")):
+        p = r["phases"][key]
+        for name in ("start-up", "manifest", "preflight", "unpack", "load-db", "profile"):
+            assert p[name] > 0, (key, name)
+        assert sum(p.values()) <= r["install"][key]["s"] + 0.05, key
+    for key in ("check_xz_j1", "check_zstd_j2"):
+        assert r["phases"][key]["check"] > 0 and r["phases"][key]["manifest"] > 0
+    assert r["seal_sha256_pass_s"] > 0
+    assert {"install_xz_j2_vs_official", "install_zstd_j2_vs_cp_a", "speedup_unpack_xz_j2",
+            "speedup_check_xz_j2", "speedup_build_xz_j2", "size_xz_vs_official",
+            "installer_rss_mb"} <= set(r["ratios"])
+    text = md.read_text()
+    assert text in proc.stdout
+    for heading in ("install -j2 / official", "phase of the install", "| load-db |",
+                    "speedup_build_xz_j2"):
+        assert heading in text, heading
+    # Every table row has as many cells as its header.
+    for table in text.split("\n\n"):
+        rows = [line for line in table.splitlines() if line.startswith("|")]
+        widths = {line.replace("\\|", "").count("|") for line in rows}
+        assert len(widths) <= 1, table
 
 
 @pytest.mark.slow
