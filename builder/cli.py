@@ -208,8 +208,8 @@ def build(
                              "see nix-prefix build --help")
         closure, default_roots = source.closure, source.roots
         if with_derivations:
-            from .exact import check_exact
-            from .exact import with_derivations as add_derivations
+            from .derivations import check_exact
+            from .derivations import with_derivations as add_derivations
 
             closure, drv_roots = add_derivations(
                 closure, store_nix(store_dir) if store_dir is not None else None)
@@ -317,7 +317,7 @@ def retarget(
     with reporting(debug):
         with _bar("verifying and relocating", None, quiet) as bar:
             if exact:
-                from .exact import retarget_exact
+                from .retarget import retarget_exact
 
                 result = retarget_exact(source, prefix, output, compression=compression,
                                         level=level, progress=bar.update)

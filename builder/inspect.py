@@ -24,8 +24,8 @@ def open_installer(path: Path) -> InstallerFile:
     return InstallerFile(str(path))
 
 
-def relocation_limits(manifest: Manifest) -> dict[str, int]:
-    """How long a prefix this installer can serve (payload/relocate.py):
+def retarget_limits(manifest: Manifest) -> dict[str, int]:
+    """How long a prefix this installer can serve (payload/retarget.py):
     any P whose ``P/store`` is no longer than the store dir in the payload."""
     return {"maxStoreDirLength": manifest.max_store_dir_length,
             "maxPrefixLength": manifest.max_store_dir_length - len(STORE_SUFFIX)}
@@ -39,14 +39,14 @@ def describe(path: Path, manifest: Manifest) -> dict:
         "size": size,
         "compressionRatio": round(manifest.payload_size / max(manifest.total_nar_size, 1), 4),
         "defaultPrefix": manifest.prefix,
-        "relocation": relocation_limits(manifest),
+        "relocation": retarget_limits(manifest),
         "manifest": json.loads(manifest.to_json()),
     }
 
 
 def render(path: Path, manifest: Manifest) -> str:
     """``inspect`` as text: the installer's ``--info``, then chunks and paths."""
-    limits = relocation_limits(manifest)
+    limits = retarget_limits(manifest)
     lines = [
         info_text(manifest).rstrip("\n"),
         f"file:          {path} ({human_size(os.path.getsize(path))}, payload "

@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import payload as payload_pkg
-from ..payload import archive, codecs, container, hashes, nar, relocate, seal
+from ..payload import archive, codecs, container, hashes, nar, retarget, seal
 from ..payload.container import PayloadWriter
 from ..payload.machine import host_system
 from ..payload.manifest import Manifest, PathEntry
+from ..payload.rewrite import HiddenReferenceScanner
+from ..payload.tree import Count, Tee
 from . import nixchoice
 from .closure_info import Closure
 from .compress import compressor, default_jobs
@@ -48,8 +50,8 @@ class BuildOptions:
     # The closure holds the derivations of its paths (build --with-derivations).
     derivations: bool = False
     # Pack for another store dir (no longer than the closure's): contents are
-    # rewritten with the same-length, slash-padded form (payload/relocate.py).
-    relocate_to: str | None = None
+    # rewritten with the same-length, slash-padded form (payload/retarget.py).
+    retarget_to: str | None = None
     # Chunks packed and compressed at once (None: as many as CPUs and memory allow).
     jobs: int | None = None
     # The Nix that registers the paths, when the closure holds several
@@ -84,22 +86,19 @@ def build_installer(
             raise BuildError(
                 f"store path {closure.store_dir}/{name} is missing from {store_root}",
                 "build or copy the closure into the store first, or pass --store-root")
+    chunks = _chunk_indexes([info.nar_size for info in closure.infos], options.chunk_size)
     entries = [
         PathEntry(name, info.nar_hash, info.nar_size,
                   [r.rpartition("/")[2] for r in info.references],
-                  info.deriver.rpartition("/")[2])
-        for name, info in zip(names, closure.infos, strict=True)
+                  info.deriver.rpartition("/")[2], chunk)
+        for name, info, chunk in zip(names, closure.infos, chunks, strict=True)
     ]
     nix = nixchoice.choose([e.name for e in entries],
                            _roots(entries, options.roots, closure.store_dir), store_root,
                            options.nix_store, roots_given=bool(options.roots))
     roots = nix.roots
-    store_dir, embedded = closure.store_dir, closure.store_dir
-    if options.relocate_to:
-        store_dir = options.relocate_to
-        embedded = relocation_target(closure.store_dir, store_dir)
-    manifest = Manifest(
-        store_dir=store_dir,
+    built = Manifest(
+        store_dir=closure.store_dir,
         system=options.system or host_system(),
         compression=options.compression,
         paths=entries,
@@ -108,37 +107,40 @@ def build_installer(
         nix_store=nix.nix_store,
         preamble_sha256=preamble_sha256(),
         tool_version=payload_pkg.__version__,
-        embedded_store_dir=embedded,
-        derivations=options.derivations and embedded == closure.store_dir,
+        derivations=options.derivations,
     )
-    relocation = None
-    if embedded != closure.store_dir:
-        relocation = (closure.store_dir.encode(), embedded.encode())
-
+    target: retarget.Retarget = retarget.Identity(built)
+    if options.retarget_to and options.retarget_to != closure.store_dir:
+        target = same_length(built, options.retarget_to)
     report = _locked(progress) if progress else None
 
-    def fill(group: list[PathEntry], tar: archive.TarWriter) -> list[str]:
+    def fill(group: list[PathEntry], tar: archive.TarWriter) -> list[_Packed]:
+        return [_pack_path(tar, entry, target, store_root, options.verify, closure.store_dir,
+                           report) for entry in group]
+
+    def write_payload(payload: PayloadWriter) -> Manifest:
+        infos: dict[str, tuple[str, int]] = {}
         hidden: list[str] = []
-        for entry in group:
-            tar.top = entry.name
-            hidden += _pack_path(tar, entry, store_root, options.verify, closure.store_dir,
-                                 relocation, report)
-        return hidden
+        groups = [[e for e in entries if e.chunk == i] for i in range(max(chunks) + 1)]
+        for packed in payload.write_chunks(groups, fill, payload_jobs(options)):
+            for p in packed:
+                hidden += p.hidden_refs
+                if p.nar_info is not None:
+                    infos[p.name] = p.nar_info
+        # An installer retargeted in place cannot have its paths recomputed exactly.
+        return target.manifest.with_nar_info(infos).replaced(
+            hidden_refs=hidden, derivations=options.derivations and not target.rewrites)
 
-    def write_payload(payload: PayloadWriter) -> None:
-        groups = _chunk_groups(manifest.paths, options.chunk_size)
-        for hidden in payload.write_chunks(groups, fill, payload_jobs(options)):
-            manifest.hidden_refs += hidden
-
-    write_installer_file(out, manifest, options.compression, options.level, write_payload)
+    manifest = write_installer_file(out, built, options.compression, options.level,
+                                    write_payload)
     return BuildResult(manifest, out.stat().st_size, nix.notes)
 
 
-def relocation_target(old_store_dir: str, new_store_dir: str) -> str:
-    """The padded form of ``new_store_dir`` that replaces ``old_store_dir`` in place."""
+def same_length(manifest: Manifest, store_dir: str) -> retarget.SameLength:
+    """The same-length retarget of ``manifest`` to ``store_dir`` (BuildError if too long)."""
     try:
-        return relocate.padded_store_dir(old_store_dir, new_store_dir)
-    except relocate.RelocationError as e:
+        return retarget.SameLength(manifest, store_dir)
+    except retarget.RetargetError as e:
         raise BuildError(str(e), "build the closure with a store dir at least as long as the "
                          "target's (see docs/relocation.md)") from None
 
@@ -155,13 +157,18 @@ def preamble_sha256() -> str:
 
 
 def write_installer_file(out: Path, manifest: Manifest, compression: str, level: int | None,
-                         write_payload: Callable[[PayloadWriter], None]) -> None:
+                         write_payload: Callable[[PayloadWriter], Manifest | None]) -> Manifest:
     """Write preamble, code, payload (by ``write_payload``) and manifest to ``out``,
     atomically (payload/container.py), only ever over a regular file (``check_output``,
-    before the work and again before the rename)."""
-    container.write_installer(
-        str(out), preamble(), manifest, container.embedded_code(),
-        lambda: compressor(compression, level, manifest.system), write_payload,
+    before the work and again before the rename); return the manifest as written.
+
+    ``write_payload`` returns the manifest of what it wrote, or None if that
+    is ``manifest`` as it is.
+    """
+    return container.write_installer(
+        str(out), preamble(), container.embedded_code(), compression,
+        lambda: compressor(compression, level, manifest.system),
+        lambda payload: write_payload(payload) or manifest,
         check_out=lambda path: check_output(Path(path)))
 
 
@@ -203,19 +210,19 @@ def _roots(entries: list[PathEntry], wanted: list[str] | None, store_dir: str) -
     return sorted(names - referenced)
 
 
-
-
-def _chunk_groups(entries: list[PathEntry], chunk_size: int) -> list[list[PathEntry]]:
-    """The paths in order, cut into groups of about ``chunk_size`` NAR bytes (one chunk each)."""
-    groups: list[list[PathEntry]] = [[]]
+def _chunk_indexes(sizes: list[int], chunk_size: int) -> list[int]:
+    """The chunk of each path, in order: about ``chunk_size`` NAR bytes each, at
+    least one path."""
+    indexes: list[int] = []
     filled = 0
-    for entry in entries:
-        if groups[-1] and filled + entry.nar_size > chunk_size:
-            groups.append([])
-            filled = 0
-        groups[-1].append(entry)
-        filled += entry.nar_size
-    return groups
+    for size in sizes:
+        if indexes and filled + size > chunk_size:
+            indexes.append(indexes[-1] + 1)
+            filled = size
+        else:
+            indexes.append(indexes[-1] if indexes else 0)
+            filled += size
+    return indexes
 
 
 def _locked(report: Callable[[int], object]) -> Callable[[int], object]:
@@ -228,33 +235,28 @@ def _locked(report: Callable[[int], object]) -> Callable[[int], object]:
     return call
 
 
-class _Progress:
-    """Counts NAR bytes for the progress bar without touching the data."""
+@dataclass(frozen=True)
+class _Packed:
+    """What packing one store path found: its hidden references, its new NAR info
+    (when the retarget rewrote it)."""
 
-    def __init__(self, report: Callable[[int], object]) -> None:
-        self._report = report
-
-    def contents(self, data: bytes) -> None:
-        self._report(len(data))
-
-    def __getattr__(self, name: str):
-        return lambda *args: None
+    name: str
+    hidden_refs: list[str]
+    nar_info: tuple[str, int] | None
 
 
-def _pack_path(tar: archive.TarWriter, entry: PathEntry, store_root: Path, verify: bool,
-               store_dir: str, relocation: tuple[bytes, bytes] | None,
-               progress: Callable[[int], object] | None) -> list[str]:
-    """Pack one store path; verify it, relocate it if asked; return its hidden refs."""
+def _pack_path(tar: archive.TarWriter, entry: PathEntry, target: retarget.Retarget,
+               store_root: Path, verify: bool, store_dir: str,
+               progress: Callable[[int], object] | None) -> _Packed:
+    """Pack one store path; verify it, retarget it; say what was found."""
     hasher = nar.NarHasher() if verify else None
-    scanner = relocate.HiddenReferenceScanner(store_dir.encode())
-    out: object = tar
-    new_hasher = None
-    if relocation is not None:
-        new_hasher = nar.NarHasher()
-        out = relocate.Relocator(nar.Tee(tar, new_hasher), *relocation)
-    visitor = nar.Tee(out, hasher, scanner, _Progress(progress) if progress else None)
+    scanner = HiddenReferenceScanner(store_dir.encode())
+    tar.top = target.name(entry.name)
+    packed = retarget.Retargeted(target, entry.name, tar)
+    sink = Tee(packed, hasher, scanner, Count(progress) if progress else None)
     try:
-        nar.dump_path(os.fsencode(store_root / entry.name), visitor)
+        nar.dump_path(os.fsencode(store_root / entry.name), sink)
+        sink.finish()
     except nar.NarError as e:
         raise BuildError(f"{store_dir}/{entry.name}: {e}") from None
     except OSError as e:
@@ -268,6 +270,5 @@ def _pack_path(tar: archive.TarWriter, entry: PathEntry, store_root: Path, verif
                 f"size {hasher.size}, registered {entry.nar_hash} size {entry.nar_size}",
                 "the store path was modified or the registration is stale; regenerate it, "
                 "or pass --no-verify to pack it anyway")
-    if new_hasher is not None:
-        entry.nar_hash = hashes.format_sha256(new_hasher.digest())
-    return [entry.name + found for found in scanner.found]
+    return _Packed(packed.name, [entry.name + found for found in scanner.found],
+                   packed.nar_info())

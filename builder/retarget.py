@@ -1,12 +1,21 @@
 """``nix-prefix retarget``: a new installer for another prefix, without Nix.
 
-From an existing installer: every chunk is read through the installer's own
-verifying path (chunk sha256, each path's NAR hash), the store dir is
-rewritten in place with its same-length, slash-padded form
-(payload/relocate.py), each path's NAR hash is recomputed, and the paths go
-into new chunks of the same layout.  From a closureInfo dir it is a plain
-build with ``BuildOptions.relocate_to``.  Either way the output is
-deterministic: the same input and prefix give the same bytes.
+From an existing installer every chunk is read through the installer's own
+verifying path (chunk sha256, each path's NAR hash) and goes through a
+retarget (payload/retarget.py) into new chunks of the same layout, each
+rewritten path's NAR hash recomputed:
+
+* plain: the store dir is rewritten in place with its same-length,
+  slash-padded form (``SameLength``); the hash parts stay;
+* ``--exact``: every store path gets the path a native build at the new
+  store dir would give it (``Exact``).  It needs the derivations: build the
+  installer with ``--with-derivations`` (builder/derivations.py).  The chunks
+  holding ``.drv`` files and other one-file paths are read once first, for
+  the planner.
+
+From a closureInfo dir a plain retarget is a build with
+``BuildOptions.retarget_to``.  Either way the output is deterministic: the
+same input and prefix give the same bytes.
 """
 
 from __future__ import annotations
@@ -16,17 +25,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import payload as payload_pkg
-from ..payload import codecs, hashes, nar, relocate, storepath
-from ..payload.container import CorruptInstaller, InstallerFile
+from ..payload import codecs, exact, storepath
+from ..payload import retarget as retargets
+from ..payload.container import CorruptInstaller, InstallerFile, PayloadWriter
+from ..payload.manifest import Manifest, has_derivations
+from ..payload.tree import Count, Sink, Tee
 from .closure_info import read_closure
 from .errors import BuildError
 from .pack import (
     BuildOptions,
     BuildResult,
-    PayloadWriter,
     build_installer,
     preamble_sha256,
-    relocation_target,
+    same_length,
     write_installer_file,
 )
 
@@ -45,7 +56,7 @@ def target_store_dir(prefix: str) -> str:
 def retarget(source: Path, prefix: str, out: Path, *, compression: str | None = None,
              level: int | None = None, store_root: Path | None = None,
              progress: Callable[[int], object] | None = None) -> BuildResult:
-    """Write to ``out`` an installer for ``prefix`` made from ``source``.
+    """Write to ``out`` an installer for ``prefix`` made from ``source`` (same length).
 
     ``source`` is an installer file or a closureInfo dir (or dump-db file,
     with the store read from ``store_root`` if it is not at its store dir).
@@ -53,12 +64,26 @@ def retarget(source: Path, prefix: str, out: Path, *, compression: str | None = 
     store_dir = target_store_dir(prefix)
     if source.is_dir() or not _looks_like_installer(source):
         options = BuildOptions(compression=compression or "xz", level=level,
-                               store_root=store_root, relocate_to=store_dir)
+                               store_root=store_root, retarget_to=store_dir)
         return build_installer(read_closure(source), out, options, progress)
     return with_installer(
-        source, lambda installer: _retarget_installer(installer, store_dir, out, compression,
-                                                      level, progress),
+        source, lambda installer: _rewrite(installer, _same_length(installer, store_dir), out,
+                                           compression, level, progress),
         "pass an intact installer or a closureInfo dir")
+
+
+def retarget_exact(source: Path, prefix: str, out: Path, *, compression: str | None = None,
+                   level: int | None = None,
+                   progress: Callable[[int], object] | None = None) -> BuildResult:
+    """Write to ``out`` an installer for ``prefix`` whose store paths are recomputed."""
+    store_dir = target_store_dir(prefix)
+    if source.is_dir():
+        raise BuildError(f"{source}: --exact reads an installer, not a closureInfo dir",
+                         "build an installer with --with-derivations first")
+    return with_installer(
+        source, lambda installer: _rewrite(installer, _exact(installer, store_dir), out,
+                                           compression, level, progress),
+        "pass an intact installer")
 
 
 def with_installer(source: Path, run: Callable[[InstallerFile], BuildResult],
@@ -86,56 +111,56 @@ def _looks_like_installer(path: Path) -> bool:
         raise BuildError(f"cannot read {path}: {e.strerror}") from None
 
 
-def _retarget_installer(installer: InstallerFile, store_dir: str, out: Path,
-                        compression: str | None, level: int | None,
-                        progress: Callable[[int], object] | None) -> BuildResult:
+def _same_length(installer: InstallerFile, store_dir: str) -> retargets.Retarget:
     old = installer.manifest
-    codec = compression or old.compression
-    codecs.check_name(codec)
-    embedded = relocation_target(old.embedded_store_dir, store_dir)
-    if any(p.name.endswith(".drv") for p in old.paths):
+    target = same_length(old, store_dir)
+    if has_derivations(old.paths):
         # Their hash parts would stay: Nix's --load-db checks a .drv's outputs and refuses it.
         raise BuildError(f"the installer for {old.store_dir} holds .drv files, which Nix refuses "
                          "to register at another store dir with their old hash parts",
                          "retarget with --exact (see docs/relocation.md)")
-    new = old.moved_to(store_dir, embedded)
-    new.chunks = []
-    new.preamble_sha256 = preamble_sha256()
-    new.tool_version = payload_pkg.__version__
-    by_name = {p.name: p for p in new.paths}
-    rewrite = (old.embedded_store_dir.encode(), embedded.encode())
+    return target
 
-    def write_payload(payload: PayloadWriter) -> None:
+
+def _exact(installer: InstallerFile, store_dir: str) -> retargets.Retarget:
+    old = installer.manifest
+    same_length(old, store_dir)  # a longer store dir is refused before anything is read
+    if not has_derivations(old.paths):
+        raise BuildError(f"the installer for {old.store_dir} holds no .drv files",
+                         "build it with --with-derivations, or retarget without --exact")
+    contents = retargets.read_contents(installer)
+    try:
+        return retargets.Exact(old, store_dir, contents)
+    except exact.ExactError as e:
+        raise BuildError(str(e), e.hint) from None
+
+
+def _rewrite(installer: InstallerFile, target: retargets.Retarget, out: Path,
+             compression: str | None, level: int | None,
+             progress: Callable[[int], object] | None) -> BuildResult:
+    """Read every chunk of ``installer`` through ``target`` into the same chunks of ``out``."""
+    old = installer.manifest
+    codec = compression or old.compression
+    codecs.check_name(codec)
+    new = target.manifest.replaced(
+        compression=codec, chunks=[], tool_version=payload_pkg.__version__,
+        preamble_sha256=preamble_sha256())
+    by_old = {p.name: entry for p, entry in zip(old.paths, new.paths, strict=True)}
+
+    def write_payload(payload: PayloadWriter) -> Manifest:
+        rewritten: list[retargets.Retargeted] = []
         for index in range(len(old.chunks)):
-            group = [by_name[p.name] for p in old.paths_in_chunk(index)]
+            group = [by_old[p.name] for p in old.paths_in_chunk(index)]
             with payload.chunk(group) as tar:
-                def open_path(name: str, tar=tar) -> object:
-                    tar.top = name
-                    return _RetargetedPath(tar, by_name[name], rewrite, progress)
+                def open_path(name: str, tar=tar) -> Sink:
+                    tar.top = target.name(name)
+                    path = retargets.Retargeted(target, name, tar)
+                    rewritten.append(path)
+                    return Tee(Count(progress), path)
 
                 installer.unpack(open_path, [index])
+        infos = {p.name: info for p in rewritten if (info := p.nar_info()) is not None}
+        return new.with_nar_info(infos)
 
-    write_installer_file(out, new, codec, level, write_payload)
-    return BuildResult(new, out.stat().st_size)
-
-
-class _RetargetedPath:
-    """One store path on its way from the old payload to the new one."""
-
-    def __init__(self, tar, entry, rewrite: tuple[bytes, bytes],
-                 progress: Callable[[int], object] | None) -> None:
-        self._entry = entry
-        self._hasher = nar.NarHasher()
-        self._progress = progress
-        self._tee = relocate.Relocator(nar.Tee(tar, self._hasher), *rewrite)
-
-    def contents(self, data: bytes) -> None:
-        self._tee.contents(data)
-        if self._progress:
-            self._progress(len(data))
-
-    def __getattr__(self, name: str):
-        return getattr(self._tee, name)
-
-    def finish(self) -> None:
-        self._entry.nar_hash = hashes.format_sha256(self._hasher.digest())
+    manifest = write_installer_file(out, new, codec, level, write_payload)
+    return BuildResult(manifest, out.stat().st_size)

@@ -11,44 +11,42 @@ import hashlib
 import os
 import time
 
-from ..payload import hashes, nar, registration, relocate
-from ..payload.container import CountingVisitor
+from ..payload import exact, hashes, nar, registration, retarget
 from ..payload.machine import human_size
-from . import (
-    crashpoints,
-    envfiles,
-    exact_relocation,
-    nixstore,
-    preflight,
-    receipt,
-    staging,
-    timings,
-)
+from ..payload.tree import Count, Tee
+from . import crashpoints, envfiles, nixstore, preflight, receipt, staging, timings
 from .errors import InstallError, UpdateNeeded
 from .prefix import Prefix, user_name
 
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import Dict, List, Optional, Sequence, Tuple  # noqa: F401
 
-def plan_lines(manifest, prefix, also=()):
-    # type: (Manifest, Prefix, Sequence[str]) -> List[str]
-    """What the install will do, shown before it asks to proceed; ``also`` lists
-    what it will do outside the prefix (e.g. --modify-profile)."""
+    from ..payload.container import InstallerFile  # noqa: F401
+    from ..payload.manifest import Manifest, PathEntry  # noqa: F401
+    from ..payload.tree import Sink  # noqa: F401
+    from .ui import UI  # noqa: F401
+
+
+def plan_lines(target, prefix, also=()):
+    # type: (retarget.Retarget, Prefix, Sequence[str]) -> List[str]
+    """What the install of ``target`` (see ``at_prefix``) will do, shown before it asks
+    to proceed; ``also`` lists what it will do outside the prefix (e.g. --modify-profile)."""
+    manifest = target.source
     lines = [
         "Install %d store paths (%s) into %s" % (len(manifest.paths),
                                                  human_size(manifest.total_nar_size),
                                                  prefix.store_dir),
         "  verify every path against its Nix NAR hash before moving it into place",
     ]
-    exact = exact_relocation.prepared(manifest, prefix)
-    if exact is not None:
-        lines.append(exact.plan_line())
-    elif preflight.relocation(manifest, prefix):
-        lines.append("  relocate them from %s (rewrite the store dir in place, same length)"
-                     % manifest.store_dir)
+    line = target.describe()
+    if line is not None:
+        lines.append(line)
     lines += [
         "  register them in %s with nix-store --load-db" % prefix.state_dir,
         "  write %s (if absent)" % prefix.nix_conf,
         "  make the profile %s with %s" % (
-            prefix.profile, ", ".join((exact.manifest if exact else manifest).roots)),
+            prefix.profile, ", ".join(target.manifest.roots)),
         "  write %s/nix.sh and nix.fish" % prefix.profile_d,
     ]
     lines += also
@@ -61,7 +59,7 @@ def preflight_checks(manifest, prefix):
     """Every check that needs no writing; raises InstallError on the first failure."""
     preflight.check_system(manifest)
     user_name()
-    preflight.relocation(manifest, prefix)
+    preflight.check_retarget(manifest, prefix)
     preflight.check_no_symlinks(prefix)
     preflight.check_writable(prefix)
     preflight.check_store_is_nix(prefix, staging.STAGING_PREFIX)
@@ -147,42 +145,82 @@ def nix_tool(manifest, prefix, tool):
 
 
 def at_prefix(source, prefix, ui, jobs=1):
-    # type: (InstallerFile, Prefix, UI, int) -> Tuple[Manifest, object]
-    """The manifest as installed at ``prefix``, and how the payload gets there:
-    None (built for it), the (old, new) store dirs of a plain relocation, or an
-    ExactRelocation when the payload holds the derivations."""
-    exact = exact_relocation.prepare(source, prefix, ui, jobs)
-    if exact is not None:
-        return exact.manifest, exact
-    relocation = preflight.relocation(source.manifest, prefix)
-    if relocation is None:
-        return source.manifest, None
-    # Paths, and after unpacking their NAR hashes, as they will be at this prefix.
-    return source.manifest.moved_to(prefix.store_dir, relocation[1]), relocation
+    # type: (InstallerFile, Prefix, UI, int) -> retarget.Retarget
+    """How the payload of ``source`` gets to ``prefix`` (payload/retarget.py), and so
+    the manifest as installed there (``.manifest``): as it is at the store dir it was
+    built for, recomputed exactly when the payload holds the derivations, else the
+    store dir rewritten in place.  An exact retarget reads part of the payload first
+    (``jobs`` chunks at once)."""
+    found = exact_retarget(source, prefix, ui, jobs)
+    if found is not None:
+        return found
+    if prefix.store_dir == source.manifest.store_dir:
+        return retarget.Identity(source.manifest)
+    preflight.check_retarget(source.manifest, prefix)
+    return retarget.SameLength(source.manifest, prefix.store_dir)
 
 
-def install(source, prefix_root, ui, update=False, jobs=1):
-    # type: (InstallerFile, str, UI, bool, int) -> bool
+def exact_retarget(source, prefix, ui, jobs=1):
+    # type: (InstallerFile, Prefix, UI, int) -> Optional[retarget.Exact]
+    """The exact retarget of ``source`` into ``prefix``, or None if it does not apply
+    (the payload holds no derivations, or ``prefix`` is the one it was built for).
+
+    A same-length retarget is no option for such a payload: Nix's ``--load-db``
+    checks that each ``.drv`` it registers names the output paths it computes
+    for it at the store dir, and a ``.drv`` that kept its hash parts fails.
+    The chunks holding ``.drv`` files and other one-file paths are read
+    through the verifying path (every NAR hash checked, nothing written) for
+    the planner.  Raises InstallError (one line) if the prefix is too long or
+    the closure cannot be planned, CorruptInstaller if the payload is damaged.
+    """
+    manifest = source.manifest
+    if not manifest.derivations or prefix.store_dir == manifest.store_dir:
+        return None
+    # The checks that need only the manifest come before reading the payload.
+    preflight.check_system(manifest)
+    preflight.check_retarget(manifest, prefix)
+    chunks = retarget.contents_chunks(manifest)
+    progress = ui.progress("reading the derivations",
+                           sum(manifest.chunks[i].nar_size for i in chunks))
+    ui.say("reading the derivations: the %d store paths get the paths Nix computes for %s"
+           % (len(manifest.paths), prefix.store_dir))
+    try:
+        contents = retarget.read_contents(source, progress.update, jobs)
+    finally:
+        progress.close()
+    try:
+        return retarget.Exact(manifest, prefix.store_dir, contents)
+    except exact.ExactError as e:
+        raise InstallError("cannot recompute the store paths for %s: %s" % (prefix.store_dir, e),
+                           "install into %s, the prefix this installer was built for"
+                           % manifest.prefix)
+
+
+def install(source, prefix_root, ui, update=False, jobs=1, target=None):
+    # type: (InstallerFile, str, UI, bool, int, Optional[retarget.Retarget]) -> bool
     """Install ``source`` into ``prefix_root``; returns True if anything changed.
 
     A first install's profile holds exactly the roots; with ``update`` (-u) the
     new generation also keeps the other packages the profile had (same-named
     ones are replaced, as ``nix-env -i`` does).  ``jobs`` payload chunks are
-    unpacked at once.
+    unpacked at once.  ``target`` is what ``at_prefix`` gave for this prefix
+    (computed here if not given).
     """
     prefix = Prefix(prefix_root)
-    manifest, relocation = at_prefix(source, prefix, ui, jobs)
+    if target is None:
+        target = at_prefix(source, prefix, ui, jobs)
     started = time.time()
     created = _make_dirs(prefix)
     try:
-        return _install_locked(source, manifest, prefix, ui, started, relocation, update, jobs)
+        return _install_locked(source, target, prefix, ui, started, update, jobs)
     except BaseException:
         _remove_created(prefix, created)
         raise
 
 
-def _install_locked(source, manifest, prefix, ui, started, relocation, update, jobs):
-    # type: (InstallerFile, Manifest, Prefix, UI, float, Optional[Tuple[str, str]], bool, int) -> bool
+def _install_locked(source, target, prefix, ui, started, update, jobs):
+    # type: (InstallerFile, retarget.Retarget, Prefix, UI, float, bool, int) -> bool
+    manifest = target.manifest
     changed = False
     with nixstore.PrefixLock(prefix.lock_file,
                              on_wait=lambda: ui.say("waiting for another installer on %s..."
@@ -200,19 +238,21 @@ def _install_locked(source, manifest, prefix, ui, started, relocation, update, j
             if os.path.lexists(path):
                 # Placed by an install that stopped before registering: keep it if
                 # its bytes are right, else replace it (it is not valid to Nix).  A
-                # relocated path's hash is known only by unpacking it again.
-                if relocation is None and _on_disk_matches(manifest, entry):
+                # rewritten path's hash is known only by unpacking it again.
+                if not target.rewrites and _on_disk_matches(manifest, entry):
                     staging.seal_top(path)
                     continue
                 ui.say("replacing %s, which does not match its NAR hash" % path)
                 staging.remove_tree(path)
             to_place.append(entry)
         if to_place:
-            if relocation is not None:
+            if target.rewrites:
                 ui.say("relocating %d store paths from %s to %s"
                        % (len(to_place), source.manifest.store_dir, prefix.store_dir))
                 _warn_hidden_refs(manifest, ui)
-            _unpack_and_place(source, manifest, prefix, to_place, ui, relocation, jobs)
+            # What --load-db registers: the NAR hashes of the bytes written.
+            manifest = manifest.with_nar_info(
+                _unpack_and_place(source, target, prefix, to_place, ui, jobs))
             changed = True
         envfiles.make_profile_link(prefix)
         written = {}
@@ -234,7 +274,7 @@ def _install_locked(source, manifest, prefix, ui, started, relocation, update, j
                            None, None, written)
         if unregistered:
             ui.say("registering %d paths with nix-store --load-db" % len(unregistered))
-            # Only new paths: valid ones keep their rows (and, relocated, their hashes).
+            # Only new paths: valid ones keep their rows (and, retargeted, their hashes).
             crashpoints.reached("before-load-db")
             with timings.phase("load-db"):
                 nixstore.load_db(prefix, nix_store, _registration(manifest, unregistered))
@@ -307,31 +347,32 @@ def _warn_hidden_refs(manifest, ui):
                % (len(manifest.hidden_refs) - 20))
 
 
-def _unpack_and_place(source, manifest, prefix, to_place, ui, relocation, jobs):
-    # type: (InstallerFile, Manifest, Prefix, List[PathEntry], UI, Optional[Tuple[str, str]], int) -> None
-    wanted = dict((p.name, p) for p in to_place)
+def _unpack_and_place(source, target, prefix, to_place, ui, jobs):
+    # type: (InstallerFile, retarget.Retarget, Prefix, List[PathEntry], UI, int) -> Dict[str, Tuple[str, int]]
+    """Unpack the paths ``to_place`` through ``target`` into a staging dir, verified,
+    then rename them into the store; return the (narHash, narSize) of each path
+    the retarget rewrote, by its new name."""
+    wanted = set(p.name for p in to_place)
     chunks = sorted(set(p.chunk for p in to_place))
-    total = sum(c.nar_size for i, c in enumerate(manifest.chunks) if i in chunks)
+    total = sum(c.nar_size for i, c in enumerate(target.manifest.chunks) if i in chunks)
     progress = ui.progress("unpacking and verifying", total)
     stage = staging.make_staging_dir(prefix.store_dir)
-    writers = []
+    writers = []  # type: List[staging.DiskWriter]
+    placed = []  # type: List[retarget.Retargeted]
 
     def open_path(name):
-        count = CountingVisitor(progress.update)
-        if isinstance(relocation, exact_relocation.ExactRelocation):
-            return relocation.open_path(name, wanted, stage, writers, count)
-        if name not in wanted:
+        # type: (str) -> Sink
+        # The payload's bytes are verified against the original NAR hash on the
+        # way in (InstallerFile.unpack); what reaches the disk may be rewritten.
+        count = Count(progress.update)
+        new = target.name(name)
+        if new not in wanted:
             return count
-        writer = staging.DiskWriter(stage, name)
+        writer = staging.DiskWriter(stage, new)
         writers.append(writer)
-        if relocation is None:
-            return staging.StagedPath(nar.Tee(writer, count), writer)
-        # The payload's bytes were verified against the original NAR hash on the
-        # way in; what reaches the disk is rewritten, and hashed again for Nix.
-        hasher = nar.NarHasher()
-        rewritten = relocate.Relocator(nar.Tee(writer, hasher), relocation[0].encode(),
-                                       relocation[1].encode())
-        return staging.StagedPath(nar.Tee(rewritten, count), writer, hasher, wanted[name])
+        path = retarget.Retargeted(target, name, writer)
+        placed.append(path)
+        return Tee(path, count)
 
     try:
         try:
@@ -347,10 +388,16 @@ def _unpack_and_place(source, manifest, prefix, to_place, ui, relocation, jobs):
         with timings.phase("place"):
             for entry in to_place:
                 src = os.path.join(stage, entry.name)
-                dst = manifest.store_path(entry.name)
+                dst = target.manifest.store_path(entry.name)
                 os.rename(src, dst)
                 crashpoints.reached("renamed")
                 staging.seal_top(dst)
                 crashpoints.reached("placed")
     finally:
         staging.remove_tree(stage)
+    infos = {}  # type: Dict[str, Tuple[str, int]]
+    for path in placed:
+        info = path.nar_info()
+        if info is not None:
+            infos[path.name] = info
+    return infos

@@ -6,14 +6,19 @@ import sys
 
 from ..payload import __version__
 from ..payload.codecs import CodecError
-from ..payload.container import CorruptInstaller, InstallerFile
+from ..payload.container import InstallerFile
+from ..payload.errors import OneLineError
 from ..payload.machine import human_size
 from ..payload.manifest import info_text
-from . import exact_relocation, preflight, receipt, shellrc, summary, timings, uninstall
 from . import install as install_mod
+from . import preflight, receipt, shellrc, summary, timings, uninstall
 from .errors import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, InstallError
 from .prefix import Prefix
 from .ui import UI
+
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import List  # noqa: F401
 
 DESCRIPTION = """\
 Install a Nix store closure into a prefix you own, without root: the store
@@ -101,7 +106,7 @@ def main(path, argv, name=None, sealed=False):
     debug = bool(os.environ.get("NIX_PREFIX_DEBUG"))
     try:
         code = run(path, args, ui, name, sealed)
-    except (InstallError, CorruptInstaller) as e:
+    except OneLineError as e:  # InstallError, CorruptInstaller
         sys.stderr.write("nix-prefix: error: %s\n" % e)
         code = e.exit_code
     except CodecError as e:  # e.g. a zstd payload and no zstd decoder here
@@ -159,11 +164,12 @@ def run(path, args, ui, name=None, sealed=False):
                    % (root, ", ".join(changed)) if changed else
                    "no shell start-up file sources %s; nothing to remove" % root)
             return 0
-        # With the derivations in the payload, the paths get new names at another
-        # store dir (exact_relocation.py): the checks and the summary use those.
+        # How the paths get to this prefix, once (with the derivations in the payload,
+        # another store dir reads part of it): the checks and the summary use the
+        # manifest as installed, new names and all.
         with timings.phase("preflight"):
-            exact = exact_relocation.prepare(source, prefix, ui, args.jobs)
-            installed = exact.manifest if exact is not None else manifest
+            target = install_mod.at_prefix(source, prefix, ui, args.jobs)
+            installed = target.manifest
             install_mod.preflight_checks(installed, prefix)
             install_mod.check_update(installed, prefix, args.update)
         # Found before installing, so that a missing HOME stops nothing half-way.
@@ -173,11 +179,12 @@ def run(path, args, ui, name=None, sealed=False):
             also.append("  add a line sourcing %s/nix.sh to %s" % (
                 prefix.profile_d, ", ".join(shellrc.candidates(home))))
         if not args.yes and ui.interactive:
-            ui.say("\n".join(install_mod.plan_lines(manifest, prefix, also)))
+            ui.say("\n".join(install_mod.plan_lines(target, prefix, also)))
             if not ui.confirm("Proceed?"):
                 ui.say("nothing was changed")
                 return EXIT_FAILED
-        install_mod.install(source, root, ui, update=args.update, jobs=args.jobs)
+        install_mod.install(source, root, ui, update=args.update, jobs=args.jobs,
+                            target=target)
         rc_files = shellrc.add_block(root, home) if args.modify_profile else []
         ui.say("\n".join(summary.summary_lines(installed, prefix, _rerun_name(source), rc_files)))
         return 0
@@ -195,7 +202,7 @@ def _rerun_name(source):
 def _undo(source, prefix, args, ui):
     # type: (InstallerFile, Prefix, argparse.Namespace, UI) -> int
     """--uninstall and --rollback, with the prefix's own Nix."""
-    manifest, _ = install_mod.at_prefix(source, prefix, ui, args.jobs)
+    manifest = install_mod.at_prefix(source, prefix, ui, args.jobs).manifest
     nix_env = install_mod.nix_tool(manifest, prefix, "nix-env")
     if args.rollback:
         uninstall.rollback(prefix, nix_env, ui)

@@ -2,9 +2,16 @@
 
 import os
 
-from ..payload import relocate, storepath
+from ..payload import storepath
 from ..payload.machine import host_system, human_size, usable_cpus
 from .errors import EnvironmentProblem
+
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import Optional  # noqa: F401
+
+    from ..payload.manifest import Manifest  # noqa: F401
+    from .prefix import Prefix  # noqa: F401
 
 PATH_MAX = 4096  # Linux's limit on a path name, NUL included
 # Room for the Nix database, logs and the profile on top of the store paths.
@@ -36,17 +43,15 @@ def check_system(manifest):
             "download the installer built for %s" % host)
 
 
-def relocation(manifest, prefix):
-    # type: (Manifest, Prefix) -> Optional[Tuple[str, str]]
-    """None to install at the built store dir, else (old, new) store dir bytes as text.
+def check_retarget(manifest, prefix):
+    # type: (Manifest, Prefix) -> None
+    """Refuse a prefix whose store dir is longer than the one inside the payload.
 
-    Any store dir no longer than the one inside the payload can be served by a
-    same-length rewrite (payload/relocate.py); a longer one cannot.
+    Any store dir no longer than that can be served by a same-length rewrite
+    (payload/retarget.py); a longer one cannot.
     """
-    if prefix.store_dir == manifest.store_dir:
-        return None
     limit = manifest.max_store_dir_length
-    if len(prefix.store_dir.encode()) > limit:
+    if prefix.store_dir != manifest.store_dir and len(prefix.store_dir.encode()) > limit:
         raise EnvironmentProblem(
             "the prefix %s is too long: this installer can relocate to a prefix of at most "
             "%d bytes (its store dir, PREFIX/store, at most %d), and %s is %d"
@@ -54,8 +59,6 @@ def relocation(manifest, prefix):
                len(prefix.store_dir.encode())),
             "choose a shorter --prefix, or build the installer from a closure built with a "
             "longer store dir (see docs/relocation.md)")
-    old = manifest.embedded_store_dir
-    return old, relocate.padded_store_dir(old, prefix.store_dir)
 
 
 def check_no_symlinks(prefix):

@@ -15,9 +15,13 @@ import os
 import shutil
 import stat
 
-from ..payload import hashes
+from ..payload.tree import Sink
 from . import crashpoints
 from .errors import EnvironmentProblem, InstallError
+
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import List  # noqa: F401
 
 STAGING_PREFIX = ".nix-prefix-staging-"
 _MTIME = (1, 1)
@@ -37,31 +41,35 @@ def _space_error(e, where):
     return InstallError("cannot write %s (%s)" % (where, e.strerror or e))
 
 
-class DiskWriter(object):
-    """A tree visitor that materialises one store path under ``root``/``name``."""
+class DiskWriter(Sink):
+    """A tree sink that materialises one store path under ``root``/``name``;
+    ``finish`` seals every directory but the top one."""
 
     def __init__(self, root, name):
         # type: (str, str) -> None
         self.top = os.path.join(os.fsencode(root), os.fsencode(name))
-        self._dirs = []  # directories to seal, parents before children
-        self._fd = None
+        self._dirs = []  # type: List[bytes]  # to seal, parents before children
+        self._fd = -1  # the open regular file, -1 between files
         self._executable = False
 
     def _path(self, rel):
         # type: (bytes) -> bytes
         return os.path.join(self.top, rel) if rel else self.top
 
-    def begin_directory(self, rel=b""):
+    def begin_directory(self, rel):
+        # type: (bytes) -> None
         path = self._path(rel)
         os.mkdir(path, 0o755)
         self._dirs.append(path)
 
     def regular(self, rel, executable, size):
+        # type: (bytes, bool, int) -> None
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         self._fd = os.open(self._path(rel), flags, 0o644)
         self._executable = executable
 
     def contents(self, data):
+        # type: (bytes) -> None
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
@@ -69,7 +77,8 @@ class DiskWriter(object):
         crashpoints.reached("write")
 
     def end_regular(self):
-        fd, self._fd = self._fd, None
+        # type: () -> None
+        fd, self._fd = self._fd, -1
         try:
             os.fchmod(fd, 0o555 if self._executable else 0o444)
             os.utime(fd, _MTIME)
@@ -77,20 +86,13 @@ class DiskWriter(object):
             os.close(fd)
 
     def symlink(self, rel, target):
+        # type: (bytes, bytes) -> None
         path = self._path(rel)
         os.symlink(target, path)
         os.utime(path, _MTIME, follow_symlinks=False)
 
-    def begin_entry(self, name):
-        pass
-
-    def end_entry(self):
-        pass
-
-    def end_directory(self):
-        pass
-
     def finish(self):
+        # type: () -> None
         """Seal every directory but the top one (0555, mtime 1), children first."""
         for path in reversed(self._dirs[1:]):
             os.chmod(path, 0o555)
@@ -98,36 +100,11 @@ class DiskWriter(object):
         crashpoints.reached("unpacked")
 
     def abort(self):
-        if self._fd is not None:
+        # type: () -> None
+        """Close a file left open by a failure (the staging dir is removed next)."""
+        if self._fd >= 0:
             os.close(self._fd)
-            self._fd = None
-
-
-class StagedPath(object):
-    """One store path on its way to the staging dir.
-
-    Its events go to ``target``, which ends in ``writer`` (possibly through a
-    rewriter and a NAR ``hasher``).  On ``finish``, the hash and size of what
-    was written are recorded in ``entry`` (the installed manifest's, which
-    --load-db registers) when the bytes were rewritten, and the writer seals
-    the path.
-    """
-
-    def __init__(self, target, writer, hasher=None, entry=None):
-        # type: (object, DiskWriter, Optional[object], Optional[PathEntry]) -> None
-        self._target = target
-        self._writer = writer
-        self._hasher = hasher
-        self._entry = entry
-
-    def __getattr__(self, name):
-        return getattr(self._target, name)
-
-    def finish(self):
-        if self._hasher is not None:
-            self._entry.nar_hash = hashes.format_sha256(self._hasher.digest())
-            self._entry.nar_size = self._hasher.size
-        self._writer.finish()
+            self._fd = -1
 
 
 def seal_top(path):
@@ -156,7 +133,7 @@ def make_staging_dir(store_dir):
 def remove_stale_staging(store_dir):
     # type: (str) -> List[str]
     """Remove staging dirs left by installers that died (call with the lock held)."""
-    removed = []
+    removed = []  # type: List[str]
     try:
         names = os.listdir(store_dir)
     except OSError:

@@ -17,6 +17,11 @@ import stat
 import tarfile
 
 from . import nar
+from .tree import Sink
+
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import Any, BinaryIO, Callable, Iterator, List, Sequence  # noqa: F401
 
 ENCODING = "utf-8"
 ERRORS = "surrogateescape"
@@ -48,8 +53,8 @@ def _header(name, kind, mode, size=0, linkname=""):
     return info.tobuf(tarfile.GNU_FORMAT, ENCODING, ERRORS)
 
 
-class TarWriter(object):
-    """A tree visitor (see ``nar.dump_path``) that writes canonical tar entries.
+class TarWriter(Sink):
+    """A tree sink (see tree.py) that writes canonical tar entries.
 
     ``sink`` receives the tar bytes; ``top`` is the store path's base name.
     Call ``close`` once after the last store path to write the end marker.
@@ -73,36 +78,33 @@ class TarWriter(object):
         """Write bytes as they are: the low level for crafted (e.g. hostile) test payloads."""
         self._sink(data)
 
-    def begin_directory(self, rel=b""):
+    def begin_directory(self, rel):
+        # type: (bytes) -> None
         self._sink(_header(self._name(rel), tarfile.DIRTYPE, 0o555))
 
     def regular(self, rel, executable, size):
+        # type: (bytes, bool, int) -> None
         self._sink(_header(self._name(rel), tarfile.REGTYPE, 0o555 if executable else 0o444,
                            size))
         self._pending = size
 
     def contents(self, data):
+        # type: (bytes) -> None
         self._sink(data)
 
     def end_regular(self):
+        # type: () -> None
         if self._pending % BLOCK:
             self._sink(b"\0" * (BLOCK - self._pending % BLOCK))
         self._pending = 0
 
     def symlink(self, rel, target):
+        # type: (bytes, bytes) -> None
         self._sink(_header(self._name(rel), tarfile.SYMTYPE, 0o777, 0,
                            target.decode(ENCODING, ERRORS)))
 
-    def begin_entry(self, name):
-        pass
-
-    def end_entry(self):
-        pass
-
-    def end_directory(self):
-        pass
-
     def close(self):
+        # type: () -> None
         self._sink(b"\0" * (2 * BLOCK))
 
 
@@ -128,17 +130,18 @@ _FOREIGN = {tarfile.LNKTYPE: "a hard link", tarfile.CHRTYPE: "a character device
 
 
 def unpack(fileobj, expected, open_path):
-    # type: (BinaryIO, Sequence[str], Callable[[str], object]) -> None
+    # type: (BinaryIO, Sequence[str], Callable[[str], Sink]) -> None
     """Read a chunk's tar stream and replay it as tree events.
 
     ``expected`` lists the store path base names the chunk must hold, in
-    order.  For each of them ``open_path(name)`` returns a visitor that gets
-    the path's events (as from ``nar.dump_path``) and then ``finish()``.
+    order.  For each of them ``open_path(name)`` returns a tree sink that
+    gets the path's events (as from ``nar.dump_path``) and then ``finish()``.
     Raises ArchiveError for anything that a canonical payload never holds.
     """
     remaining = list(expected)
-    visitor = None
-    stack = []  # open directories: [parts, name of the last entry seen in it]
+    sink = Sink()  # replaced by open_path(top) at each store path's first entry
+    opened = False
+    stack = []  # type: List[List[Any]]  # open directories: [parts, last entry name seen]
     stream = _Input(fileobj)
     try:
         for member in _members(stream):
@@ -152,21 +155,22 @@ def unpack(fileobj, expected, open_path):
             # Close the directories this entry is not inside of.
             while stack and stack[-1][0] != parts[:-1]:
                 stack.pop()
-                visitor.end_directory()
+                sink.end_directory()
                 if stack:
-                    visitor.end_entry()
+                    sink.end_entry()
             if len(parts) == 1:
                 if stack:
                     raise ArchiveError("entry %r is out of order" % member.name)
-                if visitor is not None:
-                    visitor.finish()
+                if opened:
+                    sink.finish()
                 top = parts[0].decode(ENCODING, ERRORS)
                 if not remaining or remaining[0] != top:
                     raise ArchiveError("entry %r is not the next store path of this chunk "
                                        "(expected %s)" % (member.name,
                                                           remaining[0] if remaining else "none"))
                 remaining.pop(0)
-                visitor = open_path(top)
+                sink = open_path(top)
+                opened = True
             else:
                 if not stack:
                     raise ArchiveError("entry %r is not inside a directory of the payload"
@@ -175,30 +179,30 @@ def unpack(fileobj, expected, open_path):
                 if last is not None and parts[-1] <= last:
                     raise ArchiveError("entry %r is duplicated or out of order" % member.name)
                 stack[-1][1] = parts[-1]
-                visitor.begin_entry(parts[-1])
+                sink.begin_entry(parts[-1])
             rel = b"/".join(parts[1:])
             if kind == "directory":
-                visitor.begin_directory(rel)
+                sink.begin_directory(rel)
                 stack.append([parts, None])
                 continue
             if kind == "symlink":
-                visitor.symlink(rel, member.linkname.encode(ENCODING, ERRORS))
+                sink.symlink(rel, member.linkname.encode(ENCODING, ERRORS))
             else:
-                visitor.regular(rel, bool(member.mode & stat.S_IXUSR), member.size)
+                sink.regular(rel, bool(member.mode & stat.S_IXUSR), member.size)
                 for data in stream.pieces(member.size, member.name):
-                    visitor.contents(data)
-                visitor.end_regular()
+                    sink.contents(data)
+                sink.end_regular()
                 stream.skip(-member.size % BLOCK, member.name)
             if len(parts) > 1:
-                visitor.end_entry()
+                sink.end_entry()
         while stack:
             stack.pop()
-            visitor.end_directory()
+            sink.end_directory()
             if stack:
-                visitor.end_entry()
+                sink.end_entry()
         # Only a clean end (see _members) lets the last path finish.
-        if visitor is not None:
-            visitor.finish()
+        if opened:
+            sink.finish()
     except nar.NarError as e:
         raise ArchiveError(str(e))
     if remaining:
@@ -310,7 +314,7 @@ def _members(stream):
             if info.size > _MAX_LONG_NAME:
                 raise ArchiveError("a long name record claims %d bytes" % info.size)
             data = stream.read(info.size + (-info.size % BLOCK), "a long name is cut short")
-            value = tarfile.nts(data[:info.size], ENCODING, ERRORS)
+            value = data[:info.size].partition(b"\0")[0].decode(ENCODING, ERRORS)
             if info.type == tarfile.GNUTYPE_LONGNAME:
                 long_name = value
             else:

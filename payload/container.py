@@ -31,7 +31,28 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from . import archive, codecs, hashes, nar, seal
+from .errors import OneLineError
 from .manifest import Chunk, Manifest, ManifestError
+from .tree import Count, Tee
+
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import (  # noqa: F401
+        IO,
+        Any,
+        BinaryIO,
+        Callable,
+        Deque,
+        Iterable,
+        Iterator,
+        List,
+        Optional,
+        Sequence,
+        Tuple,
+    )
+
+    from .manifest import PathEntry  # noqa: F401
+    from .tree import Sink  # noqa: F401
 
 MANIFEST = "manifest.json"
 MAIN_PY = b"""\
@@ -45,20 +66,14 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _READ_SIZE = 1 << 20
 
 
-class CorruptInstaller(ValueError):
+class CorruptInstaller(OneLineError):
     """The installer file is damaged, truncated or tampered with (exit code 3)."""
 
     exit_code = 3
 
     def __init__(self, message, hint="download the installer again"):
         # type: (str, str) -> None
-        ValueError.__init__(self, message)
-        self.hint = hint
-
-    def __str__(self):
-        # type: () -> str
-        base = ValueError.__str__(self)
-        return "%s; %s" % (base, self.hint) if self.hint else base
+        OneLineError.__init__(self, message, hint)
 
 
 def chunk_file(index, compression):
@@ -101,18 +116,22 @@ def embedded_code():
     return members
 
 
-def write_installer(out, preamble, manifest, code, compressor, write_payload, tmp_dir=None,
-                    check_out=None):
-    # type: (str, bytes, Manifest, Sequence[Tuple[str, bytes]], Callable[[], Any], Callable[[PayloadWriter], None], Optional[str], Optional[Callable[[str], None]]) -> None
-    """Write ``preamble``, ``code``, the payload (by ``write_payload``) and the
-    manifest to ``out``, then seal it.
+def write_installer(out, preamble, code, compression, compressor, write_payload,
+                    tmp_dir=None, check_out=None):
+    # type: (str, bytes, Sequence[Tuple[str, bytes]], str, Callable[[], Any], Callable[[PayloadWriter], Manifest], Optional[str], Optional[Callable[[str], None]]) -> Manifest
+    """Write ``preamble``, ``code``, the payload and the manifest to ``out``, then seal it.
 
-    ``compressor()`` makes a streaming compressor (``compress``, ``flush``)
-    for one chunk.  Atomic: the file appears complete under its name or not at
-    all.  Compressed chunks wait for their turn in anonymous temporary files
-    in ``tmp_dir`` (default: beside ``out``).  ``check_out(out)``, if given, may
-    refuse ``out`` (by raising) before anything is written and again just before
-    the rename, which replaces whatever has that name.
+    ``write_payload(payload)`` writes the chunks through the PayloadWriter it
+    is given and returns the manifest of what it wrote (each path's ``chunk``
+    naming the chunk that holds it); the chunks' sizes and hashes, the
+    payload's and the longest name are added here, and the manifest as
+    written is returned.  ``compressor()`` makes a streaming compressor
+    (``compress``, ``flush``) for one chunk.  Atomic: the file appears
+    complete under its name or not at all.  Compressed chunks wait for their
+    turn in anonymous temporary files in ``tmp_dir`` (default: beside ``out``).
+    ``check_out(out)``, if given, may refuse ``out`` (by raising) before
+    anything is written and again just before the rename, which replaces
+    whatever has that name.
     """
     if check_out is not None:
         check_out(out)
@@ -124,9 +143,8 @@ def write_installer(out, preamble, manifest, code, compressor, write_payload, tm
             with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
                 for name, data in code:
                     zf.writestr(_zip_info(name), data)
-                payload = PayloadWriter(zf, manifest, compressor, tmp_dir or folder)
-                write_payload(payload)
-                payload.finish()
+                payload = PayloadWriter(zf, compression, compressor, tmp_dir or folder)
+                manifest = payload.finished(write_payload(payload))
                 zf.writestr(_zip_info(MANIFEST), manifest.to_json())
             f.flush()
         seal.seal(tmp)
@@ -140,6 +158,7 @@ def write_installer(out, preamble, manifest, code, compressor, write_payload, tm
         if os.path.lexists(tmp):
             os.unlink(tmp)
         raise
+    return manifest
 
 
 class _ChunkSink(object):
@@ -175,32 +194,43 @@ class _ChunkSink(object):
 
 
 class PayloadWriter(object):
-    """Writes the payload chunks of ``manifest`` into the zip: all at once
-    (``write_chunks``, in threads) or one ``chunk()`` at a time; either way each
-    is compressed into a temporary file in ``tmp_dir`` and then copied in."""
+    """Writes payload chunks into the zip: all at once (``write_chunks``, in
+    threads) or one ``chunk()`` at a time; either way each is compressed into
+    a temporary file in ``tmp_dir`` and then copied in.  It keeps what it
+    wrote to itself: ``finished`` puts it into a copy of the manifest."""
 
-    def __init__(self, zf, manifest, compressor, tmp_dir=None):
-        # type: (zipfile.ZipFile, Manifest, Callable[[], Any], Optional[str]) -> None
+    def __init__(self, zf, compression, compressor, tmp_dir=None):
+        # type: (zipfile.ZipFile, str, Callable[[], Any], Optional[str]) -> None
         self._zf = zf
-        self._manifest = manifest
+        self._compression = compression
         self._compressor = compressor
         self._tmp_dir = tmp_dir
         self._hash = hashlib.sha256()
         self._longest = 0
+        # (file, size, sha256) of each chunk written
+        self._written = []  # type: List[Tuple[str, int, str]]
+
+    def _check_group(self, index, group):
+        # type: (int, Sequence[PathEntry]) -> None
+        for entry in group:
+            if entry.chunk != index:
+                raise ValueError("%s is meant for chunk %d, not %d" % (entry.name, entry.chunk,
+                                                                      index))
 
     def write_chunks(self, groups, fill, jobs):
         # type: (List[List[PathEntry]], Callable[[List[PathEntry], archive.TarWriter], Any], int) -> Iterator[Any]
         """Write one chunk per group, ``fill(group, tar)`` packing each, in threads.
 
-        The compressors (lzma, zstd) and sha256 release the GIL, so ``jobs``
-        chunks are packed and compressed at once, each into an anonymous
-        temporary file; they enter the zip in order, so the file is the same
-        whatever the number of jobs.  Yields what ``fill`` returned, in order.
+        The groups are the next chunks in order (their entries' ``chunk`` says
+        so).  The compressors (lzma, zstd) and sha256 release the GIL, so
+        ``jobs`` chunks are packed and compressed at once, each into an
+        anonymous temporary file; they enter the zip in order, so the file is
+        the same whatever the number of jobs.  Yields what ``fill`` returned,
+        in order.
         """
-        first = len(self._manifest.chunks)
+        first = len(self._written)
         for offset, group in enumerate(groups):
-            for entry in group:
-                entry.chunk = first + offset
+            self._check_group(first + offset, group)
         jobs = max(1, jobs)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             pending = deque()  # type: Deque[Any]
@@ -238,15 +268,14 @@ class PayloadWriter(object):
             raise
 
     def _compress_group(self, group, fill):
-        # type: (List[PathEntry], Callable[[List[PathEntry], archive.TarWriter], Any]) -> Tuple[BinaryIO, _ChunkSink, int, List[PathEntry], Any]
+        # type: (List[PathEntry], Callable[[List[PathEntry], archive.TarWriter], Any]) -> Tuple[BinaryIO, _ChunkSink, int, Any]
         with self._spooled_chunk() as (tar, spool, sink):
             result = fill(group, tar)
-        return spool, sink, tar.longest, group, result
+        return spool, sink, tar.longest, result
 
-    def _add_compressed(self, spool, sink, longest, group, result):
-        # type: (BinaryIO, _ChunkSink, int, List[PathEntry], Any) -> Any
-        index = len(self._manifest.chunks)
-        info = _zip_info(chunk_file(index, self._manifest.compression))
+    def _add_compressed(self, spool, sink, longest, result):
+        # type: (BinaryIO, _ChunkSink, int, Any) -> Any
+        info = _zip_info(chunk_file(len(self._written), self._compression))
         with spool, self._zf.open(info, "w", force_zip64=True) as member:
             spool.seek(0)
             while True:
@@ -256,29 +285,34 @@ class PayloadWriter(object):
                 member.write(data)
                 self._hash.update(data)
         self._longest = max(self._longest, longest)
-        self._manifest.chunks.append(Chunk(info.filename, sink.size, sink.sha256.hexdigest(),
-                                           sum(e.nar_size for e in group)))
+        self._written.append((info.filename, sink.size, sink.sha256.hexdigest()))
         return result
 
     @contextmanager
     def chunk(self, group):
-        # type: (List[PathEntry]) -> Iterator[archive.TarWriter]
+        # type: (Sequence[PathEntry]) -> Iterator[archive.TarWriter]
         """A tar writer for the next chunk, which will hold the paths of ``group``
-        (one chunk at a time, for callers that fill it as they read another file)."""
-        index = len(self._manifest.chunks)
-        for entry in group:
-            entry.chunk = index
+        (their ``chunk`` is its index; one chunk at a time, for callers that
+        fill it as they read another file)."""
+        self._check_group(len(self._written), group)
         with self._spooled_chunk() as (tar, spool, sink):
             yield tar
-        self._add_compressed(spool, sink, tar.longest, group, None)
+        self._add_compressed(spool, sink, tar.longest, None)
 
-    def finish(self):
-        # type: () -> None
-        """Record the payload's size, hash and longest name in the manifest."""
-        m = self._manifest
-        m.payload_size = sum(c.size for c in m.chunks)
-        m.payload_sha256 = self._hash.hexdigest()
-        m.longest_path = self._longest
+    def finished(self, manifest):
+        # type: (Manifest) -> Manifest
+        """``manifest`` with the chunks written, and the payload's size, sha256 and
+        longest name (each chunk's NAR size is its paths')."""
+        nar_sizes = [0] * len(self._written)
+        for p in manifest.paths:
+            if p.chunk >= len(nar_sizes):
+                raise ValueError("%s is in chunk %d, which was not written" % (p.name, p.chunk))
+            nar_sizes[p.chunk] += p.nar_size
+        chunks = [Chunk(file, size, sha256, nar_sizes[i])
+                  for i, (file, size, sha256) in enumerate(self._written)]
+        return manifest.replaced(chunks=chunks, payload_size=sum(c.size for c in chunks),
+                                 payload_sha256=self._hash.hexdigest(),
+                                 longest_path=self._longest)
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -296,7 +330,7 @@ class _HashingReader(object):
     """
 
     def __init__(self, member, stop=None):
-        # type: (BinaryIO, Optional[threading.Event]) -> None
+        # type: (IO[bytes], Optional[threading.Event]) -> None
         self._member = member
         self._stop = stop
         self.sha256 = hashlib.sha256()
@@ -326,7 +360,7 @@ class InstallerFile(object):
 
     Opening checks the seal, the zip, the manifest and the preamble; nothing
     here writes anything: ``unpack`` replays the payload into whatever
-    visitors the caller gives it, which is how ``--check``, the install and
+    tree sinks the caller gives it, which is how ``--check``, the install and
     the builder's ``verify`` and ``retarget`` share one reading path.
     Raises CorruptInstaller for any damage, codecs.CodecError when a chunk's
     codec cannot be decoded here.
@@ -384,14 +418,14 @@ class InstallerFile(object):
 
     def unpack(self, open_path, chunks=None, jobs=1):
         # type: (Callable[[str], Any], Optional[Iterable[int]], int) -> None
-        """Replay chunks (default: all) into per-path visitors, verifying everything.
+        """Replay chunks (default: all) into per-path tree sinks, verifying everything.
 
-        ``open_path(name)`` returns the visitor for a store path; each path's
+        ``open_path(name)`` returns the sink for a store path; each path's
         NAR hash and size are checked against the manifest when it finishes,
         and each chunk's sha256 and size when it ends.  Raises CorruptInstaller
         on any mismatch.  With ``jobs`` > 1, that many chunks are worked on at
         once in threads (the decoders, sha256 and file writes run without the
-        GIL); ``open_path`` and the visitors must then be thread-safe.
+        GIL); ``open_path`` and the sinks must then be thread-safe.
         """
         m = self.manifest
         indexes = list(range(len(m.chunks)) if chunks is None else chunks)
@@ -410,8 +444,8 @@ class InstallerFile(object):
         by_name = dict((p.name, p) for p in expected)
 
         def open_checked(name):
-            # type: (str) -> _VerifyingVisitor
-            return _VerifyingVisitor(by_name[name], open_path(name))
+            # type: (str) -> Sink
+            return _Verified(by_name[name], open_path(name))
 
         try:
             member = zf.open(chunk.file)
@@ -446,7 +480,7 @@ class InstallerFile(object):
         ``progress`` is called with the number of NAR bytes verified since the last call.
         """
         self.check_payload_hash()
-        self.unpack(lambda name: CountingVisitor(progress), jobs=jobs)
+        self.unpack(lambda name: Count(progress), jobs=jobs)
 
     def check_payload_hash(self):
         # type: () -> None
@@ -524,21 +558,6 @@ def _run_parallel(path, indexes, jobs, manifest, work):
         raise errors[0]
 
 
-class CountingVisitor(object):
-    """A tree visitor that writes nothing and reports the contents bytes it sees
-    to ``progress`` (a callable, or None): for paths that are only verified."""
-
-    def __init__(self, progress):
-        self._progress = progress
-
-    def contents(self, data):
-        if self._progress is not None:
-            self._progress(len(data))
-
-    def __getattr__(self, name):
-        return lambda *args: None
-
-
 def _zip_start(zf):
     # type: (zipfile.ZipFile) -> int
     """Offset of the first zip member: everything before it is the preamble."""
@@ -550,25 +569,23 @@ def _zip_start(zf):
     return min(i.header_offset for i in infos)
 
 
-class _VerifyingVisitor(object):
-    """Sends events to the caller's visitor and checks the path's NAR hash at the end."""
+class _Verified(Tee):
+    """Sends a path's events to the caller's sink and a NAR hasher; on ``finish``
+    checks the hash and size against the manifest before the caller's sink finishes."""
 
     def __init__(self, entry, inner):
+        # type: (PathEntry, Sink) -> None
         self._entry = entry
         self._inner = inner
         self._hasher = nar.NarHasher()
-        self._tee = nar.Tee(inner, self._hasher)
-
-    def __getattr__(self, name):
-        return getattr(self._tee, name)
+        Tee.__init__(self, inner, self._hasher)
 
     def finish(self):
+        # type: () -> None
         got = hashes.format_sha256(self._hasher.digest())
         if got != self._entry.nar_hash or self._hasher.size != self._entry.nar_size:
             raise CorruptInstaller(
                 "store path %s in the payload does not match its NAR hash (got %s, %d bytes; "
                 "expected %s, %d bytes)" % (self._entry.name, got, self._hasher.size,
                                             self._entry.nar_hash, self._entry.nar_size))
-        finish = getattr(self._inner, "finish", None)
-        if finish is not None:
-            finish()
+        self._inner.finish()

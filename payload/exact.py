@@ -1,6 +1,6 @@
 """Exact retarget: every store path recomputed for a new store dir, as Nix would.
 
-Plain relocation (relocate.py) keeps the hash parts, so a Nix evaluating the
+A same-length retarget (retarget.SameLength) keeps the hash parts, so a Nix evaluating the
 same expressions at the new store dir gets other paths.  When the closure
 holds the derivations (``.drv`` files and their sources), each path can be
 recomputed bottom-up for the new store dir S2 (store-api.cc, derivations.cc;
@@ -17,27 +17,30 @@ recomputed bottom-up for the new store dir S2 (store-api.cc, derivations.cc;
 (and checks that planning for the original store dir reproduces the closure
 exactly) before planning for S2.
 
-The rest is shared by ``nix-prefix retarget --exact`` (builder/exact.py) and
-the installer (installer/exact_relocation.py): ``Collector`` keeps the
-contents the planner needs on a first pass over the payload,
-``plan_manifest`` plans a manifest's paths, ``retargeted_manifest`` gives the
-manifest under the new names and ``PathRewriter`` rewrites each path's
-contents on the second pass.
+This module is the planner only: retarget.Exact reads what it needs from a
+payload, plans with it and rewrites the paths, for ``nix-prefix retarget
+--exact`` and for the installer alike.
 """
 
 import binascii
 import hashlib
 import re
 
-from . import derivation, nix32, relocate, storepaths_ca
+from . import derivation, nix32, storepaths_ca
 from .hashes import parse_sha256
-from .storepath import HASH_LENGTH
+from .rewrite import Rewriter
+from .storepath import DRV_EXTENSION, HASH_LENGTH, is_derivation
+
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import Dict, List, Optional, Sequence, Set, Tuple  # noqa: F401
+
+    from .derivation import Derivation  # noqa: F401
+    from .manifest import PathEntry  # noqa: F401
 
 TEXT, SOURCE, FIXED, OUTPUT, DRV = "text", "source", "fixed", "output", "drv"
 # Which kinds have their contents rewritten, and how.
 KEEP_CONTENTS = (SOURCE, FIXED)
-# Paths that are one regular file up to this size are read for the planner.
-TEXT_LIMIT = 16 << 20
 
 
 class ExactError(ValueError):
@@ -48,118 +51,25 @@ class ExactError(ValueError):
         self.hint = hint
 
 
-_NIX32 = "[" + nix32.ALPHABET + "]"
-_HASH_PART = re.compile(_NIX32 + "{%d}-" % HASH_LENGTH)
-_HASH_RUN = re.compile(_NIX32.encode() + b"{%d,}" % HASH_LENGTH)
-
-
-class Rewriter(object):
-    """Replace a store dir and 32-char hash parts in a byte stream fed in pieces.
-
-    ``old_dir`` becomes ``new_dir``; every run of nix32 characters is looked
-    at 32 characters at a time and a window that is a key of ``hashes``
-    (old hash part to new, same length) is replaced, as Nix finds references
-    (src/libstore/references.cc).  When ``new_dir`` has the length of
-    ``old_dir`` no offset moves.  A match that may continue in the next piece
-    is held back.
-    """
-
-    def __init__(self, old_dir, new_dir, hashes):
-        # type: (bytes, bytes, Dict[bytes, bytes]) -> None
-        self._old = old_dir
-        self._new = new_dir
-        self._hashes = hashes
-        self._re = re.compile(re.escape(old_dir) + b"|" + _NIX32.encode() + b"{%d,}"
-                              % HASH_LENGTH)
-        self._keep = max(len(old_dir), HASH_LENGTH) - 1
-        self._tail = b""
-        self.count = 0
-
-    def _replace(self, m):
-        # type: (Any) -> bytes
-        s = m.group(0)
-        if s == self._old:
-            self.count += 1
-            return self._new
-        if len(s) == HASH_LENGTH:
-            new = self._hashes.get(s)
-            if new is None:
-                return s
-            self.count += 1
-            return new
-        out = []
-        i = 0
-        start = 0
-        while i + HASH_LENGTH <= len(s):
-            new = self._hashes.get(s[i:i + HASH_LENGTH])
-            if new is None:
-                i += 1
-                continue
-            out.append(s[start:i])
-            out.append(new)
-            self.count += 1
-            i += HASH_LENGTH
-            start = i
-        out.append(s[start:])
-        return b"".join(out)
-
-    def _run(self, buf, final):
-        # type: (bytes, bool) -> Tuple[bytes, bytes]
-        limit = len(buf) - self._keep
-        out = []
-        pos = 0
-        cut = None
-        for m in self._re.finditer(buf):
-            if not final and (m.end() >= len(buf) or m.start() >= limit):
-                cut = max(pos, min(limit, m.start()))
-                break
-            out.append(buf[pos:m.start()])
-            out.append(self._replace(m))
-            pos = m.end()
-        if final:
-            cut = len(buf)
-        elif cut is None:
-            cut = max(pos, limit)
-        out.append(buf[pos:cut])
-        return b"".join(out), buf[cut:]
-
-    def feed(self, data):
-        # type: (bytes) -> bytes
-        done, self._tail = self._run(self._tail + data, False)
-        return done
-
-    def flush(self):
-        # type: () -> bytes
-        done, self._tail = self._run(self._tail, True)
-        return done
-
-    def whole(self, data):
-        # type: (bytes) -> bytes
-        """Rewrite one complete piece (a text file, a symlink target)."""
-        done, _ = self._run(data, True)
-        return done
-
-
-class PathInfo(object):
-    """What the planner knows of one store path (names are base names)."""
-
-    def __init__(self, name, references, nar_hash, contents=None):
-        # type: (str, Sequence[str], str, Optional[bytes]) -> None
-        self.name = name
-        self.references = list(references)
-        self.nar_hash = nar_hash
-        self.contents = contents  # the bytes of a path that is one regular file
+HASH_PART = re.compile("[" + nix32.ALPHABET + "]{%d}-" % HASH_LENGTH)
+_HASH_RUN = re.compile(("[" + nix32.ALPHABET + "]{%d,}" % HASH_LENGTH).encode())
 
 
 class Plan(object):
     """The result: new base names, kinds, derivers and new text contents."""
 
     def __init__(self):
-        self.names = {}  # type: Dict[str, str]   old base -> new base
+        # type: () -> None
+        # old base name -> new base name
+        self.names = {}  # type: Dict[str, str]
+        # old base name -> TEXT, SOURCE, FIXED, OUTPUT or DRV
         self.kinds = {}  # type: Dict[str, str]
-        self.derivers = {}  # type: Dict[str, str]  old output base -> old drv base
-        self.texts = {}  # type: Dict[str, bytes]  old base -> new contents (text, drv)
-        self.hashes = {}  # type: Dict[bytes, bytes]  every old hash part -> new
+        # old output base name -> old drv base name
+        self.derivers = {}  # type: Dict[str, str]
+        # old base name -> new contents (texts and .drv files)
+        self.texts = {}  # type: Dict[str, bytes]
+        # every old hash part -> its new one
+        self.hashes = {}  # type: Dict[bytes, bytes]
 
 
 def _split(base):
@@ -167,51 +77,71 @@ def _split(base):
     return base[:HASH_LENGTH], base[HASH_LENGTH + 1:]
 
 
-def plan(infos, old_dir, new_dir):
-    # type: (Sequence[PathInfo], str, str) -> Plan
-    """Plan the exact retarget of ``infos`` from ``old_dir`` to ``new_dir``.
+def plan(paths, old_dir, new_dir, contents):
+    # type: (Sequence[PathEntry], str, str, Dict[str, bytes]) -> Plan
+    """Plan the exact retarget of ``paths`` from ``old_dir`` to ``new_dir``.
 
-    First plans for ``old_dir`` itself, which must give back every path and
-    every text unchanged (this is what checks the classification).
+    ``contents`` holds the bytes of the paths that are one regular file (at
+    least every ``.drv`` and every path no derivation of the closure made:
+    see ``needs_contents``).  First plans for ``old_dir`` itself, which must
+    give back every path and every text unchanged (this is what checks the
+    classification).
     """
-    same = _Planner(infos, old_dir, old_dir).run()
+    same = _Planner(paths, old_dir, old_dir, contents).run()
     for old, new in same.names.items():
         if old != new:
             raise ExactError("store path %s/%s is recomputed as %s/%s: this closure is not "
                              "reproducible the way Nix computes paths" % (old_dir, old, old_dir,
                                                                          new),
                              "retarget without --exact (plain relocation)")
-    by_name = dict((i.name, i) for i in infos)
     for old, text in same.texts.items():
-        if text != by_name[old].contents:
+        if text != contents.get(old):
             raise ExactError("%s/%s does not print back identically" % (old_dir, old),
                              "retarget without --exact (plain relocation)")
     if new_dir == old_dir:
         return same
-    return _Planner(infos, old_dir, new_dir, same.kinds).run()
+    return _Planner(paths, old_dir, new_dir, contents, same.kinds).run()
+
+
+def needs_contents(paths):
+    # type: (Sequence[PathEntry]) -> Set[str]
+    """The paths whose contents ``plan`` may need: every ``.drv`` and every
+    path whose deriver is not in the closure (texts, sources, fixed outputs).
+
+    The outputs of the closure's derivations are planned from their ``.drv``
+    alone; should a deriver be wrong, the planner finds a path it cannot
+    classify and refuses, so this only saves reading, never changes a plan.
+    """
+    names = set(p.name for p in paths)
+    return set(p.name for p in paths if is_derivation(p.name) or p.deriver not in names)
 
 
 class _Planner(object):
-    def __init__(self, infos, old_dir, new_dir, kinds=None):
-        self.infos = dict((i.name, i) for i in infos)
+    def __init__(self, paths, old_dir, new_dir, contents, kinds=None):
+        # type: (Sequence[PathEntry], str, str, Dict[str, bytes], Optional[Dict[str, str]]) -> None
+        self.infos = dict((p.name, p) for p in paths)
+        self.contents = contents
         self.old_dir = old_dir
         self.new_dir = new_dir
         self.p = Plan()
         self.known_kinds = kinds
-        self.drvs = {}  # old drv base -> Derivation (old)
-        self.output_of = {}  # old output base -> (old drv base, output id)
-        self.drv_hashes = {}  # old drv base -> {output: new hashDerivationModulo}
-        self.busy = set()
+        self.drvs = {}  # type: Dict[str, Derivation]  # old drv base -> its derivation
+        # old output base -> (old drv base, output id)
+        self.output_of = {}  # type: Dict[str, Tuple[str, str]]
+        # old drv base -> {output: new hashDerivationModulo}
+        self.drv_hashes = {}  # type: Dict[str, Dict[str, bytes]]
+        self.busy = set()  # type: Set[str]
 
     def run(self):
         # type: () -> Plan
         self.by_hash = dict((name[:HASH_LENGTH].encode(), name) for name in self.infos)
-        for name, info in sorted(self.infos.items()):
-            if name.endswith(".drv"):
-                if info.contents is None:
+        for name in sorted(self.infos):
+            if is_derivation(name):
+                data = self.contents.get(name)
+                if data is None:
                     raise ExactError("%s/%s is not a plain file" % (self.old_dir, name))
                 try:
-                    drv = derivation.parse(info.contents)
+                    drv = derivation.parse(data)
                 except derivation.DerivationError as e:
                     raise ExactError("%s/%s: %s" % (self.old_dir, name, e))
                 if drv.is_floating_ca or drv.is_deferred:
@@ -244,6 +174,7 @@ class _Planner(object):
         self.p.hashes[old[:HASH_LENGTH].encode()] = new[:HASH_LENGTH].encode()
 
     def text_rewriter(self):
+        # type: () -> Rewriter
         return Rewriter(self.old_dir.encode(), self.new_dir.encode(), self.p.hashes)
 
     def rewrite_str(self, s):
@@ -281,7 +212,7 @@ class _Planner(object):
         carry every path in them), so the declared references do not suffice:
         the rewrite needs the new hash part of every path it meets.
         """
-        contents = self.infos[name].contents
+        contents = self.contents.get(name)
         if contents is None:
             return
         for m in _HASH_RUN.finditer(contents):
@@ -309,33 +240,34 @@ class _Planner(object):
         old_refs = [self.old_dir + "/" + r for r in refs]
         new_refs = [self._full_new(self.p.names[r]) for r in refs]
         nar = parse_sha256(info.nar_hash)
+        data = self.contents.get(name)
         kind = self.known_kinds.get(name) if self.known_kinds is not None else None
         if kind is None:
-            kind = self._classify(name, info, old_refs, self_ref, nar)
-        if kind == TEXT:
-            text = self.text_rewriter().whole(info.contents)
+            kind = self._classify(name, data, old_refs, self_ref, nar)
+        if kind == TEXT and data is not None:
+            text = self.text_rewriter().whole(data)
             self.p.texts[name] = text
             new = storepaths_ca.make_text_path(self.new_dir, pname, text, new_refs)
         elif kind == SOURCE:
             new = storepaths_ca.make_source_path(self.new_dir, pname, nar)
         else:
             new = storepaths_ca.make_fixed_output_path(
-                self.new_dir, pname, False, "sha256", hashlib.sha256(info.contents).digest())
+                self.new_dir, pname, False, "sha256", hashlib.sha256(data or b"").digest())
         self.p.kinds[name] = kind
         self._set(name, new)
 
-    def _classify(self, name, info, old_refs, self_ref, nar):
+    def _classify(self, name, data, old_refs, self_ref, nar):
+        # type: (str, Optional[bytes], List[str], bool, bytes) -> str
         full = self.old_dir + "/" + name
         _, pname = _split(name)
-        if info.contents is not None and not self_ref and storepaths_ca.make_text_path(
-                self.old_dir, pname, info.contents, old_refs) == full:
+        if data is not None and not self_ref and storepaths_ca.make_text_path(
+                self.old_dir, pname, data, old_refs) == full:
             return TEXT
         if not old_refs and not self_ref and storepaths_ca.make_source_path(
                 self.old_dir, pname, nar) == full:
             return SOURCE
-        if not old_refs and info.contents is not None and storepaths_ca.make_fixed_output_path(
-                self.old_dir, pname, False, "sha256",
-                hashlib.sha256(info.contents).digest()) == full:
+        if not old_refs and data is not None and storepaths_ca.make_fixed_output_path(
+                self.old_dir, pname, False, "sha256", hashlib.sha256(data).digest()) == full:
             return FIXED
         raise ExactError("cannot tell how %s was made: it is not the output of a .drv in the "
                          "closure, nor a text, source or flat sha256 fixed-output path without "
@@ -362,7 +294,7 @@ class _Planner(object):
             if r != name:
                 self.resolve(r)
         self._resolve_mentioned(name)
-        drv_name = name[HASH_LENGTH + 1:-len(".drv")]
+        drv_name = name[HASH_LENGTH + 1:-len(DRV_EXTENSION)]
         rw = self.rewrite_str
         new = derivation.Derivation(
             drv.outputs,
@@ -405,165 +337,5 @@ class _Planner(object):
         self.p.texts[name] = text
         refs = [self._full_new(self.p.names[r]) for r in info.references if r != name]
         self.p.kinds[name] = DRV
-        self._set(name, storepaths_ca.make_text_path(self.new_dir, drv_name + ".drv", text,
+        self._set(name, storepaths_ca.make_text_path(self.new_dir, drv_name + DRV_EXTENSION, text,
                                                      refs))
-
-
-# -- planning a manifest and rewriting its paths ----------------------------------------------
-
-
-class Collector(object):
-    """Visitor that keeps the bytes of a store path that is one small regular file.
-
-    They go to ``into[name]`` when the file ends (up to TEXT_LIMIT bytes);
-    anything else (a directory, a symlink, a bigger file) is ignored.
-    """
-
-    def __init__(self, name, into):
-        # type: (str, Dict[str, bytes]) -> None
-        self._name = name
-        self._into = into
-        self._parts = None  # type: Optional[List[bytes]]
-
-    def regular(self, rel, executable, size):
-        # type: (bytes, bool, int) -> None
-        self._parts = [] if rel == b"" and size <= TEXT_LIMIT else None
-
-    def contents(self, data):
-        # type: (bytes) -> None
-        if self._parts is not None:
-            self._parts.append(data)
-
-    def end_regular(self):
-        # type: () -> None
-        if self._parts is not None:
-            self._into[self._name] = b"".join(self._parts)
-
-    def __getattr__(self, name):
-        return lambda *args: None
-
-
-def needs_contents(manifest):
-    # type: (Manifest) -> Set[str]
-    """The paths whose contents ``plan_manifest`` may need: every ``.drv`` and every
-    path whose deriver is not in the closure (texts, sources, fixed outputs).
-
-    The outputs of the closure's derivations are planned from their ``.drv``
-    alone; should a deriver be wrong, the planner finds a path it cannot
-    classify and refuses, so this only saves reading, never changes a plan.
-    """
-    names = set(p.name for p in manifest.paths)
-    return set(p.name for p in manifest.paths
-               if p.name.endswith(".drv") or p.deriver not in names)
-
-
-def plan_manifest(manifest, contents, new_dir):
-    # type: (Manifest, Dict[str, bytes], str) -> Plan
-    """``plan`` for the paths of ``manifest`` (``contents``: what ``Collector`` kept)."""
-    if not any(p.name.endswith(".drv") for p in manifest.paths):
-        raise ExactError("the installer for %s holds no .drv files" % manifest.store_dir,
-                         "build it with --with-derivations")
-    infos = [PathInfo(p.name, p.references, p.nar_hash, contents.get(p.name))
-             for p in manifest.paths]
-    result = plan(infos, manifest.store_dir, new_dir)
-    # Only the hash part may change (new names become file names in the store).
-    for info in infos:
-        new = result.names[info.name]
-        if new[HASH_LENGTH:] != info.name[HASH_LENGTH:] or not _HASH_PART.match(new):
-            raise ExactError("%s/%s would become %r, not a store path of the same name"
-                             % (manifest.store_dir, info.name, new))
-    return result
-
-
-def retargeted_manifest(manifest, p, store_dir, embedded_store_dir):
-    # type: (Manifest, Plan, str, str) -> Manifest
-    """A copy of ``manifest`` for ``store_dir`` under the names of the plan ``p``.
-
-    Paths (in the same order), references, derivers, roots, ``nixStore`` and
-    the hidden references are renamed; NAR hashes and sizes stay the old ones
-    until the rewritten paths have been hashed.
-    """
-    names = p.names
-    new = manifest.moved_to(store_dir, embedded_store_dir)
-    for entry in new.paths:
-        deriver = p.derivers.get(entry.name, entry.deriver)
-        entry.deriver = names.get(deriver, "")
-        entry.references = sorted(names[r] for r in entry.references)
-        entry.name = names[entry.name]
-    new.roots = sorted(names[r] for r in manifest.roots)
-    if manifest.nix_store:
-        base, _, rest = manifest.nix_store.partition("/")
-        new.nix_store = names[base] + "/" + rest
-    new.hidden_refs = [_renamed(ref, names) for ref in manifest.hidden_refs]
-    return new
-
-
-def _renamed(ref, names):
-    # type: (str, Dict[str, str]) -> str
-    """``<base>/<rel>: <reason>`` (or ``<base>: <reason>``) with the new base name."""
-    base = ref.partition("/")[0].partition(":")[0]
-    return names[base] + ref[len(base):]
-
-
-class PathRewriter(object):
-    """Visitor that rewrites one store path on its way to ``inner``.
-
-    A ``.drv`` or text path (``text`` given: its new contents from the plan)
-    gets ``text`` instead of its bytes, whatever their length; sources and
-    fixed outputs (KEEP_CONTENTS) pass unchanged; every other file and
-    symlink target gets the same-length ``new_dir`` for ``old_dir`` and the
-    new hash parts (``Rewriter``), except zip-family archives, which are left
-    unchanged as plain relocation leaves them (relocate.is_archive).
-    """
-
-    def __init__(self, inner, kind, text, old_dir, new_dir, hashes):
-        # type: (object, str, Optional[bytes], bytes, bytes, Dict[bytes, bytes]) -> None
-        self._inner = inner
-        self._kind = kind
-        self._text = text
-        self._binary = (old_dir, new_dir, hashes)
-        self._rewriter = None  # type: Optional[Rewriter]
-        self._pending = None  # type: Optional[Tuple[bytes, bool]]
-
-    def regular(self, rel, executable, size):
-        # type: (bytes, bool, int) -> None
-        if self._text is not None:
-            self._pending = (rel, executable)
-            return
-        self._rewriter = None
-        if self._kind not in KEEP_CONTENTS and not relocate.is_archive(rel):
-            self._rewriter = Rewriter(*self._binary)
-        self._inner.regular(rel, executable, size)
-
-    def contents(self, data):
-        # type: (bytes) -> None
-        if self._text is not None:
-            return
-        if self._rewriter is not None:
-            data = self._rewriter.feed(data)
-        if data:
-            self._inner.contents(data)
-
-    def end_regular(self):
-        # type: () -> None
-        if self._pending is not None:
-            rel, executable = self._pending
-            self._pending = None
-            self._inner.regular(rel, executable, len(self._text))
-            self._inner.contents(self._text)
-        elif self._rewriter is not None:
-            tail = self._rewriter.flush()
-            if tail:
-                self._inner.contents(tail)
-            self._rewriter = None
-        self._inner.end_regular()
-
-    def symlink(self, rel, target):
-        # type: (bytes, bytes) -> None
-        if self._kind not in KEEP_CONTENTS:
-            target = Rewriter(*self._binary).whole(target)
-        self._inner.symlink(rel, target)
-
-    def __getattr__(self, name):
-        # begin_directory, begin_entry, end_entry, end_directory
-        return getattr(self._inner, name)

@@ -9,7 +9,7 @@ every field so that a damaged or hostile manifest is refused before any byte
 is written.
 
 Store paths are kept as base names (``<hash>-<name>``) and joined with
-``store_dir`` on use, so a later relocation only has to change one field.
+``store_dir`` on use, so a later retarget only has to change one field.
 """
 
 import copy
@@ -18,6 +18,10 @@ import re
 
 from . import hashes, storepath
 from .machine import human_size
+
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import Dict, Iterable, List, Optional, Sequence, Tuple  # noqa: F401
 
 FORMAT = "nix-prefix-manifest"
 VERSION = 2
@@ -77,11 +81,12 @@ class Manifest(object):
                  nix_store=None, payload_size=0, payload_sha256="", longest_path=0,
                  preamble_sha256="", tool_version="", embedded_store_dir=None,
                  hidden_refs=(), derivations=False):
+        # type: (str, str, str, Sequence[PathEntry], Sequence[Chunk], Sequence[str], Optional[str], int, str, int, str, str, Optional[str], Sequence[str], bool) -> None
         self.store_dir = store_dir
         # The store dir as its bytes appear inside the payload: the store dir
-        # itself, or after a retarget a slash-padded form of it (relocate.py).
+        # itself, or after a retarget a slash-padded form of it (retarget.py).
         self.embedded_store_dir = embedded_store_dir or store_dir
-        # "<base name>/<rel>: <reason>" for files a relocation cannot fix.
+        # "<base name>/<rel>: <reason>" for files a same-length rewrite cannot fix.
         self.hidden_refs = list(hidden_refs)
         # The payload holds the derivations of its paths (build --with-derivations):
         # another store dir gets every store path recomputed exactly (exact.py).
@@ -107,7 +112,7 @@ class Manifest(object):
     @property
     def max_store_dir_length(self):
         # type: () -> int
-        """The longest store dir this payload can be relocated to, in bytes."""
+        """The longest store dir this payload can be retargeted to, in bytes."""
         return len(self.embedded_store_dir.encode())
 
     @property
@@ -115,14 +120,32 @@ class Manifest(object):
         # type: () -> int
         return sum(p.nar_size for p in self.paths)
 
-    def moved_to(self, store_dir, embedded_store_dir):
+    def retargeted(self, store_dir, embedded_store_dir):
         # type: (str, str) -> Manifest
-        """A copy for another store dir, with path entries of its own to update."""
-        moved = copy.copy(self)
-        moved.store_dir = store_dir
-        moved.embedded_store_dir = embedded_store_dir
-        moved.paths = [copy.copy(p) for p in self.paths]
-        return moved
+        """A copy for another store dir (retarget.py), with path entries of its own."""
+        return self.replaced(store_dir=store_dir, embedded_store_dir=embedded_store_dir)
+
+    def replaced(self, **fields):
+        # type: (**object) -> Manifest
+        """A copy with ``fields`` (attribute names) replaced; the path entries are copies."""
+        new = copy.copy(self)
+        new.paths = [copy.copy(p) for p in self.paths]
+        for name, value in fields.items():
+            if not hasattr(self, name):
+                raise AttributeError("a manifest has no field %r" % name)
+            setattr(new, name, value)
+        return new
+
+    def with_nar_info(self, infos):
+        # type: (Dict[str, Tuple[str, int]]) -> Manifest
+        """A copy whose paths named in ``infos`` have the (narHash, narSize) given there
+        (what rewritten paths hash to once they have been written)."""
+        new = self.replaced()
+        for p in new.paths:
+            info = infos.get(p.name)
+            if info is not None:
+                p.nar_hash, p.nar_size = info
+        return new
 
     def store_path(self, name):
         # type: (str) -> str
@@ -213,11 +236,11 @@ class Manifest(object):
             deriver = _string(p["deriver"], "deriver")
             if deriver:
                 _base_name(deriver)
-            chunk = _count(p["chunk"], "chunk")
-            if chunk >= len(chunks):
-                raise ManifestError("%s is in chunk %d, which does not exist" % (name, chunk))
+            index = _count(p["chunk"], "chunk")
+            if index >= len(chunks):
+                raise ManifestError("%s is in chunk %d, which does not exist" % (name, index))
             paths.append(PathEntry(name, nar_hash, _count(p["narSize"], "narSize"),
-                                   [_base_name(r) for r in p["references"]], deriver, chunk))
+                                   [_base_name(r) for r in p["references"]], deriver, index))
         for p in paths:
             for r in p.references:
                 if r not in names:
@@ -247,7 +270,7 @@ class Manifest(object):
         derivations = doc.get("derivations", False)
         if not isinstance(derivations, bool):
             raise ManifestError("derivations must be true or false")
-        if derivations and not any(p.name.endswith(".drv") for p in paths):
+        if derivations and not has_derivations(paths):
             raise ManifestError("derivations is true but the closure holds no .drv file")
         manifest = cls(store_dir, system, compression, paths, chunks, roots, nix_store,
                        _count(payload["size"], "payload.size"),
@@ -261,6 +284,12 @@ class Manifest(object):
         if sum(c.size for c in chunks) != manifest.payload_size:
             raise ManifestError("payload size does not match the sum of the chunk sizes")
         return manifest
+
+
+def has_derivations(paths):
+    # type: (Iterable[PathEntry]) -> bool
+    """Whether any of ``paths`` is a ``.drv`` file."""
+    return any(storepath.is_derivation(p.name) for p in paths)
 
 
 def _string(value, what):

@@ -11,14 +11,21 @@ src/libutil/serialise.cc (``writeString``, ``writePadding``):
     directory= str("directory") { str("entry") str("(") str("name") str(name)
                                   str("node") node str(")") }   -- names in byte order
 
-A NAR is produced from *events* (``NarWriter``) so that the same code hashes
-a tree on disk (builder), a tar stream (installer) and anything in between.
+A NAR is produced from tree events (``NarWriter`` is a tree.Sink) so that the
+same code hashes a tree on disk (builder), a tar stream (installer) and
+anything in between.
 """
 
 import hashlib
 import os
 import stat
 import struct
+
+from .tree import Sink
+
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import Callable, List, Tuple  # noqa: F401
 
 MAGIC = b"nix-archive-1"
 _READ_SIZE = 1 << 20
@@ -51,7 +58,7 @@ _CONTENTS = _str(b"contents")
 _SYMLINK = _OPEN + _TYPE + _str(b"symlink") + _str(b"target")
 
 
-class NarWriter(object):
+class NarWriter(Sink):
     """Turn tree events into NAR bytes passed to ``sink``; counts the size.
 
     Events must come in NAR order: a directory's entries sorted by name as
@@ -72,7 +79,7 @@ class NarWriter(object):
         self.size += len(data)
         self._sink(data)
 
-    def begin_directory(self, path=b""):
+    def begin_directory(self, rel):
         # type: (bytes) -> None
         self._write(_DIRECTORY)
 
@@ -88,7 +95,7 @@ class NarWriter(object):
         # type: () -> None
         self._write(_CLOSE)
 
-    def regular(self, path, executable, size):
+    def regular(self, rel, executable, size):
         # type: (bytes, bool, int) -> None
         """Start a regular file of ``size`` bytes; feed them with ``contents``."""
         head = _REGULAR + (_EXECUTABLE if executable else b"") + _CONTENTS
@@ -109,7 +116,7 @@ class NarWriter(object):
             raise NarError("file contents shorter than announced by %d bytes" % self._remaining)
         self._write(_pad(self._file_size) + _CLOSE)
 
-    def symlink(self, path, target):
+    def symlink(self, rel, target):
         # type: (bytes, bytes) -> None
         self._write(_SYMLINK + _str(target) + _CLOSE)
 
@@ -127,25 +134,9 @@ class NarHasher(NarWriter):
         return self._hash.digest()
 
 
-class Tee(object):
-    """Send every tree event to several visitors (e.g. a tar writer and a hasher)."""
-
-    def __init__(self, *visitors):
-        self._visitors = [v for v in visitors if v is not None]
-
-    def __getattr__(self, name):
-        methods = [getattr(v, name) for v in self._visitors]
-
-        def call(*args):
-            for m in methods:
-                m(*args)
-
-        return call
-
-
-def dump_path(fs_path, visitor, rel=b""):
-    # type: (bytes, object, bytes) -> None
-    """Walk ``fs_path`` in NAR order and send its events to ``visitor``.
+def dump_path(fs_path, sink, rel=b""):
+    # type: (bytes, Sink, bytes) -> None
+    """Walk ``fs_path`` in NAR order and send its events to ``sink`` (see tree.py).
 
     Mirrors archive.cc ``dump``: only the owner's x bit counts, entries are
     sorted by raw bytes, and anything but files, directories and symlinks is
@@ -153,7 +144,7 @@ def dump_path(fs_path, visitor, rel=b""):
     """
     st = os.lstat(fs_path)
     if stat.S_ISREG(st.st_mode):
-        visitor.regular(rel, bool(st.st_mode & stat.S_IXUSR), st.st_size)
+        sink.regular(rel, bool(st.st_mode & stat.S_IXUSR), st.st_size)
         with open(fs_path, "rb") as f:
             left = st.st_size
             while left > 0:
@@ -161,17 +152,17 @@ def dump_path(fs_path, visitor, rel=b""):
                 if not data:
                     raise NarError("file %r shrank while being read" % os.fsdecode(fs_path))
                 left -= len(data)
-                visitor.contents(data)
-        visitor.end_regular()
+                sink.contents(data)
+        sink.end_regular()
     elif stat.S_ISLNK(st.st_mode):
-        visitor.symlink(rel, os.readlink(fs_path))
+        sink.symlink(rel, os.readlink(fs_path))
     elif stat.S_ISDIR(st.st_mode):
-        visitor.begin_directory(rel)
+        sink.begin_directory(rel)
         for name in sorted(os.listdir(fs_path)):
-            visitor.begin_entry(name)
-            dump_path(os.path.join(fs_path, name), visitor, rel + b"/" + name if rel else name)
-            visitor.end_entry()
-        visitor.end_directory()
+            sink.begin_entry(name)
+            dump_path(os.path.join(fs_path, name), sink, rel + b"/" + name if rel else name)
+            sink.end_entry()
+        sink.end_directory()
     else:
         raise NarError("%r has an unsupported file type (not a file, directory or symlink)"
                        % os.fsdecode(fs_path))
@@ -180,7 +171,7 @@ def dump_path(fs_path, visitor, rel=b""):
 def nar_bytes(fs_path):
     # type: (str) -> bytes
     """The whole NAR of a path, in memory (for tests and small trees)."""
-    parts = []
+    parts = []  # type: List[bytes]
     dump_path(os.fsencode(fs_path), NarWriter(parts.append))
     return b"".join(parts)
 

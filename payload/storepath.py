@@ -9,6 +9,10 @@ import re
 
 from . import nix32
 
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import Tuple  # noqa: F401
+
 HASH_LENGTH = 32
 MAX_NAME_LENGTH = 211
 _NAME = re.compile(r"^[A-Za-z0-9+\-._?=]+\Z")
@@ -44,6 +48,15 @@ def split(path):
         raise StorePathError("%r is not inside a store directory" % path)
     check_store_dir(store_dir)
     return store_dir, check_base_name(base)
+
+
+DRV_EXTENSION = ".drv"
+
+
+def is_derivation(name):
+    # type: (str) -> bool
+    """Whether a store path (or its base name) is a derivation (``StorePath::isDerivation``)."""
+    return name.endswith(DRV_EXTENSION)
 
 
 def hash_part(base):

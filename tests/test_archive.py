@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from nix_prefix.builder.localnix import LocalNix
-from nix_prefix.payload import archive, hashes, nar, nix32
+from nix_prefix.payload import archive, hashes, nar, nix32, tree
 from nix_prefix.payload.archive import ArchiveError
 
 # -- recording visitors -------------------------------------------------------------------------
@@ -140,7 +140,7 @@ def pack(paths: list[StorePath]) -> tuple[bytes, list[Recorder], archive.TarWrit
         tar.top = sp.base
         rec = Recorder()
         hasher = nar.NarHasher()
-        nar.dump_path(os.fsencode(sp.path), nar.Tee(tar, hasher, rec))
+        nar.dump_path(os.fsencode(sp.path), tree.Tee(tar, hasher, rec))
         assert hashes.format_sha256(hasher.digest()) == sp.nar_hash
         recorders.append(rec)
     tar.close()

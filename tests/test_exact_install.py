@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 
 from nix_prefix.builder.closure_info import Closure, read_closure
+from nix_prefix.builder.derivations import check_exact
 from nix_prefix.builder.errors import BuildError
-from nix_prefix.builder.exact import check_exact, retarget_exact
 from nix_prefix.builder.pack import BuildOptions, build_installer
-from nix_prefix.builder.retarget import retarget
-from nix_prefix.installer import exact_relocation
+from nix_prefix.builder.retarget import retarget, retarget_exact
 from nix_prefix.installer import install as install_mod
 from nix_prefix.installer.errors import InstallError
 from nix_prefix.installer.install import plan_lines
@@ -78,6 +77,9 @@ def test_install_at_another_prefix_is_what_a_native_build_gives(built: dict) -> 
     done = run_installer(built["installer"], "-y", "-p", str(s2))
     assert done.returncode == 0, done.stderr
     assert "reading the derivations" in done.stderr
+    # The first pass is made once: main hands its result to the checks, the plan
+    # and the install.
+    assert done.stderr.count("reading the derivations:") == 1
 
     # The same store paths, NAR hashes, references and derivers as retarget --exact gives.
     expected = built["expected"]
@@ -168,15 +170,16 @@ def test_plan_says_the_paths_are_recomputed(built: dict) -> None:
     source = InstallerFile(str(built["installer"]))
     try:
         prefix = Prefix(str(built["base"] / "s5"))
-        exact = exact_relocation.prepare(source, prefix, UI(quiet=True))
+        exact = install_mod.exact_retarget(source, prefix, UI(quiet=True))
         assert exact is not None
-        assert exact_relocation.prepare(source, prefix, UI(quiet=True)) is exact
-        text = "\n".join(plan_lines(source.manifest, prefix))
+        assert install_mod.at_prefix(source, prefix, UI(quiet=True)).manifest.to_json() == (
+            exact.manifest.to_json())
+        text = "\n".join(plan_lines(exact, prefix))
         assert f"recompute every store path exactly for {prefix.store_dir}" in text
         assert ", ".join(exact.manifest.roots) in text
         assert not set(exact.manifest.roots) & set(source.manifest.roots)
         # At its own prefix nothing is recomputed (nor read).
-        assert exact_relocation.prepare(source, Prefix(str(built["s1"])), UI()) is None
+        assert install_mod.exact_retarget(source, Prefix(str(built["s1"])), UI()) is None
     finally:
         source.close()
 
@@ -291,9 +294,8 @@ def test_installer_plans_what_nix_computes_and_installs_it(tmp_path: Path) -> No
     source = InstallerFile(str(installer))
     try:
         assert source.manifest.derivations
-        exact = exact_relocation.prepare(source, prefix, UI(quiet=True))
+        exact = install_mod.exact_retarget(source, prefix, UI(quiet=True))
         assert exact is not None
-        assert exact_relocation.prepared(source.manifest, prefix) is exact
         assert exact.plan.names == {
             old[k].rpartition("/")[2]: base[k] for k in ("text", "drv", "out")}
         m = exact.manifest
@@ -305,7 +307,7 @@ def test_installer_plans_what_nix_computes_and_installs_it(tmp_path: Path) -> No
         assert exact.plan.texts[old["drv"].rpartition("/")[2]] == new["drv_data"]
         drv_size = by_name[base["drv"]].nar_size
 
-        assert install_mod.install(source, prefix.root, UI(quiet=True))
+        assert install_mod.install(source, prefix.root, UI(quiet=True), target=exact)
     finally:
         source.close()
     store = Path(prefix.store_dir)
@@ -316,9 +318,11 @@ def test_installer_plans_what_nix_computes_and_installs_it(tmp_path: Path) -> No
     assert base["text"].encode() in greet and b"/s2//" in greet
     assert os.readlink(store / base["out"] / "config").endswith(base["text"])
     # Registered with the NAR hashes of what is on disk, derivers included.
-    for name, p in by_name.items():
+    for name in by_name:
         digest, size = nar.hash_path(str(store / name))
-        assert (p.nar_hash, p.nar_size) == (hashes.format_sha256(digest), size)
+        registered = [nix_at(Path(prefix.root), "nix-store", "-q", query,
+                             str(store / name)).stdout.strip() for query in ("--hash", "--size")]
+        assert registered == [hashes.format_sha256(digest), str(size)]
     assert by_name[base["drv"]].nar_size == drv_size
     verify = nix_at(Path(prefix.root), "nix-store", "--verify", "--check-contents")
     assert verify.returncode == 0, verify.stderr
@@ -335,8 +339,8 @@ def test_a_too_long_prefix_is_refused_before_the_payload_is_read(tmp_path: Path)
     try:
         source.unpack = None  # any read of the payload would fail
         with pytest.raises(InstallError, match="too long"):
-            exact_relocation.prepare(source, Prefix(str(tmp_path / ("x" * 80))), UI())
-        assert exact_relocation.prepare(source, Prefix(closure.store_dir[:-len("/store")]),
+            install_mod.exact_retarget(source, Prefix(str(tmp_path / ("x" * 80))), UI())
+        assert install_mod.exact_retarget(source, Prefix(closure.store_dir[:-len("/store")]),
                                         UI()) is None
     finally:
         source.close()

@@ -10,12 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nix_prefix.builder.closure_info import read_closure
+from nix_prefix.builder.derivations import with_derivations
 from nix_prefix.builder.errors import BuildError
-from nix_prefix.builder.exact import retarget_exact, with_derivations
 from nix_prefix.builder.localnix import LocalNix, prefix_env
 from nix_prefix.builder.pack import BuildOptions, build_installer
-from nix_prefix.payload import derivation, exact, storepaths_ca
+from nix_prefix.builder.retarget import retarget_exact
+from nix_prefix.payload import derivation, exact, rewrite, storepaths_ca
 from nix_prefix.payload.container import InstallerFile
+from nix_prefix.payload.manifest import PathEntry
 
 from .support import feed_in_pieces, run_installer
 
@@ -189,8 +191,8 @@ def test_exact_retarget_refuses_an_installer_without_derivations(built: dict) ->
 def test_unknown_path_is_refused_with_a_hint() -> None:
     name = "0" * 32 + "-mystery"
     with pytest.raises(exact.ExactError, match="cannot tell how") as e:
-        exact.plan([exact.PathInfo(name, [], "sha256:" + "1" * 52, b"x")], "/a/store",
-                   "/b/store")
+        exact.plan([PathEntry(name, "sha256:" + "1" * 52, 0, [])], "/a/store", "/b/store",
+                   {name: b"x"})
     assert "--with-derivations" in e.value.hint
 
 
@@ -230,8 +232,8 @@ def test_store_path_formulas_match_nix_add() -> None:
 def test_rewriter_in_pieces_equals_whole(parts: list[bytes], cuts: list[int]) -> None:
     data = b"".join(parts)
     hashes = {b"a" * 32: b"b" * 32, b"q" * 32: b"r" * 32}
-    whole = exact.Rewriter(b"/old/store", b"/new//////", hashes).whole(data)
-    rw = exact.Rewriter(b"/old/store", b"/new//////", hashes)
+    whole = rewrite.Rewriter(b"/old/store", b"/new//////", hashes).whole(data)
+    rw = rewrite.Rewriter(b"/old/store", b"/new//////", hashes)
     assert feed_in_pieces(rw, data, cuts) == whole
     assert len(whole) == len(data)
     if b"a" * 20 not in data and b"q" * 32 not in data:
@@ -240,7 +242,7 @@ def test_rewriter_in_pieces_equals_whole(parts: list[bytes], cuts: list[int]) ->
 
 def test_rewriter_examples() -> None:
     hashes = {b"a" * 32: b"b" * 32}
-    rw = exact.Rewriter(b"/old/store", b"/new", hashes)
+    rw = rewrite.Rewriter(b"/old/store", b"/new", hashes)
     assert rw.whole(b"#!/old/store/" + b"a" * 32 + b"-sh/bin/sh /old/store") == (
         b"#!/new/" + b"b" * 32 + b"-sh/bin/sh /new")
     # Inside a longer nix32 run every 32-char window is looked at, as Nix scans.

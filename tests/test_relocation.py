@@ -19,8 +19,9 @@ from nix_prefix.builder.localnix import LocalNix, prefix_env
 from nix_prefix.builder.pack import BuildOptions, build_installer
 from nix_prefix.builder.retarget import retarget
 from nix_prefix.builder.samples import NIX_DIR, build_c_program
-from nix_prefix.payload import hashes, nar, registration, relocate
+from nix_prefix.payload import hashes, nar, registration, rewrite
 from nix_prefix.payload.manifest import Manifest, ManifestError
+from nix_prefix.payload.retarget import RetargetError, padded_store_dir
 
 from .support import Built, build_small, feed_in_pieces, run_installer
 
@@ -34,11 +35,11 @@ def canonical(path: str) -> str:
 # -- the rewrite itself ---------------------------------------------------------------------
 
 def test_padded_store_dir_keeps_length_and_shape() -> None:
-    padded = relocate.padded_store_dir("/tmp/nix-build-longprefix/store", "/home/u/n/store")
+    padded = padded_store_dir("/tmp/nix-build-longprefix/store", "/home/u/n/store")
     assert padded == "/home/u/n/////////////////store"
     assert len(padded) == len("/tmp/nix-build-longprefix/store")
-    with pytest.raises(relocate.RelocationError, match="longer"):
-        relocate.padded_store_dir("/a/store", "/abc/store")
+    with pytest.raises(RetargetError, match="longer"):
+        padded_store_dir("/a/store", "/abc/store")
 
 
 @settings(max_examples=300)
@@ -47,7 +48,7 @@ def test_padded_store_dir_keeps_length_and_shape() -> None:
        st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=10))
 def test_stream_rewriter_equals_a_whole_replace(parts: list[bytes], cuts: list[int]) -> None:
     data = b"".join(parts)
-    rw = relocate.StreamRewriter(b"/old/store", b"/new//////")
+    rw = rewrite.Rewriter(b"/old/store", b"/new//////")
     assert feed_in_pieces(rw, data, cuts) == data.replace(b"/old/store", b"/new//////")
     assert rw.count == data.count(b"/old/store")
 
@@ -64,7 +65,7 @@ def test_relocator_rewrites_contents_and_symlinks_but_not_archives(tmp_path: Pat
     (expected / "lib.jar").write_bytes(b"PK /old/store inside a stored member")
     os.symlink("/n/////////abc-x/y", expected / "link")
     hasher = nar.NarHasher()
-    relocator = relocate.Relocator(hasher, b"/old/store", b"/n////////")
+    relocator = rewrite.PathRewriter(hasher, b"/old/store", b"/n////////")
     nar.dump_path(os.fsencode(tree), relocator)
     assert relocator.count == 2
     assert hasher.digest() == nar.hash_path(os.fsencode(expected))[0]
@@ -81,9 +82,9 @@ def test_hidden_references_are_found_in_compressed_and_checksummed_files() -> No
         "pyc": b"\x00\x00co_filename /old/store/abc-x/lib.py",
     }
     for kind, data in cases.items():
-        assert relocate.hidden_reference(kind, data, needle), kind
-    assert relocate.hidden_reference("gzip", gzip.compress(b"nothing here"), needle) is None
-    assert relocate.hidden_reference("gzip", b"not gzip at all", needle) is None
+        assert rewrite.hidden_reference(kind, data, needle), kind
+    assert rewrite.hidden_reference("gzip", gzip.compress(b"nothing here"), needle) is None
+    assert rewrite.hidden_reference("gzip", b"not gzip at all", needle) is None
 
 
 def test_manifest_embedded_store_dir_must_be_a_padding_of_the_store_dir() -> None:

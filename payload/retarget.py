@@ -1,0 +1,310 @@
+"""Retarget: how the payload's store paths become store paths at another store dir.
+
+One interface, ``Retarget``, three ways:
+
+* ``Identity``: the store dir the closure was built for; bytes as they are.
+* ``SameLength``: any store dir S2 no longer than the one inside the payload
+  S1.  S1 is replaced by S2 *of exactly the same length* in file contents and
+  symlink targets (rewrite.py), so no offset moves in any binary; a shorter
+  S2 is padded with extra slashes, which the kernel and libc read as one
+  (``/home/u/n/store`` for a 31-byte S1 becomes
+  ``/home/u/n/////////////////store``).  Nix canonicalises NIX_STORE_DIR
+  (``canonPath`` in src/libutil/util.cc) and finds references by their hash
+  part (src/libstore/references.cc), so the hash parts, the references and
+  the registration's paths in the canonical S2 all stay valid
+  (../shared/docs/confirmed-here.md).
+* ``Exact``: the payload holds the derivations of its paths: every store
+  path is recomputed for S2 as Nix would (the planner is exact.py), ``.drv``
+  files and texts get their new contents, other files the padded S2 and the
+  new hash parts.
+
+A retarget gives the manifest as it is at S2 (``manifest``: names, store
+dir; NAR hashes of rewritten paths are known only once they have been
+rewritten) and, for each payload path, the sink its events go through on
+their way to wherever they are written (``sink``).  ``Retargeted`` is that
+one chain, rewrite then NAR hash, for every caller: the builder's ``build``
+and ``retarget``, and the installer.
+"""
+
+import copy
+
+from . import exact, nar
+from .hashes import format_sha256
+from .manifest import has_derivations
+from .rewrite import PathRewriter
+from .storepath import HASH_LENGTH
+from .tree import Count, Filter, Sink, Tee
+
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import Callable, Dict, List, Optional, Set, Tuple  # noqa: F401
+
+    from .container import InstallerFile  # noqa: F401
+    from .manifest import Manifest  # noqa: F401
+
+# Paths that are one regular file up to this size are read for the exact planner.
+TEXT_LIMIT = 16 << 20
+
+
+class RetargetError(ValueError):
+    """The new store dir cannot replace the old one in place."""
+
+
+def padded_store_dir(old, new):
+    # type: (str, str) -> str
+    """``new`` lengthened with slashes to the length of ``old``.
+
+    The slashes go just before the last component, so the padded form keeps
+    the visible shape ``<prefix>/…/store``.
+    """
+    if len(new) > len(old):
+        raise RetargetError(
+            "the store dir %s is %d bytes, longer than the %d bytes of %s this installer was "
+            "built for" % (new, len(new), len(old), old))
+    head, _, last = new.rpartition("/")
+    return head + "/" * (1 + len(old) - len(new)) + last
+
+
+class Retarget(object):
+    """How the paths of ``source`` (the payload's manifest) reach ``manifest.store_dir``.
+
+    The base class is the interface; see Identity, SameLength and Exact.
+    """
+
+    # Whether the bytes change on the way (and so their NAR hashes).
+    rewrites = False
+
+    def __init__(self, source, manifest):
+        # type: (Manifest, Manifest) -> None
+        self.source = source
+        self.manifest = manifest  # at the new store dir
+
+    @property
+    def store_dir(self):
+        # type: () -> str
+        return self.manifest.store_dir
+
+    def name(self, old):
+        # type: (str) -> str
+        """The new base name of the payload's path ``old``."""
+        return old
+
+    def sink(self, name, inner):
+        # type: (str, Sink) -> Sink
+        """The sink the events of the payload's path ``name`` go through to ``inner``."""
+        return inner
+
+    def describe(self):
+        # type: () -> Optional[str]
+        """One line for the install plan, or None when nothing changes."""
+        return None
+
+
+class Identity(Retarget):
+    """The store dir the payload was built for: nothing changes."""
+
+    def __init__(self, source):
+        # type: (Manifest) -> None
+        Retarget.__init__(self, source, source)
+
+
+class SameLength(Retarget):
+    """Another store dir, no longer than the payload's: the store dir rewritten in place."""
+
+    rewrites = True
+
+    def __init__(self, source, store_dir):
+        # type: (Manifest, str) -> None
+        """Raises RetargetError if ``store_dir`` is longer than the payload's."""
+        padded = padded_store_dir(source.embedded_store_dir, store_dir)
+        Retarget.__init__(self, source, source.retargeted(store_dir, padded))
+        self._old = source.embedded_store_dir.encode()
+        self._new = padded.encode()
+
+    def sink(self, name, inner):
+        # type: (str, Sink) -> Sink
+        return PathRewriter(inner, self._old, self._new)
+
+    def describe(self):
+        # type: () -> Optional[str]
+        return ("  relocate them from %s (rewrite the store dir in place, same length)"
+                % self.source.store_dir)
+
+
+class Exact(Retarget):
+    """Every store path recomputed for the new store dir from the derivations.
+
+    ``contents``: what ``read_contents`` read of the payload.  Raises
+    RetargetError for a longer store dir, exact.ExactError (with a hint) for
+    a closure that cannot be planned.
+    """
+
+    rewrites = True
+
+    def __init__(self, source, store_dir, contents):
+        # type: (Manifest, str, Dict[str, bytes]) -> None
+        padded = padded_store_dir(source.embedded_store_dir, store_dir)
+        self.plan = plan_manifest(source, contents, store_dir)
+        manifest = retargeted_manifest(source, self.plan, store_dir, padded)
+        # A text's NAR size is known now (its hash once it is written): a file's
+        # bytes are padded to 8 in a NAR.
+        for i, old in enumerate(source.paths):
+            text = self.plan.texts.get(old.name)
+            if text is not None:
+                manifest.paths[i].nar_size += _padded(len(text)) - _padded(len(contents[old.name]))
+        Retarget.__init__(self, source, manifest)
+        self._old = source.embedded_store_dir.encode()
+        self._new = padded.encode()
+
+    def name(self, old):
+        # type: (str) -> str
+        return self.plan.names[old]
+
+    def sink(self, name, inner):
+        # type: (str, Sink) -> Sink
+        return PathRewriter(inner, self._old, self._new, self.plan.hashes,
+                            keep_contents=self.plan.kinds[name] in exact.KEEP_CONTENTS,
+                            text=self.plan.texts.get(name))
+
+    def describe(self):
+        # type: () -> Optional[str]
+        return ("  recompute every store path exactly for %s from the derivations it holds "
+                "(built for %s)" % (self.store_dir, self.source.store_dir))
+
+
+def _padded(n):
+    # type: (int) -> int
+    return (n + 7) // 8 * 8
+
+
+class Retargeted(Filter):
+    """One payload path on its way through ``retarget`` to ``out``: rewritten, and
+    what reaches ``out`` NAR-hashed again when the bytes change.
+
+    After ``finish``, ``nar_info()`` gives the new (narHash, narSize), or None
+    when the retarget leaves the bytes as they are.
+    """
+
+    def __init__(self, retarget, name, out):
+        # type: (Retarget, str, Sink) -> None
+        self.name = retarget.name(name)
+        self._hasher = nar.NarHasher() if retarget.rewrites else None
+        Filter.__init__(self, retarget.sink(name, Tee(out, self._hasher)))
+
+    def nar_info(self):
+        # type: () -> Optional[Tuple[str, int]]
+        if self._hasher is None:
+            return None
+        return format_sha256(self._hasher.digest()), self._hasher.size
+
+
+# -- the first pass of an exact retarget, and its manifest ------------------------------------
+
+
+class Collector(Sink):
+    """Keeps the bytes of a store path that is one small regular file.
+
+    They go to ``into[name]`` when the file ends (up to TEXT_LIMIT bytes);
+    anything else (a directory, a symlink, a bigger file) is ignored.
+    """
+
+    def __init__(self, name, into):
+        # type: (str, Dict[str, bytes]) -> None
+        self._name = name
+        self._into = into
+        self._parts = None  # type: Optional[List[bytes]]
+
+    def regular(self, rel, executable, size):
+        # type: (bytes, bool, int) -> None
+        self._parts = [] if rel == b"" and size <= TEXT_LIMIT else None
+
+    def contents(self, data):
+        # type: (bytes) -> None
+        if self._parts is not None:
+            self._parts.append(data)
+
+    def end_regular(self):
+        # type: () -> None
+        if self._parts is not None:
+            self._into[self._name] = b"".join(self._parts)
+
+
+def contents_chunks(manifest):
+    # type: (Manifest) -> List[int]
+    """The chunks ``read_contents`` reads: those holding paths the planner needs."""
+    wanted = exact.needs_contents(manifest.paths)
+    return sorted(set(p.chunk for p in manifest.paths if p.name in wanted))
+
+
+def read_contents(source, progress=None, jobs=1):
+    # type: (InstallerFile, Optional[Callable[[int], object]], int) -> Dict[str, bytes]
+    """What the exact planner needs of ``source``'s payload, read through its
+    verifying path (every NAR hash checked), writing nothing.
+
+    ``progress`` gets the NAR bytes read; ``jobs`` chunks are read at once.
+    """
+    wanted = exact.needs_contents(source.manifest.paths)
+    contents = {}  # type: Dict[str, bytes]
+
+    def open_path(name):
+        # type: (str) -> Sink
+        count = Count(progress)
+        if name not in wanted:
+            return count
+        return Tee(Collector(name, contents), count)
+
+    source.unpack(open_path, contents_chunks(source.manifest), jobs)
+    return contents
+
+
+def plan_manifest(manifest, contents, new_dir):
+    # type: (Manifest, Dict[str, bytes], str) -> exact.Plan
+    """``exact.plan`` for the paths of ``manifest`` (``contents``: what ``read_contents`` read)."""
+    if not has_derivations(manifest.paths):
+        raise exact.ExactError("the installer for %s holds no .drv files" % manifest.store_dir,
+                               "build it with --with-derivations")
+    result = exact.plan(manifest.paths, manifest.store_dir, new_dir, contents)
+    # Only the hash part may change (new names become file names in the store).
+    for p in manifest.paths:
+        new = result.names[p.name]
+        if new[HASH_LENGTH:] != p.name[HASH_LENGTH:] or not exact.HASH_PART.match(new):
+            raise exact.ExactError("%s/%s would become %r, not a store path of the same name"
+                                   % (manifest.store_dir, p.name, new))
+    return result
+
+
+def retargeted_manifest(manifest, plan, store_dir, embedded_store_dir):
+    # type: (Manifest, exact.Plan, str, str) -> Manifest
+    """A copy of ``manifest`` for ``store_dir`` under the names of ``plan``.
+
+    Paths (in the same order), references, derivers, roots, ``nixStore`` and
+    the hidden references are renamed; NAR hashes and sizes stay the old ones
+    until the rewritten paths have been hashed.
+    """
+    names = plan.names
+    new = manifest.retargeted(store_dir, embedded_store_dir)
+    paths = []
+    for old in manifest.paths:
+        entry = copy.copy(old)
+        deriver = plan.derivers.get(old.name, old.deriver)
+        entry.deriver = names.get(deriver, "")
+        entry.references = sorted(names[r] for r in old.references)
+        entry.name = names[old.name]
+        paths.append(entry)
+    new.paths = paths
+    new.roots = sorted(names[r] for r in manifest.roots)
+    if manifest.nix_store:
+        base, _, rest = manifest.nix_store.partition("/")
+        new.nix_store = names[base] + "/" + rest
+    new.hidden_refs = [_renamed(ref, names) for ref in manifest.hidden_refs]
+    # Still the derivations of its paths, for the new store dir: another one
+    # gets every path recomputed again.
+    new.derivations = True
+    return new
+
+
+def _renamed(ref, names):
+    # type: (str, Dict[str, str]) -> str
+    """``<base>/<rel>: <reason>`` (or ``<base>: <reason>``) with the new base name."""
+    base = ref.partition("/")[0].partition(":")[0]
+    return names[base] + ref[len(base):]

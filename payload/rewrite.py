@@ -1,0 +1,293 @@
+"""Rewriting store references in bytes: one stream rewriter, one per-path sink.
+
+Store paths embed the store dir in file contents (RUNPATH, #! lines,
+scripts) and symlink targets.  A retarget (retarget.py) replaces the old
+store dir by the new one of *the same length* (slash-padded), so no offset
+moves in any binary, and, for an exact retarget, each old 32-character hash
+part by its new one, found the way Nix finds references: every 32-character
+window of a run of nix32 characters (src/libstore/references.cc).
+
+Some files a byte rewrite must not or cannot fix: zip-family archives keep
+CRCs of their members (they are left as they are), compressed files hide
+the store dir from a byte search, a .pyc may be checked against its source.
+``HiddenReferenceScanner`` finds them, to report them.
+"""
+
+import bz2
+import gzip
+import io
+import lzma
+import re
+import zipfile
+import zlib
+
+from . import codecs, nix32
+from .storepath import HASH_LENGTH
+from .tree import Filter, Sink
+
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import Any, Dict, List, Optional, Tuple  # noqa: F401
+
+ARCHIVE_SUFFIXES = (".zip", ".jar", ".whl", ".egg", ".war", ".apk")
+COMPRESSED_SUFFIXES = {".gz": "gzip", ".tgz": "gzip", ".xz": "xz", ".txz": "xz",
+                       ".lzma": "xz", ".bz2": "bzip2", ".tbz2": "bzip2", ".zst": "zstd"}
+PYC_SUFFIX = ".pyc"
+# Bigger suspect files are reported without being opened (bounded memory).
+SCAN_LIMIT = 64 << 20
+
+_NIX32 = "[" + nix32.ALPHABET + "]"
+
+
+class Rewriter(object):
+    """Replace a store dir, and 32-char hash parts, in a byte stream fed in pieces.
+
+    ``old_dir`` becomes ``new_dir``; with ``hashes`` (old hash part to new,
+    same length) every run of nix32 characters is looked at 32 characters at
+    a time and a window that is a key of ``hashes`` is replaced.  When
+    ``new_dir`` has the length of ``old_dir`` no offset moves.  A match that
+    may continue in the next piece is held back until ``feed`` or ``flush``
+    shows where it ends.  ``count`` tells how many replacements were made.
+    """
+
+    def __init__(self, old_dir, new_dir, hashes=None):
+        # type: (bytes, bytes, Optional[Dict[bytes, bytes]]) -> None
+        self._old = old_dir
+        self._new = new_dir
+        self._hashes = hashes or {}
+        pattern = re.escape(old_dir)
+        if self._hashes:
+            pattern += b"|" + _NIX32.encode() + b"{%d,}" % HASH_LENGTH
+        self._re = re.compile(pattern)
+        self._keep = max(len(old_dir), HASH_LENGTH if self._hashes else 0) - 1
+        self._tail = b""
+        self.count = 0
+
+    def _replace(self, m):
+        # type: (Any) -> bytes
+        s = m.group(0)  # type: bytes
+        if s == self._old:
+            self.count += 1
+            return self._new
+        out = []
+        i = 0
+        start = 0
+        while i + HASH_LENGTH <= len(s):
+            new = self._hashes.get(s[i:i + HASH_LENGTH])
+            if new is None:
+                i += 1
+                continue
+            out.append(s[start:i])
+            out.append(new)
+            self.count += 1
+            i += HASH_LENGTH
+            start = i
+        out.append(s[start:])
+        return b"".join(out)
+
+    def _run(self, buf, final):
+        # type: (bytes, bool) -> Tuple[bytes, bytes]
+        limit = len(buf) - self._keep
+        out = []
+        pos = 0
+        cut = None  # type: Optional[int]
+        for m in self._re.finditer(buf):
+            if not final and (m.end() >= len(buf) or m.start() >= limit):
+                cut = max(pos, min(limit, m.start()))
+                break
+            out.append(buf[pos:m.start()])
+            out.append(self._replace(m))
+            pos = m.end()
+        if final:
+            cut = len(buf)
+        elif cut is None:
+            cut = max(pos, limit)
+        out.append(buf[pos:cut])
+        return b"".join(out), buf[cut:]
+
+    def feed(self, data):
+        # type: (bytes) -> bytes
+        """Return the rewritten bytes that are final so far."""
+        done, self._tail = self._run(self._tail + data, False)
+        return done
+
+    def flush(self):
+        # type: () -> bytes
+        """The rest, at the end of the stream."""
+        done, self._tail = self._run(self._tail, True)
+        return done
+
+    def whole(self, data):
+        # type: (bytes) -> bytes
+        """Rewrite one complete piece (a text file, a symlink target)."""
+        done, _ = self._run(data, True)
+        return done
+
+
+def is_archive(rel):
+    # type: (bytes) -> bool
+    """Whether a file is left byte-for-byte as it is by a rewrite (zip family)."""
+    return rel.lower().endswith(tuple(x.encode() for x in ARCHIVE_SUFFIXES))
+
+
+class PathRewriter(Filter):
+    """One store path rewritten on its way to ``inner``.
+
+    Every regular file's bytes and every symlink target get ``new_dir`` for
+    ``old_dir`` and the new hash parts of ``hashes`` (``Rewriter``), except
+    zip-family archives (``is_archive``).  With ``keep_contents`` (sources
+    and fixed outputs of an exact retarget, whose paths are computed from
+    their contents) nothing is rewritten; a path given a ``text`` (a ``.drv``
+    or text file of an exact retarget) gets those bytes instead of its own,
+    whatever their length.  ``count`` tells how many replacements were made.
+    """
+
+    def __init__(self, inner, old_dir, new_dir, hashes=None, keep_contents=False, text=None):
+        # type: (Sink, bytes, bytes, Optional[Dict[bytes, bytes]], bool, Optional[bytes]) -> None
+        Filter.__init__(self, inner)
+        self._args = (old_dir, new_dir, hashes)
+        self._keep = keep_contents
+        self._text = text
+        self._rewriter = None  # type: Optional[Rewriter]
+        self._pending = None  # type: Optional[Tuple[bytes, bool]]
+        self.count = 0
+
+    def regular(self, rel, executable, size):
+        # type: (bytes, bool, int) -> None
+        if self._text is not None:
+            self._pending = (rel, executable)
+            return
+        self._rewriter = None
+        if not self._keep and not is_archive(rel):
+            self._rewriter = Rewriter(*self._args)
+        self.inner.regular(rel, executable, size)
+
+    def contents(self, data):
+        # type: (bytes) -> None
+        if self._text is not None:
+            return
+        if self._rewriter is not None:
+            data = self._rewriter.feed(data)
+        if data:
+            self.inner.contents(data)
+
+    def end_regular(self):
+        # type: () -> None
+        if self._pending is not None and self._text is not None:
+            rel, executable = self._pending
+            self._pending = None
+            self.inner.regular(rel, executable, len(self._text))
+            self.inner.contents(self._text)
+        elif self._rewriter is not None:
+            tail = self._rewriter.flush()
+            if tail:
+                self.inner.contents(tail)
+            self.count += self._rewriter.count
+            self._rewriter = None
+        self.inner.end_regular()
+
+    def symlink(self, rel, target):
+        # type: (bytes, bytes) -> None
+        if not self._keep:
+            rewriter = Rewriter(*self._args)
+            target = rewriter.whole(target)
+            self.count += rewriter.count
+        self.inner.symlink(rel, target)
+
+
+def _suspect_kind(rel):
+    # type: (bytes) -> Optional[str]
+    name = rel.lower().decode("utf-8", "replace")
+    if name.endswith(ARCHIVE_SUFFIXES):
+        return "archive"
+    if name.endswith(PYC_SUFFIX):
+        return "pyc"
+    for suffix, codec in COMPRESSED_SUFFIXES.items():
+        if name.endswith(suffix):
+            return codec
+    return None
+
+
+def hidden_reference(kind, data, needle):
+    # type: (str, bytes, bytes) -> Optional[str]
+    """Why the store dir ``needle`` in a suspect file escapes a plain rewrite, or None."""
+    if kind == "pyc":
+        if needle in data:
+            return "compiled Python with the store dir inside (rewritten in place; " \
+                   "a hash-checked .pyc is recompiled from its source)"
+        return None
+    if kind == "archive":
+        if needle in data:
+            return "zip archive with the store dir in a stored member (left unchanged)"
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                for info in zf.infolist():
+                    if info.file_size <= SCAN_LIMIT and needle in zf.read(info):
+                        return "zip archive with the store dir in member %s (left unchanged)" \
+                               % info.filename
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError,
+                ValueError, zlib.error):
+            return None
+        return None
+    try:
+        if kind == "gzip":
+            plain = gzip.decompress(data)
+        elif kind == "xz":
+            plain = lzma.decompress(data)
+        elif kind == "bzip2":
+            plain = bz2.decompress(data)
+        else:
+            reader = codecs.open_reader("zstd", io.BytesIO(data))
+            plain = reader.read()
+    except codecs.CodecError:
+        return "zstd-compressed file that could not be checked (no zstd decoder here)"
+    except Exception:  # not really compressed, or damaged: nothing hidden to report
+        return None
+    if needle in plain:
+        return "%s-compressed file with the store dir inside (left unchanged)" % kind
+    return None
+
+
+class HiddenReferenceScanner(Sink):
+    """Finds the suspect files (see ``hidden_reference``) of one store path.
+
+    ``found`` collects ``"/<rel>: <reason>"`` strings (``": <reason>"`` for a
+    store path that is itself a file), to append to the store path's name.  Only files with a
+    suspect suffix are buffered, and only up to SCAN_LIMIT bytes.
+    """
+
+    def __init__(self, needle):
+        # type: (bytes) -> None
+        self._needle = needle
+        self._kind = None  # type: Optional[str]
+        self._rel = b""
+        self._parts = []  # type: List[bytes]
+        self._size = 0
+        self.found = []  # type: List[str]
+
+    def regular(self, rel, executable, size):
+        # type: (bytes, bool, int) -> None
+        self._kind = _suspect_kind(rel)
+        self._rel = rel
+        self._parts = []
+        self._size = size
+
+    def contents(self, data):
+        # type: (bytes) -> None
+        if self._kind is not None and self._size <= SCAN_LIMIT:
+            self._parts.append(data)
+
+    def end_regular(self):
+        # type: () -> None
+        if self._kind is None:
+            return
+        rel = "/" + self._rel.decode("utf-8", "replace") if self._rel else ""
+        if self._size > SCAN_LIMIT:
+            self.found.append("%s: %s file too large to check (%d bytes)"
+                              % (rel, self._kind, self._size))
+        else:
+            reason = hidden_reference(self._kind, b"".join(self._parts), self._needle)
+            if reason:
+                self.found.append("%s: %s" % (rel, reason))
+        self._kind = None
+        self._parts = []
