@@ -9,6 +9,10 @@ crash point costs one dict lookup.
 import os
 import signal
 
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import Dict, Optional, Tuple  # noqa: F401
+
 _target = None  # type: Optional[Tuple[str, int]]
 _counts = {}  # type: Dict[str, int]
 

@@ -4,6 +4,12 @@ import os
 
 from .staging import write_error
 
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import List, Tuple  # noqa: F401
+
+    from .prefix import Prefix  # noqa: F401
+
 MARKER = "# Written by nix-prefix."
 
 NIX_CONF = """\

@@ -10,6 +10,12 @@ import subprocess
 from ..payload import storepath
 from .errors import InstallError
 
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import Iterable, List, Optional, Set  # noqa: F401
+
+    from .prefix import Prefix  # noqa: F401
+
 
 def valid_paths(prefix, paths):
     # type: (Prefix, Iterable[str]) -> Set[str]
@@ -71,7 +77,7 @@ class PrefixLock(object):
     def __init__(self, path, on_wait=None):
         self._path = path
         self._on_wait = on_wait
-        self._fd = None
+        self._fd = -1
 
     def __enter__(self):
         self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -87,7 +93,7 @@ class PrefixLock(object):
 
     def __exit__(self, *exc):
         os.close(self._fd)
-        self._fd = None
+        self._fd = -1
 
 
 def run_nix(prefix, argv, stdin_text=None, started=None):

@@ -5,6 +5,10 @@ import os
 
 from .errors import EnvironmentProblem
 
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import Dict, List  # noqa: F401
+
 # Our own invocations of Nix must work whatever the user put in nix.conf:
 # single-user builds (no nixbld group), no sandbox, no binary caches.
 INSTALL_NIX_CONFIG = "build-users-group =\nsandbox = false\nsubstituters =\n"

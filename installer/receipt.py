@@ -11,6 +11,13 @@ an installer merges into its receipt.
 import json
 import os
 
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import Dict, Iterable, List, Optional  # noqa: F401
+
+    from ..payload.manifest import Manifest  # noqa: F401
+    from .prefix import Prefix  # noqa: F401
+
 VERSION = 1
 
 

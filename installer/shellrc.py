@@ -19,6 +19,10 @@ import os
 
 from .errors import InstallError
 
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import List, Optional  # noqa: F401
+
 ALWAYS = ".profile"
 IF_PRESENT = (".bash_profile", ".bashrc", ".zshrc")
 

@@ -5,6 +5,13 @@ import os
 from ..payload.machine import human_size
 from . import nixstore
 
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import List  # noqa: F401
+
+    from ..payload.manifest import Manifest  # noqa: F401
+    from .prefix import Prefix  # noqa: F401
+
 
 def summary_lines(manifest, prefix, installer, rc_files):
     # type: (Manifest, Prefix, str, List[str]) -> List[str]

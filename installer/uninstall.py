@@ -14,6 +14,14 @@ import re
 from . import deletion, envfiles, nixstore, receipt
 from .errors import InstallError
 
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import Dict, List  # noqa: F401
+
+    from ..payload.manifest import Manifest  # noqa: F401
+    from .prefix import Prefix  # noqa: F401
+    from .ui import UI  # noqa: F401
+
 
 def rollback(prefix, nix_env, ui):
     # type: (Prefix, str, UI) -> None

@@ -108,6 +108,10 @@ class _PipeReader(object):
     def __init__(self, argv, fileobj):
         self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL)
+        stdin, stdout = self._proc.stdin, self._proc.stdout
+        if stdin is None or stdout is None:  # never with PIPE; said for the type checker
+            raise CodecError("cannot talk to %s" % argv[0])
+        self._stdin, self._stdout = stdin, stdout
         self._feeder = threading.Thread(target=self._feed, args=(fileobj,))
         self._feeder.daemon = True
         self._feeder.start()
@@ -118,17 +122,17 @@ class _PipeReader(object):
                 data = fileobj.read(1 << 20)
                 if not data:
                     break
-                self._proc.stdin.write(data)
+                self._stdin.write(data)
         except (BrokenPipeError, ValueError, OSError):
             pass
         finally:
             try:
-                self._proc.stdin.close()
+                self._stdin.close()
             except OSError:
                 pass
 
     def read(self, n=-1):
-        data = self._proc.stdout.read(n)
+        data = self._stdout.read(n)
         if not data or (n is not None and n < 0):
             self._finish()
         return data
@@ -142,4 +146,4 @@ class _PipeReader(object):
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait()
-        self._proc.stdout.close()
+        self._stdout.close()

@@ -9,6 +9,11 @@ for writing.  ``parse`` then ``unparse`` gives back the same bytes
 """
 
 
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import Any, Iterable, List, Mapping, Optional  # noqa: F401
+
+
 class DerivationError(ValueError):
     """A ``.drv`` file is not a derivation in the ATerm form Nix writes."""
 
@@ -48,7 +53,7 @@ class Derivation(object):
         return any(not path for _, path, _, _ in self.outputs)
 
     def unparse(self, mask_outputs=False, actual_inputs=None):
-        # type: (bool, Optional[Dict[str, Sequence[str]]]) -> bytes
+        # type: (bool, Optional[Mapping[str, Iterable[str]]]) -> bytes
         """The ATerm text (derivations.cc ``Derivation::unparse``).
 
         ``actual_inputs`` replaces ``input_drvs`` (hashDerivationModulo puts
@@ -137,7 +142,7 @@ class _Parser(object):
     def items(self, item):
         """``[item,item,...]``"""
         self.expect("[")
-        result = []
+        result = []  # type: List[Any]
         if self.peek("]"):
             self.i += 1
             return result

@@ -17,6 +17,10 @@ needs to run in constant time.
 
 import hashlib
 
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import Optional, Tuple  # noqa: F401
+
 # The curve -x^2 + y^2 = 1 + d x^2 y^2 over GF(p) (RFC 8032, section 5.1).
 P = 2 ** 255 - 19
 L = 2 ** 252 + 27742317777372353535851937790883648493  # order of the base point
@@ -104,6 +108,8 @@ def encode_point(point):
 # The base point B: y = 4/5, x positive (even).
 _B_Y = 4 * pow(5, P - 2, P) % P
 _B_X = _recover_x(_B_Y, 0)
+if _B_X is None:  # cannot happen: y = 4/5 is on the curve
+    raise ImportError("ed25519: the base point does not decode")
 BASE = (_B_X, _B_Y, 1, _B_X * _B_Y % P)
 
 

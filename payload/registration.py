@@ -19,6 +19,10 @@ import re
 
 from . import hashes, storepath
 
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import Iterable, List, Tuple  # noqa: F401
+
 _DIGITS = re.compile(r"^[0-9]{1,20}\Z")
 _UINT64_MAX = (1 << 64) - 1
 

@@ -31,6 +31,10 @@ import re
 
 from . import ed25519, hashes
 
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import Iterable, List, Tuple, Union  # noqa: F401
+
 SECRET_KEY_SIZE = 64  # libsodium's crypto_sign_SECRETKEYBYTES: seed, then public key
 SEED_SIZE = 32
 

@@ -14,6 +14,10 @@ import hashlib
 
 from . import nix32
 
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import Iterable  # noqa: F401
+
 
 def compress_hash(digest, size=20):
     # type: (bytes, int) -> bytes

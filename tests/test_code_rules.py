@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,28 @@ def test_the_import_rule_sees_relative_imports(tmp_path: Path) -> None:
                    "from . import pack\nimport os\n")
     assert _imported_rooms(src, "builder") == [
         (1, "installer"), (2, "installer"), (3, "builder"), (4, "payload"), (5, "builder")]
+
+
+def test_mypy_finds_no_error(tmp_path: Path) -> None:
+    """mypy checks builder/ (hints) and payload/ and installer/ (type comments) as the
+    package nix_prefix they are installed as (pyproject.toml [tool.mypy] says how)."""
+    package = tmp_path / "nix_prefix"
+    package.mkdir()
+    for room in ROOMS:
+        (package / room).symlink_to(REPO / room)
+    proc = subprocess.run(
+        [_tool("mypy"), "--config-file", str(REPO / "pyproject.toml"), "--no-incremental",
+         *(arg for room in ROOMS for arg in ("-p", f"nix_prefix.{room}"))],
+        cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "no issues found in" in proc.stdout
+
+
+def test_design_md_has_one_line_per_module() -> None:
+    """docs/design.md matches the tree: each room's table lists exactly its modules."""
+    text = (REPO / "docs" / "design.md").read_text()
+    for room in ROOMS:
+        section = text.split(f"## `{room}/`", 1)[1].split("\n## ", 1)[0]
+        listed = re.findall(r"^\| `(\w+\.py)` \|", section, re.M)
+        on_disk = {p.name for p in (REPO / room).glob("*.py")} - {"__init__.py"}
+        assert sorted(listed) == sorted(on_disk), room
