@@ -60,9 +60,7 @@ def check_exact(closure: Closure, store_root: Path | None = None) -> None:
     can be retargeted exactly, by ``retarget --exact`` or at install time.
     """
     root = Path(store_root or closure.store_dir)
-    bases = {i.path: i.path.rpartition("/")[2] for i in closure.infos}
-    paths = [PathEntry(bases[i.path], i.nar_hash, i.nar_size, [bases[r] for r in i.references],
-                       bases.get(i.deriver, "")) for i in closure.infos]
+    paths = [PathEntry.from_registration(i) for i in closure.infos]
     contents: dict[str, bytes] = {}
     for name in sorted(exact.needs_contents(paths)):
         path = root / name

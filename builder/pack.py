@@ -80,19 +80,14 @@ def build_installer(
     """
     codecs.check_name(options.compression)
     store_root = Path(options.store_root or closure.store_dir)
-    names = [p.path.rpartition("/")[2] for p in closure.infos]
-    for name in names:
-        if not os.path.lexists(store_root / name):
-            raise BuildError(
-                f"store path {closure.store_dir}/{name} is missing from {store_root}",
-                "build or copy the closure into the store first, or pass --store-root")
     chunks = _chunk_indexes([info.nar_size for info in closure.infos], options.chunk_size)
-    entries = [
-        PathEntry(name, info.nar_hash, info.nar_size,
-                  [r.rpartition("/")[2] for r in info.references],
-                  info.deriver.rpartition("/")[2], chunk)
-        for name, info, chunk in zip(names, closure.infos, chunks, strict=True)
-    ]
+    entries = [PathEntry.from_registration(info, chunk)
+               for info, chunk in zip(closure.infos, chunks, strict=True)]
+    for entry in entries:
+        if not os.path.lexists(store_root / entry.name):
+            raise BuildError(
+                f"store path {closure.store_dir}/{entry.name} is missing from {store_root}",
+                "build or copy the closure into the store first, or pass --store-root")
     nix = nixchoice.choose([e.name for e in entries],
                            _roots(entries, options.roots, closure.store_dir), store_root,
                            options.nix_store, roots_given=bool(options.roots))

@@ -323,14 +323,7 @@ def _made_by_nix_env(prefix, nix_store, environment, before):
 
 def _registration(manifest, entries):
     # type: (Manifest, List[PathEntry]) -> str
-    infos = [
-        registration.ValidPathInfo(
-            manifest.store_path(p.name), p.nar_hash, p.nar_size,
-            manifest.store_path(p.deriver) if p.deriver else "",
-            tuple(manifest.store_path(r) for r in p.references))
-        for p in entries
-    ]
-    return registration.format(infos)
+    return registration.format(p.registration(manifest.store_dir) for p in entries)
 
 
 def _warn_hidden_refs(manifest, ui):

@@ -16,7 +16,7 @@ import copy
 import json
 import re
 
-from . import hashes, storepath
+from . import hashes, registration, storepath
 from .machine import human_size
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
@@ -49,6 +49,23 @@ class PathEntry(object):
         self.references = list(references)
         self.deriver = deriver
         self.chunk = chunk
+
+    @classmethod
+    def from_registration(cls, info, chunk=0):
+        # type: (registration.ValidPathInfo, int) -> PathEntry
+        """The entry of a registration record (full paths become base names)."""
+        return cls(_base(info.path), info.nar_hash, info.nar_size,
+                   [_base(r) for r in info.references], _base(info.deriver), chunk)
+
+    def registration(self, store_dir):
+        # type: (str) -> registration.ValidPathInfo
+        """The registration record of this entry at ``store_dir`` (for ``--load-db``)."""
+        def full(name):
+            # type: (str) -> str
+            return store_dir + "/" + name
+        return registration.ValidPathInfo(full(self.name), self.nar_hash, self.nar_size,
+                                          full(self.deriver) if self.deriver else "",
+                                          tuple(full(r) for r in self.references))
 
     def to_dict(self):
         # type: () -> dict
@@ -290,6 +307,11 @@ def has_derivations(paths):
     # type: (Iterable[PathEntry]) -> bool
     """Whether any of ``paths`` is a ``.drv`` file."""
     return any(storepath.is_derivation(p.name) for p in paths)
+
+
+def _base(path):
+    # type: (str) -> str
+    return path.rpartition("/")[2]
 
 
 def _string(value, what):
