@@ -20,6 +20,12 @@ import os
 from ..payload import registration, storepath
 from . import nixstore, staging
 
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import Iterable, List, Set, Tuple  # noqa: F401
+
+    from .prefix import Prefix  # noqa: F401
+
 ARGS_PER_CALL = 2000  # store paths per command line, well under ARG_MAX
 
 
@@ -47,7 +53,7 @@ def live_paths(prefix, nix_store):
     # type: (Prefix, str) -> Set[str]
     """Every store path alive in the prefix: the closure of its GC roots, runtime
     roots of other processes included, but not those of the querying nix-store."""
-    pid = []
+    pid = []  # type: List[int]
     out = nixstore.run_nix(prefix, [nix_store, "--gc", "--print-roots"], started=pid.append)
     # Its own runtime roots, and its temporary ones ("{temp:PID}", Nix >= 2.2x).
     own = ("/proc/%d/" % pid[0], "{temp:%d}" % pid[0]) if pid else None
@@ -59,9 +65,9 @@ def live_paths(prefix, nix_store):
         if not sep or (own and link.startswith(own)):
             continue
         roots.add(target.strip())
-    roots = sorted(nixstore.valid_paths(prefix, own_store_paths(prefix, roots)))
-    live = set()
-    for batch in _batches(roots):
+    valid_roots = sorted(nixstore.valid_paths(prefix, own_store_paths(prefix, roots)))
+    live = set()  # type: Set[str]
+    for batch in _batches(valid_roots):
         live.update(nixstore.run_nix(prefix, [nix_store, "-qR"] + batch).split())
     return live
 

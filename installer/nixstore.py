@@ -12,7 +12,7 @@ from .errors import InstallError
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import Iterable, List, Optional, Set  # noqa: F401
+    from typing import Callable, Iterable, List, Optional, Sequence, Set  # noqa: F401
 
     from .prefix import Prefix  # noqa: F401
 
@@ -49,7 +49,7 @@ def registered_since(prefix, path_id):
 
 
 def _query(prefix, sql, args):
-    # type: (Prefix, str, List[object]) -> List[tuple]
+    # type: (Prefix, str, Sequence[object]) -> List[tuple]
     """Rows of one read-only query on the prefix's database; none without one."""
     if not os.path.exists(prefix.db):
         return []

@@ -188,8 +188,11 @@ class Retargeted(Filter):
     def __init__(self, retarget, name, out):
         # type: (Retarget, str, Sink) -> None
         self.name = retarget.name(name)
-        self._hasher = nar.NarHasher() if retarget.rewrites else None
-        Filter.__init__(self, retarget.sink(name, Tee(out, self._hasher)))
+        self._hasher = None  # type: Optional[nar.NarHasher]
+        if retarget.rewrites:
+            self._hasher = nar.NarHasher()
+            out = Tee(out, self._hasher)
+        Filter.__init__(self, retarget.sink(name, out))
 
     def nar_info(self):
         # type: () -> Optional[Tuple[str, int]]

@@ -203,13 +203,13 @@ def test_a_path_named_without_a_reference_is_planned_before_the_text_naming_it()
     # the new hash part.
     old_dir, new_dir = "/old-long/store", "/new/store"
     a_path = storepaths_ca.make_text_path(old_dir, "a.txt", b"a\n", [])
-    a = exact.PathInfo(a_path.rpartition("/")[2], [], "sha256:" + "1" * 52, b"a\n")
+    a = PathEntry(a_path.rpartition("/")[2], "sha256:" + "1" * 52, 0, [])
     orders = set()
     for i in range(12):
         text = f"see {a_path} ({i})\n".encode()
         b_path = storepaths_ca.make_text_path(old_dir, "b.txt", text, [])
-        b = exact.PathInfo(b_path.rpartition("/")[2], [], "sha256:" + "1" * 52, text)
-        p = exact.plan([a, b], old_dir, new_dir)
+        b = PathEntry(b_path.rpartition("/")[2], "sha256:" + "1" * 52, 0, [])
+        p = exact.plan([a, b], old_dir, new_dir, {a.name: b"a\n", b.name: text})
         new_a = new_dir + "/" + p.names[a.name]
         assert p.texts[b.name] == f"see {new_a} ({i})\n".encode()
         orders.add(b.name < a.name)

@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 
 from nix_prefix.builder.closure_info import read_closure
-from nix_prefix.builder.exact import check_exact, retarget_exact, with_derivations
+from nix_prefix.builder.derivations import check_exact, with_derivations
 from nix_prefix.builder.localnix import LocalNix, prefix_env
 from nix_prefix.builder.pack import BuildOptions, build_installer
+from nix_prefix.builder.retarget import retarget_exact
 from nix_prefix.payload import registration
 
 from .support import REPO, run_installer
