@@ -18,7 +18,7 @@ from .ui import UI
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import List  # noqa: F401
+    from typing import List, Optional  # noqa: F401
 
 DESCRIPTION = """\
 Install a Nix store closure into a prefix you own, without root: the store

@@ -30,6 +30,10 @@ import stat
 import sys
 import tempfile
 
+MYPY = False  # mypy reads the imports below; Python never runs them
+if MYPY:
+    from typing import BinaryIO, Iterable, Iterator, List, Optional, Tuple  # noqa: F401
+
 SHEBANG = b"#!/bin/sh\n"
 OPEN = b"{ seal=" + b"\x27"
 ALGORITHM = b"sha256:"
@@ -110,10 +114,10 @@ class _Hasher(object):
         start = self.size
         self.size += len(data)
         if start < SIZE_AT and self.size > DIGEST_AT:
-            data = bytearray(data)
-            lo, hi = max(DIGEST_AT - start, 0), min(SIZE_AT - 1 - start, len(data))
-            data[lo:hi] = b"0" * (hi - lo)
-            data = bytes(data)
+            buf = bytearray(data)
+            lo, hi = max(DIGEST_AT - start, 0), min(SIZE_AT - 1 - start, len(buf))
+            buf[lo:hi] = b"0" * (hi - lo)
+            data = bytes(buf)
         self._sha.update(data)
 
     def hexdigest(self):
