@@ -56,7 +56,7 @@ class DiskWriter(Sink):
         # type: (bytes) -> bytes
         return os.path.join(self.top, rel) if rel else self.top
 
-    def begin_directory(self, rel):
+    def begin_directory(self, rel=b""):
         # type: (bytes) -> None
         path = self._path(rel)
         os.mkdir(path, 0o755)

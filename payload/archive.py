@@ -78,7 +78,7 @@ class TarWriter(Sink):
         """Write bytes as they are: the low level for crafted (e.g. hostile) test payloads."""
         self._sink(data)
 
-    def begin_directory(self, rel):
+    def begin_directory(self, rel=b""):
         # type: (bytes) -> None
         self._sink(_header(self._name(rel), tarfile.DIRTYPE, 0o555))
 

@@ -79,7 +79,7 @@ class NarWriter(Sink):
         self.size += len(data)
         self._sink(data)
 
-    def begin_directory(self, rel):
+    def begin_directory(self, rel=b""):
         # type: (bytes) -> None
         self._write(_DIRECTORY)
 

@@ -24,7 +24,7 @@ if MYPY:
 class Sink(object):
     """Receives tree events; every method does nothing (override what you need)."""
 
-    def begin_directory(self, rel):
+    def begin_directory(self, rel=b""):
         # type: (bytes) -> None
         pass
 
@@ -68,7 +68,7 @@ class Filter(Sink):
         # type: (Sink) -> None
         self.inner = inner
 
-    def begin_directory(self, rel):
+    def begin_directory(self, rel=b""):
         # type: (bytes) -> None
         self.inner.begin_directory(rel)
 
@@ -112,7 +112,7 @@ class Tee(Sink):
         # type: (*Optional[Sink]) -> None
         self.sinks = [s for s in sinks if s is not None]  # type: List[Sink]
 
-    def begin_directory(self, rel):
+    def begin_directory(self, rel=b""):
         # type: (bytes) -> None
         for s in self.sinks:
             s.begin_directory(rel)
