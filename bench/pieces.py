@@ -33,6 +33,7 @@ import common  # noqa: F401  (first: nix_prefix = this checkout)
 
 from nix_prefix.builder.compress import compressor
 from nix_prefix.payload import archive, codecs, nar
+from nix_prefix.payload.tree import Tee
 
 SYSTEM = "x86_64-linux"
 
@@ -42,7 +43,7 @@ def tar_stream(tree: str) -> tuple[bytes, bytes]:
     tar_out, nar_out = bytearray(), bytearray()
     writer = archive.TarWriter(tar_out.extend)
     writer.top = os.path.basename(tree)
-    nar.dump_path(os.fsencode(tree), nar.Tee(writer, nar.NarWriter(nar_out.extend)))
+    nar.dump_path(os.fsencode(tree), Tee(writer, nar.NarWriter(nar_out.extend)))
     writer.close()
     return bytes(tar_out), bytes(nar_out)
 
