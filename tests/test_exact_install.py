@@ -208,7 +208,7 @@ def test_an_installer_without_the_derivations_relocates_plainly(built: dict) -> 
 def test_a_too_long_prefix_is_refused_before_reading(built: dict) -> None:
     long = built["base"] / ("x" * 80)
     done = run_installer(built["installer"], "-y", "-p", str(long))
-    assert done.returncode == 1
+    assert done.returncode == 4, done.stderr  # an environment problem, as documented
     assert "too long" in done.stderr and "reading the derivations" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not long.exists()
