@@ -134,6 +134,137 @@ class NarHasher(NarWriter):
         return self._hash.digest()
 
 
+# Limits for reading a NAR from elsewhere (a binary cache): a file name is at most
+# 255 bytes on Linux, a symlink target at most PATH_MAX; deeper trees than this
+# are not made by any build.
+MAX_NAME = 255
+MAX_TARGET = 4096
+MAX_DEPTH = 512
+
+
+class _Reader(object):
+    """Reads a NAR's strings from ``read(n)`` and counts the bytes."""
+
+    def __init__(self, read):
+        # type: (Callable[[int], bytes]) -> None
+        self._read = read
+        self.size = 0
+
+    def exact(self, n):
+        # type: (int) -> bytes
+        parts = []  # type: List[bytes]
+        left = n
+        while left > 0:
+            data = self._read(min(left, _READ_SIZE))
+            if not data:
+                raise NarError("the NAR ends early (truncated)")
+            parts.append(data)
+            left -= len(data)
+        self.size += n
+        return b"".join(parts)
+
+    def length(self):
+        # type: () -> int
+        return struct.unpack("<Q", self.exact(8))[0]
+
+    def padding(self, n):
+        # type: (int) -> None
+        if self.exact((8 - n % 8) % 8).strip(b"\0"):
+            raise NarError("non-zero padding in the NAR")
+
+    def string(self, limit):
+        # type: (int) -> bytes
+        n = self.length()
+        if n > limit:
+            raise NarError("a string of %d bytes in the NAR, longer than the %d allowed"
+                           % (n, limit))
+        data = self.exact(n)
+        self.padding(n)
+        return data
+
+    def expect(self, *tokens):
+        # type: (*bytes) -> None
+        for token in tokens:
+            got = self.string(64)
+            if got != token:
+                raise NarError("the NAR has %r where %r belongs (not a canonical NAR)"
+                               % (got, token))
+
+
+def parse(read, sink):
+    # type: (Callable[[int], bytes], Sink) -> int
+    """Read one NAR from ``read(n)`` and send its events to ``sink``; return its size.
+
+    The reverse of ``NarWriter`` (archive.cc ``parseDump``), but stricter: only
+    the canonical form ``dump`` writes is accepted (fields in dump's order),
+    names are checked as Nix checks them (not empty, ``.``, ``..``, no ``/``
+    or NUL, strictly sorted), and strings, names and depth are bounded, so a
+    hostile NAR is refused with NarError before it costs much.  Bytes after
+    the NAR are left unread.
+    """
+    r = _Reader(read)
+    r.expect(MAGIC)
+    _parse_node(r, sink, b"", 0)
+    return r.size
+
+
+def _parse_node(r, sink, rel, depth):
+    # type: (_Reader, Sink, bytes, int) -> None
+    if depth > MAX_DEPTH:
+        raise NarError("the NAR nests deeper than %d directories" % MAX_DEPTH)
+    r.expect(b"(", b"type")
+    kind = r.string(64)
+    if kind == b"regular":
+        token = r.string(64)
+        executable = token == b"executable"
+        if executable:
+            r.expect(b"")
+            token = r.string(64)
+        if token != b"contents":
+            raise NarError("the NAR has %r where 'contents' belongs" % token)
+        size = r.length()
+        sink.regular(rel, executable, size)
+        left = size
+        while left > 0:
+            data = r.exact(min(left, _READ_SIZE))
+            left -= len(data)
+            sink.contents(data)
+        r.padding(size)
+        sink.end_regular()
+        r.expect(b")")
+    elif kind == b"symlink":
+        r.expect(b"target")
+        target = r.string(MAX_TARGET)
+        if not target or b"\0" in target:
+            raise NarError("the NAR has an empty symlink target or one with a NUL")
+        sink.symlink(rel, target)
+        r.expect(b")")
+    elif kind == b"directory":
+        sink.begin_directory(rel)
+        previous = None
+        while True:
+            token = r.string(64)
+            if token == b")":
+                break
+            if token != b"entry":
+                raise NarError("the NAR has %r where 'entry' or ')' belongs" % token)
+            r.expect(b"(", b"name")
+            name = r.string(MAX_NAME)
+            if name in (b"", b".", b"..") or b"/" in name or b"\0" in name:
+                raise NarError("the NAR holds an invalid file name %r" % name)
+            if previous is not None and name <= previous:
+                raise NarError("the NAR's directory %r is not sorted" % rel)
+            previous = name
+            r.expect(b"node")
+            sink.begin_entry(name)
+            _parse_node(r, sink, rel + b"/" + name if rel else name, depth + 1)
+            sink.end_entry()
+            r.expect(b")")
+        sink.end_directory()
+    else:
+        raise NarError("the NAR has an unknown file type %r" % kind)
+
+
 def dump_path(fs_path, sink, rel=b""):
     # type: (bytes, Sink, bytes) -> None
     """Walk ``fs_path`` in NAR order and send its events to ``sink`` (see tree.py).
