@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -53,6 +54,14 @@ StoreDir = Annotated[Path | None, typer.Option(
     "--store-dir", metavar="DIR",
     help="use the store DIR laid out as a prefix (DIR/../var/nix, DIR/../etc/nix) instead "
          "of the one the machine's Nix is set up for (NIX_STORE_DIR and friends count)")]
+TrustedKeys = Annotated[list[str] | None, typer.Option(
+    "--trusted-key", metavar="NAME:BASE64",
+    help="with --from-cache: take only paths whose narinfo is signed by this Nix public key "
+         "(repeatable; the .pub file nix-store --generate-binary-cache-key writes)")]
+FromCache = Annotated[str | None, typer.Option(
+    "--from-cache", metavar="URL",
+    help="take the ROOTs' closure from the Nix binary cache at URL (file://, http://, "
+         "https://), every NAR verified, instead of a local store")]
 
 
 @contextmanager
@@ -101,22 +110,36 @@ def closure(
         metavar="ROOT...", help="store paths, or links to them such as ./result")],
     output: Annotated[Path, typer.Option("-o", "--output", help="directory to write")],
     store_dir: StoreDir = None,
+    from_cache: FromCache = None,
+    trusted_key: TrustedKeys = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
     """Write a closureInfo dir (store-paths, registration, total-nar-size) for ROOTs.
 
     The same files as nixpkgs' closureInfo, from the local Nix (nix-store -qR,
-    --dump-db); `nix-prefix build DIR` and `nix-store --load-db` read them.
+    --dump-db); `nix-prefix build DIR` and `nix-store --load-db` read them.  With
+    --from-cache URL the paths come from a binary cache instead, verified, into
+    DIR/store: `nix-prefix build DIR --store-root DIR/store` packs them.
     """
     from .inputs import from_closure_info, write_closure_info
 
+    say = _say(quiet)
     with reporting(debug):
-        nix = store_nix(store_dir)
-        write_closure_info(nix, roots, output)
-        closure = from_closure_info(output).closure
-    _say(quiet)(f"wrote {output}: {len(closure.infos)} store paths, "
-                f"{human_size(closure.total_nar_size)} NAR, store dir {closure.store_dir}")
+        keys = _trusted_keys(trusted_key, from_cache)
+        if from_cache is not None:
+            from .fromcache import write_closure_dir
+
+            with _bar("fetching and verifying", None, quiet) as bar:
+                closure = write_closure_dir(from_cache, roots, output, keys, say, bar.update)
+        else:
+            nix = store_nix(store_dir)
+            write_closure_info(nix, roots, output)
+            closure = from_closure_info(output).closure
+    say(f"wrote {output}: {len(closure.infos)} store paths, "
+        f"{human_size(closure.total_nar_size)} NAR, store dir {closure.store_dir}")
+    if from_cache is not None:
+        say(f"pack it with: nix-prefix build {output} --store-root {output / 'store'}")
 
 
 @app.command()
@@ -138,6 +161,8 @@ def build(
         "--argstr", metavar="NAME=VALUE", help="with -f: passed to nix-build as --argstr "
                                                "NAME VALUE (repeatable)")] = None,
     store_dir: StoreDir = None,
+    from_cache: FromCache = None,
+    trusted_key: TrustedKeys = None,
     compression: Annotated[str, typer.Option(
         help="payload codec: xz (any Python can install it) or zstd (faster)")] = "xz",
     level: Level = None,
@@ -183,7 +208,7 @@ def build(
 
     say = _say(quiet)
     started = time.time()
-    with reporting(debug):
+    with reporting(debug), ExitStack() as stack:
         try:
             codecs.check_name(compression)
         except codecs.CodecError as e:
@@ -193,7 +218,25 @@ def build(
         if (attr or argstr) and file is None:
             raise UsageError("-A and --argstr go with -f FILE.nix")
         check_output(output)  # before any work: -o /dev/null is refused at once
-        if file is not None:
+        store_root_used = store_root
+        keys = _trusted_keys(trusted_key, from_cache)
+        if from_cache is not None and (file is not None or roots or with_derivations):
+            raise UsageError("--from-cache takes root store paths: no -f, --roots or "
+                             "--with-derivations")
+        if from_cache is not None:
+            from .fromcache import fetch_closure
+
+            if not sources:
+                raise UsageError("--from-cache needs at least one store path",
+                                 "nix-prefix build --from-cache URL /prefix/store/HASH-NAME")
+            fetched = stack.enter_context(tempfile.TemporaryDirectory(
+                prefix=".nix-prefix-fetch-", dir=output.resolve().parent))
+            with _bar("fetching and verifying", None, quiet) as bar:
+                fetched_closure, fetched_roots = fetch_closure(from_cache, sources, Path(fetched),
+                                                               keys, say, bar.update)
+            source = inputs.Input(fetched_closure, fetched_roots)
+            store_root_used = Path(fetched)
+        elif file is not None:
             source = inputs.from_nix_file(store_nix(store_dir, create=True), file, attr or [],
                                           argstr or [], say)
         elif roots:
@@ -215,7 +258,7 @@ def build(
                 closure, store_nix(store_dir) if store_dir is not None else None)
             default_roots = default_roots or drv_roots
             check_exact(closure, store_root)
-        options = BuildOptions(compression=compression, level=level, store_root=store_root,
+        options = BuildOptions(compression=compression, level=level, store_root=store_root_used,
                                verify=not no_verify, roots=profile_root or default_roots,
                                system=system, jobs=jobs, chunk_size=chunk_mb << 20,
                                derivations=with_derivations, nix_store=nix_store)
@@ -224,6 +267,20 @@ def build(
             result = build_installer(closure, output, options, progress=bar.update)
     for line in result.notes + build_summary(result, output, time.time() - started):
         say(line)
+
+
+def _trusted_keys(texts: list[str] | None, from_cache: str | None) -> list:
+    """The ``--trusted-key`` values, parsed; they only make sense with --from-cache."""
+    from ..payload import signing
+
+    if texts and from_cache is None:
+        raise UsageError("--trusted-key checks the narinfos of --from-cache URL",
+                         "add --from-cache, or drop --trusted-key")
+    try:
+        return [signing.parse_public_key(t) for t in texts or []]
+    except signing.SigningError as e:
+        raise UsageError(f"--trusted-key: {e}",
+                         "give the NAME:BASE64 line of the cache's public key file") from None
 
 
 def build_summary(result: BuildResult, output: Path, seconds: float) -> list[str]:
@@ -331,6 +388,84 @@ def retarget(
                    err=True)
         for line in m.hidden_refs:
             typer.echo(f"warning: the old store dir stays hidden in {line}", err=True)
+
+
+@app.command()
+def cache(
+    sources: Annotated[list[Path], typer.Argument(
+        metavar="SOURCE...", help="installers made by nix-prefix, or closureInfo dirs; "
+                                  "several are merged into one cache")],
+    prefix: Annotated[str, typer.Option(
+        "-p", "--prefix", help="the prefix whose Nix will use the cache (its store dir, "
+                               "PREFIX/store, may not be longer than the sources')")],
+    output: Annotated[Path, typer.Option(
+        "-o", "--output", metavar="DIR", help="cache directory to write or complete")],
+    compression: Annotated[str, typer.Option(
+        help="NAR compression: xz (what nix copy writes), zstd or none")] = "xz",
+    level: Annotated[int | None, typer.Option(
+        envvar="NIX_PREFIX_LEVEL",
+        help="compression level (default: nix copy's, xz 6 and zstd 3)")] = None,
+    sign_key: Annotated[list[Path] | None, typer.Option(
+        "--sign-key", metavar="FILE",
+        help="sign every narinfo with this Nix secret key file (repeatable), as nix copy "
+             "with ?secret-key= does; users trust its public key")] = None,
+    store_root: Annotated[Path | None, typer.Option(
+        help="with a closureInfo source: where its store dir physically lives")] = None,
+    jobs: Annotated[int | None, typer.Option(
+        "-j", "--jobs", min=1, envvar="NIX_PREFIX_JOBS",
+        help="store paths to compress at once (default: one per CPU, as memory allows)")]
+    = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Write a Nix binary cache for another prefix's store, from installers or closures.
+
+    Every store path is recomputed for PREFIX/store exactly as a Nix there computes it
+    when the sources hold their derivations (build --with-derivations), and relocated
+    in place otherwise.  The layout is nix copy --to file://DIR's: serve DIR over HTTP
+    or use it as file://DIR.  A re-run adds what is missing.
+
+    \b
+      nix-prefix cache nix-installer.sh --prefix /home/alice/.nix -o cache
+    """
+    from .cache import CacheOptions, write_cache
+
+    started = time.time()
+    with reporting(debug):
+        from .signer import load_secret_keys
+
+        keys = load_secret_keys(sign_key or [])
+        options = CacheOptions(compression=compression, level=level, sign_keys=keys, jobs=jobs)
+        with _bar("verifying, retargeting and compressing", None, quiet) as bar:
+            result = write_cache(sources, prefix, output, options, store_root=store_root,
+                                 progress=bar.update)
+    say = _say(quiet)
+    for line in cache_summary(result, output, time.time() - started):
+        say(line)
+    if keys:
+        say("  signed by " + ", ".join(k.name for k in keys) + "; users trust it with "
+            "trusted-public-keys = " + " ".join(str(k.public_key) for k in keys))
+    else:
+        say("  unsigned: a Nix with require-sigs (the default) will not use it; "
+            "sign with --sign-key FILE")
+    for line in result.hidden_refs:
+        say(f"warning: the old store dir stays hidden in {line}")
+
+
+def cache_summary(result, output: Path, seconds: float) -> list[str]:
+    """What ``cache`` prints at the end: what was added, how, and how to use it."""
+    how = ("every store path recomputed exactly" if result.exact
+           else "relocated in place, hash parts kept")
+    ratio = result.file_size / max(result.nar_size, 1)
+    lines = [
+        f"wrote {output}: {len(result.written)} store paths added "
+        f"({human_size(result.nar_size)} NAR -> {human_size(result.file_size)}, "
+        f"{ratio:.1%}), {len(result.present)} already there, in {seconds:.1f} s",
+        f"  a binary cache for {result.store_dir} ({how})",
+        f"use it with: substituters = file://{output.resolve()} (or the URL you serve "
+        "it at), in the prefix's nix.conf",
+    ]
+    return lines
 
 
 @app.command()

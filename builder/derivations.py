@@ -51,6 +51,17 @@ def with_derivations(closure: Closure, nix: Nix | None = None) -> tuple[Closure,
         return read_closure(reg), roots
 
 
+def read_store_contents(paths: list[PathEntry], root: Path) -> dict[str, bytes]:
+    """What the exact planner needs of ``paths`` (exact.needs_contents), read from the
+    store at ``root``: the small one-file paths among them."""
+    contents: dict[str, bytes] = {}
+    for name in sorted(exact.needs_contents(paths)):
+        path = root / name
+        if path.is_file() and not path.is_symlink() and path.stat().st_size <= TEXT_LIMIT:
+            contents[name] = path.read_bytes()
+    return contents
+
+
 def check_exact(closure: Closure, store_root: Path | None = None) -> None:
     """Refuse a closure that exact retarget could not plan, naming why.
 
@@ -59,13 +70,8 @@ def check_exact(closure: Closure, store_root: Path | None = None) -> None:
     the store dir), so that an installer marked as holding its derivations
     can be retargeted exactly, by ``retarget --exact`` or at install time.
     """
-    root = Path(store_root or closure.store_dir)
     paths = [PathEntry.from_registration(i) for i in closure.infos]
-    contents: dict[str, bytes] = {}
-    for name in sorted(exact.needs_contents(paths)):
-        path = root / name
-        if path.is_file() and not path.is_symlink() and path.stat().st_size <= TEXT_LIMIT:
-            contents[name] = path.read_bytes()
+    contents = read_store_contents(paths, Path(store_root or closure.store_dir))
     if not has_derivations(paths):
         raise BuildError(f"the closure at {closure.store_dir} holds no .drv files",
                          "build with --with-derivations")

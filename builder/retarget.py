@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from .. import payload as payload_pkg
 from ..payload import codecs, exact, storepath
@@ -40,6 +41,8 @@ from .pack import (
     same_length,
     write_installer_file,
 )
+
+T = TypeVar("T")
 
 
 def target_store_dir(prefix: str) -> str:
@@ -62,7 +65,7 @@ def retarget(source: Path, prefix: str, out: Path, *, compression: str | None = 
     with the store read from ``store_root`` if it is not at its store dir).
     """
     store_dir = target_store_dir(prefix)
-    if source.is_dir() or not _looks_like_installer(source):
+    if source.is_dir() or not looks_like_installer(source):
         options = BuildOptions(compression=compression or "xz", level=level,
                                store_root=store_root, retarget_to=store_dir)
         return build_installer(read_closure(source), out, options, progress)
@@ -86,8 +89,7 @@ def retarget_exact(source: Path, prefix: str, out: Path, *, compression: str | N
         "pass an intact installer")
 
 
-def with_installer(source: Path, run: Callable[[InstallerFile], BuildResult],
-                   hint: str) -> BuildResult:
+def with_installer(source: Path, run: Callable[[InstallerFile], T], hint: str) -> T:
     """Open ``source`` as an installer and ``run`` on it; its errors become BuildErrors."""
     try:
         installer = InstallerFile(str(source))
@@ -103,7 +105,8 @@ def with_installer(source: Path, run: Callable[[InstallerFile], BuildResult],
         installer.close()
 
 
-def _looks_like_installer(path: Path) -> bool:
+def looks_like_installer(path: Path) -> bool:
+    """Whether ``path`` starts as an installer does (``#!``), not as a registration."""
     try:
         with open(path, "rb") as f:
             return f.read(2) == b"#!"

@@ -1,0 +1,487 @@
+"""``nix-prefix cache``: a standard Nix binary cache for another prefix's store.
+
+Each SOURCE (an installer, or a closureInfo dir with its store) is read once
+through its verifying path, every store path is retargeted to ``Q/store``
+(payload/retarget.py: exact when the source holds its derivations, the
+same-length relocation otherwise), and written the way
+``nix copy --to file://DIR`` writes it (NixOS/nix 2.8.0
+src/libstore/binary-cache-store.cc ``addToStoreCommon``; the file formats are
+in payload/narinfo.py):
+
+* ``nix-cache-info`` naming ``StoreDir: Q/store``, written first;
+* ``nar/<nix32 sha256 of the file>.nar.xz`` (or ``.zst``, ``.nar``);
+* ``<hash part>.narinfo``, signed with each ``--sign-key``.
+
+Every file appears by rename, complete or not at all, and a narinfo only
+after its NAR and the narinfos of its references, so the cache can be served
+while it grows.  A re-run adds what is missing: a store path whose narinfo
+and NAR are already there is not written again, nor is a NAR file whose name
+(its hash) is already there.  A narinfo names a Deriver only if that ``.drv``
+is in the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..payload import derivation, exact, hashes, nar, narinfo
+from ..payload import retarget as retargets
+from ..payload.container import InstallerFile
+from ..payload.machine import host_system
+from ..payload.manifest import Manifest, PathEntry, has_derivations
+from ..payload.signing import SecretKey
+from ..payload.tree import Count, Filter, Sink, Tee
+from .closure_info import read_closure
+from .compress import compressor, default_jobs
+from .derivations import read_store_contents
+from .errors import BuildError
+from .pack import _locked, same_length
+from .retarget import looks_like_installer, target_store_dir, with_installer
+from .signer import sign
+
+COMPRESSIONS = ("xz", "zstd", "none")
+# Without --level, what nix copy uses: xz's preset 6 (compress.py's default too)
+# and libzstd's default level 3 (compression.cc: level -1 is the library's own).
+ZSTD_LEVEL = 3
+_BUFFER = 1 << 20
+_tmp_names = itertools.count()
+
+
+
+@dataclass
+class CacheOptions:
+    """How to write: codec and level, the keys every narinfo is signed with, threads."""
+
+    compression: str = "xz"
+    level: int | None = None
+    sign_keys: Sequence[SecretKey] = ()
+    jobs: int | None = None
+
+
+@dataclass
+class CacheResult:
+    """What a run did, for the summary."""
+
+    store_dir: str
+    written: list[str] = field(default_factory=list)  # base names at the new store dir
+    present: list[str] = field(default_factory=list)  # already in the cache, untouched
+    nar_size: int = 0  # NAR bytes written
+    file_size: int = 0  # compressed bytes written
+    exact: bool = False
+    hidden_refs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Target:
+    """One store path of a source and what its narinfo will say, but for its NAR."""
+
+    old: str  # base name in the source
+    new: str  # base name at the new store dir
+    references: list[str]  # new base names
+    deriver: str  # new base name of its .drv, or ""
+    ca: Callable[[], str] | None = None  # its CA, where Nix registers one
+
+
+class _Retargeted:
+    """A source's paths under their names at the new store dir (payload/retarget.py:
+    exact when it holds derivations, else same-length), and what their narinfos say."""
+
+    def __init__(self, manifest: Manifest, store_dir: str, contents: dict[str, bytes] | None):
+        self.manifest = manifest
+        self.plan: exact.Plan | None = None
+        self.target: retargets.Retarget
+        if contents is not None:
+            same_length(manifest, store_dir)  # a longer store dir: one line, with its hint
+            try:
+                exact_target = retargets.Exact(manifest, store_dir, contents)
+            except exact.ExactError as e:
+                # A closure with .drv files is cached exactly or not at all: their hash
+                # parts kept, the .drv files would name outputs that are not theirs.
+                raise BuildError(f"cannot cache it for {store_dir}: {e}",
+                                 "build the source with --with-derivations (every .drv "
+                                 "with its sources), or leave the .drv files out") from None
+            self.target, self.plan = exact_target, exact_target.plan
+        elif store_dir == manifest.store_dir:
+            self.target = retargets.Identity(manifest)
+        else:
+            self.target = same_length(manifest, store_dir)
+        moved = self.target.manifest
+        self.targets = [
+            # Same-length relocation keeps hash parts: the old .drv names are nobody's
+            # at the new store dir, so such a path has no deriver there.
+            _Target(old.name, new.name, new.references, new.deriver if self.plan else "",
+                    self._ca(old, contents or {}))
+            for old, new in zip(manifest.paths, moved.paths, strict=True)]
+        self.hidden_refs = moved.hidden_refs
+
+    def _ca(self, entry: PathEntry, contents: dict[str, bytes]) -> Callable[[], str] | None:
+        """The CA Nix registers for a text path, a source or a fixed output (local-store.cc
+        addTextToStore, addToStore; registerOutputs), from the exact plan.  A same-length
+        relocation keeps the old hash parts, whose content address no longer holds."""
+        plan = self.plan
+        if plan is None:
+            return None
+        kind = plan.kinds[entry.name]
+        if kind in (exact.TEXT, exact.DRV):
+            digest = hashlib.sha256(plan.texts[entry.name]).digest()
+            return lambda: narinfo.content_address_text(digest)
+        if kind == exact.SOURCE:  # contents unchanged: the NAR hash is the old one
+            digest = hashes.parse_sha256(entry.nar_hash)
+            return lambda: narinfo.content_address_fixed(True, "sha256", digest)
+        if kind != exact.FIXED:
+            return None
+        drv_name = plan.derivers.get(entry.name)
+        if drv_name is None:  # a flat sha256 path made without a .drv
+            digest = hashlib.sha256(contents[entry.name]).digest()
+            return lambda: narinfo.content_address_fixed(False, "sha256", digest)
+        _, _, algo, hex_hash = derivation.parse(contents[drv_name]).outputs[0]
+        recursive = algo.startswith("r:")
+        algo = algo[2:] if recursive else algo
+        return lambda: narinfo.content_address_fixed(recursive, algo, bytes.fromhex(hex_hash))
+
+class _NarSink:
+    """NAR bytes in: their sha256 (NarHash); out, compressed, into the file ``tmp``,
+    with its sha256 (FileHash) and size."""
+
+    def __init__(self, tmp: Path, compression: str, level: int | None, system: str) -> None:
+        self.tmp = tmp
+        self._file = open(tmp, "wb")  # closed by finish or abort
+        self._compressor = (None if compression == "none"
+                            else compressor(compression, level, system))
+        self._buf = bytearray()
+        self.nar_hash = hashlib.sha256()
+        self.file_hash = hashlib.sha256()
+        self.file_size = 0
+
+    def __call__(self, data: bytes) -> None:
+        self.nar_hash.update(data)
+        self._buf += data
+        if len(self._buf) >= _BUFFER:
+            self._emit(bytes(self._buf))
+            self._buf.clear()
+
+    def _emit(self, data: bytes, final: bool = False) -> None:
+        if self._compressor is not None:
+            data = self._compressor.compress(data) + (self._compressor.flush() if final else b"")
+        if data:
+            self._file.write(data)
+            self.file_hash.update(data)
+            self.file_size += len(data)
+
+    def finish(self) -> None:
+        self._emit(bytes(self._buf), final=True)
+        self._buf.clear()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def abort(self) -> None:
+        try:
+            self._file.close()  # flushing what is buffered may fail again (a full disk)
+        except OSError:
+            pass
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+class _PathWriter(Filter):
+    """Sink for one store path of a source: rewritten by the retarget, serialised as a
+    NAR and compressed; ``finish`` (sent once the source has verified the path)
+    hands it to the cache."""
+
+    def __init__(self, cache: _CacheDir, source: _Retargeted, target: _Target,
+                 progress: Callable[[int], object] | None) -> None:
+        self._cache = cache
+        self._target = target
+        self._progress = progress
+        self._sink = cache.nar_sink(source.manifest.system)
+        self._nar = nar.NarWriter(self._sink)
+        Filter.__init__(self, source.target.sink(target.old, self._nar))
+
+    def contents(self, data: bytes) -> None:
+        if self._progress:
+            self._progress(len(data))
+        Filter.contents(self, data)
+
+    def finish(self) -> None:
+        Filter.finish(self)
+        self._sink.finish()
+        self._cache.add(self._target, self._sink, self._nar.size)
+
+
+class _CacheDir:
+    """The output directory: what it holds, and atomic writes into it (thread-safe)."""
+
+    def __init__(self, root: Path, store_dir: str, options: CacheOptions) -> None:
+        self.root = root
+        self.store_dir = store_dir
+        self.options = options
+        self.result = CacheResult(store_dir)
+        self._lock = threading.Lock()
+        self._known: set[str] = set()  # base names with a good narinfo here
+        self._coming: set[str] = set()  # base names this run is writing
+        self._pending: dict[str, narinfo.NarInfo] = {}  # narinfos waiting for others
+        self._sinks: set[_NarSink] = set()
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            (self.root / "nar").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BuildError(f"cannot create {self.root / 'nar'}: {e.strerror}") from None
+        info = self.root / narinfo.CACHE_INFO
+        if info.exists():
+            try:
+                there = narinfo.parse_cache_info(info.read_text(errors="replace"), str(info))
+            except (OSError, narinfo.NarInfoError) as e:
+                raise BuildError(str(e), "write the cache into a new directory") from None
+            if there != self.store_dir:
+                raise BuildError(f"{self.root} is a binary cache for {there}, not for "
+                                 f"{self.store_dir}",
+                                 "write each prefix's cache into a directory of its own")
+        else:
+            self.write_atomic(info, narinfo.cache_info_text(self.store_dir).encode())
+        for tmp in [*self.root.glob(".tmp-*"), *(self.root / "nar").glob(".tmp-*")]:
+            if not _pid_alive(tmp.name.split("-")[1]):
+                tmp.unlink(missing_ok=True)  # left by a run that was killed
+
+    def has(self, base: str) -> bool:
+        """Whether ``base`` is already here: its narinfo parses and names it, and the NAR
+        file it points to has its FileSize."""
+        if base in self._known:
+            return True
+        file = self.root / narinfo.narinfo_file(base)
+        try:
+            info = narinfo.parse(file.read_text(), str(file), self.store_dir)
+            good = info.name == base and (self.root / info.url).stat().st_size == info.file_size
+        except (OSError, UnicodeDecodeError, narinfo.NarInfoError):
+            good = False
+        if good:
+            self._known.add(base)
+        return good
+
+    def expect(self, bases: set[str]) -> None:
+        """``bases`` are going to be written by this run (so they may be derivers)."""
+        self._coming |= bases
+
+    def nar_sink(self, system: str) -> _NarSink:
+        level = self.options.level
+        if level is None and self.options.compression == "zstd":
+            level = ZSTD_LEVEL
+        sink = _NarSink(self._tmp(self.root / "nar"), self.options.compression, level, system)
+        with self._lock:
+            self._sinks.add(sink)
+        return sink
+
+    def _tmp(self, directory: Path) -> Path:
+        return directory / f".tmp-{os.getpid()}-{next(_tmp_names)}"
+
+    def write_atomic(self, path: Path, data: bytes) -> None:
+        """``path`` appears with ``data``, complete, or not at all."""
+        tmp = self._tmp(path.parent)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise BuildError(f"cannot write {path}: {e.strerror}") from None
+
+    def add(self, target: _Target, sink: _NarSink, nar_size: int) -> None:
+        """Move a finished NAR into place; write its narinfo once it may appear."""
+        file_hash = sink.file_hash.digest()
+        url = narinfo.nar_url(file_hash, self.options.compression)
+        final = self.root / url
+        with self._lock:
+            self._sinks.discard(sink)
+            try:
+                if final.exists() and final.stat().st_size == sink.file_size:
+                    sink.tmp.unlink()  # the same bytes are there: the name is their hash
+                else:
+                    os.chmod(sink.tmp, 0o644)
+                    os.replace(sink.tmp, final)
+            except OSError as e:
+                sink.tmp.unlink(missing_ok=True)
+                raise BuildError(f"cannot write {final}: {e.strerror}") from None
+            info = narinfo.NarInfo(
+                f"{self.store_dir}/{target.new}", url, self.options.compression,
+                hashes.format_sha256(file_hash), sink.file_size,
+                hashes.format_sha256(sink.nar_hash.digest()), nar_size, target.references,
+                target.deriver if target.deriver in self._coming or self.has(target.deriver)
+                else "", ca=target.ca() if target.ca else "")
+            fingerprint = info.fingerprint()
+            info.sigs = sorted(str(sign(k, fingerprint)) for k in self.options.sign_keys)
+            self.result.written.append(target.new)
+            self.result.nar_size += nar_size
+            self.result.file_size += sink.file_size
+            self._pending[target.new] = info
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write every waiting narinfo whose references and deriver are all here: a
+        client that finds a narinfo finds everything it names."""
+        moved = True
+        while moved:
+            moved = False
+            for base, info in sorted(self._pending.items()):
+                needs = [r for r in info.references if r != base]
+                if info.deriver:
+                    needs.append(info.deriver)
+                if all(r in self._known for r in needs):
+                    self.write_atomic(self.root / narinfo.narinfo_file(base),
+                                      info.to_text().encode())
+                    self._known.add(base)
+                    del self._pending[base]
+                    moved = True
+
+    def finish(self) -> None:
+        if self._pending:
+            waiting = sorted(self._pending)
+            raise BuildError(f"the narinfo of {waiting[0]} (and {len(waiting) - 1} more) waits "
+                             "for references that are not in the cache",
+                             "every source must be a closed closure")
+
+    def abort(self) -> None:
+        """Remove this run's unfinished NAR files (nothing half-written stays)."""
+        with self._lock:
+            for sink in self._sinks:
+                sink.abort()
+            self._sinks.clear()
+
+
+def _pid_alive(text: str) -> bool:
+    try:
+        os.kill(int(text), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _ClosureSource:
+    """A closureInfo dir (or dump-db file) whose paths are read from the store."""
+
+    def __init__(self, source: Path, store_root: Path | None) -> None:
+        closure = read_closure(source)
+        self.root = Path(store_root or closure.store_dir)
+        entries = [PathEntry.from_registration(i) for i in closure.infos]
+        for e in entries:
+            if not os.path.lexists(self.root / e.name):
+                raise BuildError(f"store path {closure.store_dir}/{e.name} is missing from "
+                                 f"{self.root}", "pass --store-root if the store is elsewhere")
+        self.manifest = Manifest(closure.store_dir, host_system(), "xz", entries, [], [])
+
+    def contents(self) -> dict[str, bytes]:
+        return read_store_contents(self.manifest.paths, self.root)
+
+    def replay(self, names: set[str], open_path: Callable[[str], Sink], jobs: int) -> None:
+        """Every path of ``names``, read from the store and checked against its NAR hash."""
+        def one(entry: PathEntry) -> None:
+            hasher = nar.NarHasher()
+            visitor = open_path(entry.name)
+            where = f"{self.manifest.store_dir}/{entry.name}"
+            try:
+                nar.dump_path(os.fsencode(self.root / entry.name), Tee(visitor, hasher))
+            except nar.NarError as e:
+                raise BuildError(f"{where}: {e}") from None
+            except OSError as e:
+                raise BuildError(f"{where}: cannot read {e.filename} ({e.strerror})") from None
+            got = hashes.format_sha256(hasher.digest())
+            if got != entry.nar_hash or hasher.size != entry.nar_size:
+                raise BuildError(f"{where} does not match its registration (narHash {got}, "
+                                 f"registered {entry.nar_hash})",
+                                 "the store path was modified or the registration is stale")
+            visitor.finish()
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(one, e) for e in self.manifest.paths if e.name in names]
+            try:
+                for done in futures:
+                    done.result()
+            finally:
+                for f in futures:
+                    f.cancel()
+
+
+class _InstallerSource:
+    """An installer: every path comes through its own verifying reader."""
+
+    def __init__(self, installer: InstallerFile) -> None:
+        self._installer = installer
+        self.manifest = installer.manifest
+
+    def contents(self) -> dict[str, bytes]:
+        return retargets.read_contents(self._installer)
+
+    def replay(self, names: set[str], open_path: Callable[[str], Sink], jobs: int) -> None:
+        chunks = sorted({p.chunk for p in self.manifest.paths if p.name in names})
+        self._installer.unpack(open_path, chunks, jobs=jobs)
+
+
+def _write_source(source: _ClosureSource | _InstallerSource, cache: _CacheDir,
+                  progress: Callable[[int], object] | None) -> None:
+    m = source.manifest
+    holds_derivations = has_derivations(m.paths)
+    retargeted = _Retargeted(m, cache.store_dir, source.contents() if holds_derivations
+                             else None)
+    cache.result.exact = cache.result.exact or holds_derivations
+    cache.result.hidden_refs += retargeted.hidden_refs
+    todo = {t.old: t for t in retargeted.targets if not cache.has(t.new)}
+    cache.result.present += [t.new for t in retargeted.targets if t.old not in todo]
+    if not todo:
+        return
+    cache.expect({t.new for t in todo.values()})
+
+    def open_path(name: str) -> Sink:
+        target = todo.get(name)
+        if target is None:
+            return Count(progress)
+        return _PathWriter(cache, retargeted, target, progress)
+
+    jobs = cache.options.jobs or default_jobs("xz" if cache.options.compression == "none"
+                                              else cache.options.compression,
+                                              cache.options.level)
+    source.replay(set(todo), open_path, jobs)
+
+
+def write_cache(sources: Sequence[Path], prefix: str, out: Path, options: CacheOptions,
+                store_root: Path | None = None,
+                progress: Callable[[int], object] | None = None) -> CacheResult:
+    """Write (or complete) the binary cache ``out`` for ``prefix``'s store from ``sources``
+    (installers or closureInfo dirs, merged)."""
+    if options.compression not in COMPRESSIONS:
+        raise BuildError(f"unknown compression {options.compression!r}",
+                         f"use one of {', '.join(COMPRESSIONS)}")
+    store_dir = target_store_dir(prefix)
+    if not sources:
+        raise BuildError("no SOURCE given", "name an installer or a closureInfo dir")
+    cache = _CacheDir(out, store_dir, options)
+    report = _locked(progress) if progress else None
+    try:
+        for source in sources:
+            if source.is_dir() or not looks_like_installer(source):
+                _write_source(_ClosureSource(source, store_root), cache, report)
+            else:
+                with_installer(source, lambda i: _write_source(_InstallerSource(i), cache,
+                                                               report),
+                               "pass an intact installer or a closureInfo dir")
+        cache.finish()
+    except OSError as e:  # a NAR file being written: full disk, quota, permissions
+        cache.abort()
+        raise BuildError(f"cannot write into {out}: {e.strerror}",
+                         "free some space there, or write the cache elsewhere") from None
+    except BaseException:
+        cache.abort()
+        raise
+    return cache.result
