@@ -6,7 +6,7 @@ from .staging import write_error
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import List, Tuple  # noqa: F401
+    from typing import List, Optional, Sequence, Tuple  # noqa: F401
 
     from .prefix import Prefix  # noqa: F401
 
@@ -72,12 +72,53 @@ end
 """
 
 
-def planned_files(prefix):
-    # type: (Prefix) -> List[Tuple[str, str]]
+# With --substituter: the prefix's own caches, and only signed paths from them.
+NIX_CONF_CACHES = """\
+{marker} Settings for a single-user Nix store without root:
+# builds run as you (no nixbld group), without a sandbox (user namespaces are
+# often unavailable).  Binary caches for this prefix's store (cache.nixos.org
+# only serves /nix/store); a path comes from them only if it is signed by one of
+# the trusted keys.
+build-users-group =
+sandbox = false
+substituters = {substituters}
+trusted-public-keys = {keys}
+require-sigs = true
+"""
+
+
+class Caches(object):
+    """The binary caches the prefix's Nix substitutes from, and the keys it trusts
+    (nix.conf ``substituters``, ``trusted-public-keys``; src/libstore/globals.hh)."""
+
+    def __init__(self, substituters=(), trusted_keys=()):
+        # type: (Sequence[str], Sequence[str]) -> None
+        self.substituters = list(substituters)
+        self.trusted_keys = list(trusted_keys)
+
+    def conf_lines(self):
+        # type: () -> List[str]
+        """The nix.conf lines that set them."""
+        return ["substituters = " + " ".join(self.substituters),
+                "trusted-public-keys = " + " ".join(self.trusted_keys),
+                "require-sigs = true"]
+
+
+def nix_conf(prefix, caches=None):
+    # type: (Prefix, Optional[Caches]) -> str
+    """The nix.conf an install writes (if there is none)."""
+    if caches is None or not caches.substituters:
+        return NIX_CONF.format(marker=MARKER)
+    return NIX_CONF_CACHES.format(marker=MARKER, substituters=" ".join(caches.substituters),
+                                  keys=" ".join(caches.trusted_keys))
+
+
+def planned_files(prefix, caches=None):
+    # type: (Prefix, Optional[Caches]) -> List[Tuple[str, str]]
     """(path, content) of every file the install writes outside the store."""
     fmt = {"marker": MARKER, "root": prefix.root, "home": prefix.home}
     return [
-        (prefix.nix_conf, NIX_CONF.format(**fmt)),
+        (prefix.nix_conf, nix_conf(prefix, caches)),
         (os.path.join(prefix.profile_d, "nix.sh"), NIX_SH.format(**fmt)),
         (os.path.join(prefix.profile_d, "nix.fish"), NIX_FISH.format(**fmt)),
     ]

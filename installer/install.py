@@ -196,15 +196,15 @@ def exact_retarget(source, prefix, ui, jobs=1):
                            % manifest.prefix)
 
 
-def install(source, prefix_root, ui, update=False, jobs=1, target=None):
-    # type: (InstallerFile, str, UI, bool, int, Optional[retarget.Retarget]) -> bool
+def install(source, prefix_root, ui, update=False, jobs=1, target=None, caches=None):
+    # type: (InstallerFile, str, UI, bool, int, Optional[retarget.Retarget], Optional[envfiles.Caches]) -> bool
     """Install ``source`` into ``prefix_root``; returns True if anything changed.
 
     A first install's profile holds exactly the roots; with ``update`` (-u) the
     new generation also keeps the other packages the profile had (same-named
     ones are replaced, as ``nix-env -i`` does).  ``jobs`` payload chunks are
     unpacked at once.  ``target`` is what ``at_prefix`` gave for this prefix
-    (computed here if not given).
+    (computed here if not given).  ``caches`` go into a new nix.conf (--substituter).
     """
     prefix = Prefix(prefix_root)
     if target is None:
@@ -212,14 +212,14 @@ def install(source, prefix_root, ui, update=False, jobs=1, target=None):
     started = time.time()
     created = _make_dirs(prefix)
     try:
-        return _install_locked(source, target, prefix, ui, started, update, jobs)
+        return _install_locked(source, target, prefix, ui, started, update, jobs, caches)
     except BaseException:
         _remove_created(prefix, created)
         raise
 
 
-def _install_locked(source, target, prefix, ui, started, update, jobs):
-    # type: (InstallerFile, retarget.Retarget, Prefix, UI, float, bool, int) -> bool
+def _install_locked(source, target, prefix, ui, started, update, jobs, caches):
+    # type: (InstallerFile, retarget.Retarget, Prefix, UI, float, bool, int, Optional[envfiles.Caches]) -> bool
     manifest = target.manifest
     changed = False
     with nixstore.PrefixLock(prefix.lock_file,
@@ -256,7 +256,7 @@ def _install_locked(source, target, prefix, ui, started, update, jobs):
             changed = True
         envfiles.make_profile_link(prefix)
         written = {}
-        for path, content in envfiles.planned_files(prefix):
+        for path, content in envfiles.planned_files(prefix, caches):
             with timings.phase("env files"):
                 state = envfiles.write_file(path, content)
             crashpoints.reached("env-file")
@@ -265,6 +265,9 @@ def _install_locked(source, target, prefix, ui, started, update, jobs):
                 changed = True
             elif state == "kept" and path == prefix.nix_conf:
                 ui.say("keeping your %s as it is" % path)
+                if caches is not None and caches.substituters:
+                    ui.say("  for the binary caches, add these lines to it yourself:\n    "
+                           + "\n    ".join(caches.conf_lines()))
         nix_store = nix_tool(manifest, prefix, "nix-store")
         unregistered = [p for p in manifest.paths if manifest.store_path(p.name) not in valid]
         if unregistered or written:

@@ -1,7 +1,10 @@
 """Command line of the installer file: ``sh nix-prefix-installer.sh [options]``."""
 
 import argparse
+import base64
+import binascii
 import os
+import re
 import sys
 
 from ..payload import __version__
@@ -10,8 +13,8 @@ from ..payload.container import InstallerFile
 from ..payload.errors import OneLineError
 from ..payload.machine import human_size
 from ..payload.manifest import info_text
+from . import envfiles, preflight, receipt, shellrc, summary, timings, uninstall
 from . import install as install_mod
-from . import preflight, receipt, shellrc, summary, timings, uninstall
 from .errors import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, InstallError
 from .prefix import Prefix
 from .ui import UI
@@ -74,6 +77,16 @@ def _parser(prog):
     rc.add_argument("--no-modify-profile", action="store_true",
                     help="do not edit shell start-up files: the default, accepted for "
                          "compatibility with Nix's own installer")
+    p.add_argument("--substituter", metavar="URL", action="append", default=[],
+                   type=_substituter,
+                   help="a binary cache for this prefix's store (repeatable), written to "
+                        "PREFIX/etc/nix/nix.conf as `substituters`: the installed Nix fetches "
+                        "from it instead of building; needs --trusted-key")
+    p.add_argument("--trusted-key", metavar="NAME:BASE64", action="append", default=[],
+                   type=_public_key, dest="trusted_keys",
+                   help="a Nix public key (repeatable), as nix-store "
+                        "--generate-binary-cache-key writes it; written to nix.conf as "
+                        "`trusted-public-keys`, with require-sigs kept on")
     p.add_argument("-j", "--jobs", metavar="N", type=_positive,
                    default=preflight.default_jobs(os.environ.get("NIX_PREFIX_JOBS")),
                    help="unpack and verify N payload chunks at once (default: the CPUs this "
@@ -90,6 +103,34 @@ def _positive(value):
     return int(value)
 
 
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://[^\s]+\Z")
+_KEY_NAME = re.compile(r"^[^\s:]+\Z")
+
+
+def _substituter(value):
+    # type: (str) -> str
+    if not _URL.match(value):
+        raise argparse.ArgumentTypeError(
+            "%r is not a binary cache URL (such as https://cache.example.org or "
+            "file:///srv/cache)" % value)
+    return value.rstrip("/")
+
+
+def _public_key(value):
+    # type: (str) -> str
+    """``NAME:BASE64`` of a 32-byte ed25519 public key (crypto.cc ``PublicKey``)."""
+    name, _, key = value.partition(":")
+    try:
+        raw = base64.b64decode(key.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raw = b""
+    if not _KEY_NAME.match(name) or len(raw) != 32:
+        raise argparse.ArgumentTypeError(
+            "%r is not a Nix public key (NAME:BASE64 of 32 bytes, as in the .pub file "
+            "nix-store --generate-binary-cache-key writes)" % value)
+    return value
+
+
 def main(path, argv, name=None, sealed=False):
     # type: (str, List[str], Optional[str], bool) -> None
     """Entry point from the sh preamble or ``python3 FILE``; never returns.
@@ -101,7 +142,11 @@ def main(path, argv, name=None, sealed=False):
     timings.start()
     name = name or path
     prog = os.path.basename(name) if name else "installer"
-    args = _parser(prog).parse_args(argv)
+    parser = _parser(prog)
+    args = parser.parse_args(argv)
+    if args.substituter and not args.trusted_keys:
+        parser.error("--substituter needs --trusted-key NAME:BASE64, the cache's public key: "
+                     "the installed Nix keeps require-sigs on and takes only signed paths")
     ui = UI(quiet=args.quiet)
     debug = bool(os.environ.get("NIX_PREFIX_DEBUG"))
     try:
@@ -154,6 +199,8 @@ def run(path, args, ui, name=None, sealed=False):
                    % (source.name, len(manifest.paths),
                       human_size(manifest.total_nar_size)))
             return 0
+        caches = envfiles.Caches(args.substituter, args.trusted_keys) \
+            if args.substituter else None
         root = preflight.resolve_prefix(args.prefix) if args.prefix else manifest.prefix
         prefix = Prefix(root)
         if args.uninstall or args.rollback:
@@ -184,9 +231,10 @@ def run(path, args, ui, name=None, sealed=False):
                 ui.say("nothing was changed")
                 return EXIT_FAILED
         install_mod.install(source, root, ui, update=args.update, jobs=args.jobs,
-                            target=target)
+                            target=target, caches=caches)
         rc_files = shellrc.add_block(root, home) if args.modify_profile else []
-        ui.say("\n".join(summary.summary_lines(installed, prefix, _rerun_name(source), rc_files)))
+        ui.say("\n".join(summary.summary_lines(installed, prefix, _rerun_name(source), rc_files,
+                                                caches)))
         return 0
     finally:
         source.close()

@@ -7,15 +7,17 @@ from . import nixstore
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import List  # noqa: F401
+    from typing import List, Optional  # noqa: F401
 
     from ..payload.manifest import Manifest  # noqa: F401
+    from .envfiles import Caches  # noqa: F401
     from .prefix import Prefix  # noqa: F401
 
 
-def summary_lines(manifest, prefix, installer, rc_files):
-    # type: (Manifest, Prefix, str, List[str]) -> List[str]
-    """The closing summary of an install into ``prefix`` by the file ``installer``."""
+def summary_lines(manifest, prefix, installer, rc_files, caches=None):
+    # type: (Manifest, Prefix, str, List[str], Optional[Caches]) -> List[str]
+    """The closing summary of an install into ``prefix`` by the file ``installer``;
+    ``caches``: the binary caches its nix.conf was asked to use."""
     names = ", ".join(r.partition("-")[2] for r in manifest.roots) or "(no roots)"
     script = os.path.join(prefix.profile_d, "nix.sh")
     again = "sh %s -p %s" % (installer, prefix.root)
@@ -36,9 +38,27 @@ def summary_lines(manifest, prefix, installer, rc_files):
     else:
         lines.append("For every new shell: %s --modify-profile (adds it to ~/.profile etc.)"
                      % again)
+    if caches is not None and caches.substituters:
+        lines.append(_caches_line(prefix, caches))
     lines += [
         "Update later:  sh NEWER-INSTALLER -u -p %s" % prefix.root,
         "Uninstall:     %s --uninstall" % again,
     ]
     return lines
 
+
+
+def _caches_line(prefix, caches):
+    # type: (Prefix, Caches) -> str
+    names = ", ".join(k.partition(":")[0] for k in caches.trusted_keys)
+    try:
+        with open(prefix.nix_conf) as f:
+            conf = f.read()
+    except (OSError, UnicodeDecodeError):
+        conf = ""
+    if all(line in conf.splitlines() for line in caches.conf_lines()):
+        return ("More software: nix-build and nix-env fetch from %s instead of building, "
+                "taking only paths signed by %s (require-sigs on, in %s)"
+                % (" ".join(caches.substituters), names, prefix.nix_conf))
+    return ("Binary caches: %s is not the one this install writes, so the caches are not "
+            "set: add to it  %s" % (prefix.nix_conf, "; ".join(caches.conf_lines())))
