@@ -13,8 +13,11 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,6 +72,21 @@ def remove(path: Path) -> None:
     if path.exists():
         subprocess.run(["chmod", "-R", "u+w", str(path)], check=True)
         shutil.rmtree(path)
+
+
+@contextmanager
+def work_dir(given: Path | None, keep: bool, prefix: str) -> Iterator[Path]:
+    """``given`` or a new dir under /tmp; emptied (and a new one removed) at the end
+    unless ``keep``."""
+    base = Path(given or tempfile.mkdtemp(prefix=prefix, dir="/tmp")).resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    try:
+        yield base
+    finally:
+        if not keep:
+            for p in base.iterdir():
+                remove(p) if p.is_dir() else p.unlink()
+            base.rmdir()
 
 
 def machine() -> dict:

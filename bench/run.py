@@ -44,12 +44,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import CLI, REPO, Run, machine, remove, sh  # first: nix_prefix = this checkout
+# first: nix_prefix = this checkout
+from common import CLI, REPO, Run, machine, remove, sh, work_dir
 
 from nix_prefix.builder.localnix import LocalNix, prefix_env
 
@@ -135,16 +135,8 @@ def main() -> None:
     if not jobs or jobs[0] < 1:
         ap.error("--jobs takes positive whole numbers")
 
-    base = Path(args.workdir or tempfile.mkdtemp(prefix="np-bench-", dir="/tmp")).resolve()
-    base.mkdir(parents=True, exist_ok=True)
-    prefix = base / "nix"
-    try:
-        results = bench(base, prefix, args.size_mb, args.paths, jobs, args.rounds)
-    finally:
-        if not args.keep:
-            for p in base.iterdir():
-                remove(p) if p.is_dir() else p.unlink()
-            base.rmdir()
+    with work_dir(args.workdir, args.keep, "np-bench-") as base:
+        results = bench(base, base / "nix", args.size_mb, args.paths, jobs, args.rounds)
     text = tables(results)
     print(text)
     if args.json:

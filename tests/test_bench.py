@@ -76,3 +76,21 @@ def test_scale_runs_on_tiny_closures(tmp_path: Path) -> None:
             assert s[field] > 0, (s["paths"], field)
     assert set(r["linearity"]) == {"build_per_file_ratio", "install_per_file_ratio"}
     assert "linearity" in proc.stdout and "pass" in proc.stdout
+
+
+@pytest.mark.slow
+def test_cache_bench_runs_on_a_tiny_closure(tmp_path: Path) -> None:
+    out = tmp_path / "cache.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "cache.py"), "--size-mb", "2",
+                           "--paths", "3", "--level", "1", "--json", str(out)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["closure"]["paths"] == 3 and r["closure"]["nar_bytes"] > 1 << 20
+    assert r["verified"], r["problem"]
+    for key in ("nix_copy", "ours_same_length", "ours_exact"):
+        assert r[key]["s"] > 0 and r[key]["bytes"] > 0, key
+    assert r["ours_exact_rerun_s"] > 0
+    assert set(r["ratios"]) == {"time_exact_vs_nix_copy", "time_same_length_vs_nix_copy",
+                                "size_exact_vs_nix_copy", "size_same_length_vs_nix_copy"}
+    assert "substitutes everything, builds nothing: yes" in proc.stdout
