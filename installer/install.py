@@ -366,7 +366,8 @@ def _unpack_and_place(source, target, prefix, to_place, ui, jobs):
             return count
         writer = staging.DiskWriter(stage, new)
         writers.append(writer)
-        path = retarget.Retargeted(target, name, writer)
+        # Files held back by a rewrite wait in the staging dir, inside the prefix.
+        path = retarget.Retargeted(target, name, writer, stage)
         placed.append(path)
         return Tee(path, count)
 

@@ -89,9 +89,13 @@ class Retarget(object):
         """The new base name of the payload's path ``old``."""
         return old
 
-    def sink(self, name, inner):
-        # type: (str, Sink) -> Sink
-        """The sink the events of the payload's path ``name`` go through to ``inner``."""
+    def sink(self, name, inner, spool_dir=None):
+        # type: (str, Sink, Optional[str]) -> Sink
+        """The sink the events of the payload's path ``name`` go through to ``inner``.
+
+        A file a rewrite holds back until it knows whether it is text
+        (rewrite.PathRewriter) waits in ``spool_dir`` once it is large.
+        """
         return inner
 
     def describe(self):
@@ -121,9 +125,9 @@ class SameLength(Retarget):
         self._old = source.embedded_store_dir.encode()
         self._new = padded.encode()
 
-    def sink(self, name, inner):
-        # type: (str, Sink) -> Sink
-        return PathRewriter(inner, self._old, self._new)
+    def sink(self, name, inner, spool_dir=None):
+        # type: (str, Sink, Optional[str]) -> Sink
+        return PathRewriter(inner, self._old, self._new, spool_dir=spool_dir)
 
     def describe(self):
         # type: () -> Optional[str]
@@ -160,9 +164,9 @@ class Exact(Retarget):
         # type: (str) -> str
         return self.plan.names[old]
 
-    def sink(self, name, inner):
-        # type: (str, Sink) -> Sink
-        return PathRewriter(inner, self._old, self._new, self.plan.hashes,
+    def sink(self, name, inner, spool_dir=None):
+        # type: (str, Sink, Optional[str]) -> Sink
+        return PathRewriter(inner, self._old, self._new, self.plan.hashes, spool_dir=spool_dir,
                             keep_contents=self.plan.kinds[name] in exact.KEEP_CONTENTS,
                             text=self.plan.texts.get(name))
 
@@ -185,14 +189,14 @@ class Retargeted(Filter):
     when the retarget leaves the bytes as they are.
     """
 
-    def __init__(self, retarget, name, out):
-        # type: (Retarget, str, Sink) -> None
+    def __init__(self, retarget, name, out, spool_dir=None):
+        # type: (Retarget, str, Sink, Optional[str]) -> None
         self.name = retarget.name(name)
         self._hasher = None  # type: Optional[nar.NarHasher]
         if retarget.rewrites:
             self._hasher = nar.NarHasher()
             out = Tee(out, self._hasher)
-        Filter.__init__(self, retarget.sink(name, out))
+        Filter.__init__(self, retarget.sink(name, out, spool_dir))
 
     def nar_info(self):
         # type: () -> Optional[Tuple[str, int]]

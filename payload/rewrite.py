@@ -23,11 +23,12 @@ import zlib
 
 from . import codecs, nix32
 from .storepath import HASH_LENGTH
+from .textfile import FileRewrite
 from .tree import Filter, Sink
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import Any, Dict, List, Optional, Tuple  # noqa: F401
+    from typing import Any, Dict, List, Optional, Sequence, Tuple  # noqa: F401
 
 ARCHIVE_SUFFIXES = (".zip", ".jar", ".whl", ".egg", ".war", ".apk")
 COMPRESSED_SUFFIXES = {".gz": "gzip", ".tgz": "gzip", ".xz": "xz", ".txz": "xz",
@@ -37,6 +38,7 @@ PYC_SUFFIX = ".pyc"
 SCAN_LIMIT = 64 << 20
 
 _NIX32 = "[" + nix32.ALPHABET + "]"
+_SLASHES = re.compile(b"//+")
 
 
 class Rewriter(object):
@@ -48,25 +50,30 @@ class Rewriter(object):
     ``new_dir`` has the length of ``old_dir`` no offset moves.  A match that
     may continue in the next piece is held back until ``feed`` or ``flush``
     shows where it ends.  ``count`` tells how many replacements were made.
+    ``also`` are other spellings of the old store dir, replaced by ``new_dir``
+    as well (a payload retargeted before has the canonical store dir in its
+    text and the padded one in its binaries).
     """
 
-    def __init__(self, old_dir, new_dir, hashes=None):
-        # type: (bytes, bytes, Optional[Dict[bytes, bytes]]) -> None
-        self._old = old_dir
+    def __init__(self, old_dir, new_dir, hashes=None, also=()):
+        # type: (bytes, bytes, Optional[Dict[bytes, bytes]], Sequence[bytes]) -> None
+        self._olds = set((old_dir,) + tuple(also))
         self._new = new_dir
         self._hashes = hashes or {}
-        pattern = re.escape(old_dir)
+        # Longest first: one spelling may start with another.
+        pattern = b"|".join(re.escape(o) for o in sorted(self._olds, key=len, reverse=True))
         if self._hashes:
             pattern += b"|" + _NIX32.encode() + b"{%d,}" % HASH_LENGTH
         self._re = re.compile(pattern)
-        self._keep = max(len(old_dir), HASH_LENGTH if self._hashes else 0) - 1
+        self._keep = max(max(len(o) for o in self._olds),
+                         HASH_LENGTH if self._hashes else 0) - 1
         self._tail = b""
         self.count = 0
 
     def _replace(self, m):
         # type: (Any) -> bytes
         s = m.group(0)  # type: bytes
-        if s == self._old:
+        if s in self._olds:
             self.count += 1
             return self._new
         out = []
@@ -124,6 +131,16 @@ class Rewriter(object):
         return done
 
 
+def canonical(store_dir):
+    # type: (bytes) -> bytes
+    """The store dir as Nix sees it: a padded ``/a/b////store`` is ``/a/b/store``.
+
+    The padding is only repeated slashes, which Nix's ``canonPath``
+    (src/libutil/util.cc) folds into one.
+    """
+    return _SLASHES.sub(b"/", store_dir)
+
+
 def is_archive(rel):
     # type: (bytes) -> bool
     """Whether a file is left byte-for-byte as it is by a rewrite (zip family)."""
@@ -133,42 +150,62 @@ def is_archive(rel):
 class PathRewriter(Filter):
     """One store path rewritten on its way to ``inner``.
 
-    Every regular file's bytes and every symlink target get ``new_dir`` for
-    ``old_dir`` and the new hash parts of ``hashes`` (``Rewriter``), except
-    zip-family archives (``is_archive``).  With ``keep_contents`` (sources
-    and fixed outputs of an exact retarget, whose paths are computed from
-    their contents) nothing is rewritten; a path given a ``text`` (a ``.drv``
-    or text file of an exact retarget) gets those bytes instead of its own,
-    whatever their length.  ``count`` tells how many replacements were made.
+    Every regular file's bytes and every symlink target get the new store dir
+    for ``old_dir`` and the new hash parts of ``hashes`` (``Rewriter``):
+    binaries the same-length ``new_dir``, so that no offset inside them
+    moves; text files (the rule of textfile.py) and symlink targets, where no
+    offset matters, the ``canonical`` new store dir for either form of the old
+    one, as a native build at the new store dir writes them.  Files wait in
+    ``spool_dir`` (default: the system's temporary dir) until they are known
+    to be text or binary.
+
+    Zip-family archives (``is_archive``) are left as they are.  With
+    ``keep_contents`` (sources and fixed outputs of an exact retarget, whose
+    paths are computed from their contents) nothing is rewritten; a path
+    given a ``text`` (a ``.drv`` or text file of an exact retarget) gets those
+    bytes instead of its own.  ``count`` tells how many replacements were made.
     """
 
-    def __init__(self, inner, old_dir, new_dir, hashes=None, keep_contents=False, text=None):
-        # type: (Sink, bytes, bytes, Optional[Dict[bytes, bytes]], bool, Optional[bytes]) -> None
+    def __init__(self, inner, old_dir, new_dir, hashes=None, keep_contents=False, text=None,
+                 spool_dir=None):
+        # type: (Sink, bytes, bytes, Optional[Dict[bytes, bytes]], bool, Optional[bytes], Optional[str]) -> None
         Filter.__init__(self, inner)
         self._args = (old_dir, new_dir, hashes)
+        self._spool_dir = spool_dir
         self._keep = keep_contents
         self._text = text
-        self._rewriter = None  # type: Optional[Rewriter]
+        self._file = None  # type: Optional[FileRewrite]
+        self._rewriters = ()  # type: Tuple[Rewriter, ...]
         self._pending = None  # type: Optional[Tuple[bytes, bool]]
         self.count = 0
+
+    def _text_rewriter(self):
+        # type: () -> Rewriter
+        old_dir, new_dir, hashes = self._args
+        return Rewriter(old_dir, canonical(new_dir), hashes, also=(canonical(old_dir),))
 
     def regular(self, rel, executable, size):
         # type: (bytes, bool, int) -> None
         if self._text is not None:
             self._pending = (rel, executable)
             return
-        self._rewriter = None
-        if not self._keep and not is_archive(rel):
-            self._rewriter = Rewriter(*self._args)
-        self.inner.regular(rel, executable, size)
+        self._file = None
+        if self._keep or is_archive(rel):
+            self.inner.regular(rel, executable, size)
+            return
+        inner = self.inner
+        self._rewriters = (self._text_rewriter(), Rewriter(*self._args))
+        self._file = FileRewrite(size, self._rewriters[0], self._rewriters[1],
+                                 lambda n: inner.regular(rel, executable, n), inner.contents,
+                                 self._spool_dir)
 
     def contents(self, data):
         # type: (bytes) -> None
         if self._text is not None:
             return
-        if self._rewriter is not None:
-            data = self._rewriter.feed(data)
-        if data:
+        if self._file is not None:
+            self._file.feed(data)
+        elif data:
             self.inner.contents(data)
 
     def end_regular(self):
@@ -178,18 +215,16 @@ class PathRewriter(Filter):
             self._pending = None
             self.inner.regular(rel, executable, len(self._text))
             self.inner.contents(self._text)
-        elif self._rewriter is not None:
-            tail = self._rewriter.flush()
-            if tail:
-                self.inner.contents(tail)
-            self.count += self._rewriter.count
-            self._rewriter = None
+        elif self._file is not None:
+            self._file.finish()
+            self.count += self._rewriters[0 if self._file.is_text else 1].count
+            self._file = None
         self.inner.end_regular()
 
     def symlink(self, rel, target):
         # type: (bytes, bytes) -> None
         if not self._keep:
-            rewriter = Rewriter(*self._args)
+            rewriter = self._text_rewriter()
             target = rewriter.whole(target)
             self.count += rewriter.count
         self.inner.symlink(rel, target)

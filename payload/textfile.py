@@ -127,8 +127,10 @@ class FileRewrite(object):
         self._classifier = Classifier()
         self._passing = False  # a binary: the bytes go straight through
         self._written = 0
-        self._old = tempfile.SpooledTemporaryFile(SPOOL_MEMORY, dir=spool_dir)
-        self._new = tempfile.SpooledTemporaryFile(SPOOL_MEMORY, dir=spool_dir)
+        self._spool_dir = spool_dir
+        # Made when the first undecided bytes come (most binaries show at once).
+        self._old = None  # type: Any
+        self._new = None  # type: Any
         self.is_text = None  # type: Optional[bool]
 
     def feed(self, data):
@@ -141,6 +143,9 @@ class FileRewrite(object):
             self._pass_binary()
             self._emit(self._binary.feed(data))
             return
+        if self._old is None:
+            self._old = tempfile.SpooledTemporaryFile(SPOOL_MEMORY, dir=self._spool_dir)
+            self._new = tempfile.SpooledTemporaryFile(SPOOL_MEMORY, dir=self._spool_dir)
         self._old.write(data)
         self._new.write(self._text.feed(data))
 
@@ -150,9 +155,10 @@ class FileRewrite(object):
         if not self._passing:
             if self._classifier.finish():
                 self.is_text = True
-                self._new.write(self._text.flush())
-                self._start(self._new.tell())
+                rest = self._text.flush()
+                self._start((self._new.tell() if self._new is not None else 0) + len(rest))
                 self._replay(self._new, None)
+                self._emit(rest)
                 self._close()
                 return
             self._pass_binary()
@@ -176,6 +182,8 @@ class FileRewrite(object):
 
     def _replay(self, spool, rewriter):
         # type: (Any, Any) -> None
+        if spool is None:
+            return
         spool.seek(0)
         while True:
             data = spool.read(SPOOL_MEMORY)
@@ -191,5 +199,7 @@ class FileRewrite(object):
 
     def _close(self):
         # type: () -> None
-        self._old.close()
-        self._new.close()
+        for spool in (self._old, self._new):
+            if spool is not None:
+                spool.close()
+        self._old = self._new = None

@@ -53,22 +53,43 @@ def test_stream_rewriter_equals_a_whole_replace(parts: list[bytes], cuts: list[i
     assert rw.count == data.count(b"/old/store")
 
 
-def test_relocator_rewrites_contents_and_symlinks_but_not_archives(tmp_path: Path) -> None:
+def test_rewriter_writes_the_canonical_store_dir_into_text_and_pads_binaries(
+        tmp_path: Path) -> None:
     tree = tmp_path / "t"
     tree.mkdir()
     (tree / "script").write_bytes(b"#!/old/store/abc-sh/bin/sh\n")
+    (tree / "lib.so").write_bytes(b"\x7fELF\x00RUNPATH=/old/store/abc-x/lib\x00")
     (tree / "lib.jar").write_bytes(b"PK /old/store inside a stored member")
     os.symlink("/old/store/abc-x/y", tree / "link")
     expected = tmp_path / "e"
     expected.mkdir()
-    (expected / "script").write_bytes(b"#!/n/////////abc-sh/bin/sh\n")
+    (expected / "script").write_bytes(b"#!/n/store/abc-sh/bin/sh\n")
+    (expected / "lib.so").write_bytes(b"\x7fELF\x00RUNPATH=/n///store/abc-x/lib\x00")
     (expected / "lib.jar").write_bytes(b"PK /old/store inside a stored member")
-    os.symlink("/n/////////abc-x/y", expected / "link")
+    os.symlink("/n/store/abc-x/y", expected / "link")
     hasher = nar.NarHasher()
-    relocator = rewrite.PathRewriter(hasher, b"/old/store", b"/n////////")
+    relocator = rewrite.PathRewriter(hasher, b"/old/store", b"/n///store")
     nar.dump_path(os.fsencode(tree), relocator)
-    assert relocator.count == 2
+    assert relocator.count == 3
     assert hasher.digest() == nar.hash_path(os.fsencode(expected))[0]
+
+
+def test_a_retargeted_payload_is_retargeted_again_in_both_forms(tmp_path: Path) -> None:
+    # Retargeted before to /a/store (padded /a/////store in binaries): text holds
+    # the canonical form, binaries the padded one; both become the new store dir.
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "conf").write_bytes(b"dir=/a/store/abc-x and /a/////store/abc-y\n")
+    (tree / "bin").write_bytes(b"\x00/a/////store/abc-x\x00")
+    expected = tmp_path / "e"
+    expected.mkdir()
+    (expected / "conf").write_bytes(b"dir=/bb/store/abc-x and /bb/store/abc-y\n")
+    (expected / "bin").write_bytes(b"\x00/bb////store/abc-x\x00")
+    hasher = nar.NarHasher()
+    nar.dump_path(os.fsencode(tree), rewrite.PathRewriter(hasher, b"/a/////store",
+                                                          b"/bb////store"))
+    assert hasher.digest() == nar.hash_path(os.fsencode(expected))[0]
+    assert rewrite.canonical(b"/a/b////store") == b"/a/b/store"
 
 
 def test_hidden_references_are_found_in_compressed_and_checksummed_files() -> None:

@@ -165,3 +165,13 @@ def test_a_binary_rewriter_that_changes_the_length_is_refused() -> None:
     f.feed(BINARY["elf"])
     with pytest.raises(ValueError, match="length"):
         f.finish()
+
+
+@pytest.mark.parametrize("name", sorted(TEXT) + sorted(BINARY))
+def test_file_rewrite_follows_the_rule(name: str) -> None:
+    data = TEXT.get(name, BINARY.get(name))
+    for pieces in (1, 3, 1 << 16):
+        out, is_text, _ = rewrite(data, pieces)
+        assert is_text == textfile.is_text(data)
+        text, binary = rewriters()
+        assert out == (text if is_text else binary).whole(data)
