@@ -49,8 +49,8 @@ class BuildOptions:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     # The closure holds the derivations of its paths (build --with-derivations).
     derivations: bool = False
-    # Pack for another store dir (no longer than the closure's): contents are
-    # rewritten with the same-length, slash-padded form (payload/retarget.py).
+    # Pack for another store dir (no longer than the closure's): binaries get its
+    # same-length, slash-padded form, text its canonical one (payload/retarget.py).
     retarget_to: str | None = None
     # Chunks packed and compressed at once (None: as many as CPUs and memory allow).
     jobs: int | None = None

@@ -5,8 +5,9 @@ verifying path (chunk sha256, each path's NAR hash) and goes through a
 retarget (payload/retarget.py) into new chunks of the same layout, each
 rewritten path's NAR hash recomputed:
 
-* plain: the store dir is rewritten in place with its same-length,
-  slash-padded form (``SameLength``); the hash parts stay;
+* plain: the store dir is rewritten, with its same-length, slash-padded
+  form in binaries and the canonical one in text (``SameLength``); the hash
+  parts stay;
 * ``--exact``: every store path gets the path a native build at the new
   store dir would give it (``Exact``).  It needs the derivations: build the
   installer with ``--with-derivations`` (builder/derivations.py).  The chunks

@@ -4,19 +4,20 @@ One interface, ``Retarget``, three ways:
 
 * ``Identity``: the store dir the closure was built for; bytes as they are.
 * ``SameLength``: any store dir S2 no longer than the one inside the payload
-  S1.  S1 is replaced by S2 *of exactly the same length* in file contents and
-  symlink targets (rewrite.py), so no offset moves in any binary; a shorter
-  S2 is padded with extra slashes, which the kernel and libc read as one
-  (``/home/u/n/store`` for a 31-byte S1 becomes
-  ``/home/u/n/////////////////store``).  Nix canonicalises NIX_STORE_DIR
+  S1.  In binaries S1 is replaced by S2 *of exactly the same length*
+  (rewrite.py), so no offset moves; a shorter S2 is padded with extra
+  slashes, which the kernel and libc read as one (``/home/u/n/store`` for a
+  31-byte S1 becomes ``/home/u/n/////////////////store``).  Text files and
+  symlink targets, where no offset matters, get the canonical S2, as a
+  native build writes them (textfile.py).  Nix canonicalises NIX_STORE_DIR
   (``canonPath`` in src/libutil/util.cc) and finds references by their hash
   part (src/libstore/references.cc), so the hash parts, the references and
   the registration's paths in the canonical S2 all stay valid
   (../shared/docs/confirmed-here.md).
 * ``Exact``: the payload holds the derivations of its paths: every store
   path is recomputed for S2 as Nix would (the planner is exact.py), ``.drv``
-  files and texts get their new contents, other files the padded S2 and the
-  new hash parts.
+  files and texts get their new contents, other files the new hash parts
+  and S2 as a same-length retarget writes it.
 
 A retarget gives the manifest as it is at S2 (``manifest``: names, store
 dir; NAR hashes of rewritten paths are known only once they have been
@@ -131,8 +132,8 @@ class SameLength(Retarget):
 
     def describe(self):
         # type: () -> Optional[str]
-        return ("  relocate them from %s (rewrite the store dir in place, same length)"
-                % self.source.store_dir)
+        return ("  relocate them from %s (rewrite the store dir: padded to the same length "
+                "in binaries, canonical in text)" % self.source.store_dir)
 
 
 class Exact(Retarget):
