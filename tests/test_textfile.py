@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nix_prefix.payload import exact, textfile
+from nix_prefix.payload import textfile
+from nix_prefix.payload.rewrite import Rewriter
 
 OLD = b"/old-long-build/store"
 PADDED = b"/new//////////////store"[: len(OLD)]
@@ -19,9 +20,9 @@ NEW = b"/new/store"
 H_OLD, H_NEW = b"a" * 32, b"b" * 32
 
 
-def rewriters() -> tuple[exact.Rewriter, exact.Rewriter]:
+def rewriters() -> tuple[Rewriter, Rewriter]:
     hashes = {H_OLD: H_NEW}
-    return exact.Rewriter(OLD, NEW, hashes), exact.Rewriter(OLD, b"/new/" + b"/" * (
+    return Rewriter(OLD, NEW, hashes), Rewriter(OLD, b"/new/" + b"/" * (
         len(OLD) - len(b"/new/store")) + b"store", hashes)
 
 
