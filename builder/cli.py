@@ -26,7 +26,7 @@ from ..payload.container import CorruptInstaller
 from ..payload.machine import human_size
 from .errors import BuildError, UsageError
 from .localnix import NixCommandError, store_nix
-from .pack import DEFAULT_CHUNK_SIZE, BuildOptions, BuildResult, build_installer, check_output
+from .pack import BuildOptions, BuildResult, build_installer, check_output
 
 EXIT_CODES = """\
 Exit codes: 0 done; 1 failed (bad input, Nix failed, nothing written); 2 bad usage;
@@ -190,10 +190,11 @@ def build(
         help="when the closure holds several Nixes: the one that registers the paths and "
              "goes into the profile (default: the newest, by the version in its name)")]
     = None,
-    chunk_mb: Annotated[int, typer.Option(
-        "--chunk-mb", min=1, help="NAR MiB per payload chunk (whole store paths); smaller "
-                                  "chunks spread over more threads, larger ones compress "
-                                  "a little better")] = DEFAULT_CHUNK_SIZE >> 20,
+    chunk_mb: Annotated[int | None, typer.Option(
+        "--chunk-mb", min=1, help="MiB of the payload's tar stream per chunk, cut anywhere, "
+                                  "inside store paths and files too (default: a 16th of the "
+                                  "closure, 8 to 64 MiB); smaller chunks spread over more "
+                                  "threads, larger ones compress a little better")] = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -260,7 +261,8 @@ def build(
             check_exact(closure, store_root)
         options = BuildOptions(compression=compression, level=level, store_root=store_root_used,
                                verify=not no_verify, roots=profile_root or default_roots,
-                               system=system, jobs=jobs, chunk_size=chunk_mb << 20,
+                               system=system, jobs=jobs,
+                               chunk_size=chunk_mb << 20 if chunk_mb else None,
                                derivations=with_derivations, nix_store=nix_store)
         with _bar("hashing, packing and compressing", closure.total_nar_size,
                   quiet) as bar:

@@ -48,10 +48,12 @@ def compressor(name: str, level: int | None = None, system: str | None = None):
     return zstandard.ZstdCompressor(compression_params=params).compressobj()
 
 
-def default_jobs(name: str, level: int | None = None) -> int:
-    """How many chunks to compress at once: one per CPU, as memory allows."""
+def default_jobs(name: str, level: int | None = None, chunk_size: int = 0) -> int:
+    """How many chunks to compress at once: one per CPU, as memory allows
+    (each holds a compressor and its chunk's ``chunk_size`` tar bytes)."""
     if name == "xz":
         each = _XZ_MEMORY.get(XZ_PRESET if level is None else level, 675)
     else:
         each = _ZSTD_MEMORY
+    each += chunk_size >> 20
     return max(1, min(usable_cpus(), MAX_JOBS, MEMORY_BUDGET // each))

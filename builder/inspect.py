@@ -58,7 +58,9 @@ def render(path: Path, manifest: Manifest) -> str:
     ]
     for chunk in manifest.chunks:
         lines.append(f"  {chunk.file}  {human_size(chunk.size):>10} from "
-                     f"{human_size(chunk.nar_size):>10} NAR ({_ratio(chunk.size, chunk.nar_size)})")
+                     f"{human_size(chunk.tar_size):>10} tar ({_ratio(chunk.size, chunk.tar_size)})"
+                     f"  {len(chunk.paths)} path(s)"
+                     + (f", starting {chunk.start!r}" if chunk.start else ""))
     lines += ["", f"store paths ({len(manifest.paths)}, NAR size, chunk):"]
     roots = set(manifest.roots)
     for entry in manifest.paths:

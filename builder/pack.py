@@ -33,7 +33,13 @@ from .compress import compressor, default_jobs
 from .errors import BuildError
 
 PREAMBLE_SH = Path(__file__).with_name("preamble.sh")
-DEFAULT_CHUNK_SIZE = 64 << 20  # NAR bytes per chunk: whole paths, at least one
+# Tar bytes per chunk: the closure cut into CHUNKS_PER_PAYLOAD chunks, so that
+# 1, 2, 4, 8 or 16 threads get the same share, but no smaller than MIN_CHUNK_SIZE
+# (smaller chunks compress worse: +1% at 8 MiB, bench/pieces.py) nor larger than
+# MAX_CHUNK_SIZE (what a thread holds in memory).
+CHUNKS_PER_PAYLOAD = 16
+MIN_CHUNK_SIZE = 8 << 20
+MAX_CHUNK_SIZE = 64 << 20
 
 
 @dataclass
@@ -46,7 +52,7 @@ class BuildOptions:
     verify: bool = True
     roots: list[str] | None = None
     system: str | None = None
-    chunk_size: int = DEFAULT_CHUNK_SIZE
+    chunk_size: int | None = None  # None: default_chunk_size() of the closure
     # The closure holds the derivations of its paths (build --with-derivations).
     derivations: bool = False
     # Pack for another store dir (no longer than the closure's): binaries get its
@@ -80,9 +86,7 @@ def build_installer(
     """
     codecs.check_name(options.compression)
     store_root = Path(options.store_root or closure.store_dir)
-    chunks = _chunk_indexes([info.nar_size for info in closure.infos], options.chunk_size)
-    entries = [PathEntry.from_registration(info, chunk)
-               for info, chunk in zip(closure.infos, chunks, strict=True)]
+    entries = [PathEntry.from_registration(info) for info in closure.infos]
     for entry in entries:
         if not os.path.lexists(store_root / entry.name):
             raise BuildError(
@@ -107,18 +111,17 @@ def build_installer(
     target: retarget.Retarget = retarget.Identity(built)
     if options.retarget_to and options.retarget_to != closure.store_dir:
         target = same_length(built, options.retarget_to)
-    report = _locked(progress) if progress else None
-
-    def fill(group: list[PathEntry], tar: archive.TarWriter) -> list[_Packed]:
-        return [_pack_path(tar, entry, target, store_root, options.verify, closure.store_dir,
-                           report) for entry in group]
+    chunk_size = options.chunk_size or default_chunk_size(built.total_nar_size)
 
     def write_payload(payload: PayloadWriter) -> Manifest:
         infos: dict[str, tuple[str, int]] = {}
         hidden: list[str] = []
-        groups = [[e for e in entries if e.chunk == i] for i in range(max(chunks) + 1)]
-        for packed in payload.write_chunks(groups, fill, payload_jobs(options)):
-            for p in packed:
+        # One tar stream of every path, in order; the payload writer cuts it into
+        # chunks and compresses them in threads.
+        with payload.stream(chunk_size, payload_jobs(options, chunk_size)) as tar:
+            for entry in entries:
+                p = _pack_path(tar, entry, target, store_root, options.verify,
+                               closure.store_dir, progress)
                 hidden += p.hidden_refs
                 if p.nar_info is not None:
                     infos[p.name] = p.nar_info
@@ -167,9 +170,14 @@ def write_installer_file(out: Path, manifest: Manifest, compression: str, level:
         check_out=lambda path: check_output(Path(path)))
 
 
-def payload_jobs(options: BuildOptions) -> int:
-    """Chunks packed and compressed at once: ``-j``, else as CPUs and memory allow."""
-    return options.jobs or default_jobs(options.compression, options.level)
+def payload_jobs(options: BuildOptions, chunk_size: int) -> int:
+    """Chunks compressed at once: ``-j``, else as CPUs and memory allow."""
+    return options.jobs or default_jobs(options.compression, options.level, chunk_size)
+
+
+def default_chunk_size(nar_size: int) -> int:
+    """Tar bytes per chunk for a closure of ``nar_size`` NAR bytes (see CHUNKS_PER_PAYLOAD)."""
+    return min(MAX_CHUNK_SIZE, max(MIN_CHUNK_SIZE, -(-nar_size // CHUNKS_PER_PAYLOAD)))
 
 
 def check_output(out: Path) -> None:
@@ -205,23 +213,8 @@ def _roots(entries: list[PathEntry], wanted: list[str] | None, store_dir: str) -
     return sorted(names - referenced)
 
 
-def _chunk_indexes(sizes: list[int], chunk_size: int) -> list[int]:
-    """The chunk of each path, in order: about ``chunk_size`` NAR bytes each, at
-    least one path."""
-    indexes: list[int] = []
-    filled = 0
-    for size in sizes:
-        if indexes and filled + size > chunk_size:
-            indexes.append(indexes[-1] + 1)
-            filled = size
-        else:
-            indexes.append(indexes[-1] if indexes else 0)
-            filled += size
-    return indexes
-
-
 def _locked(report: Callable[[int], object]) -> Callable[[int], object]:
-    """``report`` made safe to call from the chunk threads."""
+    """``report`` made safe to call from several threads (builder/cache.py's)."""
     lock = threading.Lock()
 
     def call(n: int) -> None:

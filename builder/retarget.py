@@ -33,11 +33,13 @@ from ..payload.container import CorruptInstaller, InstallerFile, PayloadWriter
 from ..payload.manifest import Manifest, has_derivations
 from ..payload.tree import Count, Sink, Tee
 from .closure_info import read_closure
+from .compress import default_jobs
 from .errors import BuildError
 from .pack import (
     BuildOptions,
     BuildResult,
     build_installer,
+    default_chunk_size,
     preamble_sha256,
     same_length,
     write_installer_file,
@@ -142,27 +144,27 @@ def _exact(installer: InstallerFile, store_dir: str) -> retargets.Retarget:
 def _rewrite(installer: InstallerFile, target: retargets.Retarget, out: Path,
              compression: str | None, level: int | None,
              progress: Callable[[int], object] | None) -> BuildResult:
-    """Read every chunk of ``installer`` through ``target`` into the same chunks of ``out``."""
+    """Read every chunk of ``installer``, in order, through ``target`` into ``out``'s
+    payload (cut into chunks of its own as it fills)."""
     old = installer.manifest
     codec = compression or old.compression
     codecs.check_name(codec)
     new = target.manifest.replaced(
         compression=codec, chunks=[], tool_version=payload_pkg.__version__,
         preamble_sha256=preamble_sha256())
-    by_old = {p.name: entry for p, entry in zip(old.paths, new.paths, strict=True)}
 
     def write_payload(payload: PayloadWriter) -> Manifest:
         rewritten: list[retargets.Retargeted] = []
-        for index in range(len(old.chunks)):
-            group = [by_old[p.name] for p in old.paths_in_chunk(index)]
-            with payload.chunk(group) as tar:
-                def open_path(name: str, tar=tar) -> Sink:
-                    tar.top = target.name(name)
-                    path = retargets.Retargeted(target, name, tar)
-                    rewritten.append(path)
-                    return Tee(Count(progress), path)
+        size = default_chunk_size(old.total_nar_size)
+        with payload.stream(size, default_jobs(codec, level, size)) as tar:
+            def open_path(name: str) -> Sink:
+                tar.top = target.name(name)
+                path = retargets.Retargeted(target, name, tar)
+                rewritten.append(path)
+                return Tee(Count(progress), path)
 
-                installer.unpack(open_path, [index])
+            # One thread: the paths reach the tar writer whole and in order.
+            installer.unpack(open_path)
         infos = {p.name: info for p in rewritten if (info := p.nar_info()) is not None}
         return new.with_nar_info(infos)
 

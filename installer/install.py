@@ -181,7 +181,7 @@ def exact_retarget(source, prefix, ui, jobs=1):
     preflight.check_retarget(manifest, prefix)
     chunks = retarget.contents_chunks(manifest)
     progress = ui.progress("reading the derivations",
-                           sum(manifest.chunks[i].nar_size for i in chunks))
+                           sum(manifest.chunks[i].tar_size for i in chunks))
     ui.say("reading the derivations: the %d store paths get the paths Nix computes for %s"
            % (len(manifest.paths), prefix.store_dir))
     try:
@@ -349,8 +349,9 @@ def _unpack_and_place(source, target, prefix, to_place, ui, jobs):
     then rename them into the store; return the (narHash, narSize) of each path
     the retarget rewrote, by its new name."""
     wanted = set(p.name for p in to_place)
-    chunks = sorted(set(p.chunk for p in to_place))
-    total = sum(c.nar_size for i, c in enumerate(target.manifest.chunks) if i in chunks)
+    spans = target.manifest.chunk_spans()  # by position: right for renamed paths too
+    chunks = sorted(set(i for p in to_place for i in spans[p.name]))
+    total = sum(target.manifest.chunks[i].tar_size for i in chunks)
     progress = ui.progress("unpacking and verifying", total)
     stage = staging.make_staging_dir(prefix.store_dir)
     writers = []  # type: List[staging.DiskWriter]

@@ -1,11 +1,18 @@
-"""The payload's archive layout: canonical tar streams of whole store paths.
+"""The payload's archive layout: one canonical tar stream, cut into chunks.
 
-Each payload chunk is a tar (GNU format, UTF-8 names with surrogate escapes
-for non-UTF-8 bytes) holding complete store paths, named ``<hash>-<name>``
-and ``<hash>-<name>/<rel>``.  Entries come in exactly NAR order (a directory
+The payload is a tar (GNU format, UTF-8 names with surrogate escapes for
+non-UTF-8 bytes) of every store path, named ``<hash>-<name>`` and
+``<hash>-<name>/<rel>``.  Entries come in exactly NAR order (a directory
 before its entries, entries sorted by name as bytes, depth first; see
 archive.cc ``dump``), so the installer can compute each path's NAR hash
 while it unpacks, and any reordering, duplicate or stray entry is an error.
+
+The stream is cut into chunks of about the same size wherever that size is
+reached (``TarWriter(chunk_size=...)``): between store paths, between two
+entries of a path, or inside a file's contents, never inside a header or a
+padding.  A ``Cut`` says where; the manifest records it as the next chunk's
+``start``, and the reader (``unpack``) resumes a chunk from it and checks that
+the chunk before ends exactly there.  Only the last chunk has the end marker.
 
 Every entry carries Nix's canonical metadata (src/libstore/local-store.cc,
 ``canonicaliseTimestampAndPermissions``): mode 0444, or 0555 for executables
@@ -21,7 +28,16 @@ from .tree import Sink
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import Any, BinaryIO, Callable, Iterator, List, Sequence  # noqa: F401
+    from typing import (  # noqa: F401
+        Any,
+        BinaryIO,
+        Callable,
+        Iterator,
+        List,
+        Optional,
+        Sequence,
+        Tuple,
+    )
 
 ENCODING = "utf-8"
 ERRORS = "surrogateescape"
@@ -38,6 +54,40 @@ def _member_name(top, rel):
     if not rel:
         return top
     return top + "/" + rel.decode(ENCODING, ERRORS)
+
+
+class Cut(object):
+    """A point inside store path ``path`` where one chunk ends and the next starts.
+
+    ``entry`` is the last entry begun before the cut (its name inside the
+    path, "" for the path itself) and ``kind`` its type (``directory``,
+    ``regular`` or ``symlink``).  For a cut inside a regular file's contents,
+    ``offset`` of its ``size`` bytes come before the cut (0 <= offset < size);
+    otherwise both are None and the entry is complete (a directory: open).
+    """
+
+    __slots__ = ("path", "entry", "kind", "offset", "size")
+
+    def __init__(self, path, entry, kind, offset=None, size=None):
+        # type: (str, str, str, Optional[int], Optional[int]) -> None
+        self.path = path
+        self.entry = entry
+        self.kind = kind
+        self.offset = offset
+        self.size = size
+
+    def __eq__(self, other):
+        return isinstance(other, Cut) and all(
+            getattr(self, a) == getattr(other, a) for a in self.__slots__)
+
+    def __ne__(self, other):
+        return not self == other
+
+    def __repr__(self):
+        where = "%s/%s" % (self.path, self.entry) if self.entry else self.path
+        if self.offset is None:
+            return "after %s %s" % (self.kind, where)
+        return "inside %s at byte %s of %s" % (where, self.offset, self.size)
 
 
 def _header(name, kind, mode, size=0, linkname=""):
@@ -58,14 +108,26 @@ class TarWriter(Sink):
 
     ``sink`` receives the tar bytes; ``top`` is the store path's base name.
     Call ``close`` once after the last store path to write the end marker.
+
+    With a ``chunk_size``, the stream is cut once a chunk holds that many
+    bytes, at the next point a cut may be (before a header, or right there
+    inside a file's contents): ``on_cut(cut, paths)`` is called with the
+    ``Cut`` (None between two store paths) and the names of the paths the
+    finished chunk holds, and the bytes after it belong to the next chunk.
     """
 
-    def __init__(self, sink):
-        # type: (Callable[[bytes], object]) -> None
+    def __init__(self, sink, chunk_size=0, on_cut=None):
+        # type: (Callable[[bytes], object], int, Optional[Callable[[Optional[Cut], List[str]], object]]) -> None
         self._sink = sink
         self.top = ""
         self._pending = 0
         self.longest = 0  # longest member name in bytes, for the prefix length check
+        self._chunk_size = chunk_size
+        self._on_cut = on_cut
+        self._filled = 0  # bytes in the current chunk
+        self.paths = []  # type: List[str]  # store paths with bytes in the current chunk
+        self._entry = ("", "")  # (name inside the path, kind) of the last entry begun
+        self._offset = 0  # contents bytes of the current regular file written so far
 
     def _name(self, rel):
         # type: (bytes) -> str
@@ -73,39 +135,76 @@ class TarWriter(Sink):
         self.longest = max(self.longest, len(name.encode(ENCODING, ERRORS)))
         return name
 
+    def _emit(self, data):
+        # type: (bytes) -> None
+        self._filled += len(data)
+        self._sink(data)
+
+    def _cut(self, cut):
+        # type: (Optional[Cut]) -> None
+        if self._on_cut is not None:
+            self._on_cut(cut, self.paths)
+        self.paths = [cut.path] if cut is not None else []
+        self._filled = 0
+
+    def _entry_header(self, rel, kind, data):
+        # type: (bytes, str, bytes) -> None
+        """Write one entry's header (GNU long-name records included): a cut may come first."""
+        if self._chunk_size and self._filled >= self._chunk_size:
+            self._cut(None if not rel else Cut(self.top, *self._entry))
+        if not rel:
+            self.paths.append(self.top)
+        self._entry = (rel.decode(ENCODING, ERRORS), kind)
+        self._emit(data)
+
     def raw(self, data):
         # type: (bytes) -> None
         """Write bytes as they are: the low level for crafted (e.g. hostile) test payloads."""
-        self._sink(data)
+        self._emit(data)
 
     def begin_directory(self, rel=b""):
         # type: (bytes) -> None
-        self._sink(_header(self._name(rel), tarfile.DIRTYPE, 0o555))
+        self._entry_header(rel, "directory", _header(self._name(rel), tarfile.DIRTYPE, 0o555))
 
     def regular(self, rel, executable, size):
         # type: (bytes, bool, int) -> None
-        self._sink(_header(self._name(rel), tarfile.REGTYPE, 0o555 if executable else 0o444,
-                           size))
+        self._entry_header(rel, "regular", _header(
+            self._name(rel), tarfile.REGTYPE, 0o555 if executable else 0o444, size))
         self._pending = size
+        self._offset = 0
 
     def contents(self, data):
         # type: (bytes) -> None
-        self._sink(data)
+        while self._chunk_size and data:
+            # Cut inside the contents where the chunk is full, if bytes of the file
+            # remain after that point (a cut never falls in the padding).
+            take = max(0, self._chunk_size - self._filled)
+            if take >= len(data) or self._offset + take >= self._pending:
+                break
+            if take:
+                self._emit(data[:take])
+                self._offset += take
+                data = data[take:]
+            self._cut(Cut(self.top, self._entry[0], "regular", self._offset, self._pending))
+        if data:
+            self._emit(data)
+            self._offset += len(data)
 
     def end_regular(self):
         # type: () -> None
         if self._pending % BLOCK:
-            self._sink(b"\0" * (BLOCK - self._pending % BLOCK))
+            self._emit(b"\0" * (BLOCK - self._pending % BLOCK))
         self._pending = 0
 
     def symlink(self, rel, target):
         # type: (bytes, bytes) -> None
-        self._sink(_header(self._name(rel), tarfile.SYMTYPE, 0o777, 0,
-                           target.decode(ENCODING, ERRORS)))
+        self._entry_header(rel, "symlink", _header(self._name(rel), tarfile.SYMTYPE, 0o777, 0,
+                                                   target.decode(ENCODING, ERRORS)))
 
     def close(self):
         # type: () -> None
-        self._sink(b"\0" * (2 * BLOCK))
+        """Write the end-of-archive marker (in the last chunk)."""
+        self._emit(b"\0" * (2 * BLOCK))
 
 
 def _split_name(name):
@@ -124,18 +223,22 @@ def _split_name(name):
 
 _KIND = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "directory",
          tarfile.SYMTYPE: "symlink"}
+_CUT_KIND = {"file": "regular", "directory": "directory", "symlink": "symlink"}
 _FOREIGN = {tarfile.LNKTYPE: "a hard link", tarfile.CHRTYPE: "a character device",
             tarfile.BLKTYPE: "a block device", tarfile.FIFOTYPE: "a FIFO",
             tarfile.CONTTYPE: "a contiguous file"}
 
 
-def unpack(fileobj, expected, open_path):
-    # type: (BinaryIO, Sequence[str], Callable[[str], Sink]) -> None
+def unpack(fileobj, expected, open_path, start=None, end=None, last=True):
+    # type: (BinaryIO, Sequence[str], Callable[[str], Sink], Optional[Cut], Optional[Cut], bool) -> None
     """Read a chunk's tar stream and replay it as tree events.
 
-    ``expected`` lists the store path base names the chunk must hold, in
-    order.  For each of them ``open_path(name)`` returns a tree sink that
-    gets the path's events (as from ``nar.dump_path``) and then ``finish()``.
+    ``expected`` lists the store path base names the chunk holds bytes of,
+    in order.  For each of them ``open_path(name)`` returns a tree sink that
+    gets the path's events (as from ``nar.dump_path``) and then ``finish()``,
+    or ``end_part()`` when the chunk ends inside the path (``end``, the next
+    chunk's start).  With ``start`` the chunk begins inside the first path, at
+    that cut.  Only the ``last`` chunk ends with the end-of-archive marker.
     Raises ArchiveError for anything that a canonical payload never holds.
     """
     remaining = list(expected)
@@ -143,8 +246,23 @@ def unpack(fileobj, expected, open_path):
     opened = False
     stack = []  # type: List[List[Any]]  # open directories: [parts, last entry name seen]
     stream = _Input(fileobj)
+    entry = ("", "")  # (name inside the path, kind) of the last entry begun
     try:
-        for member in _members(stream):
+        if start is not None:
+            if not remaining or remaining[0] != start.path:
+                raise ArchiveError("the chunk starts inside %s, which it does not list first"
+                                   % start.path)
+            remaining.pop(0)
+            sink = open_path(start.path)
+            opened = True
+            if end is not None and start.offset is not None and start.size is not None \
+                    and end.offset is not None and (start.path, start.entry) == (end.path,
+                                                                                  end.entry):
+                # The whole chunk is a piece from inside one file.
+                _cut_inside(stream, start, end, sink, start.size, start.offset)
+                return
+            entry = _resume(stream, start, sink, stack)
+        for member in _members(stream, last):
             kind = _KIND.get(member.type)
             if kind is None:
                 what = _FOREIGN.get(member.type, "an entry of unknown type %r" % member.type)
@@ -175,12 +293,13 @@ def unpack(fileobj, expected, open_path):
                 if not stack:
                     raise ArchiveError("entry %r is not inside a directory of the payload"
                                        % member.name)
-                last = stack[-1][1]
-                if last is not None and parts[-1] <= last:
+                last_name = stack[-1][1]
+                if last_name is not None and parts[-1] <= last_name:
                     raise ArchiveError("entry %r is duplicated or out of order" % member.name)
                 stack[-1][1] = parts[-1]
                 sink.begin_entry(parts[-1])
             rel = b"/".join(parts[1:])
+            entry = (rel.decode(ENCODING, ERRORS), _CUT_KIND[kind])
             if kind == "directory":
                 sink.begin_directory(rel)
                 stack.append([parts, None])
@@ -189,12 +308,26 @@ def unpack(fileobj, expected, open_path):
                 sink.symlink(rel, member.linkname.encode(ENCODING, ERRORS))
             else:
                 sink.regular(rel, bool(member.mode & stat.S_IXUSR), member.size)
+                if end is not None and end.offset is not None and not remaining and \
+                        end.path == _top_name(parts) and end.entry == entry[0]:
+                    # The chunk ends inside this file: its first end.offset bytes are here.
+                    _cut_inside(stream, Cut(end.path, entry[0], "regular"), end, sink,
+                                member.size)
+                    return
                 for data in stream.pieces(member.size, member.name):
                     sink.contents(data)
                 sink.end_regular()
                 stream.skip(-member.size % BLOCK, member.name)
             if len(parts) > 1:
                 sink.end_entry()
+        if end is not None:
+            # The stream stopped between two entries of a path that the next chunk goes on with.
+            if not opened or remaining or end.offset is not None or \
+                    (end.path, end.entry, end.kind) != (_current(expected, opened),) + entry:
+                raise ArchiveError("the chunk ends %s, but the next chunk starts %r"
+                                   % (_where(expected, opened, entry), end))
+            sink.end_part()
+            return
         while stack:
             stack.pop()
             sink.end_directory()
@@ -207,6 +340,68 @@ def unpack(fileobj, expected, open_path):
         raise ArchiveError(str(e))
     if remaining:
         raise ArchiveError("payload chunk lacks store path %s" % remaining[0])
+
+
+def _top_name(parts):
+    # type: (List[bytes]) -> str
+    return parts[0].decode(ENCODING, ERRORS)
+
+
+def _current(expected, opened):
+    # type: (Sequence[str], bool) -> str
+    return expected[-1] if expected and opened else ""
+
+
+def _where(expected, opened, entry):
+    # type: (Sequence[str], bool, Tuple[str, str]) -> str
+    if not opened:
+        return "before any store path"
+    return "after %s %s/%s" % (entry[1], _current(expected, opened), entry[0])
+
+
+def _resume(stream, start, sink, stack):
+    # type: (_Input, Cut, Sink, List[List[Any]]) -> Tuple[str, str]
+    """Set the reader where ``start`` left the path: its open directories on
+    ``stack``, and the rest of a file cut inside its contents sent on."""
+    top = start.path.encode(ENCODING, ERRORS)
+    rel = start.entry.encode(ENCODING, ERRORS)
+    names = _split_name(start.path + "/" + start.entry)[1:] if rel else []
+    parts = [top]
+    for name in names:
+        stack.append([list(parts), name])
+        parts.append(name)
+    if start.kind == "directory":
+        stack.append([parts, None])
+    elif start.offset is not None and start.size is not None:
+        for data in stream.pieces(start.size - start.offset, "%s/%s" % (start.path, start.entry)):
+            sink.contents(data)
+        sink.end_regular()
+        stream.skip(-start.size % BLOCK, start.path)
+        if names:
+            sink.end_entry()
+    return (start.entry, start.kind)
+
+
+def _cut_inside(stream, here, end, sink, size, offset=0):
+    # type: (_Input, Cut, Cut, Sink, int, int) -> None
+    """The chunk's last bytes: those of file ``here`` (``size`` bytes, this chunk
+    holding them from ``offset``) up to where the next chunk starts (``end``)."""
+    name = "%s/%s" % (here.path, here.entry) if here.entry else here.path
+    end_offset, end_size = end.offset, end.size
+    if end_offset is None or end_size is None:
+        raise ArchiveError("entry %r: the next chunk does not go on inside it" % name)
+    if size != end_size:
+        raise ArchiveError("entry %r is %d bytes here, but the next chunk goes on with it as "
+                           "%d bytes" % (name, size, end_size))
+    if end_offset < offset:
+        raise ArchiveError("entry %r: the next chunk starts at byte %d, before this one (%d)"
+                           % (name, end_offset, offset))
+    for data in stream.pieces(end_offset - offset, name):
+        sink.contents(data)
+    if not stream.at_eof():
+        raise ArchiveError("entry %r goes on past the point where the next chunk starts "
+                           "(byte %d)" % (name, end_offset))
+    sink.end_part()
 
 
 def _truncated(what):
@@ -285,20 +480,28 @@ class _Input(object):
 _MAX_LONG_NAME = 1 << 16
 
 
-def _members(stream):
-    # type: (_Input) -> Iterator[tarfile.TarInfo]
+def _members(stream, last=True):
+    # type: (_Input, bool) -> Iterator[tarfile.TarInfo]
     """The tar headers of the stream, GNU long names applied, up to a clean end.
 
-    The end is a zero block followed by nothing but zeros, two blocks at
-    least; anything else (a cut header, a missing end marker, trailing
-    garbage) is an error, so a damaged chunk never looks complete.
+    The end of the ``last`` chunk is a zero block followed by nothing but
+    zeros, two blocks at least; any other chunk ends right after an entry (or
+    inside one: see ``unpack``) and holds no zero block.  Anything else (a cut
+    header, a missing end marker, trailing garbage) is an error, so a damaged
+    chunk never looks complete.
     """
     long_name = long_link = None
     while True:
         if stream.at_eof():
+            if long_name is not None or long_link is not None:
+                raise _truncated("a long name record has no entry after it")
+            if not last:
+                return
             raise _truncated("it ends without an end-of-archive marker")
         block = stream.read(BLOCK, "it ends inside an entry header")
         if not block.strip(b"\0"):
+            if not last:
+                raise ArchiveError("an end-of-archive marker before the last chunk")
             if long_name is not None or long_link is not None:
                 raise _truncated("a long name record has no entry after it")
             zeros = stream.zeros_to_end()

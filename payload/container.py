@@ -9,8 +9,9 @@ byte-identical:
     nix_prefix/__init__.py          (empty)
     nix_prefix/installer/*.py       the installer stub
     nix_prefix/payload/*.py         this package
-    payload/NNNN.tar.xz|.tar.zst    the chunks: canonical tar streams of whole
-                                    store paths (archive.py), compressed (codecs.py)
+    payload/NNNN.tar.xz|.tar.zst    the chunks: one canonical tar stream of every
+                                    store path (archive.py), cut into chunks of one
+                                    size anywhere, each compressed (codecs.py)
     manifest.json                   last (manifest.py)
 
 The manifest covers the preamble (``preambleSha256``), the chunks (size and
@@ -30,10 +31,10 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-from . import archive, codecs, hashes, nar, seal
+from . import archive, codecs, hashes, nar, seal, split
 from .errors import OneLineError
 from .manifest import Chunk, Manifest, ManifestError
-from .tree import Count, Tee
+from .tree import Count, Sink, Tee
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
@@ -43,16 +44,17 @@ if MYPY:
         BinaryIO,
         Callable,
         Deque,
+        Dict,
         Iterable,
         Iterator,
         List,
         Optional,
         Sequence,
         Tuple,
+        Union,
     )
 
     from .manifest import PathEntry  # noqa: F401
-    from .tree import Sink  # noqa: F401
 
 MANIFEST = "manifest.json"
 MAIN_PY = b"""\
@@ -173,7 +175,10 @@ class _ChunkSink(object):
         self.size = 0
 
     def __call__(self, data):
-        # type: (bytes) -> None
+        # type: (Union[bytes, memoryview]) -> None
+        if not self._buf and len(data) >= _READ_SIZE:
+            self._emit(self._compressor.compress(data))  # a whole piece: no copy
+            return
         self._buf += data
         if len(self._buf) >= _READ_SIZE:
             self._emit(self._compressor.compress(bytes(self._buf)))
@@ -194,10 +199,11 @@ class _ChunkSink(object):
 
 
 class PayloadWriter(object):
-    """Writes payload chunks into the zip: all at once (``write_chunks``, in
-    threads) or one ``chunk()`` at a time; either way each is compressed into
-    a temporary file in ``tmp_dir`` and then copied in.  It keeps what it
-    wrote to itself: ``finished`` puts it into a copy of the manifest."""
+    """Writes the payload into the zip: one tar stream of every store path
+    (``stream``), cut into chunks of the same size (archive.TarWriter), each
+    compressed in a thread into a temporary file in ``tmp_dir`` and copied in,
+    in order.  It keeps what it wrote to itself: ``finished`` puts it into a
+    copy of the manifest."""
 
     def __init__(self, zf, compression, compressor, tmp_dir=None):
         # type: (zipfile.ZipFile, str, Callable[[], Any], Optional[str]) -> None
@@ -207,41 +213,41 @@ class PayloadWriter(object):
         self._tmp_dir = tmp_dir
         self._hash = hashlib.sha256()
         self._longest = 0
-        # (file, size, sha256) of each chunk written
-        self._written = []  # type: List[Tuple[str, int, str]]
+        # (file, size, sha256, tar size, paths, start) of each chunk written
+        self._written = []  # type: List[Tuple[str, int, str, int, List[str], Optional[archive.Cut]]]
 
-    def _check_group(self, index, group):
-        # type: (int, Sequence[PathEntry]) -> None
-        for entry in group:
-            if entry.chunk != index:
-                raise ValueError("%s is meant for chunk %d, not %d" % (entry.name, entry.chunk,
-                                                                      index))
+    @contextmanager
+    def stream(self, chunk_size, jobs):
+        # type: (int, int) -> Iterator[archive.TarWriter]
+        """A tar writer for every store path of the payload, in the manifest's order.
 
-    def write_chunks(self, groups, fill, jobs):
-        # type: (List[List[PathEntry]], Callable[[List[PathEntry], archive.TarWriter], Any], int) -> Iterator[Any]
-        """Write one chunk per group, ``fill(group, tar)`` packing each, in threads.
-
-        The groups are the next chunks in order (their entries' ``chunk`` says
-        so).  The compressors (lzma, zstd) and sha256 release the GIL, so
-        ``jobs`` chunks are packed and compressed at once, each into an
-        anonymous temporary file; they enter the zip in order, so the file is
-        the same whatever the number of jobs.  Yields what ``fill`` returned,
-        in order.
+        The stream is cut every ``chunk_size`` bytes, inside store paths and
+        files too; the compressors (lzma, zstd) and sha256 release the GIL, so
+        ``jobs`` chunks compress at once while the next one fills.  They enter
+        the zip in order, and the cuts depend on the bytes only, so the file
+        is the same whatever the number of jobs.
         """
-        first = len(self._written)
-        for offset, group in enumerate(groups):
-            self._check_group(first + offset, group)
         jobs = max(1, jobs)
+        pending = deque()  # type: Deque[Any]
+        filling = [bytearray(), None]  # type: List[Any]  # the chunk's bytes and its start
+
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            pending = deque()  # type: Deque[Any]
+            def cut(where, paths):
+                # type: (Optional[archive.Cut], List[str]) -> None
+                # At most jobs chunks compressing (and one filling): memory stays bounded.
+                while len(pending) >= jobs:
+                    self._add_compressed(*pending.popleft().result())
+                pending.append(pool.submit(self._compress, filling[0], list(paths),
+                                           filling[1]))
+                filling[0], filling[1] = bytearray(), where
+
+            tar = archive.TarWriter(lambda data: filling[0].extend(data), chunk_size, cut)
             try:
-                for group in groups:
-                    # At most jobs chunks compressing and one waiting to be copied.
-                    if len(pending) > jobs:
-                        yield self._add_compressed(*pending.popleft().result())
-                    pending.append(pool.submit(self._compress_group, group, fill))
+                yield tar
+                tar.close()
+                cut(None, tar.paths)
                 while pending:
-                    yield self._add_compressed(*pending.popleft().result())
+                    self._add_compressed(*pending.popleft().result())
             finally:
                 for future in pending:
                     future.cancel()
@@ -251,30 +257,31 @@ class PayloadWriter(object):
                             future.result()[0].close()
                         except BaseException:
                             pass
+        self._longest = max(self._longest, tar.longest)
 
-    @contextmanager
-    def _spooled_chunk(self):
-        # type: () -> Iterator[Tuple[archive.TarWriter, BinaryIO, _ChunkSink]]
-        """A tar writer into a compressed anonymous temporary file (closed on error)."""
+    def write_chunk(self, data, paths, start=None):
+        # type: (bytes, List[str], Optional[archive.Cut]) -> None
+        """One chunk of tar bytes as they are, holding ``paths`` from ``start``:
+        the low level for crafted (e.g. hostile) test payloads."""
+        self._add_compressed(*self._compress(bytearray(data), paths, start))
+
+    def _compress(self, data, paths, start):
+        # type: (bytearray, List[str], Optional[archive.Cut]) -> Tuple[BinaryIO, _ChunkSink, int, List[str], Optional[archive.Cut]]
+        """Compress one chunk's tar bytes into an anonymous temporary file."""
         spool = tempfile.TemporaryFile(dir=self._tmp_dir)
         try:
             sink = _ChunkSink(spool, self._compressor())
-            tar = archive.TarWriter(sink)
-            yield tar, spool, sink
-            tar.close()
+            view = memoryview(data)
+            for offset in range(0, len(view), _READ_SIZE):
+                sink(view[offset:offset + _READ_SIZE])
             sink.finish()
         except BaseException:
             spool.close()
             raise
+        return spool, sink, len(data), paths, start
 
-    def _compress_group(self, group, fill):
-        # type: (List[PathEntry], Callable[[List[PathEntry], archive.TarWriter], Any]) -> Tuple[BinaryIO, _ChunkSink, int, Any]
-        with self._spooled_chunk() as (tar, spool, sink):
-            result = fill(group, tar)
-        return spool, sink, tar.longest, result
-
-    def _add_compressed(self, spool, sink, longest, result):
-        # type: (BinaryIO, _ChunkSink, int, Any) -> Any
+    def _add_compressed(self, spool, sink, tar_size, paths, start):
+        # type: (BinaryIO, _ChunkSink, int, List[str], Optional[archive.Cut]) -> None
         info = _zip_info(chunk_file(len(self._written), self._compression))
         with spool, self._zf.open(info, "w", force_zip64=True) as member:
             spool.seek(0)
@@ -284,35 +291,26 @@ class PayloadWriter(object):
                     break
                 member.write(data)
                 self._hash.update(data)
-        self._longest = max(self._longest, longest)
-        self._written.append((info.filename, sink.size, sink.sha256.hexdigest()))
-        return result
-
-    @contextmanager
-    def chunk(self, group):
-        # type: (Sequence[PathEntry]) -> Iterator[archive.TarWriter]
-        """A tar writer for the next chunk, which will hold the paths of ``group``
-        (their ``chunk`` is its index; one chunk at a time, for callers that
-        fill it as they read another file)."""
-        self._check_group(len(self._written), group)
-        with self._spooled_chunk() as (tar, spool, sink):
-            yield tar
-        self._add_compressed(spool, sink, tar.longest, None)
+        self._written.append((info.filename, sink.size, sink.sha256.hexdigest(), tar_size,
+                              paths, start))
 
     def finished(self, manifest):
         # type: (Manifest) -> Manifest
-        """``manifest`` with the chunks written, and the payload's size, sha256 and
-        longest name (each chunk's NAR size is its paths')."""
-        nar_sizes = [0] * len(self._written)
-        for p in manifest.paths:
-            if p.chunk >= len(nar_sizes):
-                raise ValueError("%s is in chunk %d, which was not written" % (p.name, p.chunk))
-            nar_sizes[p.chunk] += p.nar_size
-        chunks = [Chunk(file, size, sha256, nar_sizes[i])
-                  for i, (file, size, sha256) in enumerate(self._written)]
-        return manifest.replaced(chunks=chunks, payload_size=sum(c.size for c in chunks),
-                                 payload_sha256=self._hash.hexdigest(),
-                                 longest_path=self._longest)
+        """``manifest`` with the chunks written (each path's ``chunk`` the first
+        that holds it), and the payload's size, sha256 and longest name."""
+        chunks = [Chunk(*written) for written in self._written]
+        first = {}  # type: Dict[str, int]
+        for index, c in enumerate(chunks):
+            for name in c.paths:
+                first.setdefault(name, index)
+        new = manifest.replaced(chunks=chunks, payload_size=sum(c.size for c in chunks),
+                                payload_sha256=self._hash.hexdigest(),
+                                longest_path=self._longest)
+        for p in new.paths:
+            if p.name not in first:
+                raise ValueError("%s is in no chunk written" % p.name)
+            p.chunk = first[p.name]
+        return new
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -420,31 +418,52 @@ class InstallerFile(object):
         # type: (Callable[[str], Any], Optional[Iterable[int]], int) -> None
         """Replay chunks (default: all) into per-path tree sinks, verifying everything.
 
-        ``open_path(name)`` returns the sink for a store path; each path's
-        NAR hash and size are checked against the manifest when it finishes,
-        and each chunk's sha256 and size when it ends.  Raises CorruptInstaller
-        on any mismatch.  With ``jobs`` > 1, that many chunks are worked on at
-        once in threads (the decoders, sha256 and file writes run without the
-        GIL); ``open_path`` and the sinks must then be thread-safe.
+        ``open_path(name)`` returns the sink for a store path (once per path,
+        its events whole and in order even when the path is cut across chunks:
+        split.py); each path's NAR hash and size are checked against the
+        manifest when it finishes, and each chunk's sha256 and size when it
+        ends.  A path cut across chunks some of which are not read is skipped.
+        Raises CorruptInstaller on any mismatch.  With ``jobs`` > 1, that many
+        chunks are worked on at once in threads (the decoders, sha256 and file
+        writes run without the GIL); ``open_path`` must then be thread-safe.
         """
         m = self.manifest
-        indexes = list(range(len(m.chunks)) if chunks is None else chunks)
+        indexes = sorted(set(range(len(m.chunks)) if chunks is None else chunks))
+        stop = threading.Event()
+
+        def check_stop():
+            # type: () -> None
+            if stop.is_set():
+                raise _Stopped()
+
+        spans = m.chunk_spans()
+        splits = {}  # type: Dict[str, split.SplitPath]
+        for p in m.paths:
+            span = spans[p.name]
+            if len(span) > 1 and set(span) <= set(indexes):
+                splits[p.name] = split.SplitPath(
+                    span[0], span[-1], lambda p=p: _Verified(p, open_path(p.name)),  # type: ignore[misc]
+                    check_stop)
         if jobs <= 1 or len(indexes) <= 1:
             for index in indexes:
-                self._unpack_chunk(self._zip, index, open_path, None)
+                self._unpack_chunk(self._zip, index, open_path, splits, spans, None)
             return
-        _run_parallel(self.path, indexes, jobs, m,
-                      lambda zf, index, stop: self._unpack_chunk(zf, index, open_path, stop))
+        _run_parallel(self.path, indexes, jobs, stop,
+                      lambda zf, index: self._unpack_chunk(zf, index, open_path, splits, spans,
+                                                           stop))
 
-    def _unpack_chunk(self, zf, index, open_path, stop):
-        # type: (zipfile.ZipFile, int, Callable[[str], Any], Optional[threading.Event]) -> None
+    def _unpack_chunk(self, zf, index, open_path, splits, spans, stop):
+        # type: (zipfile.ZipFile, int, Callable[[str], Any], Dict[str, split.SplitPath], Dict[str, List[int]], Optional[threading.Event]) -> None
         m = self.manifest
         chunk = m.chunks[index]
-        expected = [p for p in m.paths if p.chunk == index]
-        by_name = dict((p.name, p) for p in expected)
+        by_name = dict((p.name, p) for p in m.paths_in_chunk(index))
 
         def open_checked(name):
             # type: (str) -> Sink
+            if name in splits:
+                return splits[name].part(index)
+            if len(spans[name]) > 1:
+                return Sink()  # a part of a path not read whole: skipped
             return _Verified(by_name[name], open_path(name))
 
         try:
@@ -457,7 +476,8 @@ class InstallerFile(object):
         try:
             stream = codecs.open_reader(m.compression, reader)
             try:
-                archive.unpack(stream, [p.name for p in expected], open_checked)
+                archive.unpack(stream, chunk.paths, open_checked, chunk.start, m.end_of(index),
+                               last=index == len(m.chunks) - 1)
                 reader.drain()
             finally:
                 stream.close()
@@ -502,17 +522,17 @@ class InstallerFile(object):
             raise CorruptInstaller("the payload does not match its sha256 in the manifest")
 
 
-def _run_parallel(path, indexes, jobs, manifest, work):
-    # type: (str, List[int], int, Manifest, Callable[[zipfile.ZipFile, int, threading.Event], None]) -> None
-    """Run ``work(zf, index, stop)`` for every chunk index in ``jobs`` threads.
+def _run_parallel(path, indexes, jobs, stop, work):
+    # type: (str, List[int], int, threading.Event, Callable[[zipfile.ZipFile, int], None]) -> None
+    """Run ``work(zf, index)`` for every chunk index in ``jobs`` threads.
 
     Each thread reads through its own ZipFile (one file position each).  The
-    biggest chunks start first, so the last one to finish is a small one.  The
-    first failure stops the others and is raised once all have stopped.
+    chunks are of one size and start in order, which split.SplitPath relies
+    on.  The first failure sets ``stop``, which stops the others, and is raised
+    once all have stopped.
     """
-    queue = sorted(indexes, key=lambda i: -manifest.chunks[i].nar_size)
+    queue = sorted(indexes)
     lock = threading.Lock()
-    stop = threading.Event()
     errors = []  # type: List[BaseException]
 
     def worker():
@@ -529,7 +549,7 @@ def _run_parallel(path, indexes, jobs, manifest, work):
                     if not queue:
                         return
                     index = queue.pop(0)
-                work(zf, index, stop)
+                work(zf, index)
         except _Stopped:
             pass
         except BaseException as e:  # handed to the main thread, which raises it

@@ -17,6 +17,7 @@ import json
 import re
 
 from . import hashes, registration, storepath
+from .archive import Cut
 from .machine import human_size
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
@@ -24,7 +25,10 @@ if MYPY:
     from typing import Dict, Iterable, List, Optional, Sequence, Tuple  # noqa: F401
 
 FORMAT = "nix-prefix-manifest"
-VERSION = 2
+# 3: the payload is one tar stream cut into chunks anywhere (inside store paths
+# and files); chunks list the paths they hold and where they start.
+VERSION = 3
+_KINDS = ("directory", "regular", "symlink")
 _CHUNK_FILE = re.compile(r"^payload/[0-9]{4,6}\.tar(\.xz|\.zst)?\Z")
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 # A plain relative path inside a store path: no empty, "." or ".." parts.
@@ -74,21 +78,32 @@ class PathEntry(object):
 
 
 class Chunk(object):
-    """One compressed tar member of the payload, holding whole store paths."""
+    """One compressed zip member of the payload: a slice of the payload's tar
+    stream (``tar_size`` bytes), holding bytes of the store paths ``paths`` (in
+    order), and starting at ``start`` inside the first of them (an
+    ``archive.Cut``), or at the beginning of it (None)."""
 
-    __slots__ = ("file", "size", "sha256", "nar_size")
+    __slots__ = ("file", "size", "sha256", "tar_size", "paths", "start")
 
-    def __init__(self, file, size, sha256, nar_size):
-        # type: (str, int, str, int) -> None
+    def __init__(self, file, size, sha256, tar_size, paths=(), start=None):
+        # type: (str, int, str, int, Sequence[str], Optional[Cut]) -> None
         self.file = file
         self.size = size
         self.sha256 = sha256
-        self.nar_size = nar_size
+        self.tar_size = tar_size
+        self.paths = list(paths)
+        self.start = start
 
     def to_dict(self):
         # type: () -> dict
+        start = None  # type: Optional[Dict[str, object]]
+        if self.start is not None:
+            start = {"path": self.start.path, "entry": self.start.entry,
+                     "type": self.start.kind}
+            if self.start.offset is not None:
+                start.update(offset=self.start.offset, size=self.start.size)
         return {"file": self.file, "size": self.size, "sha256": self.sha256,
-                "narSize": self.nar_size}
+                "tarSize": self.tar_size, "paths": self.paths, "start": start}
 
 
 class Manifest(object):
@@ -170,7 +185,35 @@ class Manifest(object):
 
     def paths_in_chunk(self, index):
         # type: (int) -> List[PathEntry]
-        return [p for p in self.paths if p.chunk == index]
+        """The store paths chunk ``index`` holds bytes of (whole or in part), in order."""
+        names = set(self.chunks[index].paths)
+        return [p for p in self.paths if p.name in names]
+
+    def chunk_spans(self):
+        # type: () -> Dict[str, List[int]]
+        """The indexes of the chunks holding bytes of each store path, by name.
+
+        Found from the paths' order and first chunks, not from the chunks'
+        lists of names, so they hold for a manifest whose paths were renamed
+        (an exact relocation's) as well.
+        """
+        spans = {}
+        last_chunk = len(self.chunks) - 1
+        for i, p in enumerate(self.paths):
+            last = last_chunk
+            if i + 1 < len(self.paths):
+                following = self.paths[i + 1].chunk
+                # The next path begins in a later chunk: this one goes on into it
+                # if that chunk starts inside a path (this one, the path before).
+                last = following if self.chunks[following].start is not None else following - 1
+                last = max(p.chunk, last)
+            spans[p.name] = list(range(p.chunk, last + 1))
+        return spans
+
+    def end_of(self, index):
+        # type: (int) -> Optional[Cut]
+        """Where chunk ``index`` ends inside a store path: the next chunk's start."""
+        return self.chunks[index + 1].start if index + 1 < len(self.chunks) else None
 
     def to_json(self):
         # type: () -> bytes
@@ -233,12 +276,14 @@ class Manifest(object):
         for i, c in enumerate(doc["chunks"]):
             chunk = Chunk(_string(c["file"], "chunks.file"), _count(c["size"], "chunks.size"),
                           _string(c["sha256"], "chunks.sha256"),
-                          _count(c["narSize"], "chunks.narSize"))
+                          _count(c["tarSize"], "chunks.tarSize"),
+                          [_base_name(n) for n in c["paths"]], _cut(c["start"], i))
             if not _CHUNK_FILE.match(chunk.file) or not _HEX64.match(chunk.sha256):
                 raise ManifestError("chunk %d has a bad file name or sha256" % i)
             chunks.append(chunk)
         if len(set(c.file for c in chunks)) != len(chunks):
             raise ManifestError("two chunks share one file name")
+        order = _stream_order(chunks)
         paths = []
         names = set()
         for p in doc["paths"]:
@@ -256,8 +301,13 @@ class Manifest(object):
             index = _count(p["chunk"], "chunk")
             if index >= len(chunks):
                 raise ManifestError("%s is in chunk %d, which does not exist" % (name, index))
+            if name not in chunks[index].paths or (index > 0 and name in chunks[index - 1].paths):
+                raise ManifestError("%s begins in chunk %d, which does not begin it"
+                                    % (name, index))
             paths.append(PathEntry(name, nar_hash, _count(p["narSize"], "narSize"),
                                    [_base_name(r) for r in p["references"]], deriver, index))
+        if order != [p.name for p in paths]:
+            raise ManifestError("the chunks do not hold the store paths once each, in order")
         for p in paths:
             for r in p.references:
                 if r not in names:
@@ -312,6 +362,51 @@ def has_derivations(paths):
 def _base(path):
     # type: (str) -> str
     return path.rpartition("/")[2]
+
+
+def _cut(value, index):
+    # type: (object, int) -> Optional[Cut]
+    """A chunk's ``start``: null, or where inside a store path it begins."""
+    if value is None:
+        return None
+    if index == 0 or not isinstance(value, dict):
+        raise ManifestError("chunk %d has a bad start" % index)
+    kind = _string(value["type"], "start.type")
+    entry = _string(value["entry"], "start.entry")
+    offset, size = value.get("offset"), value.get("size")
+    cut = Cut(_base_name(value["path"]), entry, kind)
+    if kind not in _KINDS or (entry and not _REL_PATH.match(entry)):
+        raise ManifestError("chunk %d starts at a bad entry (%r, %r)" % (index, entry, kind))
+    if offset is not None or size is not None:
+        cut.offset = _count(offset, "start.offset")
+        cut.size = _count(size, "start.size")
+        if kind != "regular" or cut.offset >= cut.size:
+            raise ManifestError("chunk %d starts inside a file at byte %d of %d"
+                                % (index, cut.offset, cut.size))
+    elif not entry and kind != "directory":
+        raise ManifestError("chunk %d starts after the whole of %s" % (index, cut.path))
+    return cut
+
+
+def _stream_order(chunks):
+    # type: (List[Chunk]) -> List[str]
+    """The store paths in the order the chunks hold them, each once.
+
+    A chunk with a start goes on with the last path of the chunk before it;
+    any other begins a new one.
+    """
+    order = []  # type: List[str]
+    for i, c in enumerate(chunks):
+        if not c.paths:
+            raise ManifestError("chunk %d holds no store path" % i)
+        names = c.paths
+        if c.start is not None:
+            if c.start.path != names[0] or chunks[i - 1].paths[-1] != names[0]:
+                raise ManifestError("chunk %d starts inside %s, which is not where chunk %d "
+                                    "ends" % (i, c.start.path, i - 1))
+            names = names[1:]
+        order += names
+    return order
 
 
 def _string(value, what):

@@ -241,7 +241,8 @@ def contents_chunks(manifest):
     # type: (Manifest) -> List[int]
     """The chunks ``read_contents`` reads: those holding paths the planner needs."""
     wanted = exact.needs_contents(manifest.paths)
-    return sorted(set(p.chunk for p in manifest.paths if p.name in wanted))
+    spans = manifest.chunk_spans()
+    return sorted(set(i for p in manifest.paths if p.name in wanted for i in spans[p.name]))
 
 
 def read_contents(source, progress=None, jobs=1):

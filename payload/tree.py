@@ -14,6 +14,8 @@ The events, for one store path (``rel`` is the path inside it, b"" for its top):
     regular(rel, executable, size)  { contents(data) }  end_regular()
     symlink(rel, target)
     finish()                   -- the whole store path has been sent (archive.unpack)
+    end_part()                 -- instead of finish(): the chunk ends inside the store
+                                  path, whose events go on in the next chunk (split.py)
 """
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
@@ -60,6 +62,10 @@ class Sink(object):
         # type: () -> None
         pass
 
+    def end_part(self):
+        # type: () -> None
+        pass
+
 
 class Filter(Sink):
     """Passes every event on to ``inner``; subclasses change or watch some of them."""
@@ -103,6 +109,10 @@ class Filter(Sink):
     def finish(self):
         # type: () -> None
         self.inner.finish()
+
+    def end_part(self):
+        # type: () -> None
+        self.inner.end_part()
 
 
 class Tee(Sink):
@@ -156,6 +166,11 @@ class Tee(Sink):
         # type: () -> None
         for s in self.sinks:
             s.finish()
+
+    def end_part(self):
+        # type: () -> None
+        for s in self.sinks:
+            s.end_part()
 
 
 class Count(Sink):

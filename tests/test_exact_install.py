@@ -286,7 +286,7 @@ def test_installer_plans_what_nix_computes_and_installs_it(tmp_path: Path) -> No
     closure, old = _closure(tmp_path)
     check_exact(closure)
     installer = tmp_path / "greet.sh"
-    build_installer(closure, installer, BuildOptions(compression="xz", level=1, chunk_size=1,
+    build_installer(closure, installer, BuildOptions(compression="xz", level=1, chunk_size=2048,
                                                      roots=[old["out"]], derivations=True))
     prefix = Prefix(str(tmp_path / "s2"))
     new = _derive(prefix.store_dir)

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from nix_prefix.builder.pack import PayloadWriter, write_installer_file
+from nix_prefix.builder.pack import PayloadWriter, preamble_sha256, write_installer_file
 from nix_prefix.payload import nix32
+from nix_prefix.payload.archive import Cut
 from nix_prefix.payload.manifest import Manifest, PathEntry
 
 from .support import run_installer, tree_snapshot
@@ -65,11 +66,12 @@ CASES = sorted(HOSTILE) + sorted(FS_ATTACKS)
 def hostile_installer(out: Path, prefix: Path, chunk: bytes) -> None:
     """A complete, sealed installer whose only chunk is ``chunk``."""
     paths = [PathEntry(TOP, FAKE_HASH, 1000, []), PathEntry(TWO, FAKE_HASH, 100, [])]
-    manifest = Manifest(str(prefix / "store"), _system(), "xz", paths, [], [TOP, TWO])
+    # The real preamble's hash: the installer gets as far as the payload.
+    manifest = Manifest(str(prefix / "store"), _system(), "xz", paths, [], [TOP, TWO],
+                        preamble_sha256=preamble_sha256())
 
     def write_payload(payload: PayloadWriter) -> None:
-        with payload.chunk(paths) as tar:
-            tar.raw(chunk)
+        payload.write_chunk(chunk, [TOP, TWO])
 
     write_installer_file(out, manifest, "xz", 0, write_payload)
 
@@ -99,3 +101,58 @@ def test_hostile_payload_changes_nothing(case: str, world_dir: Path) -> None:
     assert tree_snapshot(canary) == before
     store = prefix / "store"
     assert not store.exists() or not list(store.iterdir()), list(store.iterdir())
+
+
+# -- a store path cut across two chunks whose pieces do not join up ------------------------------
+
+def _split_chunks(starts: list[Cut], swap: bool = False,
+                  drop: int | None = None) -> list[tuple[bytes, list[str], Cut | None]]:
+    """TOP/a (12 bytes of contents) cut at 4 and at 8 bytes into three chunks, the
+    chunks after the first claiming to start at ``starts``; then two swapped, or
+    one dropped."""
+    whole = tar_of(entry(TOP), file(TOP + "/a", b"0123456789ab"), file(TWO, b"two"))
+    at = 1024  # TOP's header, TOP/a's header: then its contents
+    chunks = [(whole[:at + 4], [TOP], None), (whole[at + 4:at + 8], [TOP], starts[0]),
+              (whole[at + 8:], [TOP, TWO], starts[1])]
+    if swap:
+        chunks[1], chunks[2] = chunks[2], chunks[1]
+    if drop is not None:
+        del chunks[drop]
+    return chunks
+
+
+def _cuts(first: int = 4, second: int = 8, size: int = 12) -> list[Cut]:
+    return [Cut(TOP, "a", "regular", first, size), Cut(TOP, "a", "regular", second, size)]
+
+
+SPLIT_ATTACKS = {
+    "a piece missing": lambda: _split_chunks(_cuts(), drop=1),
+    "pieces out of order": lambda: _split_chunks(_cuts(), swap=True),
+    "overlapping pieces": lambda: _split_chunks(_cuts(second=6)),
+    "pieces that disagree in size": lambda: _split_chunks([_cuts()[0], _cuts(size=14)[1]]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPLIT_ATTACKS))
+def test_split_pieces_that_do_not_join_up_change_nothing(case: str, world_dir: Path) -> None:
+    prefix = world_dir / "p"
+    chunks = SPLIT_ATTACKS[case]()
+    two = next(i for i, (_, names, _) in enumerate(chunks) if TWO in names)
+    paths = [PathEntry(TOP, FAKE_HASH, 1000, []), PathEntry(TWO, FAKE_HASH, 100, [], "", two)]
+    # The real preamble's hash: the installer gets as far as the payload.
+    manifest = Manifest(str(prefix / "store"), _system(), "xz", paths, [], [TOP, TWO],
+                        preamble_sha256=preamble_sha256())
+
+    def write_payload(payload: PayloadWriter) -> None:
+        for data, names, start in chunks:
+            payload.write_chunk(data, names, start)
+
+    installer = world_dir / "hostile.sh"
+    write_installer_file(installer, manifest, "xz", 0, write_payload)
+    for jobs in ("1", "2"):
+        proc = run_installer(installer, "-y", "-j", jobs)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 3, proc.stderr
+        assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        store = prefix / "store"
+        assert not store.exists() or list(store.iterdir()) == [], jobs

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from nix_prefix.payload import hashes, nix32
+from nix_prefix.payload.archive import Cut
 from nix_prefix.payload.manifest import Chunk, Manifest, ManifestError, PathEntry
 
 
@@ -36,8 +37,8 @@ def sample() -> Manifest:
         PathEntry(NIX, hashes.format_sha256(sha("nix")), 2000, [LIBC, NIX], "", 0),
         PathEntry(HELLO, hashes.format_sha256(sha("hello")), 120, [LIBC], DRV, 1),
     ]
-    chunks = [Chunk("payload/0000.tar.xz", 1500, sha("c0").hex(), 5000),
-              Chunk("payload/0001.tar.xz", 100, sha("c1").hex(), 120)]
+    chunks = [Chunk("payload/0000.tar.xz", 1500, sha("c0").hex(), 5000, [LIBC, NIX]),
+              Chunk("payload/0001.tar.xz", 100, sha("c1").hex(), 120, [HELLO])]
     return Manifest("/tmp/nix/store", "x86_64-linux", "xz", paths, chunks, [NIX, HELLO],
                     NIX + "/bin/nix-store", payload_size=1600,
                     payload_sha256=sha("payload").hex(), longest_path=97,
@@ -94,13 +95,16 @@ def test_deterministic_bytes() -> None:
     d = json.loads(one)
     assert list(d) == sorted(d)
     assert json.dumps(d, sort_keys=True, indent=1).encode() + b"\n" == one
-    assert d["format"] == "nix-prefix-manifest" and d["version"] == 2
+    assert d["format"] == "nix-prefix-manifest" and d["version"] == 3
     assert d["totalNarSize"] == 5120
 
 
 def test_path_order_is_kept() -> None:
     m = sample()
-    m.paths.reverse()
+    m.paths.reverse()  # the chunks hold them in the same order
+    m.chunks[0].paths, m.chunks[1].paths = [HELLO, NIX], [LIBC]
+    for p, chunk in zip(m.paths, (0, 0, 1), strict=True):
+        p.chunk = chunk
     parsed = Manifest.from_json(m.to_json())
     assert [p.name for p in parsed.paths] == [HELLO, NIX, LIBC]
     assert parsed.to_json() == m.to_json()
@@ -129,6 +133,7 @@ def test_non_ascii_tool_version_round_trips() -> None:
 def test_derivations_round_trip_and_default() -> None:
     m = sample()
     m.paths.append(PathEntry(DRV, hashes.format_sha256(sha("drv")), 0, [LIBC], "", 1))
+    m.chunks[1].paths.append(DRV)
     m.derivations = True
     parsed = Manifest.from_json(m.to_json())
     assert parsed.derivations is True and parsed.to_json() == m.to_json()
@@ -177,7 +182,7 @@ def test_rejects_non_manifest_json(data: bytes) -> None:
     reject(data, "not a nix-prefix manifest")
 
 
-@pytest.mark.parametrize("value", [0, 1, 3, -1, "2", None, [2]])
+@pytest.mark.parametrize("value", [0, 1, 2, 4, -1, "3", None, [3]])
 def test_rejects_wrong_version(value: Any) -> None:
     d = doc()
     d["version"] = value
@@ -244,7 +249,7 @@ REJECTIONS: dict[str, tuple[Mutation, str]] = {
     "negative narSize": (_then_fix_total(_set("paths", 0, "narSize", value=-1)),
                          "non-negative integer"),
     "negative chunk size": (_set("chunks", 0, "size", value=-1), "non-negative integer"),
-    "negative chunk narSize": (_set("chunks", 0, "narSize", value=-5), "non-negative integer"),
+    "negative chunk tarSize": (_set("chunks", 0, "tarSize", value=-5), "non-negative integer"),
     "negative payload size": (_set("payload", "size", value=-1), "non-negative integer"),
     "negative longestPath": (_set("longestPath", value=-1), "non-negative integer"),
     "bool narSize": (_set("paths", 0, "narSize", value=True), "non-negative integer"),
@@ -373,3 +378,81 @@ def test_rejects_bad_nix_store_rest(rest: str) -> None:
     d = doc()
     d["nixStore"] = NIX + rest
     reject(encode(d), "nixStore")
+
+
+# -- chunks cut inside store paths (format 2) ------------------------------------------------------
+
+def split_doc() -> dict[str, Any]:
+    """NIX cut between two of its entries, HELLO (a single file) inside its contents."""
+    m = sample()
+    m.chunks = [Chunk("payload/0000.tar.xz", 500, sha("c0").hex(), 4000, [LIBC, NIX]),
+                Chunk("payload/0001.tar.xz", 600, sha("c1").hex(), 1060, [NIX, HELLO],
+                      Cut(NIX, "bin/nix-store", "regular")),
+                Chunk("payload/0002.tar.xz", 500, sha("c2").hex(), 60, [HELLO],
+                      Cut(HELLO, "", "regular", 60, 120))]
+    m.paths[2].chunk = 1
+    return json.loads(m.to_json())
+
+
+def test_split_layout_round_trips() -> None:
+    parsed = Manifest.from_json(encode(split_doc()))
+    assert parsed.chunk_spans() == {LIBC: [0], NIX: [0, 1], HELLO: [1, 2]}
+    assert sample().chunk_spans() == {LIBC: [0], NIX: [0], HELLO: [1]}
+    assert parsed.end_of(0) == Cut(NIX, "bin/nix-store", "regular")
+    assert parsed.end_of(1) == Cut(HELLO, "", "regular", 60, 120) and parsed.end_of(2) is None
+    assert [p.name for p in parsed.paths_in_chunk(1)] == [NIX, HELLO]
+    assert parsed.to_json() == encode_manifest(split_doc())
+
+
+def encode_manifest(d: dict[str, Any]) -> bytes:
+    return (json.dumps(d, sort_keys=True, indent=1, ensure_ascii=True) + "\n").encode()
+
+
+def _drop_chunk(index: int) -> Mutation:
+    def mutate(d: dict[str, Any]) -> None:
+        gone = d["chunks"].pop(index)
+        d["payload"]["size"] -= gone["size"]
+    return mutate
+
+
+def _swap_chunks(d: dict[str, Any]) -> None:
+    c = d["chunks"]
+    c[1], c[2] = c[2], c[1]
+    c[1]["file"], c[2]["file"] = c[2]["file"], c[1]["file"]
+
+
+def _start(index: int, **fields: Any) -> Mutation:
+    def mutate(d: dict[str, Any]) -> None:
+        d["chunks"][index]["start"].update(fields)
+    return mutate
+
+
+SPLIT_REJECTIONS: dict[str, tuple[Mutation, str]] = {
+    "a piece missing": (_drop_chunk(1), "not where chunk 0 ends"),
+    "pieces out of order": (_swap_chunks, "not where chunk"),
+    "overlapping pieces": (_set("chunks", 2, "paths", value=[NIX, HELLO]), "not where chunk"),
+    "a path held twice": (_set("chunks", 2, "start", value=None), "once each, in order"),
+    "a start in the first chunk": (_set("chunks", 0, "start",
+                                        value={"path": LIBC, "entry": "", "type": "directory"}),
+                                   "chunk 0 has a bad start"),
+    "a start of another path": (_start(1, path=LIBC), "not where chunk 0 ends"),
+    "a cut at the end of a file": (_start(2, offset=120), "inside a file at byte 120 of 120"),
+    "a cut inside a directory": (_start(1, type="directory", offset=1, size=2),
+                                 "inside a file"),
+    "an offset without a size": (_start(2, size=None), "non-negative integer"),
+    "a cut after a whole path": (_set("chunks", 2, "start",
+                                      value={"path": HELLO, "entry": "", "type": "symlink"}),
+                                 "after the whole of"),
+    "a cut entry with ..": (_start(1, entry="bin/../../x"), "bad entry"),
+    "a cut of unknown type": (_start(1, type="fifo"), "bad entry"),
+    "a path said to begin where it does not": (_set("paths", 2, "chunk", value=2),
+                                               "does not begin it"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPLIT_REJECTIONS))
+def test_rejects_chunks_that_do_not_join_up(case: str) -> None:
+    mutation, match = SPLIT_REJECTIONS[case]
+    d = split_doc()
+    mutation(d)
+    reject(encode(d), match)

@@ -19,13 +19,17 @@ from nix_prefix.payload.container import CorruptInstaller, InstallerFile
 
 from .support import Built, build_small, run_installer, tree_snapshot
 
+# Small enough that the store paths, and files in them, are cut across chunks.
+CHUNK_SIZE = 4096
+
 
 @pytest.fixture
 def chunked(world_dir: Path) -> Built:
-    """The small closure with every store path in a chunk of its own."""
+    """The small closure cut into chunks of CHUNK_SIZE tar bytes."""
     built = build_small(world_dir)
     out = world_dir / "chunked.sh"
-    build_installer(read_closure(built.closure_info), out, BuildOptions(chunk_size=1, jobs=3))
+    build_installer(read_closure(built.closure_info), out,
+                    BuildOptions(chunk_size=CHUNK_SIZE, jobs=3))
     built.installer = out
     return built
 
@@ -33,10 +37,15 @@ def chunked(world_dir: Path) -> Built:
 def test_jobs_do_not_change_the_installer(chunked: Built, world_dir: Path) -> None:
     serial = world_dir / "serial.sh"
     build_installer(read_closure(chunked.closure_info), serial,
-                    BuildOptions(chunk_size=1, jobs=1))
+                    BuildOptions(chunk_size=CHUNK_SIZE, jobs=1))
     source = InstallerFile(str(serial))
     try:
-        assert len(source.manifest.chunks) == len(source.manifest.paths) >= 3
+        m = source.manifest
+        assert len(m.chunks) > 2 * len(m.paths) >= 6
+        starts = [c.start for c in m.chunks if c.start is not None]
+        assert any(s.offset is not None for s in starts)  # a file cut in pieces
+        assert any(len(span) > 2 for span in m.chunk_spans().values())
+        assert all(c.tar_size <= CHUNK_SIZE + 3 * 512 for c in m.chunks)
     finally:
         source.close()
     assert serial.read_bytes() == chunked.installer.read_bytes()
