@@ -94,3 +94,26 @@ def test_cache_bench_runs_on_a_tiny_closure(tmp_path: Path) -> None:
     assert set(r["ratios"]) == {"time_exact_vs_nix_copy", "time_same_length_vs_nix_copy",
                                 "size_exact_vs_nix_copy", "size_same_length_vs_nix_copy"}
     assert "substitutes everything, builds nothing: yes" in proc.stdout
+
+
+@pytest.mark.slow
+def test_pieces_runs_on_a_tiny_tree(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "big").write_bytes(bytes(range(256)) * 4096)
+    (tree / "small").write_bytes(b"small\n")
+    out = tmp_path / "pieces.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "pieces.py"), "--tree", str(tree),
+                           "--mb", "1", "--pieces", "1,4", "--jobs", "1,2", "--codecs", "xz,zstd",
+                           "--json", str(out)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["hash_tree_s"] > 0 and r["chain_sha256_s"] > 0
+    for codec in ("xz", "zstd"):
+        rows = r["codecs"][codec]
+        assert [row["pieces"] for row in rows] == [1, 4]
+        for row in rows:
+            assert row["size_bytes"] > 0
+            assert all(row[k] > 0 for k in ("encode_j1_s", "encode_j2_s", "decode_j1_s",
+                                            "decode_j2_s"))
+    assert "size / 1 piece" in proc.stdout
