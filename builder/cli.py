@@ -21,16 +21,19 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
-from ..payload import __version__, codecs
+from ..payload import __version__, codecs, publisher, signing
 from ..payload.container import CorruptInstaller
 from ..payload.machine import human_size
+from ..payload.manifest import Manifest
 from .errors import BuildError, UsageError
 from .localnix import NixCommandError, store_nix
 from .pack import BuildOptions, BuildResult, build_installer, check_output
+from .signer import load_secret_keys
 
 EXIT_CODES = """\
 Exit codes: 0 done; 1 failed (bad input, Nix failed, nothing written); 2 bad usage;
-3 the installer file is damaged (verify, inspect); 130 interrupted.
+3 the installer file is damaged, or not signed by a --trusted-key (verify, inspect);
+130 interrupted.
 """
 
 app = typer.Typer(
@@ -50,6 +53,14 @@ Level = Annotated[int | None, typer.Option(
     envvar="NIX_PREFIX_LEVEL",
     help="compression level (xz: 0-9, default 6; zstd: 1-22, default 19); 0 or 1 build "
          "several times faster for a larger file")]
+SignKey = Annotated[list[Path] | None, typer.Option(
+    "--sign-key", metavar="FILE",
+    help="sign the installer and every store path with this Nix secret key, as written by "
+         "nix-store --generate-binary-cache-key NAME SECRET PUBLIC (repeatable)")]
+PinnedKey = Annotated[list[str] | None, typer.Option(
+    "--trusted-key", metavar="NAME:BASE64",
+    help="require a signature by this Nix public key (repeatable; also "
+         "NIX_PREFIX_TRUSTED_KEYS, space-separated)")]
 StoreDir = Annotated[Path | None, typer.Option(
     "--store-dir", metavar="DIR",
     help="use the store DIR laid out as a prefix (DIR/../var/nix, DIR/../etc/nix) instead "
@@ -89,6 +100,17 @@ def _error(message: str, code: int, debug: bool) -> None:
         traceback.print_exc()
     typer.echo(f"nix-prefix: error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _pinned_keys(given: list[str] | None) -> list[signing.PublicKey]:
+    """``verify`` and ``inspect``: --trusted-key and NIX_PREFIX_TRUSTED_KEYS, as the
+    installer reads them."""
+    try:
+        return publisher.trusted_keys(given or [], os.environ)
+    except signing.SigningError as e:
+        raise UsageError(str(e), "give the public key as NAME:BASE64, the line "
+                                 "nix-store --generate-binary-cache-key writes to its "
+                                 "public key file") from None
 
 
 def _say(quiet: bool):
@@ -195,6 +217,7 @@ def build(
                                   "inside store paths and files too (default: a 16th of the "
                                   "closure, 8 to 64 MiB); smaller chunks spread over more "
                                   "threads, larger ones compress a little better")] = None,
+    sign_key: SignKey = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -220,6 +243,8 @@ def build(
             raise UsageError("-A and --argstr go with -f FILE.nix")
         check_output(output)  # before any work: -o /dev/null is refused at once
         store_root_used = store_root
+        # Read first too: a bad key file stops the build before any work.
+        sign_keys = load_secret_keys(sign_key or [])
         keys = _trusted_keys(trusted_key, from_cache)
         if from_cache is not None and (file is not None or roots or with_derivations):
             raise UsageError("--from-cache takes root store paths: no -f, --roots or "
@@ -263,7 +288,8 @@ def build(
                                verify=not no_verify, roots=profile_root or default_roots,
                                system=system, jobs=jobs,
                                chunk_size=chunk_mb << 20 if chunk_mb else None,
-                               derivations=with_derivations, nix_store=nix_store)
+                               derivations=with_derivations, nix_store=nix_store,
+                               sign_keys=sign_keys)
         with _bar("hashing, packing and compressing", closure.total_nar_size,
                   quiet) as bar:
             result = build_installer(closure, output, options, progress=bar.update)
@@ -296,8 +322,18 @@ def build_summary(result: BuildResult, output: Path, seconds: float) -> list[str
         f"in {seconds:.1f} s",
         f"  installs into {m.prefix} by default, or any --prefix of at most {max_prefix} "
         "bytes",
+        *signature_lines(m),
         f"install with: sh {output}   (or: sh {output} --help)",
     ]
+
+
+def signature_lines(manifest: Manifest) -> list[str]:
+    """How the summary of ``build`` and ``retarget`` says who signed the installer."""
+    names = sorted({s.partition(":")[0] for p in manifest.paths for s in p.sigs})
+    if not names:
+        return []
+    return [f"  signed by {', '.join(names)}, and so are its {len(manifest.paths)} store "
+            f"paths; users pin the key with --trusted-key NAME:BASE64 (the public key file)"]
 
 
 @app.command()
@@ -306,6 +342,7 @@ def inspect(
     json_output: Annotated[bool, typer.Option(
         "--json", help="print one JSON document: the manifest, sizes, relocation limits")]
     = False,
+    trusted_key: PinnedKey = None,
     debug: Debug = False,
 ) -> None:
     """Show what an installer holds: store dir, paths and sizes, compression, relocation limits.
@@ -318,13 +355,15 @@ def inspect(
     from .inspect import describe, open_installer, render
 
     with reporting(debug):
+        trusted = _pinned_keys(trusted_key)
         source = open_installer(installer)
         try:
+            verdict = source.verdict(trusted)
             if json_output:
-                typer.echo(json.dumps(describe(installer, source.manifest), indent=1,
+                typer.echo(json.dumps(describe(installer, source.manifest, verdict), indent=1,
                                       sort_keys=True))
             else:
-                typer.echo(render(installer, source.manifest), nl=False)
+                typer.echo(render(installer, source.manifest, verdict), nl=False)
         finally:
             source.close()
 
@@ -332,22 +371,34 @@ def inspect(
 @app.command()
 def verify(
     installer: Annotated[Path, typer.Argument(help="an installer made by nix-prefix")],
+    trusted_key: PinnedKey = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Check an installer as its own --check does: every checksum and NAR hash; writes nothing."""
-    from .inspect import open_installer
+    """Check an installer as its own --check does: every checksum and NAR hash, the
+    publisher's signatures (and every store path's); writes nothing.
+
+    With --trusted-key it fails (exit 3) unless one of those keys signed it.
+    """
+    from .inspect import check_signatures, open_installer
 
     with reporting(debug):
+        trusted = _pinned_keys(trusted_key)
         source = open_installer(installer)
         try:
             manifest = source.manifest
+            verdict = check_signatures(source, trusted)
             with _bar("verifying", manifest.total_nar_size, quiet) as bar:
                 source.check(bar.update)
         finally:
             source.close()
-    _say(quiet)(f"OK: {installer} is intact: {len(manifest.paths)} store paths, "
-                f"{human_size(manifest.total_nar_size)} of NAR verified")
+    say = _say(quiet)
+    say(f"OK: {installer} is intact: {len(manifest.paths)} store paths, "
+        f"{human_size(manifest.total_nar_size)} of NAR verified")
+    for line in verdict.lines():
+        say(f"  {line}")
+    if verdict.signed_by:
+        say(f"  every store path's Nix signature holds for {manifest.store_dir}")
 
 
 @app.command()
@@ -366,28 +417,43 @@ def retarget(
     exact: Annotated[bool, typer.Option(
         "--exact", help="recompute every store path for the new store dir as Nix would "
                         "(needs an installer built with --with-derivations)")] = False,
+    sign_key: SignKey = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Make an installer for another prefix from an installer or closure, without Nix."""
+    """Make an installer for another prefix from an installer or closure, without Nix.
+
+    The source's signatures cannot carry over (every path and the manifest change):
+    give --sign-key to sign the new installer.
+    """
     from .retarget import retarget as run_retarget
 
     started = time.time()
     with reporting(debug):
+        sign_keys = load_secret_keys(sign_key or [])
         with _bar("verifying and relocating", None, quiet) as bar:
             if exact:
                 from .retarget import retarget_exact
 
                 result = retarget_exact(source, prefix, output, compression=compression,
-                                        level=level, progress=bar.update)
+                                        level=level, progress=bar.update, sign_keys=sign_keys)
             else:
                 result = run_retarget(source, prefix, output, compression=compression,
-                                      level=level, store_root=store_root, progress=bar.update)
+                                      level=level, store_root=store_root, progress=bar.update,
+                                      sign_keys=sign_keys)
+    m = result.manifest
+    if result.source_signed_by and not sign_keys:
+        # Said even with --quiet: the publisher may not expect it.
+        typer.echo(f"warning: {source} is signed by "
+                   f"{', '.join(k.name for k in result.source_signed_by)}, but {output} is "
+                   "unsigned: its paths and manifest changed, so no old signature holds "
+                   "(pass --sign-key FILE to sign it)", err=True)
     if not quiet:
-        m = result.manifest
         typer.echo(f"wrote {output}: {len(m.paths)} store paths for {m.store_dir} "
                    f"(embedded as {m.embedded_store_dir}) in {time.time() - started:.1f} s",
                    err=True)
+        for line in signature_lines(m):
+            typer.echo(line, err=True)
         for line in m.hidden_refs:
             typer.echo(f"warning: the old store dir stays hidden in {line}", err=True)
 

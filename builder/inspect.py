@@ -12,9 +12,12 @@ import json
 import os
 from pathlib import Path
 
-from ..payload.container import InstallerFile
+from ..payload.container import CorruptInstaller, InstallerFile
 from ..payload.machine import human_size
 from ..payload.manifest import Manifest, info_text
+from ..payload.publisher import Verdict
+from ..payload.signing import PublicKey
+from .signer import unsigned_paths
 
 STORE_SUFFIX = "/store"
 
@@ -31,7 +34,7 @@ def retarget_limits(manifest: Manifest) -> dict[str, int]:
             "maxPrefixLength": manifest.max_store_dir_length - len(STORE_SUFFIX)}
 
 
-def describe(path: Path, manifest: Manifest) -> dict:
+def describe(path: Path, manifest: Manifest, verdict: Verdict) -> dict:
     """Everything ``inspect --json`` prints: the file, its manifest, what it implies."""
     size = os.path.getsize(path)
     return {
@@ -40,15 +43,18 @@ def describe(path: Path, manifest: Manifest) -> dict:
         "compressionRatio": round(manifest.payload_size / max(manifest.total_nar_size, 1), 4),
         "defaultPrefix": manifest.prefix,
         "relocation": retarget_limits(manifest),
+        "signatures": {"signedBy": [str(k) for k in verdict.signed_by],
+                       "trustedBy": [str(k) for k in verdict.trusted_by],
+                       "signedPaths": sum(1 for p in manifest.paths if p.sigs)},
         "manifest": json.loads(manifest.to_json()),
     }
 
 
-def render(path: Path, manifest: Manifest) -> str:
+def render(path: Path, manifest: Manifest, verdict: Verdict) -> str:
     """``inspect`` as text: the installer's ``--info``, then chunks and paths."""
     limits = retarget_limits(manifest)
     lines = [
-        info_text(manifest).rstrip("\n"),
+        info_text(manifest, verdict).rstrip("\n"),
         f"file:          {path} ({human_size(os.path.getsize(path))}, payload "
         f"{_ratio(manifest.payload_size, manifest.total_nar_size)} of the NAR size)",
         f"relocation:    any prefix P with len(P/store) <= {limits['maxStoreDirLength']}, "
@@ -75,3 +81,18 @@ def render(path: Path, manifest: Manifest) -> str:
 
 def _ratio(part: int, whole: int) -> str:
     return f"{part / max(whole, 1):.1%}"
+
+
+def check_signatures(source: InstallerFile, trusted: list[PublicKey]) -> Verdict:
+    """The publisher's signatures as ``verify`` checks them: the installer's (refused
+    unless a trusted key made one, when keys are given) and every store path's, with
+    libsodium.  Raises CorruptInstaller (exit 3) on the first that does not hold."""
+    verdict = source.check_publisher(trusted)
+    if verdict.signed_by:
+        missing = unsigned_paths(source.manifest, verdict.signed_by)
+        if missing:
+            raise CorruptInstaller(
+                f"{len(missing)} store path(s) lack a signature by "
+                f"{', '.join(k.name for k in verdict.signed_by)} that holds, e.g. {missing[0]}",
+                "rebuild the installer with --sign-key")
+    return verdict

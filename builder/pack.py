@@ -16,7 +16,7 @@ import hashlib
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,11 +26,13 @@ from ..payload.container import PayloadWriter
 from ..payload.machine import host_system
 from ..payload.manifest import Manifest, PathEntry
 from ..payload.rewrite import HiddenReferenceScanner
+from ..payload.signing import PublicKey, SecretKey
 from ..payload.tree import Count, Tee
 from . import nixchoice
 from .closure_info import Closure
 from .compress import compressor, default_jobs
 from .errors import BuildError
+from .signer import KeySigner
 
 PREAMBLE_SH = Path(__file__).with_name("preamble.sh")
 # Tar bytes per chunk: the closure cut into CHUNKS_PER_PAYLOAD chunks, so that
@@ -63,6 +65,8 @@ class BuildOptions:
     # The Nix that registers the paths, when the closure holds several
     # (builder/nixchoice.py; None: the newest).
     nix_store: str | None = None
+    # The publisher's Nix secret keys (--sign-key): they sign the installer and every path.
+    sign_keys: list[SecretKey] = field(default_factory=list)
 
 
 @dataclass
@@ -72,6 +76,8 @@ class BuildResult:
     manifest: Manifest
     size: int
     notes: list[str] = field(default_factory=list)
+    # retarget: the keys whose signatures the source installer carried.
+    source_signed_by: list[PublicKey] = field(default_factory=list)
 
 
 def build_installer(
@@ -130,7 +136,7 @@ def build_installer(
             hidden_refs=hidden, derivations=options.derivations and not target.rewrites)
 
     manifest = write_installer_file(out, built, options.compression, options.level,
-                                    write_payload)
+                                    write_payload, options.sign_keys)
     return BuildResult(manifest, out.stat().st_size, nix.notes)
 
 
@@ -155,19 +161,21 @@ def preamble_sha256() -> str:
 
 
 def write_installer_file(out: Path, manifest: Manifest, compression: str, level: int | None,
-                         write_payload: Callable[[PayloadWriter], Manifest | None]) -> Manifest:
+                         write_payload: Callable[[PayloadWriter], Manifest | None],
+                         sign_keys: Sequence[SecretKey] = ()) -> Manifest:
     """Write preamble, code, payload (by ``write_payload``) and manifest to ``out``,
     atomically (payload/container.py), only ever over a regular file (``check_output``,
     before the work and again before the rename); return the manifest as written.
 
     ``write_payload`` returns the manifest of what it wrote, or None if that
-    is ``manifest`` as it is.
+    is ``manifest`` as it is.  With ``sign_keys`` the installer and every path
+    (over its final NAR hash at the manifest's store dir) are signed.
     """
     return container.write_installer(
         str(out), preamble(), container.embedded_code(), compression,
         lambda: compressor(compression, level, manifest.system),
         lambda payload: write_payload(payload) or manifest,
-        check_out=lambda path: check_output(Path(path)))
+        check_out=lambda path: check_output(Path(path)), signer=KeySigner(sign_keys))
 
 
 def payload_jobs(options: BuildOptions, chunk_size: int) -> int:

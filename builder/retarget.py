@@ -22,7 +22,7 @@ same input and prefix give the same bytes.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,6 +31,7 @@ from ..payload import codecs, exact, storepath
 from ..payload import retarget as retargets
 from ..payload.container import CorruptInstaller, InstallerFile, PayloadWriter
 from ..payload.manifest import Manifest, has_derivations
+from ..payload.signing import SecretKey
 from ..payload.tree import Count, Sink, Tee
 from .closure_info import read_closure
 from .compress import default_jobs
@@ -61,34 +62,40 @@ def target_store_dir(prefix: str) -> str:
 
 def retarget(source: Path, prefix: str, out: Path, *, compression: str | None = None,
              level: int | None = None, store_root: Path | None = None,
-             progress: Callable[[int], object] | None = None) -> BuildResult:
+             progress: Callable[[int], object] | None = None,
+             sign_keys: Sequence[SecretKey] = ()) -> BuildResult:
     """Write to ``out`` an installer for ``prefix`` made from ``source`` (same length).
 
     ``source`` is an installer file or a closureInfo dir (or dump-db file,
     with the store read from ``store_root`` if it is not at its store dir).
+    ``sign_keys`` sign the new installer and its paths; no signature of the
+    source carries over.
     """
     store_dir = target_store_dir(prefix)
     if source.is_dir() or not looks_like_installer(source):
         options = BuildOptions(compression=compression or "xz", level=level,
-                               store_root=store_root, retarget_to=store_dir)
+                               store_root=store_root, retarget_to=store_dir,
+                               sign_keys=list(sign_keys))
         return build_installer(read_closure(source), out, options, progress)
     return with_installer(
         source, lambda installer: _rewrite(installer, _same_length(installer, store_dir), out,
-                                           compression, level, progress),
+                                           compression, level, progress, sign_keys),
         "pass an intact installer or a closureInfo dir")
 
 
 def retarget_exact(source: Path, prefix: str, out: Path, *, compression: str | None = None,
                    level: int | None = None,
-                   progress: Callable[[int], object] | None = None) -> BuildResult:
-    """Write to ``out`` an installer for ``prefix`` whose store paths are recomputed."""
+                   progress: Callable[[int], object] | None = None,
+                   sign_keys: Sequence[SecretKey] = ()) -> BuildResult:
+    """Write to ``out`` an installer for ``prefix`` whose store paths are recomputed,
+    signed by ``sign_keys`` (no signature of the source carries over)."""
     store_dir = target_store_dir(prefix)
     if source.is_dir():
         raise BuildError(f"{source}: --exact reads an installer, not a closureInfo dir",
                          "build an installer with --with-derivations first")
     return with_installer(
         source, lambda installer: _rewrite(installer, _exact(installer, store_dir), out,
-                                           compression, level, progress),
+                                           compression, level, progress, sign_keys),
         "pass an intact installer")
 
 
@@ -99,7 +106,11 @@ def with_installer(source: Path, run: Callable[[InstallerFile], T], hint: str) -
     except CorruptInstaller as e:
         raise BuildError(f"{source}: {e.args[0]}", hint) from None
     try:
-        return run(installer)
+        # A signature that does not hold stops here, as it would stop the installer.
+        signed_by = installer.verdict([]).signed_by
+        result = run(installer)
+        result.source_signed_by = signed_by
+        return result
     except CorruptInstaller as e:
         raise BuildError(f"{source}: {e.args[0]}", e.hint) from None
     except codecs.CodecError as e:
@@ -143,7 +154,8 @@ def _exact(installer: InstallerFile, store_dir: str) -> retargets.Retarget:
 
 def _rewrite(installer: InstallerFile, target: retargets.Retarget, out: Path,
              compression: str | None, level: int | None,
-             progress: Callable[[int], object] | None) -> BuildResult:
+             progress: Callable[[int], object] | None,
+             sign_keys: Sequence[SecretKey]) -> BuildResult:
     """Read every chunk of ``installer``, in order, through ``target`` into ``out``'s
     payload (cut into chunks of its own as it fills)."""
     old = installer.manifest
@@ -168,5 +180,5 @@ def _rewrite(installer: InstallerFile, target: retargets.Retarget, out: Path,
         infos = {p.name: info for p in rewritten if (info := p.nar_info()) is not None}
         return new.with_nar_info(infos)
 
-    manifest = write_installer_file(out, new, codec, level, write_payload)
+    manifest = write_installer_file(out, new, codec, level, write_payload, sign_keys)
     return BuildResult(manifest, out.stat().st_size)

@@ -11,12 +11,16 @@ deterministic, so a signature made here is byte for byte the one
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import nacl.exceptions
 import nacl.signing
 
-from ..payload import signing
-from ..payload.signing import SecretKey, Signature
+from ..payload import publisher, signing
+from ..payload.manifest import Manifest
+from ..payload.publisher import Endorsement
+from ..payload.signing import PublicKey, SecretKey, Signature
 from .errors import BuildError
 
 _HINT = ("give the secret key file written by nix-store --generate-binary-cache-key "
@@ -61,3 +65,49 @@ def sign(secret_key: SecretKey, data: str | bytes) -> Signature:
     message = data.encode("utf-8") if isinstance(data, str) else data
     signed = nacl.signing.SigningKey(secret_key.seed).sign(message)
     return Signature(secret_key.name, signed.signature)
+
+
+class KeySigner(publisher.Signer):
+    """Signs an installer with the publisher's Nix keys while payload/container.py
+    ``write_installer`` writes it: every path once the payload is written (its NAR
+    hash is final), then the manifest's bytes."""
+
+    def __init__(self, keys: Sequence[SecretKey]) -> None:
+        self.keys = list(keys)
+
+    def sign_paths(self, manifest: Manifest) -> Manifest:
+        new = manifest.replaced()
+        for entry in new.paths:
+            text = new.fingerprint(entry)
+            entry.sigs = [str(sign(key, text)) for key in self.keys]
+        return new
+
+    def endorse(self, manifest_json: bytes) -> list[Endorsement]:
+        text = publisher.message(manifest_json)
+        return [Endorsement(key.public_key, sign(key, text)) for key in self.keys]
+
+
+def verify(data: str | bytes, signature: Signature, keys: Sequence[PublicKey]) -> bool:
+    """As payload/signing.py ``verify``, with libsodium: fast enough to check every path
+    of a large closure."""
+    message = data.encode("utf-8") if isinstance(data, str) else data
+    for key in keys:
+        if key.name != signature.key_name:
+            continue
+        try:
+            nacl.signing.VerifyKey(key.key).verify(message, signature.sig)
+            return True
+        except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError):
+            continue
+    return False
+
+
+def unsigned_paths(manifest: Manifest, keys: Sequence[PublicKey]) -> list[str]:
+    """The paths of ``manifest`` without a signature by one of ``keys`` that holds for
+    their fingerprint at the manifest's store dir."""
+    missing = []
+    for entry in manifest.paths:
+        text = manifest.fingerprint(entry)
+        if not any(verify(text, signing.parse_signature(s), keys) for s in entry.sigs):
+            missing.append(entry.name)
+    return missing

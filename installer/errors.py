@@ -4,7 +4,8 @@ from ..payload.errors import OneLineError
 
 EXIT_FAILED = 1  # the install (or check) failed; the prefix is as it was
 EXIT_USAGE = 2  # bad command line
-EXIT_CORRUPT = 3  # the installer file itself is damaged (payload.container.CorruptInstaller)
+EXIT_CORRUPT = 3  # the installer file is damaged, or not signed by a trusted key
+# (payload.container.CorruptInstaller, UntrustedInstaller)
 EXIT_ENVIRONMENT = 4  # this machine or prefix cannot take the install
 EXIT_INTERRUPTED = 130
 
@@ -28,3 +29,9 @@ class EnvironmentProblem(InstallError):
     """The machine or prefix cannot take this install (space, arch, permissions...)."""
 
     exit_code = EXIT_ENVIRONMENT
+
+
+class BadUsage(InstallError):
+    """The command line (or an environment variable standing for it) is malformed."""
+
+    exit_code = EXIT_USAGE

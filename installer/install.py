@@ -196,8 +196,9 @@ def exact_retarget(source, prefix, ui, jobs=1):
                            % manifest.prefix)
 
 
-def install(source, prefix_root, ui, update=False, jobs=1, target=None, caches=None):
-    # type: (InstallerFile, str, UI, bool, int, Optional[retarget.Retarget], Optional[envfiles.Caches]) -> bool
+def install(source, prefix_root, ui, update=False, jobs=1, target=None, caches=None,
+            signature_names=()):
+    # type: (InstallerFile, str, UI, bool, int, Optional[retarget.Retarget], Optional[envfiles.Caches], Sequence[str]) -> bool
     """Install ``source`` into ``prefix_root``; returns True if anything changed.
 
     A first install's profile holds exactly the roots; with ``update`` (-u) the
@@ -205,6 +206,9 @@ def install(source, prefix_root, ui, update=False, jobs=1, target=None, caches=N
     ones are replaced, as ``nix-env -i`` does).  ``jobs`` payload chunks are
     unpacked at once.  ``target`` is what ``at_prefix`` gave for this prefix
     (computed here if not given).  ``caches`` go into a new nix.conf (--substituter).
+    ``signature_names`` names the keys whose signature of the installer holds:
+    their signatures of its paths go into the prefix's Nix database when the
+    paths are installed where they were signed for.
     """
     prefix = Prefix(prefix_root)
     if target is None:
@@ -212,14 +216,18 @@ def install(source, prefix_root, ui, update=False, jobs=1, target=None, caches=N
     started = time.time()
     created = _make_dirs(prefix)
     try:
-        return _install_locked(source, target, prefix, ui, started, update, jobs, caches)
+        # A rewritten path is another path: no signature of the publisher covers it
+        # (and the retargeted manifest carries none).
+        return _install_locked(source, target, prefix, ui, started, update, jobs, caches,
+                               () if target.rewrites else signature_names)
     except BaseException:
         _remove_created(prefix, created)
         raise
 
 
-def _install_locked(source, target, prefix, ui, started, update, jobs, caches):
-    # type: (InstallerFile, retarget.Retarget, Prefix, UI, float, bool, int, Optional[envfiles.Caches]) -> bool
+def _install_locked(source, target, prefix, ui, started, update, jobs, caches,
+                    signature_names):
+    # type: (InstallerFile, retarget.Retarget, Prefix, UI, float, bool, int, Optional[envfiles.Caches], Sequence[str]) -> bool
     manifest = target.manifest
     changed = False
     with nixstore.PrefixLock(prefix.lock_file,
@@ -283,6 +291,9 @@ def _install_locked(source, target, prefix, ui, started, update, jobs, caches):
                 nixstore.load_db(prefix, nix_store, _registration(manifest, unregistered))
             crashpoints.reached("after-load-db")
             changed = True
+        # Every run, not only the one that registered: a crash may have come between.
+        if signature_names and _register_signatures(manifest, prefix, signature_names, ui):
+            changed = True
         nix_env = nix_tool(manifest, prefix, "nix-env")
         roots = [manifest.store_path(r) for r in manifest.roots]
         with timings.phase("profile"):
@@ -322,6 +333,32 @@ def _made_by_nix_env(prefix, nix_store, environment, before):
     if deriver in new:
         related.update(nixstore.run_nix(prefix, [nix_store, "-qR", deriver]).split())
     return sorted(new & related)
+
+
+def _register_signatures(manifest, prefix, signature_names, ui):
+    # type: (Manifest, Prefix, Sequence[str], UI) -> int
+    """Put the publisher's path signatures by the keys ``signature_names`` into the
+    prefix's Nix database, so that ``nix path-info --sigs`` shows them and
+    ``nix store verify`` checks them."""
+    names = set(signature_names)
+    signed = []
+    for p in manifest.paths:
+        sigs = [s for s in p.sigs if s.partition(":")[0] in names]
+        if sigs:
+            signed.append((manifest.store_path(p.name), p.nar_hash, p.nar_size,
+                           [manifest.store_path(r) for r in p.references], sigs))
+    if not signed:
+        return 0
+    try:
+        added = nixstore.add_signatures(prefix, signed)
+    except ImportError:
+        ui.say("warning: this Python has no sqlite3 module, so the publisher's signatures "
+               "of the store paths are not recorded in the Nix database")
+        return 0
+    if added:
+        ui.say("recorded the publisher's signatures of %d store paths (%s) in the Nix "
+               "database" % (added, ", ".join(sorted(names))))
+    return added
 
 
 def _registration(manifest, entries):

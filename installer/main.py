@@ -1,13 +1,11 @@
 """Command line of the installer file: ``sh nix-prefix-installer.sh [options]``."""
 
 import argparse
-import base64
-import binascii
 import os
 import re
 import sys
 
-from ..payload import __version__
+from ..payload import __version__, publisher, signing
 from ..payload.codecs import CodecError
 from ..payload.container import InstallerFile
 from ..payload.errors import OneLineError
@@ -15,13 +13,22 @@ from ..payload.machine import human_size
 from ..payload.manifest import info_text
 from . import envfiles, preflight, receipt, shellrc, summary, timings, uninstall
 from . import install as install_mod
-from .errors import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, InstallError
+from .errors import (
+    EXIT_ENVIRONMENT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    BadUsage,
+    InstallError,
+)
 from .prefix import Prefix
 from .ui import UI
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import List, Optional  # noqa: F401
+    from typing import List, Optional, Sequence  # noqa: F401
+
+    from ..payload.signing import PublicKey  # noqa: F401
 
 DESCRIPTION = """\
 Install a Nix store closure into a prefix you own, without root: the store
@@ -33,11 +40,13 @@ anything is moved into place; running it again only adds what is missing.
 EPILOG = """\
 exit codes: 0 done, 1 install failed (the prefix is as it was), 2 bad usage
 (also: the prefix holds another install and -u was not given), 3 the installer
-file is damaged, 4 this machine or prefix cannot take it.
+file is damaged, or trusted keys were given and none of them signed it, 4 this
+machine or prefix cannot take it.
 
 environment: NIX_PREFIX_PYTHON=/path/to/python3 picks the Python that runs the
 installer; NIX_PREFIX_DEBUG=1 shows the traceback of an internal error;
-NIX_PREFIX_JOBS=N is the default of --jobs.
+NIX_PREFIX_JOBS=N is the default of --jobs; NIX_PREFIX_TRUSTED_KEYS="NAME:BASE64
+..." adds to --trusted-key.
 """
 
 
@@ -83,10 +92,14 @@ def _parser(prog):
                         "PREFIX/etc/nix/nix.conf as `substituters`: the installed Nix fetches "
                         "from it instead of building; needs --trusted-key")
     p.add_argument("--trusted-key", metavar="NAME:BASE64", action="append", default=[],
-                   type=_public_key, dest="trusted_keys",
-                   help="a Nix public key (repeatable), as nix-store "
-                        "--generate-binary-cache-key writes it; written to nix.conf as "
-                        "`trusted-public-keys`, with require-sigs kept on")
+                   dest="trusted_keys",
+                   help="the publisher's Nix public key, as nix-store "
+                        "--generate-binary-cache-key writes it (repeatable; also "
+                        "NIX_PREFIX_TRUSTED_KEYS, space-separated like Nix's "
+                        "trusted-public-keys): the installer is refused, before anything is "
+                        "written, unless one of these keys signed it; with --substituter "
+                        "they are also written to nix.conf as `trusted-public-keys`, with "
+                        "require-sigs kept on")
     p.add_argument("-j", "--jobs", metavar="N", type=_positive,
                    default=preflight.default_jobs(os.environ.get("NIX_PREFIX_JOBS")),
                    help="unpack and verify N payload chunks at once (default: the CPUs this "
@@ -104,7 +117,6 @@ def _positive(value):
 
 
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://[^\s]+\Z")
-_KEY_NAME = re.compile(r"^[^\s:]+\Z")
 
 
 def _substituter(value):
@@ -114,21 +126,6 @@ def _substituter(value):
             "%r is not a binary cache URL (such as https://cache.example.org or "
             "file:///srv/cache)" % value)
     return value.rstrip("/")
-
-
-def _public_key(value):
-    # type: (str) -> str
-    """``NAME:BASE64`` of a 32-byte ed25519 public key (crypto.cc ``PublicKey``)."""
-    name, _, key = value.partition(":")
-    try:
-        raw = base64.b64decode(key.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
-        raw = b""
-    if not _KEY_NAME.match(name) or len(raw) != 32:
-        raise argparse.ArgumentTypeError(
-            "%r is not a Nix public key (NAME:BASE64 of 32 bytes, as in the .pub file "
-            "nix-store --generate-binary-cache-key writes)" % value)
-    return value
 
 
 def main(path, argv, name=None, sealed=False):
@@ -144,7 +141,8 @@ def main(path, argv, name=None, sealed=False):
     prog = os.path.basename(name) if name else "installer"
     parser = _parser(prog)
     args = parser.parse_args(argv)
-    if args.substituter and not args.trusted_keys:
+    if args.substituter and not (args.trusted_keys or
+                                 os.environ.get("NIX_PREFIX_TRUSTED_KEYS", "").strip()):
         parser.error("--substituter needs --trusted-key NAME:BASE64, the cache's public key: "
                      "the installed Nix keeps require-sigs on and takes only signed paths")
     ui = UI(quiet=args.quiet)
@@ -178,28 +176,45 @@ def _check_python():
                            % sys.version_info[:2], "install python3")
 
 
+def _trusted_keys(given):
+    # type: (Sequence[str]) -> List[PublicKey]
+    """The keys of --trusted-key and NIX_PREFIX_TRUSTED_KEYS; BadUsage if one is malformed."""
+    try:
+        return publisher.trusted_keys(given, os.environ)
+    except signing.SigningError as e:
+        raise BadUsage(str(e), "give the publisher's public key as NAME:BASE64, the line "
+                               "nix-store --generate-binary-cache-key writes to its public "
+                               "key file")
+
+
 def run(path, args, ui, name=None, sealed=False):
     # type: (str, argparse.Namespace, UI, Optional[str], bool) -> int
     _check_python()
+    trusted = _trusted_keys(args.trusted_keys)
     with timings.phase("manifest"):  # the zip, the manifest; the seal if not checked yet
         source = InstallerFile(path, name, sealed)
     try:
         manifest = source.manifest
+        verdict = source.verdict(trusted)  # a signature that does not hold: exit 3
         if args.list:
             for p in manifest.paths:
                 sys.stdout.write(manifest.store_path(p.name) + "\n")
             return 0
         if args.info:
-            sys.stdout.write(info_text(manifest))
+            sys.stdout.write(info_text(manifest, verdict))
             return 0
+        # Before anything is read further or written: a publisher the user does not trust.
+        source.check_publisher(trusted)
         if args.check:
             with timings.phase("check"):
                 source.check(jobs=args.jobs)
             ui.say("OK: %s is intact: %d store paths, %s of NAR verified"
                    % (source.name, len(manifest.paths),
                       human_size(manifest.total_nar_size)))
+            for line in verdict.lines():
+                ui.say("  " + line)
             return 0
-        caches = envfiles.Caches(args.substituter, args.trusted_keys) \
+        caches = envfiles.Caches(args.substituter, [str(k) for k in trusted]) \
             if args.substituter else None
         root = preflight.resolve_prefix(args.prefix) if args.prefix else manifest.prefix
         prefix = Prefix(root)
@@ -225,13 +240,16 @@ def run(path, args, ui, name=None, sealed=False):
         if home is not None:
             also.append("  add a line sourcing %s/nix.sh to %s" % (
                 prefix.profile_d, ", ".join(shellrc.candidates(home))))
+        if verdict.signed_by:
+            for line in verdict.lines():
+                ui.say(line)
         if not args.yes and ui.interactive:
             ui.say("\n".join(install_mod.plan_lines(target, prefix, also)))
             if not ui.confirm("Proceed?"):
                 ui.say("nothing was changed")
                 return EXIT_FAILED
         install_mod.install(source, root, ui, update=args.update, jobs=args.jobs,
-                            target=target, caches=caches)
+                            target=target, caches=caches, signature_names=verdict.key_names)
         rc_files = shellrc.add_block(root, home) if args.modify_profile else []
         ui.say("\n".join(summary.summary_lines(installed, prefix, _rerun_name(source), rc_files,
                                                 caches)))

@@ -7,12 +7,13 @@ import os
 import re
 import subprocess
 
-from ..payload import storepath
+from ..payload import hashes, storepath
 from .errors import InstallError
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import Callable, Iterable, List, Optional, Sequence, Set  # noqa: F401
+    import sqlite3  # noqa: F401
+    from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple  # noqa: F401
 
     from .prefix import Prefix  # noqa: F401
 
@@ -261,4 +262,67 @@ def _replaced(current, new_paths):
     brings_nix = any(is_nix(p) for p in new_paths)
     return sorted(p for p in current if p not in new_paths
                   and (name(p) in names or (brings_nix and is_nix(p))))
+
+def add_signatures(prefix, signed):
+    # type: (Prefix, List[Tuple[str, str, int, List[str], List[str]]]) -> int
+    """Add signatures to valid paths of the prefix's database, as Nix's own
+    ``LocalStore::addSignatures`` does (src/libstore/local-store.cc): the
+    ``sigs`` column of ValidPaths, a space-separated sorted set.
+
+    ``signed`` holds (store path, narHash, narSize, references, signatures).
+    A path gets them only if the database has it with that NAR hash, size and
+    references, which is what the signatures cover (payload/signing.py
+    ``fingerprint``): a path registered from another build keeps its own.
+    Returns the number of paths that got a new signature.  Raises ImportError
+    when this Python has no sqlite3.
+    """
+    import sqlite3
+
+    wanted = dict((path, (nar_hash, size, set(refs), sigs))
+                  for path, nar_hash, size, refs, sigs in signed)
+    paths = sorted(wanted)
+    added = 0
+    try:
+        conn = sqlite3.connect(prefix.db, timeout=60)
+        try:
+            with conn:  # one transaction: all of it or nothing
+                for start in range(0, len(paths), 500):
+                    added += _add_signatures(conn, paths[start:start + 500], wanted)
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        raise InstallError("cannot record the signatures in the Nix database %s (%s)"
+                           % (prefix.db, e), "check the prefix's var/nix/db")
+    return added
+
+
+def _add_signatures(conn, batch, wanted):
+    # type: (sqlite3.Connection, List[str], Dict[str, Tuple[str, int, Set[str], List[str]]]) -> int
+    marks = ",".join("?" * len(batch))
+    rows = {}  # type: Dict[str, Tuple[int, str, int, str]]
+    for row in conn.execute("select path, id, hash, narSize, sigs from ValidPaths "
+                            "where path in (%s)" % marks, batch):
+        rows[row[0]] = row[1:]
+    refs = dict((path, set()) for path in rows)  # type: Dict[str, Set[str]]
+    for referrer, reference in conn.execute(
+            "select v.path, r.path from ValidPaths v join Refs on Refs.referrer = v.id "
+            "join ValidPaths r on r.id = Refs.reference where v.path in (%s)" % marks, batch):
+        refs[referrer].add(reference)
+    added = 0
+    for path, (row_id, db_hash, db_size, db_sigs) in rows.items():
+        nar_hash, size, references, sigs = wanted[path]
+        try:
+            same_hash = hashes.parse_sha256(db_hash) == hashes.parse_sha256(nar_hash)
+        except ValueError:
+            same_hash = False
+        if not same_hash or db_size != size or refs[path] != references:
+            continue
+        have = set((db_sigs or "").split())
+        if set(sigs) <= have:
+            continue
+        conn.execute("update ValidPaths set sigs = ? where id = ?",
+                     (" ".join(sorted(have | set(sigs))), row_id))
+        added += 1
+    return added
+
 

@@ -12,11 +12,14 @@ byte-identical:
     payload/NNNN.tar.xz|.tar.zst    the chunks: one canonical tar stream of every
                                     store path (archive.py), cut into chunks of one
                                     size anywhere, each compressed (codecs.py)
-    manifest.json                   last (manifest.py)
+    manifest.json                   (manifest.py)
+    signatures.json                 last, in a signed installer only (publisher.py)
 
-The manifest covers the preamble (``preambleSha256``), the chunks (size and
-sha256 each, and of all of them in order) and every path's NAR hash; the seal
-(seal.py, in line 2 of the preamble) covers every byte of the file.
+The manifest covers the preamble (``preambleSha256``), the code
+(``codeSha256``), the chunks (size and sha256 each, and of all of them in
+order) and every path's NAR hash; the seal (seal.py, in line 2 of the
+preamble) covers every byte of the file, and the publisher's signatures
+cover the manifest.
 ``InstallerFile`` checks all of it as it reads; ``write_installer`` and
 ``PayloadWriter`` write it.
 """
@@ -31,7 +34,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-from . import archive, codecs, hashes, nar, seal, split
+from . import archive, codecs, hashes, nar, publisher, seal, split
 from .errors import OneLineError
 from .manifest import Chunk, Manifest, ManifestError
 from .tree import Count, Sink, Tee
@@ -55,6 +58,7 @@ if MYPY:
     )
 
     from .manifest import PathEntry  # noqa: F401
+    from .signing import PublicKey  # noqa: F401
 
 MANIFEST = "manifest.json"
 MAIN_PY = b"""\
@@ -76,6 +80,10 @@ class CorruptInstaller(OneLineError):
     def __init__(self, message, hint="download the installer again"):
         # type: (str, str) -> None
         OneLineError.__init__(self, message, hint)
+
+
+class UntrustedInstaller(CorruptInstaller):
+    """Trusted keys were given and none of them signed the installer (exit code 3)."""
 
 
 def chunk_file(index, compression):
@@ -118,10 +126,27 @@ def embedded_code():
     return members
 
 
+def code_digest(members):
+    # type: (Iterable[Tuple[str, bytes]]) -> str
+    """The manifest's ``codeSha256``: of every zip member that is not a chunk, the
+    manifest or the signatures, as (name, bytes) in file order, each framed by its
+    name and length so that no two member lists hash alike."""
+    h = hashlib.sha256()
+    for name, data in members:
+        encoded = name.encode("utf-8")
+        h.update(b"%d:%s:%d:" % (len(encoded), encoded, len(data)))
+        h.update(data)
+    return h.hexdigest()
+
+
 def write_installer(out, preamble, code, compression, compressor, write_payload,
-                    tmp_dir=None, check_out=None):
-    # type: (str, bytes, Sequence[Tuple[str, bytes]], str, Callable[[], Any], Callable[[PayloadWriter], Manifest], Optional[str], Optional[Callable[[str], None]]) -> Manifest
+                    tmp_dir=None, check_out=None, signer=None):
+    # type: (str, bytes, Sequence[Tuple[str, bytes]], str, Callable[[], Any], Callable[[PayloadWriter], Manifest], Optional[str], Optional[Callable[[str], None]], Optional[publisher.Signer]) -> Manifest
     """Write ``preamble``, ``code``, the payload and the manifest to ``out``, then seal it.
+
+    ``signer`` (default: publisher.Signer, which signs nothing) gives every path
+    its signatures once the payload is written, and the publisher's signatures
+    of the manifest, written as ``signatures.json`` unless there are none.
 
     ``write_payload(payload)`` writes the chunks through the PayloadWriter it
     is given and returns the manifest of what it wrote (each path's ``chunk``
@@ -146,8 +171,14 @@ def write_installer(out, preamble, code, compression, compressor, write_payload,
                 for name, data in code:
                     zf.writestr(_zip_info(name), data)
                 payload = PayloadWriter(zf, compression, compressor, tmp_dir or folder)
-                manifest = payload.finished(write_payload(payload))
-                zf.writestr(_zip_info(MANIFEST), manifest.to_json())
+                signer = signer or publisher.Signer()
+                manifest = signer.sign_paths(payload.finished(write_payload(payload)).replaced(
+                    code_sha256=code_digest(code)))
+                manifest_json = manifest.to_json()
+                zf.writestr(_zip_info(MANIFEST), manifest_json)
+                endorsements = signer.endorse(manifest_json)
+                if endorsements:
+                    zf.writestr(_zip_info(publisher.MEMBER), publisher.to_json(endorsements))
             f.flush()
         seal.seal(tmp)
         with open(tmp, "rb") as f:
@@ -383,6 +414,8 @@ class InstallerFile(object):
             raise CorruptInstaller("%s is not a readable installer (%s)" % (self.name, e))
         self.manifest = self._read_manifest()
         self._check_preamble()
+        self._check_code()
+        self.endorsements = self._read_endorsements()
 
     def close(self):
         # type: () -> None
@@ -399,10 +432,61 @@ class InstallerFile(object):
 
     def _read_manifest(self):
         # type: () -> Manifest
+        # The bytes are kept: the publisher's signatures are made over them.
+        self.manifest_json = self._read_member(MANIFEST)
         try:
-            return Manifest.from_json(self._read_member(MANIFEST))
+            return Manifest.from_json(self.manifest_json)
         except ManifestError as e:
             raise CorruptInstaller("the installer's manifest is invalid: %s" % e)
+
+    def _check_code(self):
+        # type: () -> None
+        """Every member but the chunks, the manifest and the signatures is code, and must
+        be what the manifest's codeSha256 names (so a signature covers the code too)."""
+        if not self.manifest.code_sha256:
+            return  # built before codeSha256 existed
+        data = set(c.file for c in self.manifest.chunks)
+        data.update((MANIFEST, publisher.MEMBER))
+        code = [(info.filename, self._read_member(info.filename))
+                for info in self._zip.infolist() if info.filename not in data]
+        if code_digest(code) != self.manifest.code_sha256:
+            raise CorruptInstaller("the installer's code does not match its sha256 in the "
+                                   "manifest")
+
+    def _read_endorsements(self):
+        # type: () -> List[publisher.Endorsement]
+        """The publisher's signatures (publisher.py); none if the file is unsigned."""
+        try:
+            self._zip.getinfo(publisher.MEMBER)
+        except KeyError:
+            return []
+        try:
+            return publisher.from_json(self._read_member(publisher.MEMBER))
+        except publisher.PublisherError as e:
+            raise CorruptInstaller("the installer's %s" % e)
+
+    def verdict(self, trusted_keys):
+        # type: (Sequence[PublicKey]) -> publisher.Verdict
+        """What the publisher's signatures say, given the keys the user trusts; raises
+        CorruptInstaller if one does not hold (the manifest changed after signing)."""
+        try:
+            return publisher.check(self.manifest_json, self.endorsements, trusted_keys)
+        except publisher.PublisherError as e:
+            raise CorruptInstaller("the installer's %s" % e)
+
+    def check_publisher(self, trusted_keys):
+        # type: (Sequence[PublicKey]) -> publisher.Verdict
+        """``verdict``, and UntrustedInstaller if trusted keys were given and none
+        of them signed the installer."""
+        verdict = self.verdict(trusted_keys)
+        refusal = verdict.refusal()
+        if refusal:
+            raise UntrustedInstaller(
+                refusal, "get the installer from the publisher whose key you trust, or "
+                         "check which key they publish" if verdict.signed_by else
+                         "ask its publisher for a signed one (nix-prefix build --sign-key), "
+                         "or give no trusted key to install it unsigned")
+        return verdict
 
     def _check_preamble(self):
         # type: () -> None

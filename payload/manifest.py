@@ -13,16 +13,17 @@ Store paths are kept as base names (``<hash>-<name>``) and joined with
 """
 
 import copy
-import json
 import re
 
-from . import hashes, registration, storepath
+from . import hashes, jsondoc, registration, signing, storepath
 from .archive import Cut
 from .machine import human_size
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
     from typing import Dict, Iterable, List, Optional, Sequence, Tuple  # noqa: F401
+
+    from .publisher import Verdict  # noqa: F401
 
 FORMAT = "nix-prefix-manifest"
 # 3: the payload is one tar stream cut into chunks anywhere (inside store paths
@@ -43,16 +44,19 @@ class ManifestError(ValueError):
 class PathEntry(object):
     """One store path of the closure."""
 
-    __slots__ = ("name", "nar_hash", "nar_size", "references", "deriver", "chunk")
+    __slots__ = ("name", "nar_hash", "nar_size", "references", "deriver", "chunk", "sigs")
 
-    def __init__(self, name, nar_hash, nar_size, references, deriver="", chunk=0):
-        # type: (str, str, int, Sequence[str], str, int) -> None
+    def __init__(self, name, nar_hash, nar_size, references, deriver="", chunk=0, sigs=()):
+        # type: (str, str, int, Sequence[str], str, int, Sequence[str]) -> None
         self.name = name
         self.nar_hash = nar_hash
         self.nar_size = nar_size
         self.references = list(references)
         self.deriver = deriver
         self.chunk = chunk
+        # The publisher's Nix signatures (NAME:BASE64) of this path at storeDir
+        # (signing.py ``fingerprint``), for the prefix's Nix database.
+        self.sigs = list(sigs)
 
     @classmethod
     def from_registration(cls, info, chunk=0):
@@ -74,7 +78,8 @@ class PathEntry(object):
     def to_dict(self):
         # type: () -> dict
         return {"name": self.name, "narHash": self.nar_hash, "narSize": self.nar_size,
-                "references": self.references, "deriver": self.deriver, "chunk": self.chunk}
+                "references": self.references, "deriver": self.deriver, "chunk": self.chunk,
+                "sigs": self.sigs}
 
 
 class Chunk(object):
@@ -112,8 +117,8 @@ class Manifest(object):
     def __init__(self, store_dir, system, compression, paths, chunks, roots,
                  nix_store=None, payload_size=0, payload_sha256="", longest_path=0,
                  preamble_sha256="", tool_version="", embedded_store_dir=None,
-                 hidden_refs=(), derivations=False):
-        # type: (str, str, str, Sequence[PathEntry], Sequence[Chunk], Sequence[str], Optional[str], int, str, int, str, str, Optional[str], Sequence[str], bool) -> None
+                 hidden_refs=(), derivations=False, code_sha256=""):
+        # type: (str, str, str, Sequence[PathEntry], Sequence[Chunk], Sequence[str], Optional[str], int, str, int, str, str, Optional[str], Sequence[str], bool, str) -> None
         self.store_dir = store_dir
         # The store dir as its bytes appear inside the payload: the store dir
         # itself, or after a retarget a slash-padded form of it (retarget.py).
@@ -133,6 +138,9 @@ class Manifest(object):
         self.payload_sha256 = payload_sha256
         self.longest_path = longest_path
         self.preamble_sha256 = preamble_sha256
+        # The sha256 of the installer code in the file (container.py code_digest);
+        # empty in files from before it was recorded.
+        self.code_sha256 = code_sha256
         self.tool_version = tool_version
 
     @property
@@ -154,8 +162,15 @@ class Manifest(object):
 
     def retargeted(self, store_dir, embedded_store_dir):
         # type: (str, str) -> Manifest
-        """A copy for another store dir (retarget.py), with path entries of its own."""
-        return self.replaced(store_dir=store_dir, embedded_store_dir=embedded_store_dir)
+        """A copy for another store dir (retarget.py), with path entries of its own.
+
+        The copy has no path signatures: a path at another store dir is another
+        path, which the publisher's signatures do not cover.
+        """
+        new = self.replaced(store_dir=store_dir, embedded_store_dir=embedded_store_dir)
+        for p in new.paths:
+            p.sigs = []
+        return new
 
     def replaced(self, **fields):
         # type: (**object) -> Manifest
@@ -175,13 +190,20 @@ class Manifest(object):
         new = self.replaced()
         for p in new.paths:
             info = infos.get(p.name)
-            if info is not None:
+            if info is not None and info != (p.nar_hash, p.nar_size):
                 p.nar_hash, p.nar_size = info
+                p.sigs = []  # they were made over the old NAR hash
         return new
 
     def store_path(self, name):
         # type: (str) -> str
         return self.store_dir + "/" + name
+
+    def fingerprint(self, entry):
+        # type: (PathEntry) -> str
+        """What a Nix signature of ``entry`` at this store dir covers (signing.py)."""
+        return signing.fingerprint(self.store_path(entry.name), entry.nar_hash, entry.nar_size,
+                                   [self.store_path(r) for r in entry.references])
 
     def paths_in_chunk(self, index):
         # type: (int) -> List[PathEntry]
@@ -234,27 +256,17 @@ class Manifest(object):
             "longestPath": self.longest_path,
             "payload": {"size": self.payload_size, "sha256": self.payload_sha256},
             "preambleSha256": self.preamble_sha256,
+            "codeSha256": self.code_sha256,
             "chunks": [c.to_dict() for c in self.chunks],
             "paths": [p.to_dict() for p in self.paths],
         }
-        return (json.dumps(doc, sort_keys=True, indent=1, ensure_ascii=True) + "\n").encode()
+        return jsondoc.dumps(doc)
 
     @classmethod
     def from_json(cls, data):
         # type: (bytes) -> Manifest
         """Parse and check a manifest; raise ManifestError naming the first problem."""
-        try:
-            doc = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise ManifestError("manifest is not valid JSON (%s)" % e)
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise ManifestError("not a nix-prefix manifest")
-        version = doc.get("version")
-        # `true` and `1.0` compare equal to 1 but are not a version number.
-        if type(version) is not int or version != VERSION:
-            raise ManifestError(
-                "manifest version %r is not supported by this installer (it reads version %d)"
-                % (version, VERSION))
+        doc = jsondoc.loads(data, FORMAT, VERSION, "manifest", ManifestError)
         try:
             return cls._from_doc(doc)
         except (KeyError, TypeError, AttributeError) as e:
@@ -304,8 +316,17 @@ class Manifest(object):
             if name not in chunks[index].paths or (index > 0 and name in chunks[index - 1].paths):
                 raise ManifestError("%s begins in chunk %d, which does not begin it"
                                     % (name, index))
+            sigs = p.get("sigs", [])
+            if not isinstance(sigs, list):
+                raise ManifestError("%s: sigs must be a list" % name)
+            for sig in sigs:
+                try:
+                    signing.parse_signature(sig)
+                except signing.SigningError as e:
+                    raise ManifestError("%s: %s" % (name, e))
             paths.append(PathEntry(name, nar_hash, _count(p["narSize"], "narSize"),
-                                   [_base_name(r) for r in p["references"]], deriver, index))
+                                   [_base_name(r) for r in p["references"]], deriver, index,
+                                   sigs))
         if order != [p.name for p in paths]:
             raise ManifestError("the chunks do not hold the store paths once each, in order")
         for p in paths:
@@ -339,13 +360,16 @@ class Manifest(object):
             raise ManifestError("derivations must be true or false")
         if derivations and not has_derivations(paths):
             raise ManifestError("derivations is true but the closure holds no .drv file")
+        code_sha256 = _string(doc.get("codeSha256", ""), "codeSha256")
+        if code_sha256 and not _HEX64.match(code_sha256):
+            raise ManifestError("codeSha256 is not a sha256 in hex")
         manifest = cls(store_dir, system, compression, paths, chunks, roots, nix_store,
                        _count(payload["size"], "payload.size"),
                        _string(payload["sha256"], "payload.sha256"),
                        _count(doc["longestPath"], "longestPath"),
                        _string(doc["preambleSha256"], "preambleSha256"),
                        _string(doc["toolVersion"], "toolVersion"),
-                       embedded, hidden_refs, derivations)
+                       embedded, hidden_refs, derivations, code_sha256)
         if _count(doc["totalNarSize"], "totalNarSize") != manifest.total_nar_size:
             raise ManifestError("totalNarSize does not match the sum of the paths' narSize")
         if sum(c.size for c in chunks) != manifest.payload_size:
@@ -431,8 +455,8 @@ def _base_name(value):
         raise ManifestError(str(e))
 
 
-def info_text(manifest):
-    # type: (Manifest) -> str
+def info_text(manifest, verdict):
+    # type: (Manifest, Verdict) -> str
     """The summary ``--info`` prints (``nix-prefix inspect`` shows it too)."""
     lines = [
         "nix-prefix installer (format %d, built by nix-prefix %s)"
@@ -453,4 +477,10 @@ def info_text(manifest):
         "nix-store:     %s" % (manifest.store_dir + "/" + manifest.nix_store
                                if manifest.nix_store else "(none in the closure)"),
     ]
+    signed = sum(1 for p in manifest.paths if p.sigs)
+    for i, line in enumerate(verdict.lines()):
+        lines.append(("signatures:    " if i == 0 else "               ") + line)
+    if verdict.signed_by:
+        lines.append("               %d of %d store paths carry their Nix signature for %s"
+                     % (signed, len(manifest.paths), manifest.store_dir))
     return "\n".join(lines) + "\n"

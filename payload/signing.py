@@ -95,7 +95,7 @@ def _format(name, data):
 
 
 def _split(text, what, size, secret=False):
-    # type: (str, str, int, bool) -> Tuple[str, bytes]
+    # type: (object, str, int, bool) -> Tuple[str, bytes]
     """``NAME:BASE64`` into the name and ``size`` decoded bytes (crypto.cc ``split``).
 
     Messages quote the text, except a secret key's: a damaged secret is still a secret.
@@ -127,7 +127,7 @@ def _split(text, what, size, secret=False):
 
 
 def parse_public_key(text):
-    # type: (str) -> PublicKey
+    # type: (object) -> PublicKey
     """Parse ``NAME:BASE64`` (a 32-byte key), as ``nix-store --generate-binary-cache-key``
     writes it and ``trusted-public-keys`` lists it; raise SigningError otherwise."""
     name, key = _split(text, "public key", ed25519.PUBLIC_KEY_SIZE)
@@ -157,7 +157,7 @@ def parse_secret_key(text):
 
 
 def parse_signature(text):
-    # type: (str) -> Signature
+    # type: (object) -> Signature
     """Parse ``NAME:BASE64`` of a 64-byte signature; raise SigningError otherwise."""
     name, sig = _split(text, "signature", ed25519.SIGNATURE_SIZE)
     return Signature(name, sig)
