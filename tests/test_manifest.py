@@ -157,6 +157,56 @@ def test_rejects_derivations_without_a_drv() -> None:
     reject(encode(d), "no .drv")
 
 
+SIG = "k1:" + base64.b64encode(bytes(range(64))).decode()
+
+
+def test_signatures_and_code_hash_round_trip_and_default() -> None:
+    m = sample()
+    m.paths[0].sigs = [SIG]
+    m.code_sha256 = sha("code").hex()
+    parsed = Manifest.from_json(m.to_json())
+    assert parsed.paths[0].sigs == [SIG] and parsed.paths[1].sigs == []
+    assert parsed.code_sha256 == sha("code").hex() and parsed.to_json() == m.to_json()
+    # Written before the fields existed: no signatures, no code hash.
+    d = json.loads(m.to_json())
+    del d["codeSha256"]
+    for p in d["paths"]:
+        del p["sigs"]
+    old = Manifest.from_json(encode(d))
+    assert old.code_sha256 == "" and all(p.sigs == [] for p in old.paths)
+
+
+def test_fingerprint_and_moving_drops_signatures() -> None:
+    m = sample()
+    m.paths[1].sigs = [SIG]
+    refs = ",".join(sorted("/tmp/nix/store/" + n for n in (LIBC, NIX)))
+    assert m.fingerprint(m.paths[1]) == f"1;/tmp/nix/store/{NIX};{m.paths[1].nar_hash};2000;{refs}"
+    moved = m.retargeted("/tmp/nux/store", "/tmp/nux/store")
+    assert all(p.sigs == [] for p in moved.paths) and m.paths[1].sigs == [SIG]
+    # A path whose bytes changed (a new NAR hash) loses its signature; the others keep theirs.
+    m.paths[0].sigs = [SIG]
+    rehashed = m.with_nar_info({NIX: (hashes.format_sha256(sha("other")), 2000),
+                                LIBC: (m.paths[0].nar_hash, m.paths[0].nar_size)})
+    assert rehashed.paths[1].sigs == [] and rehashed.paths[0].sigs == [SIG]
+
+
+@pytest.mark.parametrize(("value", "match"), [
+    ("k1:short", "sig"), (["nocolon"], "NAME:BASE64"), ([7], "must be text"),
+    (["k1:" + base64.b64encode(bytes(63)).decode()], "63 bytes"),
+])
+def test_rejects_malformed_path_signatures(value: Any, match: str) -> None:
+    d = doc()
+    d["paths"][0]["sigs"] = value
+    reject(encode(d), match)
+
+
+@pytest.mark.parametrize("value", ["abc", "0" * 63, 5, "G" * 64])
+def test_rejects_a_malformed_code_hash(value: Any) -> None:
+    d = doc()
+    d["codeSha256"] = value
+    reject(encode(d), "codeSha256")
+
+
 # -- rejections ------------------------------------------------------------------------------------
 
 def reject(data: bytes, match: str | None = None) -> ManifestError:

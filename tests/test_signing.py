@@ -24,7 +24,7 @@ from nix_prefix.builder import signer
 from nix_prefix.builder.errors import BuildError
 from nix_prefix.builder.localnix import LocalNix
 from nix_prefix.builder.samples import NIX_DIR, build_small_closure
-from nix_prefix.payload import ed25519, signing
+from nix_prefix.payload import ed25519, publisher, signing
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_NIX = NIX_DIR / "small.nix"
@@ -302,3 +302,64 @@ def test_signatures_made_by_nix_verify_and_ours_are_the_same(
         assert signer.sign(secret, text) == sigs[0]
         with_refs += len(info["references"]) > 2
     assert with_refs == 1
+
+
+# --- the publisher's signatures over a manifest (payload/publisher.py) ----------------------
+
+def _endorsement(seed: int, name: str, manifest_json: bytes) -> publisher.Endorsement:
+    key = nacl.signing.SigningKey(bytes([seed]) * 32)
+    sig = key.sign(publisher.message(manifest_json).encode()).signature
+    return publisher.Endorsement(signing.PublicKey(name, key.verify_key.encode()),
+                                 signing.Signature(name, sig))
+
+
+def test_publisher_round_trip_and_verdicts() -> None:
+    manifest = b'{"format": "nix-prefix-manifest"}\n'
+    mine, theirs = _endorsement(1, "me", manifest), _endorsement(2, "them", manifest)
+    parsed = publisher.from_json(publisher.to_json([mine, theirs]))
+    assert parsed == [mine, theirs]
+    assert publisher.message(manifest).startswith("nix-prefix-installer-1;sha256:")
+    unpinned = publisher.check(manifest, parsed, [])
+    assert unpinned.accepted and unpinned.signed_by == [mine.public_key, theirs.public_key]
+    assert unpinned.key_names == ["me", "them"] and "--trusted-key me:" in unpinned.lines()[-1]
+    pinned = publisher.check(manifest, parsed, [theirs.public_key])
+    assert pinned.accepted and pinned.key_names == ["them"] and pinned.refusal() == ""
+    assert "(trusted)" in pinned.lines()[1] and "(trusted)" not in pinned.lines()[0]
+    stranger = _endorsement(3, "me", manifest).public_key  # my name, another key
+    refused = publisher.check(manifest, parsed, [stranger])
+    assert not refused.accepted and str(mine.public_key) in refused.refusal()
+    unsigned = publisher.check(manifest, [], [stranger])
+    assert "not signed" in unsigned.refusal() and unsigned.lines() == [
+        "unsigned (the publisher gave no --sign-key)"]
+    with pytest.raises(publisher.PublisherError, match="does not match the manifest"):
+        publisher.check(manifest + b" ", parsed, [])
+
+
+@pytest.mark.parametrize(("doc", "says"), [
+    (b"\xff", "not valid JSON"),
+    (b"[]", "not a nix-prefix signatures.json"),
+    (b'{"format": "nix-prefix-signatures", "version": 2, "signatures": []}', "version 2"),
+    (b'{"format": "nix-prefix-signatures", "version": 1}', "no list"),
+    (b'{"format": "nix-prefix-signatures", "version": 1, "signatures": [1]}', "not an object"),
+    (b'{"format": "nix-prefix-signatures", "version": 1, "signatures": [{}]}', "must be text"),
+])
+def test_malformed_signature_lists(doc: bytes, says: str) -> None:
+    with pytest.raises(publisher.PublisherError, match=says):
+        publisher.from_json(doc)
+
+
+def test_a_signature_paired_with_a_key_of_another_name() -> None:
+    e = _endorsement(1, "me", b"m")
+    other = publisher.Endorsement(signing.PublicKey("you", e.public_key.key), e.signature)
+    with pytest.raises(publisher.PublisherError, match="another name"):
+        publisher.from_json(publisher.to_json([other]))
+
+
+def test_trusted_keys_from_options_and_environment() -> None:
+    env = {"NIX_PREFIX_TRUSTED_KEYS": f"  {PUBLIC}\n{PUBLIC} "}
+    assert publisher.trusted_keys([PUBLIC], env) == [signing.parse_public_key(PUBLIC)]
+    assert publisher.trusted_keys([], {}) == []
+    with pytest.raises(signing.SigningError, match="^NIX_PREFIX_TRUSTED_KEYS: "):
+        publisher.trusted_keys([], {"NIX_PREFIX_TRUSTED_KEYS": "x"})
+    with pytest.raises(signing.SigningError, match="^--trusted-key: "):
+        publisher.trusted_keys(["x"], {})
