@@ -92,7 +92,7 @@ def _parser(prog):
                         "PREFIX/etc/nix/nix.conf as `substituters`: the installed Nix fetches "
                         "from it instead of building; needs --trusted-key")
     p.add_argument("--trusted-key", metavar="NAME:BASE64", action="append", default=[],
-                   dest="trusted_keys",
+                   dest="trusted_keys", type=_public_key,
                    help="the publisher's Nix public key, as nix-store "
                         "--generate-binary-cache-key writes it (repeatable; also "
                         "NIX_PREFIX_TRUSTED_KEYS, space-separated like Nix's "
@@ -126,6 +126,16 @@ def _substituter(value):
             "%r is not a binary cache URL (such as https://cache.example.org or "
             "file:///srv/cache)" % value)
     return value.rstrip("/")
+
+
+def _public_key(value):
+    # type: (str) -> str
+    """``NAME:BASE64`` of a 32-byte ed25519 public key (payload/signing.py)."""
+    try:
+        signing.parse_public_key(value)
+    except signing.SigningError as e:
+        raise argparse.ArgumentTypeError(str(e))
+    return value
 
 
 def main(path, argv, name=None, sealed=False):

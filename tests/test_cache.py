@@ -63,7 +63,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     seed_path = nix.run("nix-store", ["--add", str(seed)]).stdout.decode().strip()
     seed_info = nix.write_closure_info([seed_path], base / "seed-closure")
     seed_installer = base / "seed.sh"
-    build_installer(read_closure(seed_info), seed_installer, BuildOptions(level=1))
+    # Signed by the publisher: the installer's --trusted-key pins the installer's
+    # publisher as well as the cache's.
+    build_installer(read_closure(seed_info), seed_installer,
+                    BuildOptions(level=1,
+                                 sign_keys=[load_secret_key(base / "publisher.sec")]))
     return {"base": base, "expr": expr, "s1": s1, "nix": nix, "outs": outs, "info": info,
             "installer": installer, "keys": keys, "seed_installer": seed_installer,
             "seed_info": seed_info}
