@@ -107,10 +107,8 @@ def with_installer(source: Path, run: Callable[[InstallerFile], T], hint: str) -
         raise BuildError(f"{source}: {e.args[0]}", hint) from None
     try:
         # A signature that does not hold stops here, as it would stop the installer.
-        signed_by = installer.verdict([]).signed_by
-        result = run(installer)
-        result.source_signed_by = signed_by
-        return result
+        installer.verdict([])
+        return run(installer)
     except CorruptInstaller as e:
         raise BuildError(f"{source}: {e.args[0]}", e.hint) from None
     except codecs.CodecError as e:
@@ -181,4 +179,5 @@ def _rewrite(installer: InstallerFile, target: retargets.Retarget, out: Path,
         return new.with_nar_info(infos)
 
     manifest = write_installer_file(out, new, codec, level, write_payload, sign_keys)
-    return BuildResult(manifest, out.stat().st_size)
+    return BuildResult(manifest, out.stat().st_size,
+                       source_signed_by=installer.verdict([]).signed_by)

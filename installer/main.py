@@ -134,7 +134,9 @@ def _public_key(value):
     try:
         signing.parse_public_key(value)
     except signing.SigningError as e:
-        raise argparse.ArgumentTypeError(str(e))
+        raise argparse.ArgumentTypeError(
+            "%s; give the publisher's public key as NAME:BASE64, the line "
+            "nix-store --generate-binary-cache-key writes to its public key file" % e)
     return value
 
 
