@@ -425,7 +425,10 @@ class _InstallerSource:
         return retargets.read_contents(self._installer)
 
     def replay(self, names: set[str], open_path: Callable[[str], Sink], jobs: int) -> None:
-        chunks = sorted({p.chunk for p in self.manifest.paths if p.name in names})
+        # Every chunk holding bytes of a path to write (format 3 cuts paths across chunks).
+        spans = self.manifest.chunk_spans()
+        chunks = sorted({i for p in self.manifest.paths if p.name in names
+                         for i in spans[p.name]})
         self._installer.unpack(open_path, chunks, jobs=jobs)
 
 
@@ -453,6 +456,10 @@ def _write_source(source: _ClosureSource | _InstallerSource, cache: _CacheDir,
                                               else cache.options.compression,
                                               cache.options.level)
     source.replay(set(todo), open_path, jobs)
+    missing = sorted(set(t.new for t in todo.values()) - set(cache.result.written))
+    if missing:  # a path the source never sent whole: say so rather than leave it out
+        raise BuildError(f"{cache.store_dir}/{missing[0]} (and {len(missing) - 1} more) did not "
+                         "come out of the source", "report this, with the source")
 
 
 def write_cache(sources: Sequence[Path], prefix: str, out: Path, options: CacheOptions,

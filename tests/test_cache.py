@@ -26,6 +26,7 @@ import pytest
 
 from nix_prefix.builder.cache import CacheOptions, write_cache
 from nix_prefix.builder.closure_info import read_closure
+from nix_prefix.builder.derivations import with_derivations
 from nix_prefix.builder.errors import BuildError
 from nix_prefix.builder.fromcache import fetch_closure
 from nix_prefix.builder.pack import BuildOptions, build_installer
@@ -395,3 +396,19 @@ def test_a_full_disk_is_one_line_and_leaves_a_consistent_cache(world: dict) -> N
             assert (out / info.url).stat().st_size == info.file_size
     finally:
         subprocess.run(["umount", str(out)], check=True)
+
+
+def test_paths_cut_across_chunks_are_cached_whole(world: dict) -> None:
+    """Format 3 cuts store paths across chunks: a tiny chunk size gives the same cache."""
+    base = world["base"]
+    closure, roots = with_derivations(read_closure(world["info"]), world["nix"])
+    cut = base / "cut.sh"
+    build_installer(closure, cut, BuildOptions(level=1, roots=roots, chunk_size=512))
+    q = base / "qcut"
+    write_cache([cut], str(q), base / "cache-cut", CacheOptions(level=1))
+    write_cache([world["installer"]], str(q), base / "cache-whole", CacheOptions(level=1))
+    for file in (base / "cache-whole").glob("*.narinfo"):
+        ours = narinfo.parse((base / "cache-cut" / file.name).read_text(), file.name)
+        whole = narinfo.parse(file.read_text(), file.name)
+        assert (ours.nar_hash, ours.nar_size, ours.references, ours.deriver, ours.ca) == (
+            whole.nar_hash, whole.nar_size, whole.references, whole.deriver, whole.ca)
