@@ -537,6 +537,61 @@ def cache_summary(result, output: Path, seconds: float) -> list[str]:
 
 
 @app.command()
+def serve(
+    sources: Annotated[list[Path], typer.Argument(
+        metavar="SOURCE...", help="installers made by nix-prefix, or closureInfo dirs: "
+                                  "the master, merged")],
+    listen: Annotated[str, typer.Option(
+        metavar="HOST:PORT", help="where to listen (port 0: any free port)")]
+    = "127.0.0.1:8080",
+    sign_key: Annotated[list[Path] | None, typer.Option(
+        "--sign-key", metavar="FILE",
+        help="sign every narinfo with this Nix secret key file (repeatable)")] = None,
+    compression: Annotated[str, typer.Option(
+        help="NAR compression on the fly: zstd (default), xz or none")] = "zstd",
+    level: Annotated[int | None, typer.Option(
+        help="compression level (default: zstd 3, xz 1, fast enough to stream)")] = None,
+    store_root: Annotated[Path | None, typer.Option(
+        help="with a closureInfo source: where its store dir physically lives")] = None,
+    debug: Debug = False,
+) -> None:
+    """Serve a Nix binary cache for every store dir no longer than the sources'.
+
+    A Nix whose store dir is Q uses http://HOST:PORT followed by Q as its
+    substituter; narinfos and NARs are retargeted to Q on the fly, signed with
+    --sign-key (docs/serving.md).
+
+    \b
+      nix-prefix serve nix-installer.sh --listen 0.0.0.0:8080 --sign-key cache.sec
+      # a user at ~/.nix: substituters = http://HOST:8080/home/alice/.nix/store
+    """
+    with reporting(debug):
+        from .master import Master, ServeOptions
+        from .serve import run
+        from .signer import load_secret_keys
+
+        host, colon, port = listen.rpartition(":")
+        if not colon or not host or not port.isdigit() or int(port) > 65535:
+            raise BuildError(f"--listen {listen!r} is not HOST:PORT",
+                             "e.g. --listen 127.0.0.1:8080")
+        keys = load_secret_keys(sign_key or [])
+        master = Master(sources, ServeOptions(compression=compression, level=level,
+                                              sign_keys=keys), store_root=store_root)
+
+        def ready(url: str) -> None:
+            signed = "signed by " + ", ".join(k.name for k in keys) if keys else "unsigned"
+            typer.echo(f"serving a binary cache for every store dir of at most "
+                       f"{master.max_store_dir} bytes at {url}/STORE/DIR ({signed})", err=True)
+            typer.echo(f"  e.g. substituters = {url}/home/alice/.nix/store", err=True)
+
+        try:
+            run(master, host.strip("[]"), int(port), ready)
+        except OSError as e:
+            raise BuildError(f"cannot listen on {listen}: {e.strerror}",
+                             "choose another --listen address or port") from None
+
+
+@app.command()
 def sample(
     store_dir: StoreDir = None,
     nix_to_ship: Annotated[Path | None, typer.Option(

@@ -1,0 +1,330 @@
+"""The master of ``nix-prefix serve``: one set of sources, a binary cache for any store dir.
+
+The sources (installers or closureInfo dirs, as for ``nix-prefix cache``) are
+opened and verified once, at start.  For each store dir Q a client asks for,
+``Master.plan(Q)`` retargets every source to Q the way builder/cache.py does
+(exact when a source holds its derivations, same-length otherwise) and maps
+the new hash parts to the source paths: computed once, kept in a bounded
+LRU.  A ``PrefixPlan`` then gives, per hash part:
+
+* ``narinfo``: the narinfo Nix at Q expects (payload/narinfo.py), signed with
+  the server's keys.  Its NarHash is that of the *rewritten* NAR, so the path
+  is streamed through the rewrite once to hash it (and the result kept, in a
+  bounded LRU per plan).  A streamed compressed file has no hash before it is
+  sent, so FileHash and FileSize are left out, as Nix allows (nar-info.cc
+  needs only StorePath, URL, NarHash and NarSize); Nix checks the NarHash of
+  what it unpacks.
+* ``stream``: the rewritten NAR, compressed, handed to a callback piece by
+  piece (bounded memory: one compressor and one read buffer per stream).
+
+Nothing a client sends becomes a file name: the only files read are the
+sources named on the command line and the store paths they list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..installer.errors import InstallError
+from ..installer.source import InstallerFile
+from ..payload import hashes, nar, narinfo, nix32, storepath
+from ..payload.signing import SecretKey
+from .cache import _ClosureSource, _InstallerSource, _Retargeted, _Target
+from .compress import compressor
+from .errors import BuildError
+from .retarget import looks_like_installer
+from .signer import sign
+
+COMPRESSIONS = ("zstd", "xz", "none")
+# Streaming compression levels: fast enough to keep up with a network link.
+DEFAULT_LEVELS = {"zstd": 3, "xz": 1}
+PLANS = 32  # store dirs whose plans are kept
+NARINFOS = 4096  # narinfos kept per plan
+_PIECE = 256 << 10  # bytes handed to the client at a time
+
+
+@dataclass
+class ServeOptions:
+    """How to serve: compression and level of the NARs, signing keys, cache sizes."""
+
+    compression: str = "zstd"
+    level: int | None = None
+    sign_keys: Sequence[SecretKey] = ()
+    plans: int = PLANS
+    narinfos: int = NARINFOS
+
+
+class _LRU:
+    """A bounded, thread-safe map whose values are computed once per key, even when
+    several threads ask for the same key at the same time."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[object, object] = OrderedDict()
+        self._lock = threading.Lock()
+        self._busy: dict[object, threading.Event] = {}
+
+    def get(self, key: object, make: Callable[[], object]) -> object:
+        while True:
+            with self._lock:
+                if key in self._items:
+                    self._items.move_to_end(key)
+                    return self._items[key]
+                wait = self._busy.get(key)
+                if wait is None:
+                    self._busy[key] = threading.Event()
+                    break
+            wait.wait()  # another thread computes it; then look again
+        try:
+            value = make()
+            with self._lock:
+                self._items[key] = value
+                while len(self._items) > self._size:
+                    self._items.popitem(last=False)
+            return value
+        finally:
+            with self._lock:
+                self._busy.pop(key).set()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class _Installer:
+    """An installer source that several requests read at once: each read borrows one
+    of a pool of opened copies (an InstallerFile has one file position)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            first = InstallerFile(str(path))  # checks the seal, once
+        except InstallError as e:
+            raise BuildError(f"{path}: {e.args[0]}",
+                             "pass an intact installer or a closureInfo dir") from None
+        self.source = _InstallerSource(first)
+        self.manifest = first.manifest
+        self._free: queue.SimpleQueue[InstallerFile] = queue.SimpleQueue()
+        self._free.put(first)
+
+    def contents(self) -> dict[str, bytes]:
+        try:
+            return self.source.contents()
+        except InstallError as e:
+            raise BuildError(f"{self.path}: {e.args[0]}", e.hint) from None
+
+    def replay(self, name: str, sink: object) -> None:
+        try:
+            installer = self._free.get_nowait()
+        except queue.Empty:
+            installer = InstallerFile(str(self.path), sealed=True)
+        try:
+            _InstallerSource(installer).replay({name}, _one(name, sink), 1)
+        finally:
+            self._free.put(installer)
+
+
+class _Closure:
+    """A closureInfo source: every read walks the store path on disk."""
+
+    def __init__(self, path: Path, store_root: Path | None) -> None:
+        self.path = path
+        self.source = _ClosureSource(path, store_root)
+        self.manifest = self.source.manifest
+
+    def contents(self) -> dict[str, bytes]:
+        return self.source.contents()
+
+    def replay(self, name: str, sink: object) -> None:
+        self.source.replay({name}, _one(name, sink), 1)
+
+
+def _one(name: str, sink: object) -> Callable[[str], object]:
+    """``open_path`` for a replay of one path: ``sink`` for it, nothing for the others
+    of its chunk (which the source still verifies)."""
+    def open_path(other: str) -> object:
+        return sink if other == name else _Ignore()
+    return open_path
+
+
+class _Ignore:
+    """Takes every tree event and does nothing with it."""
+
+    def _nothing(self, *args: object) -> None:
+        pass
+
+    begin_directory = begin_entry = end_entry = end_directory = _nothing
+    regular = contents = end_regular = symlink = finish = _nothing
+
+
+class _Hashing:
+    """The end of a rewrite: NAR bytes in, their sha256 and size kept."""
+
+    def __init__(self, writer: nar.NarWriter) -> None:
+        self._writer = writer
+
+    def __getattr__(self, name: str):  # the NAR writer's events
+        return getattr(self._writer, name)
+
+    def finish(self) -> None:
+        pass
+
+
+class Master:
+    """The sources, read once, and the per-store-dir plans (see the module doc)."""
+
+    def __init__(self, sources: Sequence[Path], options: ServeOptions,
+                 store_root: Path | None = None) -> None:
+        if options.compression not in COMPRESSIONS:
+            raise BuildError(f"unknown compression {options.compression!r}",
+                             f"use one of {', '.join(COMPRESSIONS)}")
+        if not sources:
+            raise BuildError("no SOURCE given", "name an installer or a closureInfo dir")
+        self.options = options
+        self.sources: list[_Installer | _Closure] = []
+        for path in sources:
+            if not path.exists():
+                raise BuildError(f"{path} does not exist", "name an installer or a "
+                                 "closureInfo dir")
+            if path.is_dir() or not looks_like_installer(path):
+                self.sources.append(_Closure(path, store_root))
+            else:
+                self.sources.append(_Installer(path))
+        # What the exact planner needs, read (and verified) once for every plan.
+        self._contents = [s.contents() if any(p.name.endswith(".drv")
+                                              for p in s.manifest.paths) else None
+                          for s in self.sources]
+        self.max_store_dir = min(len(s.manifest.embedded_store_dir) for s in self.sources)
+        self._plans = _LRU(options.plans)
+
+    def plan(self, store_dir: str) -> PrefixPlan:
+        """The plan for ``store_dir`` (checked by the caller), computed once."""
+        return self._plans.get(store_dir, lambda: PrefixPlan(self, store_dir))  # type: ignore
+
+    @property
+    def plans_cached(self) -> int:
+        return len(self._plans)
+
+
+@dataclass
+class _Entry:
+    source: _Installer | _Closure
+    retargeted: _Retargeted
+    target: _Target
+
+
+class PrefixPlan:
+    """Every path of the master under its name at one store dir."""
+
+    def __init__(self, master: Master, store_dir: str) -> None:
+        self.master = master
+        self.store_dir = store_dir
+        self.cache_info = narinfo.cache_info_text(store_dir, want_mass_query=True).encode()
+        self._by_hash: dict[str, _Entry] = {}
+        for source, contents in zip(master.sources, master._contents, strict=True):
+            retargeted = _Retargeted(source.manifest, store_dir, contents)
+            for target in retargeted.targets:
+                self._by_hash.setdefault(storepath.hash_part(target.new),
+                                         _Entry(source, retargeted, target))
+        self._names = {e.target.new for e in self._by_hash.values()}
+        self._narinfos = _LRU(master.options.narinfos)
+
+    def __contains__(self, hash_part: str) -> bool:
+        return hash_part in self._by_hash
+
+    def narinfo(self, hash_part: str) -> bytes | None:
+        """The signed narinfo text of ``hash_part``, or None when the master lacks it."""
+        entry = self._by_hash.get(hash_part)
+        if entry is None:
+            return None
+        return self._narinfos.get(hash_part, lambda: self._make_narinfo(entry))  # type: ignore
+
+    def _make_narinfo(self, entry: _Entry) -> bytes:
+        writer = nar.NarHasher()
+        entry.source.replay(entry.target.old,
+                            entry.retargeted.rewriter(entry.target.old, _Hashing(writer)))
+        nar_hash = hashes.format_sha256(writer.digest())
+        options = self.master.options
+        target = entry.target
+        info = narinfo.NarInfo(
+            f"{self.store_dir}/{target.new}", nar_file(target.new, nar_hash,
+                                                       options.compression),
+            options.compression, "", 0, nar_hash, writer.size, target.references,
+            target.deriver if target.deriver in self._names else "",
+            ca=target.ca() if target.ca else "")
+        fingerprint = info.fingerprint()
+        info.sigs = sorted(str(sign(k, fingerprint)) for k in options.sign_keys)
+        return info.to_text().encode()
+
+    def stream(self, hash_part: str, emit: Callable[[bytes], None]) -> None:
+        """Send the compressed, rewritten NAR of ``hash_part`` to ``emit``, in pieces.
+
+        An exception raised by ``emit`` (the client went away) stops the read.
+        """
+        entry = self._by_hash[hash_part]
+        options = self.master.options
+        out = _CompressedOut(emit, options.compression,
+                             options.level if options.level is not None
+                             else DEFAULT_LEVELS.get(options.compression),
+                             entry.source.manifest.system)
+        entry.source.replay(entry.target.old,
+                            entry.retargeted.rewriter(entry.target.old,
+                                                      _Hashing(nar.NarWriter(out))))
+        out.close()
+
+
+def nar_file(base: str, nar_hash: str, compression: str) -> str:
+    """The URL of a served NAR: ``nar/<hash part>-<nix32 NarHash>.nar<ext>``.
+
+    The NarHash in the name makes the URL name one content: an HTTP cache may keep
+    it for ever."""
+    return (f"nar/{storepath.hash_part(base)}-{nar_hash.partition(':')[2]}.nar"
+            + narinfo.NAR_EXTENSIONS[compression])
+
+
+def parse_nar_file(name: str, compression: str) -> tuple[str, str] | None:
+    """(hash part, nix32 NarHash) from the file name ``nar_file`` made, or None."""
+    ext = ".nar" + narinfo.NAR_EXTENSIONS[compression]
+    if not name.endswith(ext):
+        return None
+    hash_part, dash, nar_hash = name[:-len(ext)].partition("-")
+    if not dash or len(hash_part) != storepath.HASH_LENGTH or len(nar_hash) != 52 or \
+            not set(hash_part + nar_hash) <= set(nix32.ALPHABET):
+        return None
+    return hash_part, nar_hash
+
+
+class _CompressedOut:
+    """NAR bytes in; compressed pieces of about _PIECE bytes out to ``emit``."""
+
+    def __init__(self, emit: Callable[[bytes], None], compression: str, level: int | None,
+                 system: str) -> None:
+        self._emit = emit
+        self._compressor = None if compression == "none" else compressor(
+            compression, level, system)
+        self._buf = bytearray()
+        self.sha256 = hashlib.sha256()
+
+    def __call__(self, data: bytes) -> None:
+        if self._compressor is not None:
+            data = self._compressor.compress(data)
+        self._buf += data
+        if len(self._buf) >= _PIECE:
+            self._send()
+
+    def _send(self) -> None:
+        if self._buf:
+            data = bytes(self._buf)
+            self._buf.clear()
+            self.sha256.update(data)
+            self._emit(data)
+
+    def close(self) -> None:
+        if self._compressor is not None:
+            self._buf += self._compressor.flush()
+        self._send()

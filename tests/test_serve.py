@@ -1,0 +1,335 @@
+"""``nix-prefix serve``: one retargeting binary-cache server for every prefix.
+
+Fast tests run the server (aiohttp, on 127.0.0.1) over the small sample
+closure and talk to it with raw sockets and http.client: every store dir
+no longer than the master's gets a cache whose NARs are the master's
+paths relocated to it; hostile requests get a 4xx; clients that leave
+mid-NAR leave no thread, task or file behind; a bounded load test.  The
+slow tests use stock Nix 2.8 as the client, at two prefixes at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from nix_prefix.builder.master import Master, ServeOptions
+from nix_prefix.builder.serve import Server, split_request
+from nix_prefix.builder.signer import load_secret_key
+from nix_prefix.payload import hashes, nar, narinfo, signing
+
+from .support import build_small
+
+
+class Running:
+    """A Server on 127.0.0.1 in a thread of its own (its own event loop)."""
+
+    def __init__(self, master: Master, max_streams: int = 16) -> None:
+        self.server = Server(master, max_streams)
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(20), "the server did not start"
+
+    def _main(self) -> None:
+        from aiohttp import web
+
+        asyncio.set_event_loop(self.loop)
+        self.runner = web.AppRunner(self.server.app, access_log=None, handle_signals=False)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self.loop.run_forever()
+
+    def tasks(self) -> int:
+        async def count() -> int:
+            return len(asyncio.all_tasks()) - 1
+        return asyncio.run_coroutine_threadsafe(count(), self.loop).result(10)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+@contextmanager
+def running(master: Master, **kw) -> Iterator[Running]:
+    r = Running(master, **kw)
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def get(port: int, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def raw(port: int, request: bytes) -> bytes:
+    """Send REQUEST as it is, in pieces, reading as it goes (the server may answer
+    and close before it has read everything); return what came back."""
+    out = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        try:
+            for i in range(0, len(request), 4096):
+                s.sendall(request[i:i + 4096])
+                s.setblocking(False)
+                try:
+                    out += s.recv(65536)
+                except BlockingIOError:
+                    pass
+                s.setblocking(True)
+                if out:
+                    break
+            s.settimeout(10)
+            while len(out) < 65536:
+                data = s.recv(65536)
+                if not data:
+                    break
+                out += data
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(module_dir: Path) -> dict:
+    built = build_small(module_dir, name="a-long-master-prefix-for-the-server")
+    key_file = module_dir / "k.sec"
+    built.nix.run("nix-store", ["--generate-binary-cache-key", "k", str(key_file),
+                                str(module_dir / "k.pub")])
+    key = load_secret_key(key_file)
+    master = Master([built.installer], ServeOptions(sign_keys=[key]))
+    return {"built": built, "master": master, "key": key, "dir": module_dir,
+            "public": signing.parse_public_key((module_dir / "k.pub").read_text().strip())}
+
+
+@pytest.fixture(scope="module")
+def server(world: dict) -> Iterator[Running]:
+    with running(world["master"]) as r:
+        yield r
+
+
+def master_names(world: dict) -> list[str]:
+    return [p.name for p in world["master"].sources[0].manifest.paths]
+
+
+def test_every_short_enough_store_dir_gets_its_cache(world: dict, server: Running) -> None:
+    store_dir = "/home/alice/.nix/store"
+    status, headers, body = get(server.port, store_dir + "/nix-cache-info")
+    assert status == 200 and body.decode().startswith(f"StoreDir: {store_dir}\n")
+    assert "ETag" in headers and "max-age" in headers["Cache-Control"]
+    old_dir = world["master"].sources[0].manifest.store_dir.encode()
+    for name in master_names(world):
+        status, headers, text = get(server.port, f"{store_dir}/{name[:32]}.narinfo")
+        assert status == 200, text
+        info = narinfo.parse(text.decode(), name, store_dir)
+        assert info.name == name  # same-length relocation keeps hash parts
+        assert info.signed_by([world["public"]]) == [world["public"]]
+        again = get(server.port, f"{store_dir}/{name[:32]}.narinfo",
+                    {"If-None-Match": headers["ETag"]})
+        assert again[0] == 304
+        status, headers, data = get(server.port, f"{store_dir}/{info.url}")
+        assert status == 200 and headers["Cache-Control"].endswith("immutable")
+        plain = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        assert len(plain) == info.nar_size
+        assert hashes.format_sha256(hashlib.sha256(plain).digest()) == \
+            info.nar_hash
+        assert old_dir not in plain  # every occurrence relocated
+    # The plan is made once per store dir, and kept.
+    assert world["master"].plans_cached >= 1
+
+
+def test_the_nar_is_the_master_path_relocated(world: dict, server: Running) -> None:
+    store_dir = "/q/store"
+    built = world["built"]
+    root = built.roots[0]
+    name = root.rpartition("/")[2]
+    _, _, text = get(server.port, f"{store_dir}/{name[:32]}.narinfo")
+    info = narinfo.parse(text.decode(), name, store_dir)
+    _, _, data = get(server.port, f"{store_dir}/{info.url}")
+    plain = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    old = nar.nar_bytes(os.fsencode(root))
+    old_dir = str(built.prefix / "store").encode()
+    padded = b"/q" + b"/" * (len(old_dir) - len(store_dir)) + b"/store"
+    assert plain == old.replace(old_dir, padded)
+    assert info.references == sorted(r.rpartition("/")[2] for r in built.nix.run(
+        "nix-store", ["-q", "--references", root]).stdout.decode().split())
+
+
+HOSTILE = [
+    "/../../etc/passwd",
+    "/q/store/../../../etc/passwd",
+    "/q/store/./x.narinfo",
+    "/q//store/nix-cache-info",
+    "/q/store/%2e%2e/nix-cache-info",
+    "/q/st%00ore/nix-cache-info",
+    "/q/store/nar/..%2F..%2Fetc%2Fpasswd",
+    "/q%2Fstore/nix-cache-info",
+    "/q/store/nix-cache-info?x=1",
+    "/q/store/" + "z" * 32 + ".narinfo",  # an unknown hash
+    "/q/store/EEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEE.narinfo",
+    "/q/store/nar/" + "0" * 32 + "-" + "0" * 52 + ".nar.zst",
+    "/q/store/nar/x.nar.zst",
+    "/q/store/nar/x.nar.xz",
+    "/q/store/etc/passwd",
+    "/q/store",
+    "/",
+    "/" + "a" * 200 + "/store/nix-cache-info",  # longer than the master's
+    "/" + "a/" * 600 + "nix-cache-info",
+    "/q/store/nix-cache-info/",
+    "/q/store dir/nix-cache-info",
+]
+
+
+@pytest.mark.parametrize("path", HOSTILE)
+def test_hostile_paths_get_a_4xx(server: Running, path: str) -> None:
+    quoted = path.replace(" ", "%20")
+    status, _, body = get(server.port, quoted)
+    assert 400 <= status < 500, (status, body)
+    assert b"Traceback" not in body and b"root:" not in body
+    assert body.count(b"\n") <= 1
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /q/store/nix-cache-info HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+    b"GET /q/store/nix-cache-info HTTP/1.1\r\n" + b"X-H: 1\r\n" * 20_000 + b"\r\n",
+    b"GET /q/st\x00ore/nix-cache-info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"BREW /q/store/nix-cache-info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"POST /q/store/nix-cache-info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    b"Content-Length: 3\r\n\r\nabc",
+    b"\xff\xfe garbage\r\n\r\n",
+])
+def test_malformed_requests_get_a_4xx(server: Running, request_bytes: bytes) -> None:
+    answer = raw(server.port, request_bytes)
+    m = re.match(rb"HTTP/1\.[01] (\d{3})", answer)
+    assert m and 400 <= int(m.group(1)) < 500, answer[:200]
+    assert b"Traceback" not in answer
+    # And the server still answers.
+    assert get(server.port, "/q/store/nix-cache-info")[0] == 200
+
+
+def test_split_request() -> None:
+    assert split_request("/a/store/nix-cache-info", 20) == ("/a/store", "nix-cache-info")
+    assert split_request("/a/store/nar/x.nar.zst", 20) == ("/a/store", "nar/x.nar.zst")
+    for bad in ("/a/store/../x", "/a//x", "/a/%2e/x", "relative/x"):
+        with pytest.raises(Exception) as e:
+            split_request(bad, 20)
+        assert 400 <= e.value.status < 500
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _threads() -> int:
+    return len([t for t in threading.enumerate() if t.is_alive()])
+
+
+def test_clients_leaving_mid_nar_leak_nothing(world: dict, tmp_path: Path) -> None:
+    # A big path, so that a NAR is far from done when its client leaves.
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "data").write_bytes(os.urandom(8 << 20))
+    nix = world["built"].nix
+    path = nix.run("nix-store", ["--add", str(big)]).stdout.decode().strip()
+    info_dir = nix.write_closure_info([path], tmp_path / "big-info")
+    master = Master([info_dir], ServeOptions(compression="none"))
+    name = path.rpartition("/")[2]
+    with running(master, max_streams=2) as r:
+        status, _, text = get(r.port, f"/q/store/{name[:32]}.narinfo")
+        assert status == 200
+        url = narinfo.parse(text.decode(), name).url
+        get(r.port, f"/q/store/{url}")  # warm: the pool's threads exist
+        time.sleep(0.5)
+        before = (_open_fds(), r.tasks())
+        for _ in range(12):  # more than max_streams: a leaked slot would block the rest
+            with socket.create_connection(("127.0.0.1", r.port), timeout=10) as s:
+                s.sendall(f"GET /q/store/{url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (
+                (_open_fds(), r.tasks()) != before or r.server.active_streams):
+            time.sleep(0.2)
+        assert (_open_fds(), r.tasks(), r.server.active_streams) == (*before, 0)
+        # Still serving whole NARs.
+        status, _, data = get(r.port, f"/q/store/{url}")
+        assert status == 200 and len(data) == narinfo.parse(text.decode(), name).nar_size
+
+
+def test_bounded_load_on_loopback(world: dict, server: Running) -> None:
+    """64 clients at once, 640 requests in all, within 120 s: every answer right."""
+    names = master_names(world)
+    store_dir = "/load/store"
+    expected = {}
+    for name in names:
+        text = get(server.port, f"{store_dir}/{name[:32]}.narinfo")[2]
+        expected[name] = narinfo.parse(text.decode(), name)
+    deadline = time.monotonic() + 120
+
+    def client(n: int) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        done = 0
+        try:
+            for i in range(10):
+                if time.monotonic() > deadline:
+                    break
+                name = names[(n + i) % len(names)]
+                path = (f"{store_dir}/{name[:32]}.narinfo" if i % 2 else
+                        f"{store_dir}/{expected[name].url}")
+                conn.request("GET", path)
+                resp = conn.getresponse()
+                body = resp.read()
+                assert resp.status == 200
+                if i % 2 == 0:
+                    plain = zstandard.ZstdDecompressor().decompressobj().decompress(body)
+                    assert len(plain) == expected[name].nar_size
+                done += 1
+        finally:
+            conn.close()
+        return done
+
+    with ThreadPoolExecutor(64) as pool:
+        counts = list(pool.map(client, range(64)))
+    assert sum(counts) == 640 and time.monotonic() < deadline
+
+
+def test_the_cli_refuses_bad_arguments_with_one_line(world: dict) -> None:
+    code = "from nix_prefix.builder.cli import main; main()"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        for args, needle in ((["--listen", "nowhere"], "is not HOST:PORT"),
+                             (["--compression", "lz4"], "unknown compression"),
+                             (["--listen", busy], "cannot listen")):
+            done = subprocess.run([sys.executable, "-c", code, "serve",
+                                   str(world["built"].installer), *args],
+                                  capture_output=True, text=True, timeout=60, check=False)
+            assert done.returncode != 0 and needle in done.stderr, done.stderr
+            assert "Traceback" not in done.stderr
