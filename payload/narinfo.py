@@ -103,8 +103,15 @@ class NarInfo(object):
             "StorePath: " + self.store_path,
             "URL: " + self.url,
             "Compression: " + self.compression,
-            "FileHash: " + self.file_hash,
-            "FileSize: %d" % self.file_size,
+        ]
+        # A NAR compressed while it is sent (nix-prefix serve) has no FileHash and
+        # FileSize yet: Nix reads a narinfo without them (nar-info.cc needs only
+        # StorePath, URL, NarHash and NarSize), though its own caches always have them.
+        if self.file_hash:
+            lines.append("FileHash: " + self.file_hash)
+        if self.file_size:
+            lines.append("FileSize: %d" % self.file_size)
+        lines += [
             "NarHash: " + self.nar_hash,
             "NarSize: %d" % self.nar_size,
             "References: " + " ".join(self.references),

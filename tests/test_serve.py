@@ -33,7 +33,9 @@ from nix_prefix.builder.serve import Server, split_request
 from nix_prefix.builder.signer import load_secret_key
 from nix_prefix.payload import hashes, nar, narinfo, signing
 
+from . import test_cache
 from .support import build_small
+from .test_cache import world  # noqa: F401 - the binary-cache tests' closure, for the slow tests
 
 
 class Running:
@@ -117,7 +119,7 @@ def raw(port: int, request: bytes) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def world(module_dir: Path) -> dict:
+def small(module_dir: Path) -> dict:
     built = build_small(module_dir, name="a-long-master-prefix-for-the-server")
     key_file = module_dir / "k.sec"
     built.nix.run("nix-store", ["--generate-binary-cache-key", "k", str(key_file),
@@ -129,27 +131,27 @@ def world(module_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(world: dict) -> Iterator[Running]:
-    with running(world["master"]) as r:
+def server(small: dict) -> Iterator[Running]:
+    with running(small["master"]) as r:
         yield r
 
 
-def master_names(world: dict) -> list[str]:
-    return [p.name for p in world["master"].sources[0].manifest.paths]
+def master_names(small: dict) -> list[str]:
+    return [p.name for p in small["master"].sources[0].manifest.paths]
 
 
-def test_every_short_enough_store_dir_gets_its_cache(world: dict, server: Running) -> None:
+def test_every_short_enough_store_dir_gets_its_cache(small: dict, server: Running) -> None:
     store_dir = "/home/alice/.nix/store"
     status, headers, body = get(server.port, store_dir + "/nix-cache-info")
     assert status == 200 and body.decode().startswith(f"StoreDir: {store_dir}\n")
     assert "ETag" in headers and "max-age" in headers["Cache-Control"]
-    old_dir = world["master"].sources[0].manifest.store_dir.encode()
-    for name in master_names(world):
+    old_dir = small["master"].sources[0].manifest.store_dir.encode()
+    for name in master_names(small):
         status, headers, text = get(server.port, f"{store_dir}/{name[:32]}.narinfo")
         assert status == 200, text
         info = narinfo.parse(text.decode(), name, store_dir)
         assert info.name == name  # same-length relocation keeps hash parts
-        assert info.signed_by([world["public"]]) == [world["public"]]
+        assert info.signed_by([small["public"]]) == [small["public"]]
         again = get(server.port, f"{store_dir}/{name[:32]}.narinfo",
                     {"If-None-Match": headers["ETag"]})
         assert again[0] == 304
@@ -161,12 +163,12 @@ def test_every_short_enough_store_dir_gets_its_cache(world: dict, server: Runnin
             info.nar_hash
         assert old_dir not in plain  # every occurrence relocated
     # The plan is made once per store dir, and kept.
-    assert world["master"].plans_cached >= 1
+    assert small["master"].plans_cached >= 1
 
 
-def test_the_nar_is_the_master_path_relocated(world: dict, server: Running) -> None:
+def test_the_nar_is_the_master_path_relocated(small: dict, server: Running) -> None:
     store_dir = "/q/store"
-    built = world["built"]
+    built = small["built"]
     root = built.roots[0]
     name = root.rpartition("/")[2]
     _, _, text = get(server.port, f"{store_dir}/{name[:32]}.narinfo")
@@ -251,12 +253,12 @@ def _threads() -> int:
     return len([t for t in threading.enumerate() if t.is_alive()])
 
 
-def test_clients_leaving_mid_nar_leak_nothing(world: dict, tmp_path: Path) -> None:
+def test_clients_leaving_mid_nar_leak_nothing(small: dict, tmp_path: Path) -> None:
     # A big path, so that a NAR is far from done when its client leaves.
     big = tmp_path / "big"
     big.mkdir()
     (big / "data").write_bytes(os.urandom(8 << 20))
-    nix = world["built"].nix
+    nix = small["built"].nix
     path = nix.run("nix-store", ["--add", str(big)]).stdout.decode().strip()
     info_dir = nix.write_closure_info([path], tmp_path / "big-info")
     master = Master([info_dir], ServeOptions(compression="none"))
@@ -282,9 +284,9 @@ def test_clients_leaving_mid_nar_leak_nothing(world: dict, tmp_path: Path) -> No
         assert status == 200 and len(data) == narinfo.parse(text.decode(), name).nar_size
 
 
-def test_bounded_load_on_loopback(world: dict, server: Running) -> None:
+def test_bounded_load_on_loopback(small: dict, server: Running) -> None:
     """64 clients at once, 640 requests in all, within 120 s: every answer right."""
-    names = master_names(world)
+    names = master_names(small)
     store_dir = "/load/store"
     expected = {}
     for name in names:
@@ -319,7 +321,7 @@ def test_bounded_load_on_loopback(world: dict, server: Running) -> None:
     assert sum(counts) == 640 and time.monotonic() < deadline
 
 
-def test_the_cli_refuses_bad_arguments_with_one_line(world: dict) -> None:
+def test_the_cli_refuses_bad_arguments_with_one_line(small: dict) -> None:
     code = "from nix_prefix.builder.cli import main; main()"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -329,7 +331,65 @@ def test_the_cli_refuses_bad_arguments_with_one_line(world: dict) -> None:
                              (["--compression", "lz4"], "unknown compression"),
                              (["--listen", busy], "cannot listen")):
             done = subprocess.run([sys.executable, "-c", code, "serve",
-                                   str(world["built"].installer), *args],
+                                   str(small["built"].installer), *args],
                                   capture_output=True, text=True, timeout=60, check=False)
             assert done.returncode != 0 and needle in done.stderr, done.stderr
             assert "Traceback" not in done.stderr
+
+
+# -- stock Nix as the client -------------------------------------------------------------------
+
+
+@contextmanager
+def serving(*args: str) -> Iterator[str]:
+    """``nix-prefix serve ARGS --listen 127.0.0.1:0`` in a process of its own; yields
+    its base URL; stopped (SIGINT, as Ctrl-C) on exit."""
+    import signal
+
+    code = "from nix_prefix.builder.cli import main; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", *args,
+                             "--listen", "127.0.0.1:0"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        deadline = time.monotonic() + 120
+        while " at http://" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line and proc.poll() is not None:
+                break
+        m = re.search(r" at (http://[^/ ]+)/STORE/DIR", line)
+        assert m, f"the server did not start: {line!r}"
+        yield m.group(1)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rest = proc.communicate(timeout=20)[1]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rest = proc.communicate()[1]
+        assert "Traceback" not in rest, rest
+
+
+@pytest.mark.slow
+def test_two_prefixes_substitute_from_one_server_at_once(world: dict) -> None:  # noqa: F811
+    base = world["base"]
+    with serving(str(world["installer"]), "--sign-key", str(base / "publisher.sec")) as url:
+        prefixes = [base / "serve-one", base / "another-serve-prefix"]
+        urls = [f"{url}{q}/store" for q in prefixes]
+        for q, u in zip(prefixes, urls, strict=True):
+            test_cache.set_up_prefix(world, q, u, world["keys"]["publisher"])
+        with ThreadPoolExecutor(2) as pool:  # both at the same time
+            list(pool.map(lambda qu: test_cache.assert_substitutes_everything(world, *qu),
+                          zip(prefixes, urls, strict=True)))
+        # The two stores hold other paths: each Nix got its own, computed for its store dir.
+        b = [test_cache.outputs_at(q, world["expr"]) for q in prefixes]
+        assert {p.rpartition("/")[2] for p in b[0]}.isdisjoint(p.rpartition("/")[2]
+                                                                for p in b[1] if "-b" in p)
+
+        # Under another key, Nix refuses what the server signed.
+        q = base / "serve-stranger"
+        test_cache.set_up_prefix(world, q, f"{url}{q}/store", world["keys"]["stranger"])
+        refused = test_cache.nix_at(q, "nix-build", "--no-out-link", "--max-jobs", "0",
+                                    str(world["expr"]), *test_cache.ATTRS)
+        assert refused.returncode != 0
+        assert "is not signed by any of the keys in 'trusted-public-keys'" in refused.stderr
