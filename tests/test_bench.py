@@ -117,3 +117,21 @@ def test_pieces_runs_on_a_tiny_tree(tmp_path: Path) -> None:
             assert all(row[k] > 0 for k in ("encode_j1_s", "encode_j2_s", "decode_j1_s",
                                             "decode_j2_s"))
     assert "size / 1 piece" in proc.stdout
+
+
+@pytest.mark.slow
+def test_serve_bench_runs_on_a_tiny_closure(tmp_path: Path) -> None:
+    out = tmp_path / "serve.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "serve.py"), "--size-mb", "2",
+                           "--paths", "3", "--seconds", "1", "--json", str(out)],
+                          capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["closure"]["paths"] == 3
+    for key in ("static", "ours"):
+        for clients in (1, 8):
+            assert r[key][f"narinfo_per_s_{clients}"] > 0
+            assert r[key][f"nar_{clients}"]["nar_mb_s"] > 0
+    assert r["ours"]["cold_narinfo_per_s"] > 0
+    assert set(r["ratios"]) == {"narinfo_1", "nar_1", "narinfo_8", "nar_8"}
+    assert "nix-prefix serve (retargeting)" in proc.stdout

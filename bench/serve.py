@@ -1,0 +1,244 @@
+"""Benchmark ``nix-prefix serve`` against the same HTTP stack serving a static cache.
+
+    .venv/bin/python bench/serve.py [--size-mb 100] [--paths 30] [--seconds 10] [--json out.json]
+
+Builds the closure of bench/run.py (the machine's own files in a chain of
+derivations) with the machine's Nix at a long store dir S1, then serves it:
+
+* **ours**: ``nix-prefix serve CLOSURE --sign-key K`` (zstd on the fly), asked
+  for a new, shorter store dir Q: every narinfo and NAR retargeted to Q;
+* **static**: ``nix copy --to file://DIR?secret-key=K`` of the same closure
+  (S1's own cache, xz, what Nix writes), served by aiohttp's static file
+  handler (sendfile) on the same stack: the limit a retargeting server can
+  approach.
+
+Clients are threads of this process on 127.0.0.1 (http.client, keep-alive),
+1 and 8 at once.  For each server and client count: narinfo requests per
+second (every narinfo, over and over, for --seconds), and NAR throughput
+(every NAR once per client, at most --seconds): MB/s of NAR served
+(uncompressed NarSize) and of bytes on the wire.  For ours, the first round
+of narinfos (each computes the retargeted NAR hash, then is cached) is
+reported apart as "cold".  Every loop is bounded in count and in time.
+Writes JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from common import CLI, machine, work_dir  # first: nix_prefix = this checkout
+from run import plan_groups
+
+from nix_prefix.builder.localnix import LocalNix
+from nix_prefix.payload import narinfo
+
+MB = 1e6
+STATIC_SERVER = """
+import sys
+from aiohttp import web
+app = web.Application()
+app.router.add_static("/", sys.argv[1])
+def ready(*a):
+    print("listening", flush=True)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[2]), access_log=None, print=ready)
+"""
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args: list[str], ready: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    seen = ""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen += line
+        if re.search(ready, line):
+            threading.Thread(target=proc.stdout.read, daemon=True).start()  # drain
+            return proc, line
+    proc.kill()
+    raise SystemExit(f"server did not start: {seen[-500:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def fetch(conn: http.client.HTTPConnection, path: str) -> bytes:
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    body = resp.read()
+    if resp.status != 200:
+        raise SystemExit(f"GET {path}: {resp.status} {body[:200]!r}")
+    return body
+
+
+def narinfo_rate(port: int, base: str, hashes: list[str], clients: int,
+                 seconds: float) -> float:
+    """Narinfo requests per second, ``clients`` at once, for ``seconds``."""
+    stop_at = time.monotonic() + seconds
+    limit = 200_000  # requests per client, a bound besides the time
+
+    def one(n: int) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        done = 0
+        try:
+            while time.monotonic() < stop_at and done < limit:
+                fetch(conn, f"{base}/{hashes[(n + done) % len(hashes)]}.narinfo")
+                done += 1
+        finally:
+            conn.close()
+        return done
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        total = sum(pool.map(one, range(clients)))
+    return total / (time.perf_counter() - t)
+
+
+def nar_rate(port: int, base: str, infos: list[narinfo.NarInfo], clients: int,
+             seconds: float) -> dict:
+    """Every NAR once per client (at most ``seconds``): NAR and wire MB/s."""
+    stop_at = time.monotonic() + seconds
+
+    def one(n: int) -> tuple[int, int]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        nar_bytes = wire = 0
+        try:
+            for i in range(len(infos)):
+                if time.monotonic() > stop_at:
+                    break
+                info = infos[(n + i) % len(infos)]
+                wire += len(fetch(conn, f"{base}/{info.url}"))
+                nar_bytes += info.nar_size
+        finally:
+            conn.close()
+        return nar_bytes, wire
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(one, range(clients)))
+    elapsed = time.perf_counter() - t
+    return {"nar_mb_s": sum(r[0] for r in results) / elapsed / MB,
+            "wire_mb_s": sum(r[1] for r in results) / elapsed / MB}
+
+
+def measure(port: int, base: str, hashes: list[str], seconds: float, label: str) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    t = time.perf_counter()
+    infos = [narinfo.parse(fetch(conn, f"{base}/{h}.narinfo").decode(), h) for h in hashes]
+    cold = len(hashes) / (time.perf_counter() - t)
+    conn.close()
+    r: dict = {"cold_narinfo_per_s": cold}
+    for clients in (1, 8):
+        r[f"narinfo_per_s_{clients}"] = narinfo_rate(port, base, hashes, clients, seconds)
+        r[f"nar_{clients}"] = nar_rate(port, base, infos, clients, seconds)
+        print(f"{label}, {clients} client(s): {r[f'narinfo_per_s_{clients}']:.0f} narinfo/s, "
+              f"{r[f'nar_{clients}']['nar_mb_s']:.1f} MB/s NAR", file=sys.stderr)
+    return r
+
+
+def bench(base: Path, size_mb: int, paths: int, seconds: float) -> dict:
+    s1 = base / "a-publisher-build-prefix-longer-than-the-users"
+    q_store = str(base / "users-prefix" / "store")
+    nix = LocalNix(s1)
+    groups = json.dumps(plan_groups(size_mb, paths))
+    root = nix.build_file(Path(__file__).parent / "closure.nix", argstrs={"groups": groups})[0]
+    info = nix.write_closure_info([root], base / "closure-info")
+    nar = int((info / "total-nar-size").read_text())
+    names = [p.rpartition("/")[2] for p in (info / "store-paths").read_text().split()]
+    hashes = [n[:32] for n in names]
+    secret = base / "key.sec"
+    nix.run("nix-store", ["--generate-binary-cache-key", "bench-1", str(secret),
+                          str(base / "key.pub")])
+    r: dict = {"machine": machine(), "closure": {"paths": len(names), "nar_bytes": nar},
+               "load_before": os.getloadavg()[0], "seconds": seconds}
+    print(f"closure: {len(names)} paths, {nar / 2**20:.1f} MiB NAR", file=sys.stderr)
+
+    static_dir = base / "nix-copy"
+    subprocess.run([str(nix.bin_dir / "nix"), "--extra-experimental-features", "nix-command",
+                    "copy", "--to", f"file://{static_dir}?secret-key={secret}", root],
+                   env=nix.env(), check=True, capture_output=True)
+    port = free_port()
+    proc, _ = start([sys.executable, "-c", STATIC_SERVER, str(static_dir), str(port)],
+                    "listening")
+    try:
+        r["static"] = measure(port, "", hashes, seconds, "static nix copy cache")
+    finally:
+        stop(proc)
+
+    proc, line = start([*CLI, "serve", str(info), "--sign-key", str(secret),
+                        "--listen", "127.0.0.1:0"], r" at http://")
+    try:
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
+        r["ours"] = measure(port, q_store, hashes, seconds, "nix-prefix serve")
+    finally:
+        stop(proc)
+    r["ratios"] = {}
+    for clients in (1, 8):
+        r["ratios"][f"narinfo_{clients}"] = (r["ours"][f"narinfo_per_s_{clients}"]
+                                             / r["static"][f"narinfo_per_s_{clients}"])
+        r["ratios"][f"nar_{clients}"] = (r["ours"][f"nar_{clients}"]["nar_mb_s"]
+                                         / r["static"][f"nar_{clients}"]["nar_mb_s"])
+    return r
+
+
+def print_table(r: dict) -> None:
+    c = r["closure"]
+    print(f"\nclosure: {c['paths']} store paths, {c['nar_bytes'] / 2**20:.1f} MiB NAR; "
+          f"machine: {r['machine']['cpus']} CPUs, load {r['load_before']:.1f} before")
+    print(f"{'':34}{'narinfo/s':>11}{'NAR MB/s':>10}{'wire MB/s':>11}")
+    for key, label in (("static", "static nix copy cache (aiohttp)"),
+                       ("ours", "nix-prefix serve (retargeting)")):
+        for clients in (1, 8):
+            v = r[key]
+            nar = v[f"nar_{clients}"]
+            print(f"{label + f', {clients} client(s)':34}{v[f'narinfo_per_s_{clients}']:11.0f}"
+                  f"{nar['nar_mb_s']:10.1f}{nar['wire_mb_s']:11.1f}")
+    print(f"nix-prefix serve, first narinfos (NAR hash computed): "
+          f"{r['ours']['cold_narinfo_per_s']:.1f}/s")
+    for key, value in r["ratios"].items():
+        print(f"ratio ours/static {key:14}{value:8.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mb", type=int, default=100, help="closure size to aim for")
+    ap.add_argument("--paths", type=int, default=30, help="number of store paths")
+    ap.add_argument("--seconds", type=float, default=10, help="length of each measurement")
+    ap.add_argument("--json", type=Path, help="write the results here too")
+    ap.add_argument("--workdir", type=Path, help="default: a new dir under /tmp")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir")
+    args = ap.parse_args()
+    with work_dir(args.workdir, args.keep, "np-serve-bench-") as base:
+        results = bench(base, args.size_mb, args.paths, args.seconds)
+    print_table(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
