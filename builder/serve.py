@@ -259,5 +259,5 @@ def run(master: Master, host: str, port: int, ready: Callable[[str], None] | Non
 
     try:
         asyncio.run(main())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, web.GracefulExit):  # Ctrl-C, SIGINT, SIGTERM: a clean stop
         pass
