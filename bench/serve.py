@@ -16,9 +16,9 @@ Clients are threads of this process on 127.0.0.1 (http.client, keep-alive),
 1 and 8 at once.  For each server and client count: narinfo requests per
 second (every narinfo, over and over, for --seconds), and NAR throughput
 (every NAR once per client, at most --seconds): MB/s of NAR served
-(uncompressed NarSize) and of bytes on the wire.  For ours, the first round
-of narinfos (each computes the retargeted NAR hash, then is cached) is
-reported apart as "cold".  Every loop is bounded in count and in time.
+(uncompressed NarSize) and of bytes on the wire; and each server's peak
+RSS.  For ours, the first round of narinfos (each computes the retargeted
+NAR hash, then is cached) is reported apart as "cold".  Every loop is bounded in count and in time.
 Writes JSON with ``--json``.
 """
 
@@ -76,6 +76,15 @@ def start(args: list[str], ready: str) -> tuple[subprocess.Popen, str]:
             return proc, line
     proc.kill()
     raise SystemExit(f"server did not start: {seen[-500:]}")
+
+
+def peak_rss_mb(proc: subprocess.Popen) -> float:
+    """The server's peak resident memory so far (VmHWM)."""
+    with open(f"/proc/{proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -187,6 +196,7 @@ def bench(base: Path, size_mb: int, paths: int, seconds: float) -> dict:
                     "listening")
     try:
         r["static"] = measure(port, "", hashes, seconds, "static nix copy cache")
+        r["static"]["server_rss_mb"] = peak_rss_mb(proc)
     finally:
         stop(proc)
 
@@ -195,6 +205,7 @@ def bench(base: Path, size_mb: int, paths: int, seconds: float) -> dict:
     try:
         port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
         r["ours"] = measure(port, q_store, hashes, seconds, "nix-prefix serve")
+        r["ours"]["server_rss_mb"] = peak_rss_mb(proc)
     finally:
         stop(proc)
     r["ratios"] = {}
@@ -218,6 +229,8 @@ def print_table(r: dict) -> None:
             nar = v[f"nar_{clients}"]
             print(f"{label + f', {clients} client(s)':34}{v[f'narinfo_per_s_{clients}']:11.0f}"
                   f"{nar['nar_mb_s']:10.1f}{nar['wire_mb_s']:11.1f}")
+    print(f"server peak RSS: static {r['static']['server_rss_mb']:.0f} MiB, nix-prefix serve "
+          f"{r['ours']['server_rss_mb']:.0f} MiB")
     print(f"nix-prefix serve, first narinfos (NAR hash computed): "
           f"{r['ours']['cold_narinfo_per_s']:.1f}/s")
     for key, value in r["ratios"].items():
