@@ -213,9 +213,16 @@ class Master:
 
 @dataclass
 class _Entry:
+    """One path of the master at a store dir: where it is read, how it is rewritten."""
+
     source: _Installer | _Closure
     retargeted: _Retargeted
     target: _Target
+
+    def replay(self, out: nar.NarWriter) -> None:
+        """The path's events, read from its source and rewritten, into ``out``."""
+        old = self.target.old
+        self.source.replay(old, self.retargeted.rewriter(old, _Hashing(out)))
 
 
 class PrefixPlan:
@@ -246,8 +253,7 @@ class PrefixPlan:
 
     def _make_narinfo(self, entry: _Entry) -> bytes:
         writer = nar.NarHasher()
-        entry.source.replay(entry.target.old,
-                            entry.retargeted.rewriter(entry.target.old, _Hashing(writer)))
+        entry.replay(writer)
         nar_hash = hashes.format_sha256(writer.digest())
         options = self.master.options
         target = entry.target
@@ -272,9 +278,7 @@ class PrefixPlan:
                              options.level if options.level is not None
                              else DEFAULT_LEVELS.get(options.compression),
                              entry.source.manifest.system)
-        entry.source.replay(entry.target.old,
-                            entry.retargeted.rewriter(entry.target.old,
-                                                      _Hashing(nar.NarWriter(out))))
+        entry.replay(nar.NarWriter(out))
         out.close()
 
 
