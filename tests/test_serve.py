@@ -284,6 +284,48 @@ def test_clients_leaving_mid_nar_leak_nothing(small: dict, tmp_path: Path) -> No
         assert status == 200 and len(data) == narinfo.parse(text.decode(), name).nar_size
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_a_client_that_does_not_read_holds_a_few_pieces_only(small: dict,
+                                                              tmp_path: Path) -> None:
+    """Bounded memory: a 64 MiB NAR for a client that reads nothing stops being produced
+    once the queue and the socket buffers are full."""
+    big = tmp_path / "big"
+    big.mkdir()
+    with open(big / "data", "wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(1 << 20))
+    nix = small["built"].nix
+    path = nix.run("nix-store", ["--add", str(big)]).stdout.decode().strip()
+    master = Master([nix.write_closure_info([path], tmp_path / "info")],
+                    ServeOptions(compression="none"))
+    name = path.rpartition("/")[2]
+    with running(master) as r:
+        text = get(r.port, f"/q/store/{name[:32]}.narinfo")[2]
+        url = narinfo.parse(text.decode(), name).url
+        before = _rss_mb()
+        with socket.create_connection(("127.0.0.1", r.port), timeout=10) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+            s.sendall(f"GET /q/store/{url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            time.sleep(3)
+            grown = _rss_mb() - before
+            assert r.server.active_streams == 1
+            assert grown < 24, f"the server holds {grown:.0f} MiB for one stalled client"
+            # The rest still comes, whole, once the client reads.
+            got = 0
+            while True:
+                data = s.recv(1 << 20)
+                if not data:
+                    break
+                got += len(data)
+                if got > 64 << 20:
+                    break
+        assert got > 64 << 20
+
+
 def test_bounded_load_on_loopback(small: dict, server: Running) -> None:
     """64 clients at once, 640 requests in all, within 120 s: every answer right."""
     names = master_names(small)
