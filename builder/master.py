@@ -31,9 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..installer.errors import InstallError
-from ..installer.source import InstallerFile
-from ..payload import hashes, nar, narinfo, nix32, storepath
+from ..payload import codecs, hashes, nar, narinfo, nix32, storepath
+from ..payload.container import CorruptInstaller, InstallerFile
 from ..payload.signing import SecretKey
 from .cache import _ClosureSource, _InstallerSource, _Retargeted, _Target
 from .compress import compressor
@@ -104,7 +103,7 @@ class _Installer:
         self.path = path
         try:
             first = InstallerFile(str(path))  # checks the seal, once
-        except InstallError as e:
+        except CorruptInstaller as e:
             raise BuildError(f"{path}: {e.args[0]}",
                              "pass an intact installer or a closureInfo dir") from None
         self.source = _InstallerSource(first)
@@ -115,8 +114,10 @@ class _Installer:
     def contents(self) -> dict[str, bytes]:
         try:
             return self.source.contents()
-        except InstallError as e:
+        except CorruptInstaller as e:
             raise BuildError(f"{self.path}: {e.args[0]}", e.hint) from None
+        except codecs.CodecError as e:
+            raise BuildError(f"{self.path}: {e}") from None
 
     def replay(self, name: str, sink: object) -> None:
         try:

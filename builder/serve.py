@@ -33,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import http_exceptions, web
 
 from ..payload import storepath
+from ..payload.codecs import CodecError
+from ..payload.container import CorruptInstaller
 from .errors import BuildError
 from .master import Master, parse_nar_file
 
@@ -140,8 +142,10 @@ class Server:
             raise
         except (ConnectionError, asyncio.CancelledError):
             raise
-        except BuildError as e:  # the master cannot read a source: the server's problem
-            request.app.logger.error("%s: %s", request.path, e)
+        except (BuildError, CorruptInstaller, CodecError, OSError) as e:
+            # The master cannot be read (changed or damaged since the start): the
+            # server's problem, one line in its log, none of it for the client.
+            request.app.logger.error("%s: cannot read the master: %s", request.path, e)
             raise _error(web.HTTPInternalServerError, "the server cannot read its master; "
                          "its log says why") from None
 
