@@ -284,6 +284,23 @@ def test_clients_leaving_mid_nar_leak_nothing(small: dict, tmp_path: Path) -> No
         assert status == 200 and len(data) == narinfo.parse(text.decode(), name).nar_size
 
 
+def test_a_master_damaged_while_served_is_a_500_and_one_line(small: dict,
+                                                             tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("soon gone\n")
+    nix = small["built"].nix
+    path = nix.run("nix-store", ["--add", str(tmp_path / "f")]).stdout.decode().strip()
+    master = Master([nix.write_closure_info([path], tmp_path / "info")], ServeOptions())
+    os.rename(path, tmp_path / "moved")
+    try:
+        with running(master) as r:
+            name = path.rpartition("/")[2]
+            status, _, body = get(r.port, f"/q/store/{name[:32]}.narinfo")
+            assert status == 500 and body.count(b"\n") == 1 and b"Traceback" not in body
+            assert get(r.port, "/q/store/nix-cache-info")[0] == 200
+    finally:
+        os.rename(tmp_path / "moved", path)
+
+
 def _rss_mb() -> float:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
