@@ -452,3 +452,13 @@ def test_two_prefixes_substitute_from_one_server_at_once(world: dict) -> None:  
                                     str(world["expr"]), *test_cache.ATTRS)
         assert refused.returncode != 0
         assert "is not signed by any of the keys in 'trusted-public-keys'" in refused.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", [v for v in test_cache.VERSIONS if v != "2.8"])
+def test_newer_nix_substitutes_from_the_server(world: dict, version: str) -> None:  # noqa: F811
+    base = world["base"]
+    with serving(str(world["installer"]), "--sign-key", str(base / "publisher.sec")) as url:
+        q = base / f"serve-v{version.replace('.', '')}"
+        test_cache.set_up_prefix(world, q, f"{url}{q}/store", world["keys"]["publisher"])
+        test_cache.assert_substitutes_everything(world, q, f"{url}{q}/store", version)
