@@ -1,7 +1,8 @@
 """The master of ``nix-prefix serve``: one set of sources, a binary cache for any store dir.
 
-The sources (installers or closureInfo dirs, as for ``nix-prefix cache``) are
-opened and verified once, at start.  For each store dir Q a client asks for,
+The sources (installers or closureInfo dirs, as for ``nix-prefix cache``, or
+binary cache dirs built at a long store dir) are opened and checked once, at
+start.  For each store dir Q a client asks for,
 ``Master.plan(Q)`` retargets every source to Q the way builder/cache.py does
 (exact when a source holds its derivations, same-length otherwise) and maps
 the new hash parts to the source paths: computed once, kept in a bounded
@@ -25,18 +26,22 @@ from __future__ import annotations
 
 import hashlib
 import queue
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..payload import codecs, hashes, nar, narinfo, nix32, storepath
+from ..payload import codecs, exact, hashes, nar, narinfo, nix32, storepath
 from ..payload.container import CorruptInstaller, InstallerFile
+from ..payload.machine import host_system
+from ..payload.manifest import Manifest, PathEntry
 from ..payload.signing import SecretKey
 from .cache import _ClosureSource, _InstallerSource, _Retargeted, _Target
 from .compress import compressor
 from .errors import BuildError
+from .fromcache import BinaryCache
 from .retarget import looks_like_installer
 from .signer import sign
 
@@ -145,6 +150,111 @@ class _Closure:
         self.source.replay({name}, _one(name, sink), 1)
 
 
+class _Cache:
+    """A binary cache directory (``nix copy --to file://DIR`` or ``nix-prefix cache``)
+    built at a long store dir: every read decompresses and checks one NAR file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cache = BinaryCache(path.resolve().as_uri())
+        store_dir = self._cache.store_dir()
+        self._infos: dict[str, narinfo.NarInfo] = {}
+        for file in sorted(path.glob("*.narinfo")):
+            base = file.name[:-len(".narinfo")]
+            try:
+                text = file.read_text()
+                info = narinfo.parse(text, str(file), store_dir)
+            except (OSError, UnicodeDecodeError) as e:
+                raise BuildError(f"cannot read {file}: {e}") from None
+            except narinfo.NarInfoError as e:
+                raise BuildError(str(e), "serve an intact binary cache") from None
+            if storepath.hash_part(info.name) != base:
+                raise BuildError(f"{file} describes {info.store_path}",
+                                 "serve an intact binary cache")
+            self._infos[info.name] = info
+        missing = sorted({r for i in self._infos.values() for r in i.references}
+                         - set(self._infos))
+        if missing:
+            raise BuildError(f"{path} lacks {store_dir}/{missing[0]} (and "
+                             f"{len(missing) - 1} more), which its paths refer to",
+                             "serve a cache that holds whole closures")
+        entries = [PathEntry(i.name, i.nar_hash, i.nar_size, i.references,
+                             i.deriver if i.deriver in self._infos else "")
+                   for i in self._infos.values()]
+        self.manifest = Manifest(store_dir, host_system(), "xz", entries, [], [],
+                                 embedded_store_dir=self._embedded(store_dir))
+
+    def _embedded(self, store_dir: str) -> str:
+        """The store dir as the NARs spell it: a cache nix-prefix relocated holds it
+        slash-padded to the length of the store dir its paths were built for
+        (docs/relocation.md).  The first NAR that names a padded form tells; texts
+        and derivations name the canonical one, and so does every NAR of a cache Nix
+        wrote (all are read, once, to be sure)."""
+        head, _, last = store_dir.rpartition("/")
+        finder = _Finder(re.compile(re.escape(head.encode()) + b"//+" + re.escape(last.encode())
+                                    + b"/"))
+        for info in sorted(self._infos.values(), key=lambda i: i.nar_size):
+            try:
+                self._cache.fetch_nar(info, finder)
+            except _Found as found:
+                return found.args[0][:-1].decode()
+        return store_dir
+
+    def contents(self) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for name in exact.needs_contents(self.manifest):
+            if self._infos[name].nar_size <= exact.TEXT_LIMIT + 1024:
+                self._cache.fetch_nar(self._infos[name], exact.Collector(name, out))
+        return out
+
+    def replay(self, name: str, sink: object) -> None:
+        self._cache.fetch_nar(self._infos[name], sink)  # checks NarHash, then:
+        sink.finish()  # type: ignore[attr-defined]
+
+
+class _Found(Exception):
+    """The store dir as a NAR spells it (in args[0])."""
+
+
+class _Finder:
+    """Raises _Found at the first occurrence of ``pattern`` in a file or a symlink
+    target (file contents are searched with an overlap, so no match is cut)."""
+
+    def __init__(self, pattern: re.Pattern[bytes]) -> None:
+        self._pattern = pattern
+        self._tail = b""
+
+    def _search(self, data: bytes) -> None:
+        m = self._pattern.search(data)
+        if m:
+            raise _Found(m.group(0))
+
+    def begin_directory(self, path: bytes = b"") -> None:
+        pass
+
+    def begin_entry(self, name: bytes) -> None:
+        pass
+
+    def end_entry(self) -> None:
+        pass
+
+    def end_directory(self) -> None:
+        pass
+
+    def regular(self, path: bytes, executable: bool, size: int) -> None:
+        self._tail = b""
+
+    def contents(self, data: bytes) -> None:
+        self._search(self._tail + data)
+        self._tail = data[-4096:]
+
+    def end_regular(self) -> None:
+        pass
+
+    def symlink(self, path: bytes, target: bytes) -> None:
+        self._search(target)
+
+
 def _one(name: str, sink: object) -> Callable[[str], object]:
     """``open_path`` for a replay of one path: ``sink`` for it, nothing for the others
     of its chunk (which the source still verifies)."""
@@ -187,12 +297,14 @@ class Master:
         if not sources:
             raise BuildError("no SOURCE given", "name an installer or a closureInfo dir")
         self.options = options
-        self.sources: list[_Installer | _Closure] = []
+        self.sources: list[_Installer | _Closure | _Cache] = []
         for path in sources:
             if not path.exists():
                 raise BuildError(f"{path} does not exist", "name an installer or a "
                                  "closureInfo dir")
-            if path.is_dir() or not looks_like_installer(path):
+            if (path / narinfo.CACHE_INFO).is_file():
+                self.sources.append(_Cache(path))
+            elif path.is_dir() or not looks_like_installer(path):
                 self.sources.append(_Closure(path, store_root))
             else:
                 self.sources.append(_Installer(path))
@@ -216,7 +328,7 @@ class Master:
 class _Entry:
     """One path of the master at a store dir: where it is read, how it is rewritten."""
 
-    source: _Installer | _Closure
+    source: _Installer | _Closure | _Cache
     retargeted: _Retargeted
     target: _Target
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import http.client
+import lzma
 import os
 import re
 import socket
@@ -181,6 +182,31 @@ def test_the_nar_is_the_master_path_relocated(small: dict, server: Running) -> N
     assert plain == old.replace(old_dir, padded)
     assert info.references == sorted(r.rpartition("/")[2] for r in built.nix.run(
         "nix-store", ["-q", "--references", root]).stdout.decode().split())
+
+
+def test_a_static_cache_as_the_master(small: dict, tmp_path: Path) -> None:
+    """nix copy's cache at the master's store dir, served for a shorter one."""
+    built = small["built"]
+    cache = tmp_path / "copied"
+    subprocess.run([str(built.nix.bin_dir / "nix"), "--extra-experimental-features",
+                    "nix-command", "copy", "--to", f"file://{cache}", *built.roots],
+                   env=built.nix.env(), check=True, capture_output=True)
+    master = Master([cache], ServeOptions(compression="xz"))
+    store_dir = "/c/store"
+    old_dir = str(built.prefix / "store").encode()
+    with running(master) as r:
+        for file in cache.glob("*.narinfo"):
+            theirs = narinfo.parse(file.read_text(), str(file))
+            status, _, text = get(r.port, f"{store_dir}/{file.name}")
+            assert status == 200
+            ours = narinfo.parse(text.decode(), file.name, store_dir)
+            assert (ours.name, ours.references, ours.nar_size) == (
+                theirs.name, theirs.references, theirs.nar_size)
+            status, _, data = get(r.port, f"{store_dir}/{ours.url}")
+            plain = lzma.decompress(data)
+            assert hashes.format_sha256(hashlib.sha256(plain).digest()) == ours.nar_hash
+            assert old_dir not in plain
+        assert get(r.port, "/" + "c" * len(old_dir) + "x/nix-cache-info")[0] == 404
 
 
 HOSTILE = [
@@ -462,3 +488,16 @@ def test_newer_nix_substitutes_from_the_server(world: dict, version: str) -> Non
         q = base / f"serve-v{version.replace('.', '')}"
         test_cache.set_up_prefix(world, q, f"{url}{q}/store", world["keys"]["publisher"])
         test_cache.assert_substitutes_everything(world, q, f"{url}{q}/store", version)
+
+
+@pytest.mark.slow
+def test_a_cache_built_at_a_long_prefix_serves_shorter_ones(world: dict) -> None:  # noqa: F811
+    """The master is a binary cache (nix-prefix cache, exact) for a long prefix: a Nix
+    at a shorter one substitutes everything from the server, building nothing."""
+    base = world["base"]
+    cache = base / "serve-master-cache"
+    test_cache.make_cache(world, base / "a-long-master-cache-prefix", cache)
+    with serving(str(cache), "--sign-key", str(base / "publisher.sec")) as url:
+        q = base / "serve-from-cache"
+        test_cache.set_up_prefix(world, q, f"{url}{q}/store", world["keys"]["publisher"])
+        test_cache.assert_substitutes_everything(world, q, f"{url}{q}/store")
