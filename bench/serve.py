@@ -5,7 +5,8 @@
 Builds the closure of bench/run.py (the machine's own files in a chain of
 derivations) with the machine's Nix at a long store dir S1, then serves it:
 
-* **ours**: ``nix-prefix serve CLOSURE --sign-key K`` (zstd on the fly), asked
+* **ours**: ``nix-prefix serve CLOSURE --sign-key K`` (zstd on the fly, or
+  ``--compression``), asked
   for a new, shorter store dir Q: every narinfo and NAR retargeted to Q;
 * **static**: ``nix copy --to file://DIR?secret-key=K`` of the same closure
   (S1's own cache, xz, what Nix writes), served by aiohttp's static file
@@ -170,7 +171,7 @@ def measure(port: int, base: str, hashes: list[str], seconds: float, label: str)
     return r
 
 
-def bench(base: Path, size_mb: int, paths: int, seconds: float) -> dict:
+def bench(base: Path, size_mb: int, paths: int, seconds: float, compression: str) -> dict:
     s1 = base / "a-publisher-build-prefix-longer-than-the-users"
     q_store = str(base / "users-prefix" / "store")
     nix = LocalNix(s1)
@@ -184,7 +185,8 @@ def bench(base: Path, size_mb: int, paths: int, seconds: float) -> dict:
     nix.run("nix-store", ["--generate-binary-cache-key", "bench-1", str(secret),
                           str(base / "key.pub")])
     r: dict = {"machine": machine(), "closure": {"paths": len(names), "nar_bytes": nar},
-               "load_before": os.getloadavg()[0], "seconds": seconds}
+               "load_before": os.getloadavg()[0], "seconds": seconds,
+               "compression": compression}
     print(f"closure: {len(names)} paths, {nar / 2**20:.1f} MiB NAR", file=sys.stderr)
 
     static_dir = base / "nix-copy"
@@ -201,7 +203,8 @@ def bench(base: Path, size_mb: int, paths: int, seconds: float) -> dict:
         stop(proc)
 
     proc, line = start([*CLI, "serve", str(info), "--sign-key", str(secret),
-                        "--listen", "127.0.0.1:0"], r" at http://")
+                        "--compression", compression, "--listen", "127.0.0.1:0"],
+                       r" at http://")
     try:
         port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
         r["ours"] = measure(port, q_store, hashes, seconds, "nix-prefix serve")
@@ -223,7 +226,7 @@ def print_table(r: dict) -> None:
           f"machine: {r['machine']['cpus']} CPUs, load {r['load_before']:.1f} before")
     print(f"{'':34}{'narinfo/s':>11}{'NAR MB/s':>10}{'wire MB/s':>11}")
     for key, label in (("static", "static nix copy cache (aiohttp)"),
-                       ("ours", "nix-prefix serve (retargeting)")):
+                       ("ours", f"nix-prefix serve ({r['compression']})")):
         for clients in (1, 8):
             v = r[key]
             nar = v[f"nar_{clients}"]
@@ -242,12 +245,14 @@ def main() -> None:
     ap.add_argument("--size-mb", type=int, default=100, help="closure size to aim for")
     ap.add_argument("--paths", type=int, default=30, help="number of store paths")
     ap.add_argument("--seconds", type=float, default=10, help="length of each measurement")
+    ap.add_argument("--compression", default="zstd", choices=("zstd", "xz", "none"),
+                    help="what nix-prefix serve compresses NARs with on the fly")
     ap.add_argument("--json", type=Path, help="write the results here too")
     ap.add_argument("--workdir", type=Path, help="default: a new dir under /tmp")
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
     args = ap.parse_args()
     with work_dir(args.workdir, args.keep, "np-serve-bench-") as base:
-        results = bench(base, args.size_mb, args.paths, args.seconds)
+        results = bench(base, args.size_mb, args.paths, args.seconds, args.compression)
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")

@@ -135,4 +135,4 @@ def test_serve_bench_runs_on_a_tiny_closure(tmp_path: Path) -> None:
     assert r["ours"]["cold_narinfo_per_s"] > 0
     assert r["ours"]["server_rss_mb"] > 0 and r["static"]["server_rss_mb"] > 0
     assert set(r["ratios"]) == {"narinfo_1", "nar_1", "narinfo_8", "nar_8"}
-    assert "nix-prefix serve (retargeting)" in proc.stdout
+    assert "nix-prefix serve (zstd)" in proc.stdout
