@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from nix_prefix.builder.master import Master, ServeOptions
+from nix_prefix.builder.master import Master, PrefixPlan, ServeOptions
 from nix_prefix.builder.serve import Server, split_request
 from nix_prefix.builder.signer import load_secret_key
 from nix_prefix.payload import hashes, nar, narinfo, signing
@@ -207,6 +207,30 @@ def test_a_static_cache_as_the_master(small: dict, tmp_path: Path) -> None:
             assert hashes.format_sha256(hashlib.sha256(plain).digest()) == ours.nar_hash
             assert old_dir not in plain
         assert get(r.port, "/" + "c" * len(old_dir) + "x/nix-cache-info")[0] == 404
+
+
+def test_plans_are_made_once_per_store_dir_and_bounded(small: dict) -> None:
+    master = Master([small["built"].installer], ServeOptions(plans=2))
+    made = []
+    real = PrefixPlan.__init__
+
+    def counting(self, m, store_dir):
+        made.append(store_dir)
+        time.sleep(0.2)  # long enough for the other threads to ask meanwhile
+        real(self, m, store_dir)
+
+    PrefixPlan.__init__ = counting
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            plans = list(pool.map(master.plan, ["/a/store"] * 8))
+        assert made == ["/a/store"] and all(p is plans[0] for p in plans)
+        for q in ("/b/store", "/c/store"):
+            master.plan(q)
+        assert master.plans_cached == 2  # /a/store went first
+        master.plan("/a/store")
+        assert made == ["/a/store", "/b/store", "/c/store", "/a/store"]
+    finally:
+        PrefixPlan.__init__ = real
 
 
 HOSTILE = [
