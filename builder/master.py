@@ -32,12 +32,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from ..payload import codecs, exact, hashes, nar, narinfo, nix32, storepath
+from ..payload import retarget as retargets
 from ..payload.container import CorruptInstaller, InstallerFile
 from ..payload.machine import host_system
-from ..payload.manifest import Manifest, PathEntry
+from ..payload.manifest import Manifest, PathEntry, has_derivations
 from ..payload.signing import SecretKey
+from ..payload.tree import Sink
 from .cache import _ClosureSource, _InstallerSource, _Retargeted, _Target
 from .compress import compressor
 from .errors import BuildError
@@ -64,17 +67,21 @@ class ServeOptions:
     narinfos: int = NARINFOS
 
 
-class _LRU:
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _LRU(Generic[K, V]):
     """A bounded, thread-safe map whose values are computed once per key, even when
     several threads ask for the same key at the same time."""
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._items: OrderedDict[object, object] = OrderedDict()
+        self._items: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
-        self._busy: dict[object, threading.Event] = {}
+        self._busy: dict[K, threading.Event] = {}
 
-    def get(self, key: object, make: Callable[[], object]) -> object:
+    def get(self, key: K, make: Callable[[], V]) -> V:
         while True:
             with self._lock:
                 if key in self._items:
@@ -124,7 +131,7 @@ class _Installer:
         except codecs.CodecError as e:
             raise BuildError(f"{self.path}: {e}") from None
 
-    def replay(self, name: str, sink: object) -> None:
+    def replay(self, name: str, sink: Sink) -> None:
         try:
             installer = self._free.get_nowait()
         except queue.Empty:
@@ -146,7 +153,7 @@ class _Closure:
     def contents(self) -> dict[str, bytes]:
         return self.source.contents()
 
-    def replay(self, name: str, sink: object) -> None:
+    def replay(self, name: str, sink: Sink) -> None:
         self.source.replay({name}, _one(name, sink), 1)
 
 
@@ -202,21 +209,21 @@ class _Cache:
 
     def contents(self) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
-        for name in exact.needs_contents(self.manifest):
-            if self._infos[name].nar_size <= exact.TEXT_LIMIT + 1024:
-                self._cache.fetch_nar(self._infos[name], exact.Collector(name, out))
+        for name in exact.needs_contents(self.manifest.paths):
+            if self._infos[name].nar_size <= retargets.TEXT_LIMIT + 1024:
+                self._cache.fetch_nar(self._infos[name], retargets.Collector(name, out))
         return out
 
-    def replay(self, name: str, sink: object) -> None:
+    def replay(self, name: str, sink: Sink) -> None:
         self._cache.fetch_nar(self._infos[name], sink)  # checks NarHash, then:
-        sink.finish()  # type: ignore[attr-defined]
+        sink.finish()
 
 
 class _Found(Exception):
     """The store dir as a NAR spells it (in args[0])."""
 
 
-class _Finder:
+class _Finder(Sink):
     """Raises _Found at the first occurrence of ``pattern`` in a file or a symlink
     target (file contents are searched with an overlap, so no match is cut)."""
 
@@ -229,61 +236,23 @@ class _Finder:
         if m:
             raise _Found(m.group(0))
 
-    def begin_directory(self, path: bytes = b"") -> None:
-        pass
-
-    def begin_entry(self, name: bytes) -> None:
-        pass
-
-    def end_entry(self) -> None:
-        pass
-
-    def end_directory(self) -> None:
-        pass
-
-    def regular(self, path: bytes, executable: bool, size: int) -> None:
+    def regular(self, rel: bytes, executable: bool, size: int) -> None:
         self._tail = b""
 
     def contents(self, data: bytes) -> None:
         self._search(self._tail + data)
         self._tail = data[-4096:]
 
-    def end_regular(self) -> None:
-        pass
-
-    def symlink(self, path: bytes, target: bytes) -> None:
+    def symlink(self, rel: bytes, target: bytes) -> None:
         self._search(target)
 
 
-def _one(name: str, sink: object) -> Callable[[str], object]:
+def _one(name: str, sink: Sink) -> Callable[[str], Sink]:
     """``open_path`` for a replay of one path: ``sink`` for it, nothing for the others
     of its chunk (which the source still verifies)."""
-    def open_path(other: str) -> object:
-        return sink if other == name else _Ignore()
+    def open_path(other: str) -> Sink:
+        return sink if other == name else Sink()
     return open_path
-
-
-class _Ignore:
-    """Takes every tree event and does nothing with it."""
-
-    def _nothing(self, *args: object) -> None:
-        pass
-
-    begin_directory = begin_entry = end_entry = end_directory = _nothing
-    regular = contents = end_regular = symlink = finish = _nothing
-
-
-class _Hashing:
-    """The end of a rewrite: NAR bytes in, their sha256 and size kept."""
-
-    def __init__(self, writer: nar.NarWriter) -> None:
-        self._writer = writer
-
-    def __getattr__(self, name: str):  # the NAR writer's events
-        return getattr(self._writer, name)
-
-    def finish(self) -> None:
-        pass
 
 
 class Master:
@@ -309,15 +278,14 @@ class Master:
             else:
                 self.sources.append(_Installer(path))
         # What the exact planner needs, read (and verified) once for every plan.
-        self._contents = [s.contents() if any(p.name.endswith(".drv")
-                                              for p in s.manifest.paths) else None
+        self._contents = [s.contents() if has_derivations(s.manifest.paths) else None
                           for s in self.sources]
         self.max_store_dir = min(len(s.manifest.embedded_store_dir) for s in self.sources)
-        self._plans = _LRU(options.plans)
+        self._plans: _LRU[str, PrefixPlan] = _LRU(options.plans)
 
     def plan(self, store_dir: str) -> PrefixPlan:
         """The plan for ``store_dir`` (checked by the caller), computed once."""
-        return self._plans.get(store_dir, lambda: PrefixPlan(self, store_dir))  # type: ignore
+        return self._plans.get(store_dir, lambda: PrefixPlan(self, store_dir))
 
     @property
     def plans_cached(self) -> int:
@@ -335,7 +303,7 @@ class _Entry:
     def replay(self, out: nar.NarWriter) -> None:
         """The path's events, read from its source and rewritten, into ``out``."""
         old = self.target.old
-        self.source.replay(old, self.retargeted.rewriter(old, _Hashing(out)))
+        self.source.replay(old, self.retargeted.target.sink(old, out))
 
 
 class PrefixPlan:
@@ -352,7 +320,7 @@ class PrefixPlan:
                 self._by_hash.setdefault(storepath.hash_part(target.new),
                                          _Entry(source, retargeted, target))
         self._names = {e.target.new for e in self._by_hash.values()}
-        self._narinfos = _LRU(master.options.narinfos)
+        self._narinfos: _LRU[str, bytes] = _LRU(master.options.narinfos)
 
     def __contains__(self, hash_part: str) -> bool:
         return hash_part in self._by_hash
@@ -362,7 +330,7 @@ class PrefixPlan:
         entry = self._by_hash.get(hash_part)
         if entry is None:
             return None
-        return self._narinfos.get(hash_part, lambda: self._make_narinfo(entry))  # type: ignore
+        return self._narinfos.get(hash_part, lambda: self._make_narinfo(entry))
 
     def _make_narinfo(self, entry: _Entry) -> bytes:
         writer = nar.NarHasher()

@@ -29,6 +29,7 @@ import re
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from aiohttp import http_exceptions, web
 
@@ -36,7 +37,9 @@ from ..payload import storepath
 from ..payload.codecs import CodecError
 from ..payload.container import CorruptInstaller
 from .errors import BuildError
-from .master import Master, parse_nar_file
+from .master import Master, PrefixPlan, parse_nar_file
+
+T = TypeVar("T")
 
 # At most this many NARs are being produced at once; more requests wait their turn.
 MAX_STREAMS = 16
@@ -131,7 +134,7 @@ class Server:
     async def _close(self, app: web.Application) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _run(self, work: Callable[..., object], *args: object) -> Awaitable[object]:
+    def _run(self, work: Callable[..., T], *args: object) -> Awaitable[T]:
         return asyncio.get_running_loop().run_in_executor(self._pool, work, *args)
 
     @web.middleware
@@ -174,13 +177,15 @@ class Server:
             return web.Response(status=304, headers=headers)
         return web.Response(body=body, headers=headers, content_type=CONTENT_TYPES[kind])
 
-    async def _nar(self, request: web.Request, plan, name: str) -> web.StreamResponse:
+    async def _nar(self, request: web.Request, plan: PrefixPlan,
+                   name: str) -> web.StreamResponse:
         parsed = parse_nar_file(name, self.master.options.compression)
         if parsed is None or parsed[0] not in plan:
             raise _error(web.HTTPNotFound, "no such NAR here", MISSING_CONTROL)
         hash_part, nar_hash = parsed
         text = await self._run(plan.narinfo, hash_part)
-        if f"-{nar_hash}.nar".encode() not in text:  # an old URL: the master changed
+        # An old URL (the master changed since) names another NarHash.
+        if text is None or f"-{nar_hash}.nar".encode() not in text:
             raise _error(web.HTTPNotFound, "no such NAR here (any more)", MISSING_CONTROL)
         # The compressed bytes depend on the compressor's version: a weak tag.
         etag = f'W/"{nar_hash}-{self.master.options.compression}"'
@@ -197,7 +202,8 @@ class Server:
             await self._stream(response, plan, hash_part)
         return response
 
-    async def _stream(self, response: web.StreamResponse, plan, hash_part: str) -> None:
+    async def _stream(self, response: web.StreamResponse, plan: PrefixPlan,
+                      hash_part: str) -> None:
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[bytes | None] = asyncio.Queue(_QUEUE_PIECES)
         gone = threading.Event()
@@ -252,8 +258,7 @@ def run(master: Master, host: str, port: int, ready: Callable[[str], None] | Non
         await runner.setup()
         site = web.TCPSite(runner, host, port, backlog=256)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # the port chosen for 0
-        bound = sockets[0].getsockname()[1] if sockets else port
+        bound = runner.addresses[0][1] if runner.addresses else port  # the port for 0
         if ready:
             ready(f"http://{host}:{bound}")
         try:
