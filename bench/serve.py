@@ -224,13 +224,13 @@ def print_table(r: dict) -> None:
     c = r["closure"]
     print(f"\nclosure: {c['paths']} store paths, {c['nar_bytes'] / 2**20:.1f} MiB NAR; "
           f"machine: {r['machine']['cpus']} CPUs, load {r['load_before']:.1f} before")
-    print(f"{'':34}{'narinfo/s':>11}{'NAR MB/s':>10}{'wire MB/s':>11}")
+    print(f"{'':40}{'narinfo/s':>11}{'NAR MB/s':>10}{'wire MB/s':>11}")
     for key, label in (("static", "static nix copy cache (aiohttp)"),
                        ("ours", f"nix-prefix serve ({r['compression']})")):
         for clients in (1, 8):
             v = r[key]
             nar = v[f"nar_{clients}"]
-            print(f"{label + f', {clients} client(s)':34}{v[f'narinfo_per_s_{clients}']:11.0f}"
+            print(f"{label + f', {clients} client(s)':40}{v[f'narinfo_per_s_{clients}']:11.0f}"
                   f"{nar['nar_mb_s']:10.1f}{nar['wire_mb_s']:11.1f}")
     print(f"server peak RSS: static {r['static']['server_rss_mb']:.0f} MiB, nix-prefix serve "
           f"{r['ours']['server_rss_mb']:.0f} MiB")
