@@ -539,8 +539,9 @@ def cache_summary(result, output: Path, seconds: float) -> list[str]:
 @app.command()
 def serve(
     sources: Annotated[list[Path], typer.Argument(
-        metavar="SOURCE...", help="installers made by nix-prefix, or closureInfo dirs: "
-                                  "the master, merged")],
+        metavar="SOURCE...", help="installers made by nix-prefix, closureInfo dirs, or "
+                                  "binary cache dirs built at a long store dir: the "
+                                  "master, merged")],
     listen: Annotated[str, typer.Option(
         metavar="HOST:PORT", help="where to listen (port 0: any free port)")]
     = "127.0.0.1:8080",
