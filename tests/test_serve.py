@@ -179,7 +179,10 @@ def test_the_nar_is_the_master_path_relocated(small: dict, server: Running) -> N
     old = nar.nar_bytes(os.fsencode(root))
     old_dir = str(built.prefix / "store").encode()
     padded = b"/q" + b"/" * (len(old_dir) - len(store_dir)) + b"/store"
-    assert plain == old.replace(old_dir, padded)
+    # Every occurrence relocated: padded in binaries (no offset moves), canonical in
+    # text (docs/relocation.md).
+    assert old_dir not in plain and old.count(old_dir) > 0
+    assert plain.count(padded) + plain.count(store_dir.encode() + b"/") == old.count(old_dir)
     assert info.references == sorted(r.rpartition("/")[2] for r in built.nix.run(
         "nix-store", ["-q", "--references", root]).stdout.decode().split())
 
@@ -200,8 +203,9 @@ def test_a_static_cache_as_the_master(small: dict, tmp_path: Path) -> None:
             status, _, text = get(r.port, f"{store_dir}/{file.name}")
             assert status == 200
             ours = narinfo.parse(text.decode(), file.name, store_dir)
-            assert (ours.name, ours.references, ours.nar_size) == (
-                theirs.name, theirs.references, theirs.nar_size)
+            # (Text files get the shorter canonical store dir: NarSize may shrink.)
+            assert (ours.name, ours.references) == (theirs.name, theirs.references)
+            assert ours.nar_size <= theirs.nar_size
             status, _, data = get(r.port, f"{store_dir}/{ours.url}")
             plain = lzma.decompress(data)
             assert hashes.format_sha256(hashlib.sha256(plain).digest()) == ours.nar_hash
