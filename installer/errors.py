@@ -17,6 +17,13 @@ class InstallError(OneLineError):
     """
 
     exit_code = EXIT_FAILED
+    reverted = False  # set when the failed install's steps were undone (plan.py)
+
+
+class UsageProblem(InstallError):
+    """The command line cannot be carried out as given (exit 2)."""
+
+    exit_code = EXIT_USAGE
 
 
 class UpdateNeeded(InstallError):

@@ -1,26 +1,30 @@
-"""The install, step by step: preflight, unpack and verify, place, configure, register.
+"""The install as a plan of revertible steps: build it, show it, run it.
 
-Every step is safe to repeat.  Nothing is moved into the store before the
-whole payload needed has been unpacked into a staging dir and verified, and
-``nix-store --load-db`` runs only once every path is in place, so a crash or
-a corrupt installer never leaves a registered path missing or partial.
+``prepare`` builds the plan (plan.py, steps.py) without writing anything;
+the caller shows ``plan_lines`` and asks; ``execute`` runs that same plan.
+Each step's state and what it made go into the receipt before and after it
+runs, so a kill at any moment leaves a prefix that a re-run finishes or an
+``--uninstall`` takes back, and any failure reverts this run's steps:
+the prefix is as it was, database rows included.
+
+Nothing is moved into the store before the whole payload needed has been
+unpacked into a staging dir and verified, and ``nix-store --load-db`` runs
+only once every path is in place.
 """
 
-import errno
-import hashlib
 import os
 import time
 
-from ..payload import exact, hashes, nar, registration, retarget
+from ..payload import exact, retarget
 from ..payload.machine import human_size
 from ..payload.tree import Count, Tee
-from . import crashpoints, envfiles, nixstore, preflight, receipt, staging, timings
+from . import crashpoints, envfiles, nixstore, plan, preflight, receipt, staging, steps, timings
 from .errors import InstallError, UpdateNeeded
 from .prefix import Prefix, user_name
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import Dict, List, Optional, Sequence, Tuple  # noqa: F401
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple  # noqa: F401
 
     from ..payload.container import InstallerFile  # noqa: F401
     from ..payload.manifest import Manifest, PathEntry  # noqa: F401
@@ -28,29 +32,19 @@ if MYPY:
     from .ui import UI  # noqa: F401
 
 
-def plan_lines(target, prefix, also=()):
-    # type: (retarget.Retarget, Prefix, Sequence[str]) -> List[str]
-    """What the install of ``target`` (see ``at_prefix``) will do, shown before it asks
-    to proceed; ``also`` lists what it will do outside the prefix (e.g. --modify-profile)."""
-    manifest = target.source
-    lines = [
-        "Install %d store paths (%s) into %s" % (len(manifest.paths),
-                                                 human_size(manifest.total_nar_size),
-                                                 prefix.store_dir),
-        "  verify every path against its Nix NAR hash before moving it into place",
-    ]
-    line = target.describe()
+def plan_lines(run, the_plan):
+    # type: (steps.Run, plan.Plan) -> List[str]
+    """What the install will do, shown before it asks to proceed: the plan's steps."""
+    manifest, prefix = run.manifest, run.prefix
+    lines = ["Install %d store paths (%s) into %s:" % (
+        len(manifest.paths), human_size(manifest.total_nar_size), prefix.store_dir)]
+    lines += the_plan.lines(run)
+    line = run.target.describe() if run.target is not None else None
     if line is not None:
         lines.append(line)
-    lines += [
-        "  register them in %s with nix-store --load-db" % prefix.state_dir,
-        "  write %s (if absent)" % prefix.nix_conf,
-        "  make the profile %s with %s" % (
-            prefix.profile, ", ".join(target.manifest.roots)),
-        "  write %s/nix.sh and nix.fish" % prefix.profile_d,
-    ]
-    lines += also
-    lines.append("Nothing %soutside %s is changed." % ("else " if also else "", prefix.root))
+    outside = any(isinstance(s, steps.ShellStartup) for s in the_plan.steps)
+    lines.append("Nothing %soutside %s is changed; if a step fails, the ones before it are "
+                 "undone." % ("else " if outside else "", prefix.root))
     return lines
 
 
@@ -62,6 +56,7 @@ def preflight_checks(manifest, prefix):
     preflight.check_retarget(manifest, prefix)
     preflight.check_no_symlinks(prefix)
     preflight.check_writable(prefix)
+    preflight.check_owner(prefix)
     preflight.check_store_is_nix(prefix, staging.STAGING_PREFIX)
     preflight.check_path_length(manifest, prefix)
     missing = [p for p in manifest.paths
@@ -89,43 +84,6 @@ def check_update(manifest, prefix, update):
                 prefix.root, nixstore.profile_generation(prefix) or "?", names),
             "pass -u (--update) to add this installer's paths and make a new profile "
             "generation; the old one stays for a rollback")
-
-
-def _make_dirs(prefix):
-    # type: (Prefix) -> List[str]
-    """Create the prefix's directories; return the ones that did not exist."""
-    created = []
-    for path in prefix.directories():
-        try:
-            os.mkdir(path, 0o755)
-            created.append(path)
-        except OSError as e:
-            if e.errno == errno.EEXIST and os.path.isdir(path):
-                continue
-            _remove_created(prefix, created)
-            raise staging.write_error(e, path)
-    return created
-
-
-def _remove_created(prefix, created):
-    # type: (Prefix, List[str]) -> None
-    """Undo ``_make_dirs`` after a failed first install: remove what is still empty."""
-    if prefix.data_dir in created and os.path.exists(prefix.lock_file):
-        os.unlink(prefix.lock_file)
-    for path in reversed(created):
-        try:
-            os.rmdir(path)
-        except OSError:
-            pass
-
-
-def _on_disk_matches(manifest, entry):
-    # type: (Manifest, PathEntry) -> bool
-    try:
-        digest, size = nar.hash_path(manifest.store_path(entry.name))
-    except (OSError, nar.NarError):
-        return False
-    return size == entry.nar_size and hashes.format_sha256(digest) == entry.nar_hash
 
 
 def nix_tool(manifest, prefix, tool):
@@ -196,174 +154,163 @@ def exact_retarget(source, prefix, ui, jobs=1):
                            % manifest.prefix)
 
 
+def new_run(source, prefix, ui, target, update=False, jobs=1, caches=None,
+            signature_names=()):
+    # type: (InstallerFile, Prefix, UI, retarget.Retarget, bool, int, Optional[envfiles.Caches], Sequence[str]) -> steps.Run
+    """The context the steps of an install (or uninstall) through ``target`` share;
+    ``caches`` go into a new nix.conf (--substituter).  ``signature_names`` names
+    the keys whose signature of the installer holds: the Register step records
+    their signatures of its paths in the prefix's Nix database."""
+    def place(run, to_place, before_renames):
+        if run.target.rewrites:
+            run.ui.say("relocating %d store paths from %s to %s"
+                       % (len(to_place), run.source.manifest.store_dir, run.prefix.store_dir))
+            _warn_hidden_refs(run.manifest, run.ui)
+        return _unpack_and_place(run.source, run.target, run.prefix, to_place, run.ui,
+                                 run.jobs, before_renames)
+
+    manifest = target.manifest
+    run = steps.Run(prefix, ui, manifest, lambda tool: nix_tool(manifest, prefix, tool),
+                    source, target, jobs, update, place)
+    run.caches = caches
+    # A rewritten path is another path: no signature of the publisher covers it
+    # (and the retargeted manifest carries none).
+    run.signature_names = () if target.rewrites else tuple(signature_names)
+    return run
+
+
 def install(source, prefix_root, ui, update=False, jobs=1, target=None, caches=None,
             signature_names=()):
     # type: (InstallerFile, str, UI, bool, int, Optional[retarget.Retarget], Optional[envfiles.Caches], Sequence[str]) -> bool
-    """Install ``source`` into ``prefix_root``; returns True if anything changed.
-
-    A first install's profile holds exactly the roots; with ``update`` (-u) the
-    new generation also keeps the other packages the profile had (same-named
-    ones are replaced, as ``nix-env -i`` does).  ``jobs`` payload chunks are
-    unpacked at once.  ``target`` is what ``at_prefix`` gave for this prefix
-    (computed here if not given).  ``caches`` go into a new nix.conf (--substituter).
-    ``signature_names`` names the keys whose signature of the installer holds:
-    their signatures of its paths go into the prefix's Nix database when the
-    paths are installed where they were signed for.
-    """
+    """Install ``source`` into ``prefix_root`` without asking (the preflight checks
+    are the caller's); returns True if anything changed.  ``target`` is what
+    ``at_prefix`` gave for this prefix (computed here if not given)."""
     prefix = Prefix(prefix_root)
     if target is None:
         target = at_prefix(source, prefix, ui, jobs)
-    started = time.time()
-    created = _make_dirs(prefix)
-    try:
-        # A rewritten path is another path: no signature of the publisher covers it
-        # (and the retargeted manifest carries none).
-        return _install_locked(source, target, prefix, ui, started, update, jobs, caches,
-                               () if target.rewrites else signature_names)
-    except BaseException:
-        _remove_created(prefix, created)
-        raise
+    run = new_run(source, prefix, ui, target, update, jobs, caches, signature_names)
+    return execute(run, receipt_plan(run, install_steps(run)))
 
 
-def _install_locked(source, target, prefix, ui, started, update, jobs, caches,
-                    signature_names):
-    # type: (InstallerFile, retarget.Retarget, Prefix, UI, float, bool, int, Optional[envfiles.Caches], Sequence[str]) -> bool
-    manifest = target.manifest
-    changed = False
-    with nixstore.PrefixLock(prefix.lock_file,
-                             on_wait=lambda: ui.say("waiting for another installer on %s..."
-                                                    % prefix.root)):
+def install_steps(run, home=None):
+    # type: (steps.Run, Optional[str]) -> List[plan.Step]
+    """The steps of an install, in order (``home``: --modify-profile's home dir)."""
+    out = [steps.MakeDirs(), steps.PlacePaths()]
+    out += [steps.WriteFile(path=path)
+            for path, _ in envfiles.planned_files(run.prefix, run.caches)]
+    out += [steps.Register(), steps.MakeProfile()]
+    if home is not None:
+        out.append(steps.ShellStartup(home=home))
+    return out
+
+
+def receipt_plan(run, step_list):
+    # type: (steps.Run, List[plan.Step]) -> plan.Plan
+    """``step_list`` as a plan whose receipt is saved before and after every step.
+
+    Under the lock (taken before the first step that needs it), the receipt
+    this installer left earlier is read again: an unfinished one's steps are
+    adopted (a failure now undoes them too, and the prefix is as it was
+    before the first try); a complete one's records are kept beside this
+    run's, which alone a failure undoes.
+    """
+    prefix = run.prefix
+    path = receipt.path_for(prefix, run.manifest)
+    state = {"prior": None, "base": {}, "loaded": False}  # type: Dict[str, Any]
+
+    def save():
+        if not state["loaded"]:
+            # Before the lock, and the receipt read under it, nothing is written:
+            # a receipt of an earlier run must not be overwritten unread.
+            return
+        if not os.path.isdir(prefix.receipts_dir):
+            return  # reverted to before the first install: nothing to record it in
+        prior = state["prior"]
+        doc = receipt.new(run.manifest, prefix)
+        doc["complete"] = bool(prior and prior.get("complete")) or all(
+            s.state == plan.DONE for s in step_list)
+        records, keys = [], set()
+        for step in step_list:
+            rec = step.to_record()
+            base = state["base"].get(step.key())
+            if base:
+                rec["owned"] = plan.merge(base.get("owned") or {}, rec["owned"])
+            records.append(rec)
+            keys.add(step.key())
+        records += [rec for key, rec in sorted(state["base"].items()) if key not in keys]
+        doc["steps"] = records
+        receipt.write(path, doc)
+
+    def on_locked():
+        run.lock = nixstore.PrefixLock(
+            prefix.lock_file, on_wait=lambda: run.ui.say(
+                "waiting for another installer on %s..." % prefix.root)).__enter__()
         for stale in staging.remove_stale_staging(prefix.store_dir):
-            ui.say("removed %s, left by an interrupted install" % stale)
-        full = [manifest.store_path(p.name) for p in manifest.paths]
-        with timings.phase("valid paths"):
-            valid = nixstore.valid_paths(prefix, full)
-        to_place = []
-        for entry in manifest.paths:
-            path = manifest.store_path(entry.name)
-            if path in valid and os.path.lexists(path):
-                continue
-            if os.path.lexists(path):
-                # Placed by an install that stopped before registering: keep it if
-                # its bytes are right, else replace it (it is not valid to Nix).  A
-                # rewritten path's hash is known only by unpacking it again.
-                if not target.rewrites and _on_disk_matches(manifest, entry):
-                    staging.seal_top(path)
-                    continue
-                ui.say("replacing %s, which does not match its NAR hash" % path)
-                staging.remove_tree(path)
-            to_place.append(entry)
-        if to_place:
-            if target.rewrites:
-                ui.say("relocating %d store paths from %s to %s"
-                       % (len(to_place), source.manifest.store_dir, prefix.store_dir))
-                _warn_hidden_refs(manifest, ui)
-            # What --load-db registers: the NAR hashes of the bytes written.
-            manifest = manifest.with_nar_info(
-                _unpack_and_place(source, target, prefix, to_place, ui, jobs))
-            changed = True
-        envfiles.make_profile_link(prefix)
-        written = {}
-        for path, content in envfiles.planned_files(prefix, caches):
-            with timings.phase("env files"):
-                state = envfiles.write_file(path, content)
-            crashpoints.reached("env-file")
-            if state == "written":
-                written[path] = hashlib.sha256(content.encode()).hexdigest()
-                changed = True
-            elif state == "kept" and path == prefix.nix_conf:
-                ui.say("keeping your %s as it is" % path)
-                if caches is not None and caches.substituters:
-                    ui.say("  for the binary caches, add these lines to it yourself:\n    "
-                           + "\n    ".join(caches.conf_lines()))
-        nix_store = nix_tool(manifest, prefix, "nix-store")
-        unregistered = [p for p in manifest.paths if manifest.store_path(p.name) not in valid]
-        if unregistered or written:
-            # Recorded before registering: a crash after load-db must not leave paths
-            # that no receipt claims (--uninstall only removes what is recorded).
-            receipt.record(prefix, manifest, [manifest.store_path(p.name) for p in unregistered],
-                           None, None, written)
-        if unregistered:
-            ui.say("registering %d paths with nix-store --load-db" % len(unregistered))
-            # Only new paths: valid ones keep their rows (and, retargeted, their hashes).
-            crashpoints.reached("before-load-db")
-            with timings.phase("load-db"):
-                nixstore.load_db(prefix, nix_store, _registration(manifest, unregistered))
-            crashpoints.reached("after-load-db")
-            changed = True
-        # Every run, not only the one that registered: a crash may have come between.
-        if signature_names and _register_signatures(manifest, prefix, signature_names, ui):
-            changed = True
-        nix_env = nix_tool(manifest, prefix, "nix-env")
-        roots = [manifest.store_path(r) for r in manifest.roots]
-        with timings.phase("profile"):
-            current = nixstore.profile_paths(prefix)
-        if not set(roots) <= current:
-            ui.say("making the profile %s" % prefix.profile)
-            crashpoints.reached("before-profile")
-            before = nixstore.max_path_id(prefix)
-            with timings.phase("profile"):
-                nixstore.set_profile(prefix, nix_env, roots, keep_others=update)
-            crashpoints.reached("after-profile")
-            environment = os.path.realpath(prefix.profile)
-            receipt.record(prefix, manifest, _made_by_nix_env(prefix, nix_store, environment,
-                                                              before),
-                           nixstore.profile_generation(prefix), environment, {})
-            changed = True
-    elapsed = time.time() - started
-    if changed:
-        ui.say("installed %d store paths (%d new) into %s in %.1f s"
-               % (len(manifest.paths), len(to_place), prefix.store_dir, elapsed))
-    else:
-        ui.say("nothing to do: all %d store paths are already installed and registered in %s"
-               % (len(manifest.paths), prefix.root))
-    return changed
+            run.ui.say("removed %s, left by an interrupted install" % stale)
+        envfiles.make_profile_link(prefix)  # before any Nix runs (envfiles.py)
+        prior = receipt.load(path)
+        state["prior"] = prior
+        by_key = dict((record_key(r), r) for r in (prior or {}).get("steps", []))
+        if prior and prior.get("complete"):
+            state["base"] = by_key
+        else:
+            the_plan.revert_all = True  # a failure takes back the unfinished runs too
+            keys = set(s.key() for s in step_list)
+            for step in step_list:
+                if step.key() in by_key:
+                    step.adopt(by_key[step.key()].get("owned") or {})
+            state["base"] = dict((k, r) for k, r in by_key.items() if k not in keys)
+        run.last = not receipt.others(prefix, path)
+        state["loaded"] = True
+
+    def drop_receipt():
+        if not state["loaded"]:
+            return  # never read: whatever receipt is there is not this run's
+        prior = state["prior"]
+        if prior and prior.get("complete"):
+            receipt.write(path, prior)
+        else:
+            receipt.remove(path)
+
+    run.save = save
+    run.drop_receipt = drop_receipt
+    run.last = not receipt.others(prefix, path)  # again under the lock
+    the_plan = plan.Plan(step_list, save, on_locked)
+    return the_plan
 
 
-def _made_by_nix_env(prefix, nix_store, environment, before):
-    # type: (Prefix, str, str, int) -> List[str]
-    """The paths ``nix-env`` registered for ``environment`` (the environment, its
-    manifest and .drv): those in its closure or its deriver's registered after
-    id ``before``.  A user environment that was valid before is not ours."""
-    new = nixstore.registered_since(prefix, before)
-    if not new:
-        return []
-    related = set(nixstore.run_nix(prefix, [nix_store, "-qR", environment]).split())
-    deriver = nixstore.run_nix(prefix, [nix_store, "-q", "--deriver", environment]).strip()
-    if deriver in new:
-        related.update(nixstore.run_nix(prefix, [nix_store, "-qR", deriver]).split())
-    return sorted(new & related)
+def record_key(record):
+    # type: (dict) -> str
+    """The key (Step.key) of a receipt record."""
+    step = steps.from_record(record)
+    return step.key() if step is not None else "%s ?" % record.get("kind")
 
 
-def _register_signatures(manifest, prefix, signature_names, ui):
-    # type: (Manifest, Prefix, Sequence[str], UI) -> int
-    """Put the publisher's path signatures by the keys ``signature_names`` into the
-    prefix's Nix database, so that ``nix path-info --sigs`` shows them and
-    ``nix store verify`` checks them."""
-    names = set(signature_names)
-    signed = []
-    for p in manifest.paths:
-        sigs = [s for s in p.sigs if s.partition(":")[0] in names]
-        if sigs:
-            signed.append((manifest.store_path(p.name), p.nar_hash, p.nar_size,
-                           [manifest.store_path(r) for r in p.references], sigs))
-    if not signed:
-        return 0
+def execute(run, the_plan):
+    # type: (steps.Run, plan.Plan) -> bool
+    """Run the plan shown to the user; returns True if anything changed."""
+    started = time.time()
     try:
-        added = nixstore.add_signatures(prefix, signed)
-    except ImportError:
-        ui.say("warning: this Python has no sqlite3 module, so the publisher's signatures "
-               "of the store paths are not recorded in the Nix database")
-        return 0
-    if added:
-        ui.say("recorded the publisher's signatures of %d store paths (%s) in the Nix "
-               "database" % (added, ", ".join(sorted(names))))
-    return added
-
-
-def _registration(manifest, entries):
-    # type: (Manifest, List[PathEntry]) -> str
-    return registration.format(p.registration(manifest.store_dir) for p in entries)
+        try:
+            changed = the_plan.execute(run)
+        except plan.RevertFailed:
+            raise  # the receipt names what is left to undo
+        except BaseException:
+            run.drop_receipt()  # all undone: no trace of this run stays
+            raise
+    finally:
+        if run.lock is not None:
+            run.lock.__exit__(None, None, None)
+            run.lock = None
+    elapsed = time.time() - started
+    manifest, prefix = run.manifest, run.prefix
+    if changed:
+        run.ui.say("installed %d store paths (%d new) into %s in %.1f s"
+                   % (len(manifest.paths), run.placed_count, prefix.store_dir, elapsed))
+    else:
+        run.ui.say("nothing to do: all %d store paths are already installed and registered "
+                   "in %s" % (len(manifest.paths), prefix.root))
+    return changed
 
 
 def _warn_hidden_refs(manifest, ui):
@@ -380,11 +327,12 @@ def _warn_hidden_refs(manifest, ui):
                % (len(manifest.hidden_refs) - 20))
 
 
-def _unpack_and_place(source, target, prefix, to_place, ui, jobs):
-    # type: (InstallerFile, retarget.Retarget, Prefix, List[PathEntry], UI, int) -> Dict[str, Tuple[str, int]]
+def _unpack_and_place(source, target, prefix, to_place, ui, jobs, before_renames):
+    # type: (InstallerFile, retarget.Retarget, Prefix, List[PathEntry], UI, int, Callable[[Dict[str, Tuple[str, int]]], None]) -> Dict[str, Tuple[str, int]]
     """Unpack the paths ``to_place`` through ``target`` into a staging dir, verified,
     then rename them into the store; return the (narHash, narSize) of each path
-    the retarget rewrote, by its new name."""
+    the retarget rewrote, by its new name.  ``before_renames`` is given those once
+    every path is unpacked and verified, before the first rename."""
     wanted = set(p.name for p in to_place)
     spans = target.manifest.chunk_spans()  # by position: right for renamed paths too
     chunks = sorted(set(i for p in to_place for i in spans[p.name]))
@@ -419,7 +367,13 @@ def _unpack_and_place(source, target, prefix, to_place, ui, jobs):
             for w in writers:
                 w.abort()
             progress.close()
+        infos = {}  # type: Dict[str, Tuple[str, int]]
+        for path in placed:
+            info = path.nar_info()
+            if info is not None:
+                infos[path.name] = info
         # Everything needed is unpacked and verified: only now touch the store.
+        before_renames(infos)
         with timings.phase("place"):
             for entry in to_place:
                 src = os.path.join(stage, entry.name)
@@ -430,9 +384,4 @@ def _unpack_and_place(source, target, prefix, to_place, ui, jobs):
                 crashpoints.reached("placed")
     finally:
         staging.remove_tree(stage)
-    infos = {}  # type: Dict[str, Tuple[str, int]]
-    for path in placed:
-        info = path.nar_info()
-        if info is not None:
-            infos[path.name] = info
     return infos

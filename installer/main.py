@@ -3,6 +3,7 @@
 import argparse
 import os
 import re
+import signal
 import sys
 
 from ..payload import __version__, publisher, signing
@@ -20,6 +21,7 @@ from .errors import (
     EXIT_USAGE,
     BadUsage,
     InstallError,
+    UsageProblem,
 )
 from .prefix import Prefix
 from .ui import UI
@@ -39,9 +41,10 @@ anything is moved into place; running it again only adds what is missing.
 
 EPILOG = """\
 exit codes: 0 done, 1 install failed (the prefix is as it was), 2 bad usage
-(also: the prefix holds another install and -u was not given), 3 the installer
-file is damaged, or trusted keys were given and none of them signed it, 4 this
-machine or prefix cannot take it.
+(also: the prefix holds another install and -u was not given, or no -y and no
+terminal to ask on), 3 the installer file is damaged, or trusted keys were
+given and none of them signed it, 4 this machine or prefix cannot take it
+(nothing was changed), 130 interrupted (what it did was undone).
 
 environment: NIX_PREFIX_PYTHON=/path/to/python3 picks the Python that runs the
 installer; NIX_PREFIX_DEBUG=1 shows the traceback of an internal error;
@@ -104,6 +107,9 @@ def _parser(prog):
                    default=preflight.default_jobs(os.environ.get("NIX_PREFIX_JOBS")),
                    help="unpack and verify N payload chunks at once (default: the CPUs this "
                         "process may use, at most %d; or NIX_PREFIX_JOBS)" % preflight.MAX_JOBS)
+    p.add_argument("--as-owner", action="store_true",
+                   help="run as root on a prefix that belongs to another user: do everything "
+                        "as that user (their uid and gid), so that every file stays theirs")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     p.add_argument("--version", action="version", version="nix-prefix installer " + __version__)
     return p
@@ -149,36 +155,53 @@ def main(path, argv, name=None, sealed=False):
     preamble already checked the seal over ``path`` (payload/seal.py).
     """
     timings.start()
-    name = name or path
-    prog = os.path.basename(name) if name else "installer"
-    parser = _parser(prog)
-    args = parser.parse_args(argv)
-    if args.substituter and not (args.trusted_keys or
-                                 os.environ.get("NIX_PREFIX_TRUSTED_KEYS", "").strip()):
-        parser.error("--substituter needs --trusted-key NAME:BASE64, the cache's public key: "
-                     "the installed Nix keeps require-sigs on and takes only signed paths")
-    ui = UI(quiet=args.quiet)
+    # SIGTERM and SIGHUP (a closed terminal) stop it like Ctrl-C: what this run
+    # did is undone (plan.py); only SIGKILL leaves work for the next run.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
+    ui = UI()
     debug = bool(os.environ.get("NIX_PREFIX_DEBUG"))
     try:
+        name = name or path
+        prog = os.path.basename(name) if name else "installer"
+        parser = _parser(prog)
+        args = parser.parse_args(argv)
+        if args.substituter and not (
+                args.trusted_keys or os.environ.get("NIX_PREFIX_TRUSTED_KEYS", "").strip()):
+            parser.error("--substituter needs --trusted-key NAME:BASE64, the cache's public "
+                         "key: the installed Nix keeps require-sigs on and takes only signed "
+                         "paths")
+        ui.quiet = args.quiet
         code = run(path, args, ui, name, sealed)
     except OneLineError as e:  # InstallError, CorruptInstaller
-        sys.stderr.write("nix-prefix: error: %s\n" % e)
+        undone = " (undone: the prefix is as it was)" if getattr(e, "reverted", False) else ""
+        ui.error("nix-prefix: error: %s%s" % (e, undone))
         code = e.exit_code
     except CodecError as e:  # e.g. a zstd payload and no zstd decoder here
-        sys.stderr.write("nix-prefix: error: %s\n" % e)
+        ui.error("nix-prefix: error: %s" % e)
         code = EXIT_ENVIRONMENT
     except KeyboardInterrupt:
-        sys.stderr.write("nix-prefix: interrupted; nothing half-installed is left, run it "
-                         "again to finish\n")
+        ui.error("nix-prefix: interrupted; what this run did is undone, the prefix is as it "
+                 "was (run it again to install)")
         code = EXIT_INTERRUPTED
+    except MemoryError:
+        # Raised out of the plan only once its steps were undone (plan.py).
+        ui.error("nix-prefix: error: out of memory; what this run did is undone, the prefix "
+                 "is as it was; raise the limit (ulimit -v) or free some memory")
+        code = EXIT_FAILED
     except Exception as e:  # a bug: still one line, with the way to see more
         if debug:
             raise
-        sys.stderr.write("nix-prefix: internal error: %s: %s (rerun with NIX_PREFIX_DEBUG=1 "
-                         "for details, and report it)\n" % (type(e).__name__, e))
+        ui.error("nix-prefix: internal error: %s: %s (rerun with NIX_PREFIX_DEBUG=1 "
+                 "for details, and report it)" % (type(e).__name__, e))
         code = EXIT_FAILED
     timings.write()
+    ui.close()
     sys.exit(code)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt()
 
 
 def _check_python():
@@ -230,6 +253,8 @@ def run(path, args, ui, name=None, sealed=False):
             if args.substituter else None
         root = preflight.resolve_prefix(args.prefix) if args.prefix else manifest.prefix
         prefix = Prefix(root)
+        if args.as_owner:
+            preflight.become_owner(prefix)
         if args.uninstall or args.rollback:
             return _undo(source, prefix, args, ui)
         if args.unmodify_profile:
@@ -247,22 +272,21 @@ def run(path, args, ui, name=None, sealed=False):
             install_mod.preflight_checks(installed, prefix)
             install_mod.check_update(installed, prefix, args.update)
         # Found before installing, so that a missing HOME stops nothing half-way.
-        home = shellrc.home_dir() if args.modify_profile else None
-        also = []
-        if home is not None:
-            also.append("  add a line sourcing %s/nix.sh to %s" % (
-                prefix.profile_d, ", ".join(shellrc.candidates(home))))
+        home = None
+        if args.modify_profile:
+            home = shellrc.home_dir()
+            shellrc.check_writable(home)
         if verdict.signed_by:
             for line in verdict.lines():
                 ui.say(line)
-        if not args.yes and ui.interactive:
-            ui.say("\n".join(install_mod.plan_lines(target, prefix, also)))
-            if not ui.confirm("Proceed?"):
-                ui.say("nothing was changed")
-                return EXIT_FAILED
-        install_mod.install(source, root, ui, update=args.update, jobs=args.jobs,
-                            target=target, caches=caches, signature_names=verdict.key_names)
-        rc_files = shellrc.add_block(root, home) if args.modify_profile else []
+        the_run = install_mod.new_run(source, prefix, ui, target, args.update, args.jobs,
+                                      caches, verdict.key_names)
+        the_plan = install_mod.receipt_plan(the_run, install_mod.install_steps(the_run, home))
+        if not args.yes and not _ask(ui, "\n".join(install_mod.plan_lines(the_run, the_plan))):
+            ui.say("nothing was changed")
+            return EXIT_FAILED
+        install_mod.execute(the_run, the_plan)
+        rc_files = shellrc.candidates(home) if home is not None else []
         ui.say("\n".join(summary.summary_lines(installed, prefix, _rerun_name(source), rc_files,
                                                 caches)))
         return 0
@@ -277,22 +301,34 @@ def _rerun_name(source):
     return source.name if os.path.isfile(source.name) else "INSTALLER"
 
 
+def _ask(ui, plan_text):
+    # type: (UI, str) -> bool
+    """Show the plan and ask to proceed; without a terminal to ask on, refuse (exit 2)."""
+    if not ui.interactive:
+        raise UsageProblem("no -y, and no terminal to ask on (stdin or stderr is not one)",
+                           "pass -y to go ahead without asking")
+    ui.say(plan_text)
+    return ui.confirm("Proceed?")
+
+
 def _undo(source, prefix, args, ui):
     # type: (InstallerFile, Prefix, argparse.Namespace, UI) -> int
     """--uninstall and --rollback, with the prefix's own Nix."""
-    manifest = install_mod.at_prefix(source, prefix, ui, args.jobs).manifest
+    target = install_mod.at_prefix(source, prefix, ui, args.jobs)
+    manifest = target.manifest
+    preflight.check_owner(prefix)
     nix_env = install_mod.nix_tool(manifest, prefix, "nix-env")
     if args.rollback:
         uninstall.rollback(prefix, nix_env, ui)
         return 0
-    if not args.yes and ui.interactive:
-        if not ui.confirm("Remove what %s installed in %s?" % (source.name, prefix.root)):
-            ui.say("nothing was changed")
-            return EXIT_FAILED
-    uninstall.uninstall(manifest, prefix, install_mod.nix_tool(manifest, prefix, "nix-store"),
-                        nix_env, ui)
+    if not args.yes and not _ask(ui, "Remove what %s installed in %s (its store paths, profile "
+                                     "generations and the files it wrote, if unchanged)."
+                                     % (source.name, prefix.root)):
+        ui.say("nothing was changed")
+        return EXIT_FAILED
+    uninstall.uninstall(install_mod.new_run(source, prefix, ui, target), ui)
     if not receipt.others(prefix, ""):
-        # The last install is gone: so goes the line that sources the prefix.
+        # The last install is gone: so goes any line that sources the prefix.
         try:
             changed = shellrc.remove_block(prefix.root)
         except InstallError:

@@ -8,7 +8,7 @@ import re
 import subprocess
 
 from ..payload import hashes, storepath
-from .errors import InstallError
+from .errors import EnvironmentProblem, InstallError
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
@@ -49,6 +49,24 @@ def registered_since(prefix, path_id):
                                     [path_id]))
 
 
+def count_valid(prefix):
+    # type: (Prefix) -> Optional[int]
+    """How many paths the database lists as valid: 0 without one, None for a
+    database without its tables (Nix failed while creating it)."""
+    try:
+        tables = _query(prefix, "select count(*) from sqlite_master where type = 'table' "
+                                "and name = 'ValidPaths'", [])
+    except InstallError as e:
+        if "not a database" in str(e):
+            return None
+        raise
+    if not tables:
+        return 0
+    if not tables[0][0]:
+        return None
+    return _query(prefix, "select count(*) from ValidPaths", [])[0][0]
+
+
 def _query(prefix, sql, args):
     # type: (Prefix, str, Sequence[object]) -> List[tuple]
     """Rows of one read-only query on the prefix's database; none without one."""
@@ -68,6 +86,8 @@ def _query(prefix, sql, args):
         finally:
             conn.close()
     except sqlite3.Error as e:
+        if "no such table" in str(e):
+            return []  # a database Nix failed to create lists nothing as valid
         raise InstallError("cannot read the Nix database %s (%s)" % (prefix.db, e),
                            "check the prefix's var/nix/db")
 
@@ -81,15 +101,31 @@ class PrefixLock(object):
         self._fd = -1
 
     def __enter__(self):
-        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
-            if self._on_wait:
-                self._on_wait()
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            raise EnvironmentProblem("cannot open the lock file %s (%s)" % (self._path, e.strerror),
+                                     "it belongs to another user: run the installer as the "
+                                     "prefix's owner")
+        try:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                if self._on_wait:
+                    self._on_wait()
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except OSError as e:
+            os.close(self._fd)
+            self._fd = -1
+            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP):
+                raise EnvironmentProblem(
+                    "%s is on a filesystem without file locks (%s), which Nix needs as well "
+                    "(NFS without lockd?)" % (os.path.dirname(self._path), e.strerror),
+                    "choose a prefix on a local disk, e.g. /tmp/$USER/nix or /scratch/$USER/nix")
+            raise EnvironmentProblem("cannot lock %s (%s)" % (self._path, e.strerror),
+                                     "choose another --prefix")
         return self
 
     def __exit__(self, *exc):
@@ -263,8 +299,8 @@ def _replaced(current, new_paths):
     return sorted(p for p in current if p not in new_paths
                   and (name(p) in names or (brings_nix and is_nix(p))))
 
-def add_signatures(prefix, signed):
-    # type: (Prefix, List[Tuple[str, str, int, List[str], List[str]]]) -> int
+def add_signatures(prefix, signed, dry_run=False):
+    # type: (Prefix, List[Tuple[str, str, int, List[str], List[str]]], bool) -> int
     """Add signatures to valid paths of the prefix's database, as Nix's own
     ``LocalStore::addSignatures`` does (src/libstore/local-store.cc): the
     ``sigs`` column of ValidPaths, a space-separated sorted set.
@@ -273,8 +309,9 @@ def add_signatures(prefix, signed):
     A path gets them only if the database has it with that NAR hash, size and
     references, which is what the signatures cover (payload/signing.py
     ``fingerprint``): a path registered from another build keeps its own.
-    Returns the number of paths that got a new signature.  Raises ImportError
-    when this Python has no sqlite3.
+    Returns the number of paths that got a new signature (with ``dry_run``: that
+    would get one; nothing is written).  Raises ImportError when this Python
+    has no sqlite3.
     """
     import sqlite3
 
@@ -287,7 +324,7 @@ def add_signatures(prefix, signed):
         try:
             with conn:  # one transaction: all of it or nothing
                 for start in range(0, len(paths), 500):
-                    added += _add_signatures(conn, paths[start:start + 500], wanted)
+                    added += _add_signatures(conn, paths[start:start + 500], wanted, dry_run)
         finally:
             conn.close()
     except sqlite3.Error as e:
@@ -296,8 +333,8 @@ def add_signatures(prefix, signed):
     return added
 
 
-def _add_signatures(conn, batch, wanted):
-    # type: (sqlite3.Connection, List[str], Dict[str, Tuple[str, int, Set[str], List[str]]]) -> int
+def _add_signatures(conn, batch, wanted, dry_run):
+    # type: (sqlite3.Connection, List[str], Dict[str, Tuple[str, int, Set[str], List[str]]], bool) -> int
     marks = ",".join("?" * len(batch))
     rows = {}  # type: Dict[str, Tuple[int, str, int, str]]
     for row in conn.execute("select path, id, hash, narSize, sigs from ValidPaths "
@@ -320,8 +357,9 @@ def _add_signatures(conn, batch, wanted):
         have = set((db_sigs or "").split())
         if set(sigs) <= have:
             continue
-        conn.execute("update ValidPaths set sigs = ? where id = ?",
-                     (" ".join(sorted(have | set(sigs))), row_id))
+        if not dry_run:
+            conn.execute("update ValidPaths set sigs = ? where id = ?",
+                         (" ".join(sorted(have | set(sigs))), row_id))
         added += 1
     return added
 

@@ -32,6 +32,7 @@ class Prefix(object):
         self.profile = os.path.join(self.profiles_dir, "default")
         self.db = os.path.join(self.state_dir, "db", "db.sqlite")
         self.lock_file = os.path.join(self.data_dir, "lock")
+        self.receipts_dir = os.path.join(self.data_dir, "receipts")
 
     def directories(self):
         # type: () -> List[str]
@@ -39,7 +40,7 @@ class Prefix(object):
         return [self.root, self.store_dir, os.path.join(self.root, "var"), self.state_dir,
                 os.path.join(self.root, "var", "log"), self.log_dir,
                 os.path.join(self.root, "etc"), self.conf_dir, self.profile_d, self.data_dir,
-                self.home]
+                self.home, self.receipts_dir]
 
     def nix_env(self):
         # type: () -> Dict[str, str]
@@ -50,6 +51,11 @@ class Prefix(object):
         """
         env = dict((k, v) for k, v in os.environ.items()
                    if not k.startswith("NIX_") and not k.startswith("XDG_"))
+        tmp = env.get("TMPDIR")
+        if tmp is not None and not (os.path.isdir(tmp) and os.access(tmp, os.W_OK | os.X_OK)):
+            # Nix builds the profile's user environment in TMPDIR: a missing or
+            # unwritable one would fail the install's last step.  /tmp it is.
+            del env["TMPDIR"]
         env.update(
             NIX_STORE_DIR=self.store_dir,
             NIX_STATE_DIR=self.state_dir,

@@ -1,10 +1,11 @@
 """Checks made before anything is written: is this prefix and machine fit?"""
 
 import os
+import pwd
 
 from ..payload import storepath
 from ..payload.machine import host_system, human_size, usable_cpus
-from .errors import EnvironmentProblem
+from .errors import EnvironmentProblem, UsageProblem
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
@@ -81,6 +82,56 @@ def existing_ancestor(path):
             break
         path = parent
     return path
+
+
+def check_owner(prefix):
+    # type: (Prefix) -> None
+    """Refuse a prefix that belongs to another user (root included): what the
+    install writes would belong to the wrong user, and their own uninstall
+    would be stuck on it.  As root, --as-owner runs the install as them."""
+    me = os.geteuid()
+    for path in (prefix.root, prefix.store_dir, prefix.state_dir,
+                 os.path.join(prefix.state_dir, "db"), prefix.data_dir, prefix.lock_file):
+        try:
+            uid = os.lstat(path).st_uid
+        except OSError:
+            continue
+        if uid != me:
+            how = "run the installer as %s" % _user(uid)
+            if me == 0 and path == prefix.root:
+                how += ", or add --as-owner to run it as them"
+            raise EnvironmentProblem("%s belongs to %s, not to you, %s"
+                                     % (path, _user(uid), _user(me)), how)
+
+
+def become_owner(prefix):
+    # type: (Prefix) -> None
+    """--as-owner: as root, take the uid and gid of the prefix's owner before
+    anything is written, so that every file in it is theirs."""
+    if os.geteuid() != 0:
+        raise UsageProblem("--as-owner is for root", "leave it out")
+    try:
+        uid = os.lstat(prefix.root).st_uid
+    except OSError:
+        raise UsageProblem("--as-owner needs an existing prefix: %s does not exist" % prefix.root,
+                           "leave it out, or create the prefix as its owner first")
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        raise EnvironmentProblem("%s belongs to uid %d, which has no user name" % (
+            prefix.root, uid), "run the installer as that user")
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(uid)
+    os.environ.update(USER=entry.pw_name, LOGNAME=entry.pw_name, HOME=entry.pw_dir)
+
+
+def _user(uid):
+    # type: (int) -> str
+    try:
+        return "%s (uid %d)" % (pwd.getpwuid(uid).pw_name, uid)
+    except KeyError:
+        return "uid %d" % uid
 
 
 def check_writable(prefix):

@@ -1,11 +1,20 @@
-"""Receipts: what one installer added to a prefix, so that it can be taken out again.
+"""Receipts: the plan an installer ran in a prefix, with each step's state and what it made.
 
 One JSON file per installer under ``P/var/nix-prefix/receipts/``, named by
-the installer's payload sha256, in the spirit of nix-installer's receipt: the
-store paths this installer placed and registered (paths already valid before
-it ran are not its to remove), the profile generations and user
-environments it made, and the files outside the store it wrote.  Re-running
-an installer merges into its receipt.
+the installer's payload sha256, in the spirit of nix-installer's
+``receipt.json``: the plan (plan.py) as it stands, written atomically before
+and after every step, so that whatever moment the installer is killed at,
+the receipt names everything there is to finish or to undo::
+
+    {"version": 2, "payloadSha256": "...", "storeDir": "P/store",
+     "complete": true,
+     "steps": [{"kind": "place-paths", "state": "done", "params": {...},
+                "owned": {"placed": {"P/store/...-hello": ["sha256:...", 1234]}}},
+               ...]}
+
+``owned`` holds only what the step created (store paths placed and
+registered, profile generations, files and directories): an uninstall
+reverts the steps from it and touches nothing else.
 """
 
 import json
@@ -18,12 +27,12 @@ if MYPY:
     from ..payload.manifest import Manifest  # noqa: F401
     from .prefix import Prefix  # noqa: F401
 
-VERSION = 1
+VERSION = 2
 
 
 def receipts_dir(prefix):
     # type: (Prefix) -> str
-    return os.path.join(prefix.data_dir, "receipts")
+    return prefix.receipts_dir
 
 
 def path_for(prefix, manifest):
@@ -41,7 +50,15 @@ def load(path):
         return None
     if not isinstance(doc, dict) or doc.get("version") != VERSION:
         return None
+    if not isinstance(doc.get("steps"), list):
+        return None
     return doc
+
+
+def new(manifest, prefix):
+    # type: (Manifest, Prefix) -> dict
+    return {"version": VERSION, "payloadSha256": manifest.payload_sha256,
+            "storeDir": prefix.store_dir, "complete": False, "steps": []}
 
 
 def others(prefix, path):
@@ -55,27 +72,22 @@ def others(prefix, path):
                   if n.endswith(".json") and os.path.join(receipts_dir(prefix), n) != path)
 
 
-def record(prefix, manifest, added, generation, environment, files):
-    # type: (Prefix, Manifest, Iterable[str], Optional[int], Optional[str], Dict[str, str]) -> None
-    """Merge this run's additions into the installer's receipt (written atomically)."""
-    path = path_for(prefix, manifest)
-    doc = load(path) or {"version": VERSION, "payloadSha256": manifest.payload_sha256,
-                         "storeDir": manifest.store_dir, "added": [], "generations": [],
-                         "environments": [], "files": {}}
-    doc["added"] = sorted(set(doc["added"]) | set(added))
-    if generation is not None:
-        doc["generations"] = sorted(set(doc["generations"]) | {generation})
-    if environment:
-        doc["environments"] = sorted(set(doc["environments"]) | {environment})
-    doc["files"].update(files)
-    os.makedirs(receipts_dir(prefix), exist_ok=True)
+def write(path, doc):
+    # type: (str, dict) -> None
+    """Write ``doc`` at ``path`` atomically (temporary file, fsync, rename); the
+    receipts dir is made by the install's first step (steps.MakeDirs)."""
     tmp = "%s.tmp-%d" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=1, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def remove(path):

@@ -17,7 +17,7 @@ file that did not end with a newline keeps the one added before the block.
 
 import os
 
-from .errors import InstallError
+from .errors import EnvironmentProblem, InstallError
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
@@ -52,6 +52,21 @@ def home_dir():
                            "set HOME, or leave out --modify-profile and source "
                            "PREFIX/etc/profile.d/nix.sh yourself")
     return home
+
+
+def check_writable(home):
+    # type: (str) -> None
+    """Refuse --modify-profile before installing when a start-up file cannot be
+    rewritten (each is replaced through a temporary file beside it)."""
+    for path in candidates(home):
+        target = os.path.realpath(path)
+        where = os.path.dirname(target)
+        if not os.access(where, os.W_OK | os.X_OK) or (
+                os.path.exists(target) and not os.access(target, os.R_OK)):
+            raise EnvironmentProblem(
+                "--modify-profile cannot rewrite %s: %s is not writable by you" % (path, where),
+                "fix the permissions, or leave out --modify-profile and source "
+                "PREFIX/etc/profile.d/nix.sh yourself")
 
 
 def candidates(home):

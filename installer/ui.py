@@ -1,33 +1,64 @@
 """What the installer says: messages, a progress line on terminals, one question."""
 
+import os
 import sys
 import threading
 import time
 
 
 class UI(object):
-    """Messages go to stderr (stdout is kept for --list / --info); quiet hides chatter."""
+    """Messages go to stderr (stdout is kept for --list / --info); quiet hides chatter.
+
+    A reader that goes away (``sh installer -y 2>&1 | head -1``) must not stop
+    the install half-way: once stderr is a broken pipe, messages are dropped
+    and the install goes on to its end.
+    """
 
     def __init__(self, quiet=False):
         # type: (bool) -> None
         self.quiet = quiet
         self.interactive = sys.stdin.isatty() and sys.stderr.isatty()
+        self._broken = False
+
+    def _write(self, text):
+        # type: (str) -> None
+        if self._broken:
+            return
+        try:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            self._broken = True
+            # Python flushes stderr again at exit: give it somewhere to write.
+            sys.stderr = open(os.devnull, "w")
 
     def say(self, message):
         # type: (str) -> None
         if not self.quiet:
-            sys.stderr.write(message + "\n")
-            sys.stderr.flush()
+            self._write(message + "\n")
 
     def warn(self, message):
         # type: (str) -> None
-        sys.stderr.write("nix-prefix: warning: %s\n" % message)
-        sys.stderr.flush()
+        self._write("nix-prefix: warning: %s\n" % message)
+
+    def error(self, line):
+        # type: (str) -> None
+        """The one line a failure ends with (shown even with -q)."""
+        self._write(line + "\n")
+
+    def close(self):
+        # type: () -> None
+        """Flush what is left; a closed stdout (``--list | head -1``) is not an error."""
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                setattr(sys, "stdout" if stream is sys.stdout else "stderr",
+                        open(os.devnull, "w"))
 
     def confirm(self, question):
         # type: (str) -> bool
-        sys.stderr.write("%s [y/N] " % question)
-        sys.stderr.flush()
+        self._write("%s [y/N] " % question)
         answer = sys.stdin.readline().strip().lower()
         return answer in ("y", "yes")
 

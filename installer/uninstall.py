@@ -1,17 +1,18 @@
 """``--uninstall`` and ``--rollback``: undo what an installer did, and only that.
 
-Uninstall reads the installer's receipt (receipt.py), drops the profile
-generations it made (switching the profile back to the newest other one),
-then deletes exactly the store paths it added (the user environments it
-made among them) except any still alive (deletion.py).  The files
-outside the store go only with the last receipt, and only if unchanged.
+Uninstall rebuilds the plan from the installer's receipt (receipt.py,
+steps.py) and reverts it, newest step first, saving the receipt after each
+step: the profile generations it made go (the profile switches back to the
+newest other one), then exactly the store paths it added, through Nix,
+except any still alive (deletion.py).  What the prefix's installs share
+(its directories, nix.conf and the env scripts, the shell start-up line)
+goes only with the last receipt, files only if unchanged; until then the
+record of them passes to another receipt.
 """
 
-import hashlib
 import os
-import re
 
-from . import deletion, envfiles, nixstore, receipt
+from . import envfiles, nixstore, plan, receipt, staging, steps
 from .errors import InstallError
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
@@ -19,7 +20,9 @@ if MYPY:
     from typing import Dict, List  # noqa: F401
 
     from ..payload.manifest import Manifest  # noqa: F401
+    from .plan import Step  # noqa: F401
     from .prefix import Prefix  # noqa: F401
+    from .steps import Run  # noqa: F401
     from .ui import UI  # noqa: F401
 
 
@@ -32,74 +35,86 @@ def rollback(prefix, nix_env, ui):
            % (prefix.profile, before, nixstore.profile_generation(prefix)))
 
 
-def _generations(prefix):
-    # type: (Prefix) -> List[int]
-    pattern = re.compile(r"^%s-(\d+)-link$" % re.escape(os.path.basename(prefix.profile)))
-    try:
-        names = os.listdir(prefix.profiles_dir)
-    except OSError:
-        return []
-    return sorted(int(m.group(1)) for m in map(pattern.match, names) if m)
+def uninstall(run, ui):
+    # type: (Run, UI) -> None
+    """Revert the plan in this installer's receipt, newest step first; say what went.
 
-
-def _link(prefix, generation):
-    # type: (Prefix, int) -> str
-    return "%s-%d-link" % (prefix.profile, generation)
-
-
-def _drop_generations(prefix, nix_env, ours, ui):
-    # type: (Prefix, str, List[int], UI) -> None
-    current = nixstore.profile_generation(prefix)
-    others = [g for g in _generations(prefix) if g not in ours]
-    if current in ours:
-        if others:
-            nixstore.run_nix(prefix, [nix_env, "-p", prefix.profile,
-                                      "--switch-generation", str(others[-1])])
-            ui.say("switched %s back to generation %d" % (prefix.profile, others[-1]))
-        elif os.path.lexists(prefix.profile):
-            os.unlink(prefix.profile)
-    for generation in ours:
-        if os.path.lexists(_link(prefix, generation)):
-            os.unlink(_link(prefix, generation))
-
-
-def uninstall(manifest, prefix, nix_store, nix_env, ui):
-    # type: (Manifest, Prefix, str, str, UI) -> None
-    """Remove what the installer of ``manifest`` added to ``prefix``; say what."""
-    path = receipt.path_for(prefix, manifest)
-    doc = receipt.load(path)
-    if doc is None:
+    With other installers' receipts left, the prefix's directories stay and
+    the record of which ones an install created passes to one of them, so
+    that the last uninstall still removes them.
+    """
+    prefix = run.prefix
+    path = receipt.path_for(prefix, run.manifest)
+    if receipt.load(path) is None:
         raise InstallError("%s holds no record of this installer" % prefix.root,
                            "uninstall with the installer that installed it")
     with nixstore.PrefixLock(prefix.lock_file):
-        _drop_generations(prefix, nix_env, doc["generations"], ui)
-        # Exactly the paths the receipt says this installer added (its user
-        # environments among them), never one that was valid before it ran.
-        doomed, kept = deletion.delete_store_paths(prefix, nix_store, doc["added"])
-        files = []
-        if not receipt.others(prefix, path):
-            files = _remove_unchanged(doc["files"])
-            envfiles.remove_profile_link(prefix)
-        receipt.remove(path)
-    ui.say("removed %d store paths from %s" % (len(doomed), prefix.store_dir))
-    for p in doomed:
+        staging.remove_stale_staging(prefix.store_dir)  # a killed install's, not to be kept
+        doc = receipt.load(path)
+        if doc is None:  # another uninstall got there first
+            raise InstallError("%s holds no record of this installer" % prefix.root,
+                               "uninstall with the installer that installed it")
+        if doc.get("storeDir") != prefix.store_dir:
+            raise InstallError("the receipt %s is for %s, not %s" % (
+                path, doc.get("storeDir"), prefix.store_dir), "uninstall with -p %s" % (
+                    os.path.dirname(str(doc.get("storeDir")))))
+        records = doc["steps"]
+        unknown = [r for r in records if steps.from_record(r) is None]
+        step_list = [s for s in map(steps.from_record, records) if s is not None]
+        others = receipt.others(prefix, path)
+        run.last = not others
+
+        def save():
+            doc["steps"] = [s.to_record() for s in step_list] + unknown
+            receipt.write(path, doc)
+
+        shared = [s for s in step_list if s.kind in SHARED]
+        undo = plan.Plan([s for s in step_list if s not in shared], save)
+        with plan.signals_held():
+            undo.revert(run)
+            if others:
+                _hand_over(shared, others[0])
+                receipt.remove(path)
+            else:
+                receipt.remove(path)
+                envfiles.remove_profile_link(prefix)
+                plan.Plan(shared, lambda: None).revert(run)
+    ui.say("removed %d store paths from %s" % (len(run.removed), prefix.store_dir))
+    for p in sorted(run.removed):
         ui.say("  - %s" % p)
-    if kept:
-        ui.say("kept %d store paths that other profiles or roots still need" % len(kept))
-    for f in files:
+    if run.kept:
+        ui.say("kept %d store paths that other profiles or roots still need:" % len(run.kept))
+        for p in sorted(run.kept):
+            ui.say("  - %s" % p)
+    for f in run.files_removed:
         ui.say("removed %s" % f)
+    for f in run.files_kept:
+        ui.say("kept %s: it was changed since the install, so it is yours now" % f)
 
 
-def _remove_unchanged(files):
-    # type: (Dict[str, str]) -> List[str]
-    removed = []
-    for path, digest in sorted(files.items()):
-        try:
-            with open(path, "rb") as f:
-                if hashlib.sha256(f.read()).hexdigest() != digest:
-                    continue  # edited since: the user's now
-            os.unlink(path)
-            removed.append(path)
-        except OSError:
+# Steps whose work every install of the prefix shares: reverted with the last receipt.
+SHARED = (steps.MakeDirs.kind, steps.WriteFile.kind, steps.ShellStartup.kind)
+
+
+def _hand_over(shared, other_path):
+    # type: (List[Step], str) -> None
+    """Pass what the shared steps own to another installer's receipt."""
+    other = receipt.load(other_path)
+    if other is None:
+        return
+    by_key = {}
+    for record in other["steps"]:
+        step = steps.from_record(record)
+        if step is not None:
+            by_key[step.key()] = record
+    for step in shared:
+        if not step.owned:
             continue
-    return removed
+        record = by_key.get(step.key())
+        if record is None:
+            record = step.to_record()
+            other["steps"].insert(0 if step.kind == steps.MakeDirs.kind else len(other["steps"]),
+                                  record)
+        else:
+            record["owned"] = plan.merge(record.get("owned") or {}, step.owned)
+    receipt.write(other_path, other)

@@ -75,6 +75,20 @@ def test_rerun_after_kill_9_finishes_clean(built: Built, moment: str, n: int) ->
     shutil.rmtree(prefix, ignore_errors=True)  # modes 0555: best effort, /tmp is cleaned
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("moment, n", KILL_POINTS, ids=[f"{m}-{n}" for m, n in KILL_POINTS])
+def test_uninstall_after_kill_9_leaves_nothing(built: Built, moment: str, n: int) -> None:
+    """The other way out of a killed install: --uninstall takes back whatever the
+    receipt says it had done, and the prefix, which did not exist, is gone again."""
+    prefix = built.prefix.parent / f"u{KILL_POINTS.index((moment, n))}"
+    env = dict(os.environ, NIX_PREFIX_TEST_CRASH_AT=f"{moment}:{n}")
+    killed = run_installer(built.installer, "-y", "-p", str(prefix), env=env)
+    assert killed.returncode == -9, f"never reached {moment}:{n}: {killed.stderr}"
+    gone = run_installer(built.installer, "-y", "--uninstall", "-p", str(prefix))
+    assert gone.returncode == 0, gone.stderr
+    assert not prefix.exists(), sorted(str(p.relative_to(prefix)) for p in prefix.rglob("*"))
+
+
 def test_two_installers_on_one_prefix_do_not_interleave(built: Built) -> None:
     prefix = built.prefix.parent / "two"
     procs = [subprocess.Popen(["/bin/sh", str(built.installer), "-y", "-p", str(prefix)],

@@ -111,8 +111,5 @@ def test_uninstalling_the_last_install_empties_the_prefix(installed) -> None:
     built, prefix = installed
     gone = run_installer(built.installer, "--uninstall", "-y", "-p", str(prefix))
     assert gone.returncode == 0, gone.stderr
-    left = [p for p in os.listdir(prefix / "store") if not p.startswith(".")]
-    assert left == [], left
-    assert not (prefix / "etc/nix/nix.conf").exists()
-    assert not (prefix / "etc/profile.d/nix.sh").exists()
-    assert not os.path.lexists(prefix / "var/nix/profiles/default")
+    # The prefix did not exist before the install: it is gone, store, database and all.
+    assert not prefix.exists(), sorted(os.listdir(prefix))

@@ -147,7 +147,7 @@ def test_the_plan_names_the_start_up_files_before_asking(small, world_dir: Path)
     assert code == 1 and "nothing was changed" in screen
     assert f"add a line sourcing {small.prefix}/etc/profile.d/nix.sh to {home}/.profile, " \
            f"{home}/.zshrc" in screen.replace("\r", "")
-    assert f"Nothing else outside {small.prefix} is changed." in screen
+    assert f"Nothing else outside {small.prefix} is changed" in screen
     assert sorted(os.listdir(home)) == [".zshrc"]
     assert not small.prefix.exists()
 

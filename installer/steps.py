@@ -1,0 +1,608 @@
+"""The steps of an install (plan.py), and what each undoes.
+
+In order: make the prefix's directories, place the store paths, write
+nix.conf and the env scripts, register the paths with ``nix-store
+--load-db``, make the profile, and (``--modify-profile``) add the line to
+the shell start-up files.  An uninstall reverts the same steps, rebuilt from
+the receipt, newest first.
+"""
+
+import errno
+import hashlib
+import os
+import re
+
+from ..payload import hashes, nar, registration
+from ..payload.machine import human_size
+from . import crashpoints, deletion, envfiles, nixstore, shellrc, staging
+from .errors import EnvironmentProblem
+from .plan import Step
+
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple  # noqa: F401
+
+    from ..payload.container import InstallerFile  # noqa: F401
+    from ..payload.manifest import Manifest, PathEntry  # noqa: F401
+    from ..payload.retarget import Retarget  # noqa: F401
+    from .envfiles import Caches  # noqa: F401
+    from .nixstore import PrefixLock  # noqa: F401
+    from .prefix import Prefix  # noqa: F401
+    from .ui import UI  # noqa: F401
+
+
+class Run(object):
+    """What the steps of one install or uninstall share.
+
+    ``manifest`` is the installed one (paths and, once unpacked, NAR hashes
+    as they are at this prefix); ``source``, ``target`` (payload/retarget.py),
+    ``jobs`` and ``place`` (install.py's unpack-and-place) are needed only to
+    execute.
+    """
+
+    def __init__(self, prefix, ui, manifest, nix_tool, source=None, target=None, jobs=1,
+                 update=False, place=None):
+        # type: (Prefix, UI, Manifest, Callable[[str], str], Optional[InstallerFile], Optional[Retarget], int, bool, Optional[Callable]) -> None
+        self.prefix = prefix
+        self.ui = ui
+        self.manifest = manifest
+        self.nix_tool = nix_tool
+        self.source = source
+        self.target = target
+        self.jobs = jobs
+        self.update = update
+        self.place = place
+        self.last = False  # no other installer's receipt is left (uninstall, failed first install)
+        self.lock = None  # type: Optional[PrefixLock]
+        self.caches = None  # type: Optional[Caches]
+        # The keys whose signature of the installer holds: their signatures of
+        # the paths go into the Nix database (Register).
+        self.signature_names = ()  # type: Sequence[str]
+        self.placed_count = 0
+        self.removed = []  # type: List[str]
+        self.kept = []  # type: List[str]
+        self.files_removed = []  # type: List[str]
+        self.files_kept = []  # type: List[str]
+        self.save = lambda: None  # type: Callable[[], None]
+        self.drop_receipt = lambda: None  # type: Callable[[], None]
+
+    def paths(self):
+        # type: () -> List[str]
+        return [self.manifest.store_path(p.name) for p in self.manifest.paths]
+
+    def delete(self, paths):
+        # type: (Iterable[str]) -> None
+        """Delete exactly these store paths (deletion.py); note what went and what stays."""
+        socket_dir = os.path.join(self.prefix.state_dir, "gc-socket")
+        had_socket = os.path.lexists(socket_dir)
+        removed, kept = deletion.delete_store_paths(self.prefix, self.nix_tool("nix-store"),
+                                                    paths)
+        if not had_socket and os.path.isdir(socket_dir):
+            # Made by the collector's server in this nix-store --delete
+            # (src/libstore/gc.cc): Nix's runtime state, not there before.
+            staging.remove_tree(socket_dir)
+        self.removed += removed
+        self.kept += kept
+        for path in removed:
+            if path.endswith(".drv"):
+                # Nix's build log of a derivation the install built (the user
+                # environment's): src/libstore/local-fs-store.cc getBuildLogExact.
+                base = os.path.basename(path)
+                for suffix in ("", ".bz2"):
+                    log = os.path.join(self.prefix.log_dir, "drvs", base[:2], base[2:] + suffix)
+                    if os.path.lexists(log):
+                        os.unlink(log)
+                        _rmdir_quietly(os.path.dirname(log))
+
+
+class MakeDirs(Step):
+    """Create the prefix and its directories (and missing parents, like ``mkdir -p``).
+
+    Reverted only when no other install is left: then it also removes what
+    Nix made for the install (its database, once no path is valid in it, and
+    its empty state directories), the installer's lock and private home, and
+    every directory it created that is empty by then.
+    """
+
+    kind = "make-dirs"
+    locked = False  # the lock lives in one of these directories
+
+    def _wanted(self, run):
+        # type: (Run) -> List[str]
+        parents = []  # type: List[str]
+        parent = os.path.dirname(run.prefix.root)
+        while not os.path.lexists(parent):
+            parents.insert(0, parent)
+            parent = os.path.dirname(parent)
+        return parents + run.prefix.directories()
+
+    def describe(self, run):
+        if not os.path.lexists(run.prefix.root):
+            return "create %s and its directories (store, var/nix, etc/nix...)" % run.prefix.root
+        return "create the missing directories of %s (store, var/nix, etc/nix...)" % (
+            run.prefix.root)
+
+    def is_done(self, run):
+        return all(os.path.isdir(d) for d in run.prefix.directories())
+
+    def execute(self, run):
+        created = self.owned.setdefault("created", [])
+        for path in self._wanted(run):
+            try:
+                os.mkdir(path, 0o755)
+            except OSError as e:
+                if e.errno == errno.EEXIST and os.path.isdir(path):
+                    continue
+                raise staging.write_error(e, path)
+            created.append(path)
+
+    def revert(self, run):
+        if not run.last:
+            return
+        created = self.owned.get("created", [])
+        prefix = run.prefix
+        if prefix.state_dir in created:
+            _remove_nix_state(run)
+        if prefix.data_dir in created:
+            run.drop_receipt()
+            for path in (prefix.lock_file,):
+                if os.path.lexists(path):
+                    os.unlink(path)
+            _rmdir_quietly(prefix.receipts_dir)
+            staging.remove_tree(prefix.home)
+        if prefix.store_dir in created:
+            _rmdir_quietly(os.path.join(prefix.store_dir, ".links"))
+        for path in sorted(created, key=len, reverse=True):
+            _rmdir_quietly(path)
+
+
+def _rmdir_quietly(path):
+    # type: (str) -> None
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass  # not empty (someone else's files are in it) or gone: leave it
+
+
+def _remove_nix_state(run):
+    # type: (Run) -> None
+    """Remove what Nix made in a state dir the install created, once its database
+    holds no valid path (or is a broken one Nix left when it failed to create it)."""
+    prefix = run.prefix
+    if nixstore.count_valid(prefix) not in (0, None):
+        return
+    for name in ("db", "temproots", "userpool", "gc-socket"):
+        staging.remove_tree(os.path.join(prefix.state_dir, name))
+    for name in ("gc.lock", os.path.join("gcroots", "profiles")):
+        path = os.path.join(prefix.state_dir, name)
+        if os.path.lexists(path) and (name == "gc.lock" or os.path.islink(path)):
+            os.unlink(path)
+    for top in (prefix.state_dir, prefix.log_dir):
+        for dirpath, _, _ in sorted(os.walk(top), key=lambda t: len(t[0]), reverse=True):
+            _rmdir_quietly(dirpath)
+
+
+class PlacePaths(Step):
+    """Unpack and verify the missing store paths into a staging dir, then rename
+    each into the store.  Owned: every path it placed, with the NAR hash it has
+    here (recorded before the first rename), so that a re-run keeps a relocated
+    copy it can check and an uninstall removes one that never got registered."""
+
+    kind = "place-paths"
+
+    def describe(self, run):
+        m = run.manifest
+        return "unpack, verify against its NAR hash and move into %s each missing store path " \
+               "(%d in all, %s)" % (run.prefix.store_dir, len(m.paths),
+                                    human_size(m.total_nar_size))
+
+    def is_done(self, run):
+        present = [p for p in run.paths() if os.path.lexists(p)]
+        return len(present) == len(run.paths()) and \
+            len(nixstore.valid_paths(run.prefix, present)) == len(present)
+
+    def execute(self, run):
+        manifest = run.manifest
+        valid = nixstore.valid_paths(run.prefix, run.paths())
+        placed = self.owned.setdefault("placed", {})
+        to_place = []
+        kept = {}  # type: Dict[str, Tuple[str, int]]
+        for entry in manifest.paths:
+            path = manifest.store_path(entry.name)
+            if path in valid and os.path.lexists(path):
+                continue
+            if os.path.lexists(path):
+                if path not in placed:
+                    raise EnvironmentProblem(
+                        "%s is in the store but not registered with Nix, and this installer "
+                        "did not put it there" % path,
+                        "move it out of the store (or uninstall whatever left it) and run "
+                        "the installer again")
+                # Ours, from a run that stopped before registering: keep it if its
+                # bytes are what that run wrote (a rewritten path's hash is known
+                # only from the receipt), else unpack it again.
+                if _on_disk_matches(path, placed[path]):
+                    kept[entry.name] = (placed[path][0], placed[path][1])
+                    staging.seal_top(path)
+                    continue
+                run.ui.say("replacing %s, which does not match its NAR hash" % path)
+                staging.remove_tree(path)
+            to_place.append(entry)
+        if kept:
+            run.manifest = manifest = manifest.with_nar_info(kept)
+        if not to_place:
+            return
+
+        def before_renames(infos):
+            # Every path is unpacked and verified, its final hash known: claim them
+            # all before the first one enters the store.
+            for entry in to_place:
+                info = infos.get(entry.name, (entry.nar_hash, entry.nar_size))
+                placed[manifest.store_path(entry.name)] = [info[0], info[1]]
+            run.save()
+
+        # What --load-db registers: the NAR hashes of the bytes written.
+        run.manifest = manifest.with_nar_info(run.place(run, to_place, before_renames))
+        run.placed_count = len(to_place)
+
+    def revert(self, run):
+        paths = sorted(self.owned.get("placed", {}))
+        valid = nixstore.valid_paths(run.prefix, paths)
+        for path in deletion.own_store_paths(run.prefix, paths):
+            # A valid one is the Register step's to delete, through Nix.
+            if path not in valid and os.path.lexists(path):
+                staging.remove_tree(path)
+                run.removed.append(path)
+
+
+def _on_disk_matches(path, recorded):
+    # type: (str, list) -> bool
+    try:
+        digest, size = nar.hash_path(path)
+    except (OSError, nar.NarError):
+        return False
+    return [hashes.format_sha256(digest), size] == list(recorded)
+
+
+class WriteFile(Step):
+    """Write one of nix.conf, nix.sh, nix.fish unless it exists (a user's file is
+    kept).  Reverted: removed if unchanged since, else kept and named."""
+
+    kind = "write-file"
+
+    def key(self):
+        return "%s %s" % (self.kind, self.params["path"])
+
+    def _content(self, run):
+        # type: (Run) -> str
+        return dict(envfiles.planned_files(run.prefix, run.caches))[self.params["path"]]
+
+    def describe(self, run):
+        path = self.params["path"]
+        return "write %s (a file of yours there is kept as it is)" % path
+
+    def is_done(self, run):
+        return os.path.lexists(self.params["path"])
+
+    def already(self, run):
+        path = self.params["path"]
+        if self.owned.get("sha256"):
+            return  # ours, from an earlier run
+        try:
+            with open(path) as f:
+                if f.read() == self._content(run):
+                    return
+        except (OSError, UnicodeDecodeError):
+            pass
+        run.ui.say("keeping your %s as it is" % path)
+        caches = run.caches
+        if path == run.prefix.nix_conf and caches is not None and caches.substituters:
+            run.ui.say("  for the binary caches, add these lines to it yourself:\n    "
+                       + "\n    ".join(caches.conf_lines()))
+
+    def execute(self, run):
+        path = self.params["path"]
+        content = self._content(run)
+        self.owned["sha256"] = hashlib.sha256(content.encode()).hexdigest()
+        run.save()
+        state = envfiles.write_file(path, content)
+        crashpoints.reached("env-file")
+        if state != "written":
+            self.owned.pop("sha256")
+
+    def revert(self, run):
+        path = self.params["path"]
+        digest = self.owned.get("sha256")
+        if not digest or not os.path.lexists(path):
+            return
+        try:
+            with open(path, "rb") as f:
+                same = hashlib.sha256(f.read()).hexdigest() == digest
+        except OSError:
+            same = False
+        if same:
+            os.unlink(path)
+            run.files_removed.append(path)
+        else:
+            run.files_kept.append(path)
+
+
+class Register(Step):
+    """Register the paths not yet valid with ``nix-store --load-db`` (one SQLite
+    transaction: all rows or none), then record the publisher's signatures of
+    the paths (``Run.signature_names``) in the database.  Owned: those paths,
+    claimed before the load.  Reverted with ``nix-store --delete`` on exactly
+    them (their rows, signatures and all, go with them); signatures added to
+    the rows of paths that were valid before stay, as do those rows."""
+
+    kind = "register"
+
+    def describe(self, run):
+        text = "register them in %s with nix-store --load-db (paths valid already keep " \
+               "their rows)" % run.prefix.state_dir
+        if run.signature_names:
+            text += ", with the publisher's signatures (%s)" % ", ".join(
+                sorted(run.signature_names))
+        return text
+
+    def is_done(self, run):
+        if len(nixstore.valid_paths(run.prefix, run.paths())) != len(run.paths()):
+            return False
+        # Checked every run, not only the one that registered: a crash may have
+        # come between the load and the signatures.
+        return not _signatures_missing(run)
+
+    def execute(self, run):
+        valid = nixstore.valid_paths(run.prefix, run.paths())
+        entries = [p for p in run.manifest.paths if run.manifest.store_path(p.name) not in valid]
+        if entries:
+            self.owned["registered"] = sorted(
+                set(self.owned.get("registered", [])) |
+                set(run.manifest.store_path(p.name) for p in entries))
+            run.save()
+            run.ui.say("registering %d paths with nix-store --load-db" % len(entries))
+            crashpoints.reached("before-load-db")
+            nixstore.load_db(run.prefix, run.nix_tool("nix-store"),
+                             registration_text(run.manifest, entries))
+            crashpoints.reached("after-load-db")
+        record_signatures(run)
+
+    def revert(self, run):
+        run.delete(self.owned.get("registered", []))
+
+
+def _signed(run):
+    # type: (Run) -> List[Tuple[str, str, int, List[str], List[str]]]
+    """What nixstore.add_signatures takes: each path with a signature by one of
+    ``run.signature_names``, with what that signature covers."""
+    names = set(run.signature_names)
+    manifest = run.manifest
+    signed = []
+    for p in manifest.paths:
+        sigs = [s for s in p.sigs if s.partition(":")[0] in names]
+        if sigs:
+            signed.append((manifest.store_path(p.name), p.nar_hash, p.nar_size,
+                           [manifest.store_path(r) for r in p.references], sigs))
+    return signed
+
+
+def _signatures_missing(run):
+    # type: (Run) -> bool
+    signed = _signed(run)
+    if not signed:
+        return False
+    try:
+        return nixstore.add_signatures(run.prefix, signed, dry_run=True) > 0
+    except ImportError:
+        return False  # no sqlite3: nothing this Python can record (record_signatures says so)
+
+
+def record_signatures(run):
+    # type: (Run) -> int
+    """Put the publisher's path signatures by the keys ``run.signature_names`` into
+    the prefix's Nix database, so that ``nix path-info --sigs`` shows them and
+    ``nix store verify`` checks them; returns how many paths got one."""
+    signed = _signed(run)
+    if not signed:
+        return 0
+    try:
+        added = nixstore.add_signatures(run.prefix, signed)
+    except ImportError:
+        run.ui.say("warning: this Python has no sqlite3 module, so the publisher's signatures "
+                   "of the store paths are not recorded in the Nix database")
+        return 0
+    if added:
+        run.ui.say("recorded the publisher's signatures of %d store paths (%s) in the Nix "
+                   "database" % (added, ", ".join(sorted(run.signature_names))))
+    return added
+
+
+def registration_text(manifest, entries):
+    # type: (Manifest, List[PathEntry]) -> str
+    """The --load-db input for ``entries`` as installed here (payload/registration.py)."""
+    return registration.format(p.registration(manifest.store_dir) for p in entries)
+
+
+class MakeProfile(Step):
+    """Make a new generation of the default profile with the roots (``nix-env -i``).
+
+    Owned, per generation: the ValidPaths id before it (recorded before
+    nix-env runs) and the paths nix-env registered for it (the user
+    environment, its manifest and .drv).  Reverted: the profile goes back to
+    the newest other generation (or away), the generation link goes, and so
+    do those paths unless something else keeps them alive."""
+
+    kind = "profile"
+
+    def describe(self, run):
+        roots = ", ".join(run.manifest.roots)
+        how = ("with %s added to what it has" % roots if run.update
+               else "holding %s" % roots)
+        return "make a new generation of the profile %s %s (the previous one stays for " \
+               "--rollback)" % (run.prefix.profile, how)
+
+    def _roots(self, run):
+        # type: (Run) -> List[str]
+        return [run.manifest.store_path(r) for r in run.manifest.roots]
+
+    def is_done(self, run):
+        if not os.path.lexists(run.prefix.profile):
+            return False
+        current = nixstore.profile_paths(run.prefix)
+        return set(self._roots(run)) <= current
+
+    def execute(self, run):
+        prefix = run.prefix
+        generations = self.owned.setdefault("generations", {})
+        nxt = max(_generations(prefix) or [0]) + 1
+        generations[str(nxt)] = {"sinceId": nixstore.max_path_id(prefix)}
+        run.save()
+        run.ui.say("making the profile %s" % prefix.profile)
+        crashpoints.reached("before-profile")
+        nixstore.set_profile(prefix, run.nix_tool("nix-env"), self._roots(run),
+                             keep_others=run.update)
+        crashpoints.reached("after-profile")
+        made = nixstore.profile_generation(prefix)
+        if made is not None and made != nxt:  # nix-env numbered it otherwise: follow it
+            generations[str(made)] = generations.pop(str(nxt))
+            nxt = made
+        generations[str(nxt)]["paths"] = _made_by_nix_env(run, nxt,
+                                                          generations[str(nxt)]["sinceId"])
+
+    def revert(self, run):
+        prefix = run.prefix
+        ours = dict((int(g), v) for g, v in self.owned.get("generations", {}).items())
+        doomed = set()  # type: Set[str]
+        for generation, record in ours.items():
+            doomed.update(record.get("paths") or _made_by_nix_env(
+                run, generation, record.get("sinceId", 0)))
+        current = nixstore.profile_generation(prefix)
+        others = [g for g in _generations(prefix) if g not in ours]
+        if current in ours:
+            if others:
+                nixstore.run_nix(prefix, [run.nix_tool("nix-env"), "-p", prefix.profile,
+                                          "--switch-generation", str(others[-1])])
+                run.ui.say("switched %s back to generation %d" % (prefix.profile, others[-1]))
+            elif os.path.lexists(prefix.profile):
+                os.unlink(prefix.profile)
+        for generation in ours:
+            link = _link(prefix, generation)
+            if os.path.lexists(link):
+                os.unlink(link)
+        if doomed:
+            # A failed build of the environment leaves its output unregistered in
+            # the store: named in the .drv (an ATerm, src/libstore/derivations.cc).
+            outputs = [o for d in doomed if d.endswith(".drv") for o in _drv_outputs(d)]
+            run.delete(doomed)
+            leftover = [o for o in deletion.own_store_paths(prefix, outputs)
+                        if os.path.lexists(o)]
+            valid = nixstore.valid_paths(prefix, leftover)
+            for path in leftover:
+                if path not in valid:
+                    staging.remove_tree(path)
+                    run.removed.append(path)
+            for path in deletion.own_store_paths(prefix, outputs):
+                lock = path + ".lock"  # Nix's path lock (src/libstore/pathlocks.cc)
+                if os.path.isfile(lock) and not os.path.islink(lock) and \
+                        os.path.getsize(lock) == 0:
+                    os.unlink(lock)
+
+
+def _drv_outputs(path):
+    # type: (str) -> List[str]
+    try:
+        with open(path) as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError):
+        return []
+    head = text.partition("],[")[0]
+    return re.findall(r'\("[^"]*","(/[^"]+)"', head)
+
+
+def _generations(prefix):
+    # type: (Prefix) -> List[int]
+    pattern = re.compile(r"^%s-(\d+)-link$" % re.escape(os.path.basename(prefix.profile)))
+    try:
+        names = os.listdir(prefix.profiles_dir)
+    except OSError:
+        return []
+    return sorted(int(m.group(1)) for m in map(pattern.match, names) if m)
+
+
+def _link(prefix, generation):
+    # type: (Prefix, int) -> str
+    return "%s-%d-link" % (prefix.profile, generation)
+
+
+_NIX_ENV_NAMES = ("-env-manifest.nix", "-user-environment.drv", "-user-environment")
+
+
+def _made_by_nix_env(run, generation, since_id):
+    # type: (Run, int, int) -> List[str]
+    """The paths ``nix-env`` registered for a generation's user environment (the
+    environment, its manifest and .drv): those of its closure or its deriver's
+    registered after id ``since_id``.  One valid before is not ours."""
+    link = _link(run.prefix, generation)
+    new = nixstore.registered_since(run.prefix, since_id)
+    if not new:
+        return []
+    if not os.path.lexists(link):
+        # nix-env failed (a collision in the profile) after registering some of
+        # what it builds: those are named by src/nix-env/user-env.cc.
+        return sorted(p for p in new if p.endswith(_NIX_ENV_NAMES))
+    nix_store = run.nix_tool("nix-store")
+    environment = os.path.realpath(link)
+    related = set(nixstore.run_nix(run.prefix, [nix_store, "-qR", environment]).split())
+    deriver = nixstore.run_nix(run.prefix, [nix_store, "-q", "--deriver", environment]).strip()
+    if deriver in new:
+        related.update(nixstore.run_nix(run.prefix, [nix_store, "-qR", deriver]).split())
+    return sorted(new & related)
+
+
+class ShellStartup(Step):
+    """``--modify-profile``: the marked line sourcing nix.sh in the shell start-up
+    files (shellrc.py).  Reverted: the marked block is removed again."""
+
+    kind = "shell-startup"
+
+    def describe(self, run):
+        return "add a line sourcing %s/nix.sh to %s" % (
+            run.prefix.profile_d, ", ".join(shellrc.candidates(self.params["home"])))
+
+    def is_done(self, run):
+        block = shellrc.block(run.prefix.root)
+        for path in shellrc.candidates(self.params["home"]):
+            try:
+                with open(path) as f:
+                    if block not in f.read():
+                        return False
+            except (OSError, UnicodeDecodeError):
+                return False
+        return True
+
+    def execute(self, run):
+        self.owned["home"] = self.params["home"]
+        run.save()
+        shellrc.add_block(run.prefix.root, self.params["home"])
+
+    def revert(self, run):
+        if self.owned.get("home"):
+            for path in shellrc.remove_block(run.prefix.root, self.owned["home"]):
+                run.ui.say("removed the nix-prefix line from %s" % path)
+
+
+STEP_KINDS = dict((cls.kind, cls) for cls in (MakeDirs, PlacePaths, WriteFile, Register,
+                                              MakeProfile, ShellStartup))
+
+
+def from_record(record):
+    # type: (dict) -> Optional[Step]
+    """A step rebuilt from its receipt record (None for a kind this installer does
+    not know, which it leaves alone)."""
+    cls = STEP_KINDS.get(str(record.get("kind")))
+    if cls is None:
+        return None
+    step = cls(**(record.get("params") or {}))
+    step.state = record.get("state", "planned")
+    step.owned = record.get("owned") or {}
+    return step
