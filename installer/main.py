@@ -159,6 +159,7 @@ def main(path, argv, name=None, sealed=False):
     # did is undone (plan.py); only SIGKILL leaves work for the next run.
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # see installer/__init__.py
     ui = UI()
     debug = bool(os.environ.get("NIX_PREFIX_DEBUG"))
     try:
