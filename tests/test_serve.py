@@ -328,11 +328,14 @@ def test_clients_leaving_mid_nar_leak_nothing(small: dict, tmp_path: Path) -> No
             with socket.create_connection(("127.0.0.1", r.port), timeout=10) as s:
                 s.sendall(f"GET /q/store/{url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
                 assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        # A leak shows as more fds or tasks than before; fewer is fine: a
+        # descriptor open at "before" (the warm-up's connection) may close later.
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and (
-                (_open_fds(), r.tasks()) != before or r.server.active_streams):
+                _open_fds() > before[0] or r.tasks() > before[1] or r.server.active_streams):
             time.sleep(0.2)
-        assert (_open_fds(), r.tasks(), r.server.active_streams) == (*before, 0)
+        assert _open_fds() <= before[0] and r.tasks() <= before[1], (_open_fds(), r.tasks(), before)
+        assert r.server.active_streams == 0
         # Still serving whole NARs.
         status, _, data = get(r.port, f"/q/store/{url}")
         assert status == 200 and len(data) == narinfo.parse(text.decode(), name).nar_size
