@@ -14,7 +14,7 @@ import re
 
 from ..payload import hashes, nar, registration
 from ..payload.machine import human_size
-from . import crashpoints, deletion, envfiles, nixstore, shellrc, staging
+from . import crashpoints, deletion, envfiles, nixstore, shellrc, staging, timings
 from .errors import EnvironmentProblem
 from .plan import Step
 
@@ -305,7 +305,8 @@ class WriteFile(Step):
         content = self._content(run)
         self.owned["sha256"] = hashlib.sha256(content.encode()).hexdigest()
         run.save()
-        state = envfiles.write_file(path, content)
+        with timings.phase("env files"):
+            state = envfiles.write_file(path, content)
         crashpoints.reached("env-file")
         if state != "written":
             self.owned.pop("sha256")
@@ -362,8 +363,9 @@ class Register(Step):
             run.save()
             run.ui.say("registering %d paths with nix-store --load-db" % len(entries))
             crashpoints.reached("before-load-db")
-            nixstore.load_db(run.prefix, run.nix_tool("nix-store"),
-                             registration_text(run.manifest, entries))
+            with timings.phase("load-db"):
+                nixstore.load_db(run.prefix, run.nix_tool("nix-store"),
+                                 registration_text(run.manifest, entries))
             crashpoints.reached("after-load-db")
         record_signatures(run)
 
@@ -459,8 +461,9 @@ class MakeProfile(Step):
         run.save()
         run.ui.say("making the profile %s" % prefix.profile)
         crashpoints.reached("before-profile")
-        nixstore.set_profile(prefix, run.nix_tool("nix-env"), self._roots(run),
-                             keep_others=run.update)
+        with timings.phase("profile"):
+            nixstore.set_profile(prefix, run.nix_tool("nix-env"), self._roots(run),
+                                 keep_others=run.update)
         crashpoints.reached("after-profile")
         made = nixstore.profile_generation(prefix)
         if made is not None and made != nxt:  # nix-env numbered it otherwise: follow it
