@@ -24,16 +24,24 @@ try() {
     *) why="does not run as a Python 3 (exit $s: $(printf "%s" "$v" | head -n 1 | cut -c1-100))"; return;;
     esac
     # The seal checker $b runs only if it compiles and defines bootstrap: a
-    # damaged preamble says so in one line.
-    exec "$py" -I -c "import sys
-try:
+    # damaged preamble says so in one line.  -S skips site (and its
+    # sitecustomize hooks): the stub needs the standard library only, and a
+    # Ctrl-C inside site would be a "Fatal Python error".  The try comes first
+    # so that a Ctrl-C before the installer takes over is one line, and the
+    # temporary copy of the seal checker is still removed (atexit).
+    exec "$py" -I -S -c "try:
+    import sys
     g = {}
-    exec(compile(sys.argv[4], \"the seal checker\", \"exec\"), g)
-    run = g[\"bootstrap\"]
-except Exception as e:
-    sys.stderr.write(\"nix-prefix: error: this installer is damaged (its preamble fails: %s); download it again\\n\" % e)
-    sys.exit(3)
-run(sys.argv)" "$src" "$seal" "$h" "$b" "$@"
+    try:
+        exec(compile(sys.argv[4], \"the seal checker\", \"exec\"), g)
+        run = g[\"bootstrap\"]
+    except Exception as e:
+        sys.stderr.write(\"nix-prefix: error: this installer is damaged (its preamble fails: %s); download it again\\n\" % e)
+        sys.exit(3)
+    run(sys.argv)
+except KeyboardInterrupt:
+    sys.stderr.write(\"nix-prefix: interrupted before the installer started; nothing was changed\\n\")
+    sys.exit(130)" "$src" "$seal" "$h" "$b" "$@"
 }
 if [ -n "${NIX_PREFIX_PYTHON:-}" ]; then
     try "$NIX_PREFIX_PYTHON" "$@"

@@ -159,7 +159,9 @@ def main(path, argv, name=None, sealed=False):
     # did is undone (plan.py); only SIGKILL leaves work for the next run.
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # see installer/__init__.py
+    # Until here a Ctrl-C is the preamble's (builder/preamble.sh); from here the
+    # plan undoes what this run did.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ui = UI()
     debug = bool(os.environ.get("NIX_PREFIX_DEBUG"))
     try:
@@ -196,6 +198,9 @@ def main(path, argv, name=None, sealed=False):
         ui.error("nix-prefix: internal error: %s: %s (rerun with NIX_PREFIX_DEBUG=1 "
                  "for details, and report it)" % (type(e).__name__, e))
         code = EXIT_FAILED
+    # The outcome is decided and said: a Ctrl-C now must not turn it into another.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     timings.write()
     ui.close()
     sys.exit(code)

@@ -456,18 +456,26 @@ def test_modify_profile_with_an_unwritable_home_changes_nothing(small: Built,
     assert prefix_state(prefix) == before
 
 
+@pytest.mark.parametrize("piped", [False, True], ids=["file", "piped"])
 @pytest.mark.parametrize("delay", [0.0, 0.03, 0.08, 0.15, 0.25])
-def test_ctrl_c_in_the_first_quarter_second(small: Built, base: Path, delay: float) -> None:
+def test_ctrl_c_in_the_first_quarter_second(small: Built, base: Path, delay: float,
+                                            piped: bool) -> None:
     """SIGINT while Python starts or imports: no traceback, at most one line, and
-    whatever had begun is undone."""
-    prefix = fresh(base, f"early-int-{int(delay * 100)}")
-    proc = subprocess.Popen(["/bin/sh", str(small.installer), "-y", "-q", "-p", str(prefix)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(delay)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    if err.startswith("Fatal Python error: init_import_site"):
-        # SIGINT inside the interpreter's own start-up (site), before any of the
+    whatever had begun is undone (piped: the seal checker's private copy too)."""
+    prefix = fresh(base, f"early-int-{int(delay * 100)}-{piped}")
+    tmp = fresh(base, f"early-int-tmp-{int(delay * 100)}-{piped}")
+    tmp.mkdir()
+    args = ["-s", "--"] if piped else [str(small.installer)]
+    with open(small.installer, "rb") as stdin:
+        proc = subprocess.Popen(["/bin/sh", *args, "-y", "-q", "-p", str(prefix)],
+                                stdin=stdin if piped else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, TMPDIR=str(tmp)))
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    if err.startswith("Fatal Python error: init_"):
+        # SIGINT inside the interpreter's own start-up, before any of the
         # installer's code runs: Python's words, not ours; nothing was written.
         assert "nix_prefix" not in err and "seal checker" not in err, err
         assert not prefix.exists()
@@ -480,6 +488,7 @@ def test_ctrl_c_in_the_first_quarter_second(small: Built, base: Path, delay: flo
     assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, err)
     assert len(lines) <= 1, err
     assert not prefix.exists(), sorted(os.listdir(prefix))
+    assert not os.listdir(tmp), f"left in TMPDIR: {os.listdir(tmp)}"
 
 
 INTERRUPT_POINTS = [("write", 4), ("renamed", 2), ("env-file", 2), ("before-load-db", 1),
