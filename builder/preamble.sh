@@ -9,12 +9,13 @@ case $seal in *[!0-9a-z:]*) echo "nix-prefix: error: $0 is damaged: its line end
 case $- in *s*) src=-;; *) src=$0;; esac
 # try PYTHON ARGS...: run the installer with PYTHON if it is a working CPython
 # 3.6+ (exec: no return), else set $why.  -I isolates it from PYTHONPATH,
-# PYTHONHOME, PYTHONSTARTUP, user site-packages and the current directory.
+# PYTHONHOME, PYTHONSTARTUP, user site-packages and the current directory;
+# -S skips site: the stub needs the standard library only (and starts faster).
 try() {
     py=$1
     shift
     command -v "$py" >/dev/null 2>&1 || { why="not found"; return; }
-    v=$("$py" -I -c "import sys; print(sys.implementation.name, sys.version_info >= (3, 6), *sys.version_info[:2])" 2>&1)
+    v=$("$py" -I -S -c "import sys; print(sys.implementation.name, sys.version_info >= (3, 6), *sys.version_info[:2])" 2>&1)
     s=$?
     case $v in
     "cpython True "*) ;;
@@ -24,11 +25,11 @@ try() {
     *) why="does not run as a Python 3 (exit $s: $(printf "%s" "$v" | head -n 1 | cut -c1-100))"; return;;
     esac
     # The seal checker $b runs only if it compiles and defines bootstrap: a
-    # damaged preamble says so in one line.  -S skips site (and its
-    # sitecustomize hooks): the stub needs the standard library only, and a
-    # Ctrl-C inside site would be a "Fatal Python error".  The try comes first
-    # so that a Ctrl-C before the installer takes over is one line, and the
-    # temporary copy of the seal checker is still removed (atexit).
+    # damaged preamble says so in one line.  Without site (-S) no
+    # sitecustomize hook runs, and no Ctrl-C inside it is a "Fatal Python
+    # error".  The try comes first so that a Ctrl-C before the installer
+    # takes over is one line, and the copy of a piped installer is still
+    # removed (atexit).
     exec "$py" -I -S -c "try:
     import sys
     g = {}
