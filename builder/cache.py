@@ -27,24 +27,20 @@ import itertools
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..payload import derivation, exact, hashes, nar, narinfo
 from ..payload import retarget as retargets
-from ..payload.container import InstallerFile
-from ..payload.machine import host_system
 from ..payload.manifest import Manifest, PathEntry, has_derivations
 from ..payload.signing import SecretKey
-from ..payload.tree import Count, Filter, Sink, Tee
-from .closure_info import read_closure
+from ..payload.tree import Count, Filter, Sink
 from .compress import compressor, default_jobs
-from .derivations import read_store_contents
 from .errors import BuildError
-from .pack import _locked, same_length
+from .pack import same_length, thread_safe
 from .retarget import looks_like_installer, target_store_dir, with_installer
 from .signer import sign
+from .sources import ClosureSource, InstallerSource, Source
 
 COMPRESSIONS = ("xz", "zstd", "none")
 # Without --level, what nix copy uses: xz's preset 6 (compress.py's default too)
@@ -79,7 +75,7 @@ class CacheResult:
 
 
 @dataclass
-class _Target:
+class TargetPath:
     """One store path of a source and what its narinfo will say, but for its NAR."""
 
     old: str  # base name in the source
@@ -89,7 +85,7 @@ class _Target:
     ca: Callable[[], str] | None = None  # its CA, where Nix registers one
 
 
-class _Retargeted:
+class RetargetedSource:
     """A source's paths under their names at the new store dir (payload/retarget.py:
     exact when it holds derivations, else same-length), and what their narinfos say."""
 
@@ -116,7 +112,7 @@ class _Retargeted:
         self.targets = [
             # Same-length relocation keeps hash parts: the old .drv names are nobody's
             # at the new store dir, so such a path has no deriver there.
-            _Target(old.name, new.name, new.references, new.deriver if self.plan else "",
+            TargetPath(old.name, new.name, new.references, new.deriver if self.plan else "",
                     self._ca(old, contents or {}))
             for old, new in zip(manifest.paths, moved.paths, strict=True)]
         self.hidden_refs = moved.hidden_refs
@@ -196,7 +192,7 @@ class _PathWriter(Filter):
     NAR and compressed; ``finish`` (sent once the source has verified the path)
     hands it to the cache."""
 
-    def __init__(self, cache: _CacheDir, source: _Retargeted, target: _Target,
+    def __init__(self, cache: _CacheDir, source: RetargetedSource, target: TargetPath,
                  progress: Callable[[int], object] | None) -> None:
         self._cache = cache
         self._target = target
@@ -297,7 +293,7 @@ class _CacheDir:
             tmp.unlink(missing_ok=True)
             raise BuildError(f"cannot write {path}: {e.strerror}") from None
 
-    def add(self, target: _Target, sink: _NarSink, nar_size: int) -> None:
+    def add(self, target: TargetPath, sink: _NarSink, nar_size: int) -> None:
         """Move a finished NAR into place; write its narinfo once it may appear."""
         file_hash = sink.file_hash.digest()
         url = narinfo.nar_url(file_hash, self.options.compression)
@@ -369,74 +365,11 @@ def _pid_alive(text: str) -> bool:
     return True
 
 
-class _ClosureSource:
-    """A closureInfo dir (or dump-db file) whose paths are read from the store."""
-
-    def __init__(self, source: Path, store_root: Path | None) -> None:
-        closure = read_closure(source)
-        self.root = Path(store_root or closure.store_dir)
-        entries = [PathEntry.from_registration(i) for i in closure.infos]
-        for e in entries:
-            if not os.path.lexists(self.root / e.name):
-                raise BuildError(f"store path {closure.store_dir}/{e.name} is missing from "
-                                 f"{self.root}", "pass --store-root if the store is elsewhere")
-        self.manifest = Manifest(closure.store_dir, host_system(), "xz", entries, [], [])
-
-    def contents(self) -> dict[str, bytes]:
-        return read_store_contents(self.manifest.paths, self.root)
-
-    def replay(self, names: set[str], open_path: Callable[[str], Sink], jobs: int) -> None:
-        """Every path of ``names``, read from the store and checked against its NAR hash."""
-        def one(entry: PathEntry) -> None:
-            hasher = nar.NarHasher()
-            visitor = open_path(entry.name)
-            where = f"{self.manifest.store_dir}/{entry.name}"
-            try:
-                nar.dump_path(os.fsencode(self.root / entry.name), Tee(visitor, hasher))
-            except nar.NarError as e:
-                raise BuildError(f"{where}: {e}") from None
-            except OSError as e:
-                raise BuildError(f"{where}: cannot read {e.filename} ({e.strerror})") from None
-            got = hashes.format_sha256(hasher.digest())
-            if got != entry.nar_hash or hasher.size != entry.nar_size:
-                raise BuildError(f"{where} does not match its registration (narHash {got}, "
-                                 f"registered {entry.nar_hash})",
-                                 "the store path was modified or the registration is stale")
-            visitor.finish()
-
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(one, e) for e in self.manifest.paths if e.name in names]
-            try:
-                for done in futures:
-                    done.result()
-            finally:
-                for f in futures:
-                    f.cancel()
-
-
-class _InstallerSource:
-    """An installer: every path comes through its own verifying reader."""
-
-    def __init__(self, installer: InstallerFile) -> None:
-        self._installer = installer
-        self.manifest = installer.manifest
-
-    def contents(self) -> dict[str, bytes]:
-        return retargets.read_contents(self._installer)
-
-    def replay(self, names: set[str], open_path: Callable[[str], Sink], jobs: int) -> None:
-        # Every chunk holding bytes of a path to write (format 3 cuts paths across chunks).
-        spans = self.manifest.chunk_spans()
-        chunks = sorted({i for p in self.manifest.paths if p.name in names
-                         for i in spans[p.name]})
-        self._installer.unpack(open_path, chunks, jobs=jobs)
-
-
-def _write_source(source: _ClosureSource | _InstallerSource, cache: _CacheDir,
+def _write_source(source: Source, cache: _CacheDir,
                   progress: Callable[[int], object] | None) -> None:
     m = source.manifest
     holds_derivations = has_derivations(m.paths)
-    retargeted = _Retargeted(m, cache.store_dir, source.contents() if holds_derivations
+    retargeted = RetargetedSource(m, cache.store_dir, source.contents() if holds_derivations
                              else None)
     cache.result.exact = cache.result.exact or holds_derivations
     cache.result.hidden_refs += retargeted.hidden_refs
@@ -474,13 +407,13 @@ def write_cache(sources: Sequence[Path], prefix: str, out: Path, options: CacheO
     if not sources:
         raise BuildError("no SOURCE given", "name an installer or a closureInfo dir")
     cache = _CacheDir(out, store_dir, options)
-    report = _locked(progress) if progress else None
+    report = thread_safe(progress) if progress else None
     try:
         for source in sources:
             if source.is_dir() or not looks_like_installer(source):
-                _write_source(_ClosureSource(source, store_root), cache, report)
+                _write_source(ClosureSource(source, store_root), cache, report)
             else:
-                with_installer(source, lambda i: _write_source(_InstallerSource(i), cache,
+                with_installer(source, lambda i: _write_source(InstallerSource(i), cache,
                                                                report),
                                "pass an intact installer or a closureInfo dir")
         cache.finish()

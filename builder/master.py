@@ -41,12 +41,13 @@ from ..payload.machine import host_system
 from ..payload.manifest import Manifest, PathEntry, has_derivations
 from ..payload.signing import SecretKey
 from ..payload.tree import Sink
-from .cache import _ClosureSource, _InstallerSource, _Retargeted, _Target
+from .cache import RetargetedSource, TargetPath
 from .compress import compressor
 from .errors import BuildError
 from .fromcache import BinaryCache
 from .retarget import looks_like_installer
 from .signer import sign
+from .sources import ClosureSource, InstallerSource
 
 COMPRESSIONS = ("zstd", "xz", "none")
 # Streaming compression levels: fast enough to keep up with a network link.
@@ -118,7 +119,7 @@ class _Installer:
         except CorruptInstaller as e:
             raise BuildError(f"{path}: {e.args[0]}",
                              "pass an intact installer or a closureInfo dir") from None
-        self.source = _InstallerSource(first)
+        self.source = InstallerSource(first)
         self.manifest = first.manifest
         self._free: queue.SimpleQueue[InstallerFile] = queue.SimpleQueue()
         self._free.put(first)
@@ -137,7 +138,7 @@ class _Installer:
         except queue.Empty:
             installer = InstallerFile(str(self.path), sealed=True)
         try:
-            _InstallerSource(installer).replay({name}, _one(name, sink), 1)
+            InstallerSource(installer).replay({name}, _one(name, sink), 1)
         finally:
             self._free.put(installer)
 
@@ -147,7 +148,7 @@ class _Closure:
 
     def __init__(self, path: Path, store_root: Path | None) -> None:
         self.path = path
-        self.source = _ClosureSource(path, store_root)
+        self.source = ClosureSource(path, store_root)
         self.manifest = self.source.manifest
 
     def contents(self) -> dict[str, bytes]:
@@ -278,7 +279,7 @@ class Master:
             else:
                 self.sources.append(_Installer(path))
         # What the exact planner needs, read (and verified) once for every plan.
-        self._contents = [s.contents() if has_derivations(s.manifest.paths) else None
+        self.contents = [s.contents() if has_derivations(s.manifest.paths) else None
                           for s in self.sources]
         self.max_store_dir = min(len(s.manifest.embedded_store_dir) for s in self.sources)
         self._plans: _LRU[str, PrefixPlan] = _LRU(options.plans)
@@ -297,8 +298,8 @@ class _Entry:
     """One path of the master at a store dir: where it is read, how it is rewritten."""
 
     source: _Installer | _Closure | _Cache
-    retargeted: _Retargeted
-    target: _Target
+    retargeted: RetargetedSource
+    target: TargetPath
 
     def replay(self, out: nar.NarWriter) -> None:
         """The path's events, read from its source and rewritten, into ``out``."""
@@ -314,8 +315,8 @@ class PrefixPlan:
         self.store_dir = store_dir
         self.cache_info = narinfo.cache_info_text(store_dir, want_mass_query=True).encode()
         self._by_hash: dict[str, _Entry] = {}
-        for source, contents in zip(master.sources, master._contents, strict=True):
-            retargeted = _Retargeted(source.manifest, store_dir, contents)
+        for source, contents in zip(master.sources, master.contents, strict=True):
+            retargeted = RetargetedSource(source.manifest, store_dir, contents)
             for target in retargeted.targets:
                 self._by_hash.setdefault(storepath.hash_part(target.new),
                                          _Entry(source, retargeted, target))

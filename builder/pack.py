@@ -221,7 +221,7 @@ def _roots(entries: list[PathEntry], wanted: list[str] | None, store_dir: str) -
     return sorted(names - referenced)
 
 
-def _locked(report: Callable[[int], object]) -> Callable[[int], object]:
+def thread_safe(report: Callable[[int], object]) -> Callable[[int], object]:
     """``report`` made safe to call from several threads (builder/cache.py's)."""
     lock = threading.Lock()
 
