@@ -22,6 +22,7 @@ command -v gcc >/dev/null 2>&1 || missing="$missing gcc"
 command -v readelf >/dev/null 2>&1 || missing="$missing binutils"
 command -v xz >/dev/null 2>&1 || missing="$missing xz-utils"
 command -v zstd >/dev/null 2>&1 || missing="$missing zstd"
+command -v fish >/dev/null 2>&1 || missing="$missing fish"  # nix.fish is tested with it
 [ -x /usr/bin/python3 ] || missing="$missing python3"
 /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$missing python3-venv"
 if [ -n "$missing" ]; then

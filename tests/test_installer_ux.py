@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,42 @@ def test_summary_says_what_where_how_to_start_and_undo(small) -> None:
     assert f"sh {small.installer} -p {prefix} --uninstall" in summary
     quiet = run_installer(small.installer, "-y", "-q")
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+NIX_VARS = ("NIX_STORE_DIR", "NIX_STATE_DIR", "NIX_LOG_DIR", "NIX_CONF_DIR", "NIX_PROFILES",
+            "NIX_PROFILE", "NIX_STATE_HOME")
+
+
+def _shell_env(command: list[str]) -> dict[str, str]:
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/")}
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    return dict(line.split("=", 1) for line in lines[:-1] if "=" in line) | {"out": lines[-1]}
+
+
+def test_nix_fish_sets_what_nix_sh_sets(small) -> None:
+    """fish users source nix.fish: the same variables, the profile first on PATH, and the
+    prefix's Nix and programs found."""
+    fish = shutil.which("fish")
+    assert fish, "fish is missing: run sh .ci/setup.sh"
+    prefix = small.prefix
+    proc = run_installer(small.installer, "-y", "-q", "-p", str(prefix))
+    assert proc.returncode == 0, proc.stderr
+    show = "env; hello-nix-prefix"
+    sh = _shell_env(["sh", "-c", f". {prefix}/etc/profile.d/nix.sh; {show}"])
+    fish_env = _shell_env([fish, "--no-config", "-c",
+                           f"source {prefix}/etc/profile.d/nix.fish; {show}"])
+    for name in NIX_VARS:
+        assert fish_env.get(name) == sh[name], name
+    assert sh["NIX_STORE_DIR"] == f"{prefix}/store"
+    profile_bin = f"{prefix}/var/nix/profiles/default/bin"
+    assert fish_env["PATH"].split(":")[0] == sh["PATH"].split(":")[0] == profile_bin
+    assert fish_env["out"] == sh["out"] and sh["out"]  # the profile's program ran
+    # Sourced twice, PATH holds the profile once.
+    twice = _shell_env([fish, "--no-config", "-c", f"source {prefix}/etc/profile.d/nix.fish; "
+                        f"source {prefix}/etc/profile.d/nix.fish; {show}"])
+    assert twice["PATH"].split(":").count(profile_bin) == 1
 
 
 def test_update_needs_u_and_makes_a_new_generation(world_dir: Path) -> None:
