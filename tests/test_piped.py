@@ -173,3 +173,29 @@ def test_the_private_copy_is_the_users_alone(built: Built) -> None:
     assert stat.S_IMODE(st.st_mode) == 0o600 and stat.S_IMODE(dst.st_mode) == 0o700
     assert st.st_uid == dst.st_uid == os.getuid()
     assert Path(path).read_bytes() == src.read_bytes()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (to mount a tmpfs)")
+def test_a_noexec_tmpdir_is_fine(built: Built, module_dir: Path) -> None:
+    """Many clusters mount /tmp noexec: the piped copy is only read by Python, and
+    nix-env's profile build runs nothing from TMPDIR, so the install works."""
+    tmp = module_dir / "noexec-tmp"
+    tmp.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "noexec,size=64m", "tmpfs",
+                              str(tmp)], capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        shutil.copy("/bin/true", tmp / "true")
+        with pytest.raises(PermissionError):  # the mount really is noexec
+            subprocess.run([str(tmp / "true")], check=False)
+        prefix = module_dir / "noexec-prefix"
+        with open(built.installer, "rb") as stdin:
+            proc = subprocess.run(["sh", "-s", "--", "-y", "-q", "-p", str(prefix)], stdin=stdin,
+                                  capture_output=True, text=True, check=False,
+                                  env=env(TMPDIR=str(tmp)))
+        assert proc.returncode == 0, proc.stderr
+        assert (prefix / "var/nix/profiles/default").exists()
+        assert sorted(os.listdir(tmp)) == ["true"]  # the private copy is gone
+    finally:
+        subprocess.run(["umount", str(tmp)], check=False)
