@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,22 +36,30 @@ def pytest_configure(config: pytest.Config) -> None:
             "these tests drive a real Nix: run .ci/setup.sh (installs Debian's nix-bin)")
 
 
+@contextmanager
+def reachable_dir(prefix: str) -> Iterator[Path]:
+    """A fresh dir under /tmp that an unprivileged user can reach (pytest's tmp_path
+    can't), removed afterwards even where a test left it read-only."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        _force_remove(path)
+
+
 @pytest.fixture
 def world_dir() -> Iterator[Path]:
-    """A fresh dir under /tmp that an unprivileged user can reach (pytest's tmp_path can't)."""
-    path = Path(tempfile.mkdtemp(prefix="np-test-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    _force_remove(path)
+    """A fresh dir under /tmp that an unprivileged user can reach, for one test."""
+    with reachable_dir("np-test-") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
 def module_dir() -> Iterator[Path]:
     """Like world_dir, shared by the tests of one module (one installer built for all)."""
-    path = Path(tempfile.mkdtemp(prefix="np-module-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    _force_remove(path)
+    with reachable_dir("np-module-") as path:
+        yield path
 
 
 def _force_remove(path: Path) -> None:

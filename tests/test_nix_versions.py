@@ -13,7 +13,6 @@ import json
 import os
 import re
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from nix_prefix.builder.pack import BuildOptions, build_installer
 from nix_prefix.builder.samples import build_nix_closure, build_small_closure
 from nix_prefix.payload.manifest import Manifest
 
-from .conftest import NOBODY, _force_remove
+from .conftest import NOBODY, reachable_dir
 from .nix_versions import VERSIONS, nix_source
 from .support import as_user, tree_snapshot
 
@@ -51,10 +50,8 @@ let tool = name: derivation {
 
 @pytest.fixture(scope="session")
 def versions_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="np-versions-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    _force_remove(path)
+    with reachable_dir("np-versions-") as path:
+        yield path
 
 
 def _build(base: Path, name: str, roots_of: Callable[[LocalNix], list[str]],
