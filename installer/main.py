@@ -257,7 +257,8 @@ def run(path, args, ui, name=None, sealed=False):
             return 0
         caches = envfiles.Caches(args.substituter, [str(k) for k in trusted]) \
             if args.substituter else None
-        root = preflight.resolve_prefix(args.prefix) if args.prefix else manifest.prefix
+        root = (preflight.resolve_prefix(args.prefix) if args.prefix is not None
+                else manifest.prefix)
         prefix = Prefix(root)
         if args.as_owner:
             preflight.become_owner(prefix)

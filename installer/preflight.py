@@ -5,7 +5,7 @@ import pwd
 
 from ..payload import storepath
 from ..payload.machine import host_system, human_size, usable_cpus
-from .errors import EnvironmentProblem, UsageProblem
+from .errors import BadUsage, EnvironmentProblem, UsageProblem
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
@@ -22,7 +22,14 @@ SPACE_MARGIN = 32 << 20
 def resolve_prefix(text):
     # type: (str) -> str
     """The absolute, canonical prefix for a --prefix argument (``~`` expanded)."""
+    if not text.strip():
+        # -p "$PREFIX" with PREFIX unset: never fall back to the default silently.
+        raise BadUsage("the prefix given with -p is empty (an unset variable?)",
+                       "give the directory to install into, or leave -p out for the "
+                       "default")
     path = os.path.abspath(os.path.expanduser(text))
+    if path == "/":
+        raise EnvironmentProblem("the prefix cannot be /", "choose a directory such as ~/.nix")
     try:
         storepath.check_store_dir(path)
     except storepath.StorePathError:
@@ -30,8 +37,6 @@ def resolve_prefix(text):
             "prefix %r has characters Nix-based tools cannot take (spaces, quotes, "
             "non-ASCII...)" % text,
             "choose a prefix of letters, digits and + - . _ = @ , ~")
-    if path == "/":
-        raise EnvironmentProblem("the prefix cannot be /", "choose a directory such as ~/.nix")
     return path
 
 

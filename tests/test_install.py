@@ -165,6 +165,19 @@ def test_prefix_with_characters_nix_rejects(small, world_dir: Path) -> None:
     assert not (world_dir / "a b").exists()
 
 
+@pytest.mark.parametrize("given, code, words", [
+    ("", 2, ("empty", "unset variable")),  # -p "$PREFIX" with PREFIX unset
+    ("  ", 2, ("empty",)),
+    ("/", 4, ("cannot be /",)),
+])
+def test_an_empty_or_root_prefix_is_named(small, given: str, code: int,
+                                          words: tuple[str, ...]) -> None:
+    proc = run_installer(small.installer, "-y", "-p", given)
+    one_error_line(proc, *words)
+    assert proc.returncode == code
+    assert not small.prefix.exists()  # never the default prefix instead
+
+
 def test_wrong_architecture(world_dir: Path) -> None:
     built = build_small(world_dir)
     out = world_dir / "arm.sh"
