@@ -104,7 +104,7 @@ def _parser(prog):
                         "they are also written to nix.conf as `trusted-public-keys`, with "
                         "require-sigs kept on")
     p.add_argument("-j", "--jobs", metavar="N", type=_positive,
-                   default=preflight.default_jobs(os.environ.get("NIX_PREFIX_JOBS")),
+                   default=None,
                    help="unpack and verify N payload chunks at once (default: the CPUs this "
                         "process may use, at most %d; or NIX_PREFIX_JOBS)" % preflight.MAX_JOBS)
     p.add_argument("--as-owner", action="store_true",
@@ -175,6 +175,8 @@ def main(path, argv, name=None, sealed=False):
                          "key: the installed Nix keeps require-sigs on and takes only signed "
                          "paths")
         ui.quiet = args.quiet
+        if args.jobs is None:  # NIX_PREFIX_JOBS is only read (and checked) when it counts
+            args.jobs = preflight.default_jobs(os.environ.get("NIX_PREFIX_JOBS"))
         code = run(path, args, ui, name, sealed)
     except OneLineError as e:  # InstallError, CorruptInstaller
         undone = " (undone: the prefix is as it was)" if getattr(e, "reverted", False) else ""

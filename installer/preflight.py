@@ -220,6 +220,9 @@ def default_jobs(env_value=None):
     """How many chunks to unpack at once: NIX_PREFIX_JOBS if set to a number,
     else the CPUs this process may run on (its affinity mask, which batch
     schedulers set), at most MAX_JOBS."""
-    if env_value and env_value.isdigit() and int(env_value) > 0:
+    if env_value is not None and env_value.strip():
+        if not env_value.strip().isdigit() or int(env_value) < 1:
+            raise BadUsage("NIX_PREFIX_JOBS=%r is not a positive number" % env_value,
+                           "set it to a number of threads such as 2, or unset it")
         return int(env_value)
     return min(usable_cpus(), MAX_JOBS)

@@ -178,6 +178,16 @@ def test_an_empty_or_root_prefix_is_named(small, given: str, code: int,
     assert not small.prefix.exists()  # never the default prefix instead
 
 
+def test_a_bad_nix_prefix_jobs_is_named_unless_j_overrides_it(small) -> None:
+    env = dict(os.environ, NIX_PREFIX_JOBS="two")
+    proc = run_installer(small.installer, "-y", "-q", env=env)
+    one_error_line(proc, "NIX_PREFIX_JOBS", "'two'", "positive number")
+    assert proc.returncode == 2
+    assert not small.prefix.exists()
+    given = run_installer(small.installer, "-y", "-q", "-j", "2", env=env)
+    assert given.returncode == 0, given.stderr
+
+
 def test_wrong_architecture(world_dir: Path) -> None:
     built = build_small(world_dir)
     out = world_dir / "arm.sh"
