@@ -78,7 +78,11 @@ def write(path, doc):
     receipts dir is made by the install's first step (steps.MakeDirs)."""
     tmp = "%s.tmp-%d" % (path, os.getpid())
     try:
-        with open(tmp, "w") as f:
+        # Never writable by others, whatever the umask: uninstall acts on what it says.
+        if os.path.lexists(tmp):  # left by a killed run of the same pid
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w") as f:
             json.dump(doc, f, indent=1, sort_keys=True)
             f.write("\n")
             f.flush()

@@ -188,6 +188,20 @@ def test_a_bad_nix_prefix_jobs_is_named_unless_j_overrides_it(small) -> None:
     assert given.returncode == 0, given.stderr
 
 
+def test_umask_000_leaves_nothing_writable_by_others(small) -> None:
+    """A umask of 000 (some shared accounts have one): no file or dir of the prefix
+    becomes writable by group or others, the receipt (which uninstall acts on) included."""
+    proc = subprocess.run(["/bin/sh", "-c", f"umask 000; exec /bin/sh {small.installer} -y -q"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    writable = [os.path.join(d, n) for d, dirs, files in os.walk(small.prefix)
+                for n in dirs + files
+                if not os.path.islink(os.path.join(d, n))
+                and os.lstat(os.path.join(d, n)).st_mode & 0o022]
+    assert writable == []
+    assert list((small.prefix / "var/nix-prefix/receipts").glob("*.json"))
+
+
 def test_wrong_architecture(world_dir: Path) -> None:
     built = build_small(world_dir)
     out = world_dir / "arm.sh"
