@@ -12,6 +12,7 @@ hasher, so verifying the registration costs no second pass.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -171,11 +172,18 @@ def write_installer_file(out: Path, manifest: Manifest, compression: str, level:
     is ``manifest`` as it is.  With ``sign_keys`` the installer and every path
     (over its final NAR hash at the manifest's store dir) are signed.
     """
-    return container.write_installer(
-        str(out), preamble(), container.embedded_code(), compression,
-        lambda: compressor(compression, level, manifest.system),
-        lambda payload: write_payload(payload) or manifest,
-        check_out=lambda path: check_output(Path(path)), signer=KeySigner(sign_keys))
+    check_output(out)
+    try:
+        return container.write_installer(
+            str(out), preamble(), container.embedded_code(), compression,
+            lambda: compressor(compression, level, manifest.system),
+            lambda payload: write_payload(payload) or manifest,
+            check_out=lambda path: check_output(Path(path)), signer=KeySigner(sign_keys))
+    except OSError as e:  # writing the file: a full disk, a quota, a vanished directory
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise BuildError(f"cannot write {out} ({e.strerror})",
+                         "free some space there, or choose another -o" if full
+                         else "choose another -o") from None
 
 
 def payload_jobs(options: BuildOptions, chunk_size: int) -> int:
@@ -189,9 +197,17 @@ def default_chunk_size(nar_size: int) -> int:
 
 
 def check_output(out: Path) -> None:
-    """Refuse an output that exists and is not a regular file: the atomic rename
-    would replace it (run as root, ``-o /dev/null`` would turn the device into a
-    file), and a symlink would be replaced rather than followed."""
+    """Refuse an output whose directory is missing or not writable, or that exists and
+    is not a regular file: the atomic rename would replace it (run as root, ``-o
+    /dev/null`` would turn the device into a file), and a symlink would be replaced
+    rather than followed."""
+    where = out.parent if str(out.parent) else Path(".")
+    if not where.is_dir():
+        raise BuildError(f"cannot write {out}: there is no directory {where}",
+                         "create it, or choose another -o")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise BuildError(f"cannot write {out}: the directory {where} is not writable by you",
+                         "choose another -o")
     try:
         mode = os.lstat(out).st_mode
     except FileNotFoundError:

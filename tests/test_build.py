@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,33 @@ def test_output_that_is_not_a_regular_file_is_refused(small, world_dir: Path) ->
     assert sorted(os.listdir("/dev")) == dev_before
     assert not (world_dir / "elsewhere.sh").exists()
     assert not [p for p in os.listdir(world_dir) if ".tmp-" in p]
+
+
+def test_an_output_dir_that_is_missing_or_unwritable_is_named_at_once(small,
+                                                                      world_dir: Path) -> None:
+    result = nix_prefix("build", small.closure_info, "-o", world_dir / "nodir" / "out.sh",
+                        "--quiet")
+    assert_one_line_error(result, "there is no directory", str(world_dir / "nodir"))
+    assert not (world_dir / "nodir").exists()
+    if os.geteuid() != 0:  # root may write anywhere; as a user, a 0555 dir is refused
+        ro = world_dir / "ro"
+        ro.mkdir(mode=0o555)
+        result = nix_prefix("build", small.closure_info, "-o", ro / "out.sh", "--quiet")
+        assert_one_line_error(result, "not writable")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (to mount a small tmpfs)")
+def test_a_full_disk_while_writing_is_one_line_and_leaves_nothing(small,
+                                                                  world_dir: Path) -> None:
+    full = world_dir / "full"
+    full.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        result = nix_prefix("build", small.closure_info, "-o", full / "out.sh", "--quiet")
+        assert_one_line_error(result, "cannot write", "No space left", "free some space")
+        assert os.listdir(full) == []  # no temporary file left
+    finally:
+        subprocess.run(["umount", str(full)], check=False)
