@@ -10,10 +10,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from nix_prefix.builder.localnix import LocalNix
 
 NOBODY = 65534
+
+# Property tests check results, never speed, and CI must give the same answer on every
+# run: no per-example deadline (hypothesis' default of 200 ms is exceeded when a busy
+# 2-core machine stalls one example) and no too_slow health check, and a fixed seed.
+# That is hypothesis' own "ci" profile, here whether or not CI=true is set.
+# HYPOTHESIS_PROFILE=explore draws fresh random examples on each run, to hunt for bugs.
+settings.register_profile("nix-prefix", derandomize=True, database=None, deadline=None,
+                          print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("explore", deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "nix-prefix"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
