@@ -136,3 +136,14 @@ def test_serve_bench_runs_on_a_tiny_closure(tmp_path: Path) -> None:
     assert r["ours"]["server_rss_mb"] > 0 and r["static"]["server_rss_mb"] > 0
     assert set(r["ratios"]) == {"narinfo_1", "nar_1", "narinfo_8", "nar_8"}
     assert "nix-prefix serve (zstd)" in proc.stdout
+
+
+def test_verify_bench_measures_each_python(tmp_path: Path) -> None:
+    out = tmp_path / "verify.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "verify.py"), "--rounds", "2",
+                           "--python", sys.executable, "--json", str(out)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["pythons"]
+    assert row["python"] == sys.executable and 0 < row["mean_ms"] <= row["max_ms"]
+    assert f"Python {sys.version.split()[0]}" in proc.stdout

@@ -135,25 +135,23 @@ def _oldest_python() -> str:
     return str(found[0]) if found else sys.executable
 
 
-def test_verifies_in_milliseconds_with_the_stubs_python() -> None:
-    """One verification per signature per install: a few milliseconds each is the budget.
-    Runs the module alone, as the stub's oldest Python would."""
+def test_verifies_alone_in_the_stubs_oldest_python() -> None:
+    """The module loaded by itself, as the stub's oldest Python would, accepts RFC 8032's
+    signature and refuses it for another message.  (What a check costs, a few
+    milliseconds, is measured by bench/verify.py, not timed here.)"""
     _, public, message, sig = RFC8032[3]
     module = str(REPO / "payload" / "ed25519.py")
     script = (
-        "import time, importlib.util as u\n"
+        "import importlib.util as u\n"
         f"spec = u.spec_from_file_location('ed25519', {module!r})\n"
         "m = u.module_from_spec(spec); spec.loader.exec_module(m)\n"
         f"key, msg, sig = bytes.fromhex({public!r}), bytes.fromhex({message!r}), "
         f"bytes.fromhex({sig!r})\n"
-        "t = time.perf_counter()\n"
-        "for _ in range(5): assert m.verify(key, msg, sig)\n"
-        "print((time.perf_counter() - t) / 5)\n"
-        "assert not m.verify(key, b'', sig)\n"
+        "print(m.verify(key, msg, sig), m.verify(key, b'', sig))\n"
     )
     proc = subprocess.run([_oldest_python(), "-I", "-c", script], capture_output=True,
                           text=True, check=True)
-    assert float(proc.stdout) < 0.1  # seconds; about 3 ms here
+    assert proc.stdout.split() == ["True", "False"]
 
 
 # --- Nix's formats ---------------------------------------------------------------------------
