@@ -177,8 +177,10 @@ def write_file(path, content):
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.rename(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # a Ctrl-C too: the temporary file is not left behind
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise write_error(e, path)
+        if isinstance(e, OSError):
+            raise write_error(e, path)
+        raise
     return "written"

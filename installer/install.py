@@ -338,7 +338,9 @@ def _unpack_and_place(source, target, prefix, to_place, ui, jobs, before_renames
     chunks = sorted(set(i for p in to_place for i in spans[p.name]))
     total = sum(target.manifest.chunks[i].tar_size for i in chunks)
     progress = ui.progress("unpacking and verifying", total)
-    stage = staging.make_staging_dir(prefix.store_dir)
+    # Named before it is made, so that the finally below removes it whenever a
+    # Ctrl-C comes (just after the mkdir too).
+    stage = staging.staging_dir(prefix.store_dir)
     writers = []  # type: List[staging.DiskWriter]
     placed = []  # type: List[retarget.Retargeted]
 
@@ -358,6 +360,7 @@ def _unpack_and_place(source, target, prefix, to_place, ui, jobs, before_renames
         return Tee(path, count)
 
     try:
+        staging.make_staging_dir(stage)
         try:
             with timings.phase("unpack"):
                 source.unpack(open_path, chunks, jobs)

@@ -117,17 +117,21 @@ def seal_top(path):
         os.utime(path, _MTIME)
 
 
-def make_staging_dir(store_dir):
+def staging_dir(store_dir):
     # type: (str) -> str
-    """A fresh staging dir inside the store (same filesystem, so rename works)."""
-    path = os.path.join(store_dir, "%s%d" % (STAGING_PREFIX, os.getpid()))
+    """This process's staging dir inside the store (same filesystem, so rename works)."""
+    return os.path.join(store_dir, "%s%d" % (STAGING_PREFIX, os.getpid()))
+
+
+def make_staging_dir(path):
+    # type: (str) -> None
+    """Make ``path`` (from staging_dir) a fresh, empty dir."""
     if os.path.lexists(path):
         remove_tree(path)
     try:
         os.mkdir(path, 0o700)
     except OSError as e:
-        raise _space_error(e, store_dir)
-    return path
+        raise _space_error(e, os.path.dirname(path))
 
 
 def remove_stale_staging(store_dir):

@@ -128,13 +128,18 @@ class MakeDirs(Step):
     def execute(self, run):
         created = self.owned.setdefault("created", [])
         for path in self._wanted(run):
+            if os.path.isdir(path):
+                continue  # not ours: never recorded, never removed
+            # Recorded before it is made: a Ctrl-C between the two must not leave a
+            # directory the revert does not know of (removing one never made is a no-op).
+            created.append(path)
             try:
                 os.mkdir(path, 0o755)
             except OSError as e:
                 if e.errno == errno.EEXIST and os.path.isdir(path):
+                    created.remove(path)  # made by someone else meanwhile: theirs
                     continue
                 raise staging.write_error(e, path)
-            created.append(path)
 
     def revert(self, run):
         if not run.last:
@@ -246,6 +251,9 @@ class PlacePaths(Step):
         run.placed_count = len(to_place)
 
     def revert(self, run):
+        # This run's staging dir, should a Ctrl-C have cut short the removal in
+        # install._unpack_and_place (a revert runs with the signals held).
+        staging.remove_tree(staging.staging_dir(run.prefix.store_dir))
         paths = sorted(self.owned.get("placed", {}))
         valid = nixstore.valid_paths(run.prefix, paths)
         for path in deletion.own_store_paths(run.prefix, paths):
