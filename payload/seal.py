@@ -26,6 +26,7 @@ import hashlib
 import importlib
 import os
 import shutil
+import signal
 import stat
 import sys
 import tempfile
@@ -282,6 +283,27 @@ def _same_file(path, fd):
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+_HELD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _made_and_registered():
+    # type: () -> str
+    """A new temporary dir, registered for removal at exit in the same breath: the
+    signals wait (blocked) until both are done, so a Ctrl-C cannot come between
+    the mkdir and the registration and leave the dir behind."""
+    old = None
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+        directory = tempfile.mkdtemp(prefix="nix-prefix-")
+        atexit.register(shutil.rmtree, directory, True)
+    finally:
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        else:  # interrupted just as it blocked them
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)
+    return directory
+
+
 def _private_copy(chunks, name):
     # type: (Iterable[bytes], str) -> str
     """Write ``chunks`` into a new file only this user can read, and check its seal
@@ -289,8 +311,7 @@ def _private_copy(chunks, name):
     try:
         # mkdtemp: mode 0700, owned by this user; removed when the installer exits.
         # Python only reads the copy, so a noexec TMPDIR is fine.
-        directory = tempfile.mkdtemp(prefix="nix-prefix-")
-        atexit.register(shutil.rmtree, directory, True)
+        directory = _made_and_registered()
         path = os.path.join(directory, "installer.sh")
         out = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
         with out:
