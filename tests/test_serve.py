@@ -384,6 +384,12 @@ def test_a_client_that_does_not_read_holds_a_few_pieces_only(small: dict,
         with socket.create_connection(("127.0.0.1", r.port), timeout=10) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
             s.sendall(f"GET /q/store/{url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            # The stream has begun (on a busy machine that may take a while), then
+            # 3 s for it to fill the queue and the socket buffers and stall.
+            deadline = time.monotonic() + 60
+            while r.server.active_streams == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert r.server.active_streams == 1
             time.sleep(3)
             grown = _rss_mb() - before
             assert r.server.active_streams == 1
