@@ -52,7 +52,7 @@ def debian_python314() -> str | None:
     # No --argv0: Python finds its standard library from the binary's own path.
     text = f'#!/bin/sh\nexec {loader} --library-path {lib} {binary} "$@"\n'
     if not wrapper.exists() or wrapper.read_text() != text:
-        tmp = wrapper.with_name(wrapper.name + ".tmp")
+        tmp = wrapper.with_name(f"{wrapper.name}.tmp-{os.getpid()}")  # two runs at once: one each
         tmp.write_text(text)
         tmp.chmod(0o755)
         tmp.replace(wrapper)
