@@ -5,9 +5,11 @@ import fcntl
 import json
 import os
 import re
+import signal
 import subprocess
 
 from ..payload import hashes, storepath
+from . import plan
 from .errors import EnvironmentProblem, InstallError
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
@@ -137,15 +139,35 @@ def run_nix(prefix, argv, stdin_text=None, started=None):
     # type: (Prefix, List[str], Optional[str], Optional[Callable[[int], None]]) -> str
     """Run a Nix command on the prefix; return stdout or raise with Nix's own error.
     ``started`` is given the process id (to tell its own runtime roots)."""
+    proc = None
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=prefix.nix_env(), cwd=prefix.home)
+        with plan.signals_deferred():  # a Nix started is a Nix in hand
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env=prefix.nix_env(),
+                                    cwd=prefix.home)
+        if started is not None:
+            started(proc.pid)
+        out, err = proc.communicate(stdin_text.encode() if stdin_text is not None else None)
     except OSError as e:
+        if proc is not None:
+            raise
         raise InstallError("cannot run %s (%s)" % (argv[0], e.strerror),
                            "the installer's Nix may not suit this machine")
-    if started is not None:
-        started(proc.pid)
-    out, err = proc.communicate(stdin_text.encode() if stdin_text is not None else None)
+    except BaseException:
+        # Ctrl-C or SIGTERM while Nix runs: Nix is told too (a terminal's Ctrl-C
+        # reaches it anyway) and waited for, so that the revert that follows sees
+        # what it left, not what it is still writing.
+        if proc is not None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+            if proc.stdin is not None:  # no more input: Nix may be waiting for it
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
+                proc.stdin = None
+            proc.communicate()
+        raise
     if proc.returncode != 0:
         # Name the operation: "nix-env -i", not "nix-env -p".
         operation = argv[3] if argv[1] == "-p" and len(argv) > 3 else argv[1]

@@ -19,6 +19,7 @@ States: ``planned`` → ``started`` → ``done`` (or ``reverted``).  A step foun
 already done by another run is ``done`` with nothing owned.
 """
 
+import os
 import signal
 
 from .errors import InstallError
@@ -188,3 +189,28 @@ class signals_held(object):
     def __exit__(self, *exc):
         for s, old in self._old:
             signal.signal(s, old)
+
+
+class signals_deferred(object):
+    """Ctrl-C, SIGTERM and SIGHUP that arrive inside are acted on as it ends: for two
+    things that must not be parted, such as starting a child and taking it in hand.
+    (Handled, not ignored, so that a child started inside gets the default action
+    back at exec.)"""
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __enter__(self):
+        self._got = []  # type: List[int]
+        # One that is ignored (signals_held) stays so, for a child started inside too.
+        self._old = [(s, signal.signal(s, self._note)) for s in self._SIGNALS
+                     if signal.getsignal(s) is not signal.SIG_IGN]
+        return self
+
+    def _note(self, signum, frame):
+        self._got.append(signum)
+
+    def __exit__(self, *exc):
+        for s, old in self._old:
+            signal.signal(s, old)
+        if self._got:
+            os.kill(os.getpid(), self._got[0])  # now, to the handler it was meant for
