@@ -12,7 +12,7 @@ from ..payload.container import InstallerFile
 from ..payload.errors import OneLineError
 from ..payload.machine import human_size
 from ..payload.manifest import info_text
-from . import envfiles, preflight, receipt, shellrc, summary, timings, uninstall
+from . import envfiles, plan, preflight, receipt, shellrc, summary, timings, uninstall
 from . import install as install_mod
 from .errors import (
     EXIT_ENVIRONMENT,
@@ -201,8 +201,7 @@ def main(path, argv, name=None, sealed=False):
                  "for details, and report it)" % (type(e).__name__, e))
         code = EXIT_FAILED
     # The outcome is decided and said: a Ctrl-C now must not turn it into another.
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_IGN)
+    plan.outcome_decided()
     timings.write()
     ui.close()
     sys.exit(code)
@@ -294,6 +293,9 @@ def run(path, args, ui, name=None, sealed=False):
         if not args.yes and not _ask(ui, "\n".join(install_mod.plan_lines(the_run, the_plan))):
             ui.say("nothing was changed")
             return EXIT_FAILED
+        # Once every step is done, the install is: a Ctrl-C while the summary is
+        # written must not say "undone".
+        the_plan.on_done = plan.outcome_decided
         install_mod.execute(the_run, the_plan)
         rc_files = shellrc.candidates(home) if home is not None else []
         ui.say("\n".join(summary.summary_lines(installed, prefix, _rerun_name(source), rc_files,

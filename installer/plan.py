@@ -113,6 +113,9 @@ class Plan(object):
         # Set when no complete run came before: a failure then reverts every
         # step (what unfinished earlier runs made too), not only this run's.
         self.revert_all = False
+        # Called as the last thing of a plan that succeeded, before anything can
+        # interrupt it: a Ctrl-C after it is too late to undo (main: outcome_decided).
+        self.on_done = None  # type: Optional[Callable[[], None]]
 
     def lines(self, run):
         # type: (Run) -> List[str]
@@ -143,6 +146,8 @@ class Plan(object):
                 step.state = DONE
                 self.save()
                 changed = True
+            if self.on_done is not None:
+                self.on_done()
         except BaseException as failure:
             with signals_held():
                 try:
@@ -174,6 +179,14 @@ class RevertFailed(InstallError):
         InstallError.__init__(
             self, "%s, and undoing what it did failed too (%s)" % (what, undo),
             "run the installer again to finish, or with --uninstall to take out what it left")
+
+
+def outcome_decided():
+    # type: () -> None
+    """Ignore Ctrl-C, SIGTERM and SIGHUP from now on: the run is done (or its failure
+    said), and a late signal must not be reported as an undo that never happened."""
+    for s in signals_held._SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 class signals_held(object):
