@@ -20,6 +20,8 @@ reverts the steps from it and touches nothing else.
 import json
 import os
 
+from . import receipt_v1
+
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
     from typing import Dict, Iterable, List, Optional  # noqa: F401
@@ -42,12 +44,16 @@ def path_for(prefix, manifest):
 
 def load(path):
     # type: (str) -> Optional[dict]
-    """The receipt at ``path``, or None if there is none (or it is unreadable)."""
+    """The receipt at ``path``, or None if there is none (or it is unreadable); one an
+    older installer wrote (version 1) comes as the plan it stands for."""
     try:
         with open(path) as f:
             doc = json.load(f)
     except (OSError, ValueError):
         return None
+    if isinstance(doc, dict) and doc.get("version") == receipt_v1.VERSION:
+        # An older installer's: read as the plan it stands for (receipt_v1.py).
+        doc = receipt_v1.upgrade(doc)
     if not isinstance(doc, dict) or doc.get("version") != VERSION:
         return None
     if not isinstance(doc.get("steps"), list):

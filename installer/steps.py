@@ -485,8 +485,10 @@ class MakeProfile(Step):
         ours = dict((int(g), v) for g, v in self.owned.get("generations", {}).items())
         doomed = set()  # type: Set[str]
         for generation, record in ours.items():
-            doomed.update(record.get("paths") or _made_by_nix_env(
-                run, generation, record.get("sinceId", 0)))
+            # "paths" is recorded once nix-env is done (an empty list too): only a
+            # generation nix-env was stopped in is looked for.
+            doomed.update(record["paths"] if isinstance(record.get("paths"), list) else
+                          _made_by_nix_env(run, generation, record.get("sinceId", 0)))
         current = nixstore.profile_generation(prefix)
         others = [g for g in _generations(prefix) if g not in ours]
         if current in ours:
@@ -545,7 +547,7 @@ def _link(prefix, generation):
     return "%s-%d-link" % (prefix.profile, generation)
 
 
-_NIX_ENV_NAMES = ("-env-manifest.nix", "-user-environment.drv", "-user-environment")
+NIX_ENV_NAMES = ("-env-manifest.nix", "-user-environment.drv", "-user-environment")
 
 
 def _made_by_nix_env(run, generation, since_id):
@@ -560,7 +562,7 @@ def _made_by_nix_env(run, generation, since_id):
     if not os.path.lexists(link):
         # nix-env failed (a collision in the profile) after registering some of
         # what it builds: those are named by src/nix-env/user-env.cc.
-        return sorted(p for p in new if p.endswith(_NIX_ENV_NAMES))
+        return sorted(p for p in new if p.endswith(NIX_ENV_NAMES))
     nix_store = run.nix_tool("nix-store")
     environment = os.path.realpath(link)
     related = set(nixstore.run_nix(run.prefix, [nix_store, "-qR", environment]).split())
