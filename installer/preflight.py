@@ -125,6 +125,13 @@ def become_owner(prefix):
     except KeyError:
         raise EnvironmentProblem("%s belongs to uid %d, which has no user name" % (
             prefix.root, uid), "run the installer as that user")
+    try:
+        # Imported where it is first used (nixstore.py), by when this Python's own
+        # library may be unreadable to the owner (root's ~/.pyenv is 0700): the
+        # queries that find what nix-env made would read nothing.
+        import sqlite3  # noqa: F401
+    except ImportError:
+        pass
     os.setgroups([])
     os.setgid(entry.pw_gid)
     os.setuid(uid)
