@@ -9,7 +9,7 @@ import signal
 import subprocess
 
 from ..payload import hashes, storepath
-from . import plan
+from . import crashpoints, plan
 from .errors import EnvironmentProblem, InstallError
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
@@ -260,8 +260,18 @@ def profile_generation(prefix):
     return None
 
 
-def set_profile(prefix, nix_env, store_paths, keep_others=False):
-    # type: (Prefix, str, List[str], bool) -> None
+def replaced_first(prefix, store_paths, keep_others=False):
+    # type: (Prefix, List[str], bool) -> List[str]
+    """The packages ``set_profile`` removes from the profile before adding
+    ``store_paths`` (in a generation of its own, deleted again)."""
+    fmt = profile_format(prefix.profile)
+    if not fmt or (not keep_others and fmt != "nix profile"):
+        return []
+    return _replaced(profile_paths(prefix), store_paths)
+
+
+def set_profile(prefix, nix_env, store_paths, keep_others=False, between=None):
+    # type: (Prefix, str, List[str], bool, Optional[Callable[[str], None]]) -> None
     """Make a new profile generation holding exactly ``store_paths`` (with
     ``keep_others``: those plus the other packages it had, minus same-named
     ones and, when ``store_paths`` bring a Nix, minus the Nix it had).
@@ -272,14 +282,16 @@ def set_profile(prefix, nix_env, store_paths, keep_others=False):
     ("incompatible with 'nix-env'").  ``var/nix/profiles/default`` is a GC root
     through Nix's ``gcroots/profiles`` link; the previous generation stays for
     a rollback.  When old packages must go first, the generation that removing
-    them makes is deleted again, so one call adds one generation.
+    them makes is deleted again, so one call adds one generation; ``between``
+    is given that generation's user environment before its link goes (its
+    store paths stay, for the caller to claim).
     """
     fmt = profile_format(prefix.profile)
     if not keep_others and fmt != "nix profile":
         run_nix(prefix, [nix_env, "-p", prefix.profile, "-i", "--remove-all"]
                 + list(store_paths))
         return
-    stale = _replaced(profile_paths(prefix), store_paths) if fmt else []
+    stale = replaced_first(prefix, store_paths, keep_others)
     if fmt == "nix profile":
         nix = os.path.join(os.path.dirname(nix_env), "nix")
         remove = [nix, "profile", "remove", "--profile", prefix.profile] + _NIX_COMMAND
@@ -294,6 +306,9 @@ def set_profile(prefix, nix_env, store_paths, keep_others=False):
     installed = profile_paths(prefix)
     run_nix(prefix, add + [p for p in store_paths if p not in installed])
     if removed is not None and removed != profile_generation(prefix):
+        if between is not None:
+            between(os.path.realpath("%s-%d-link" % (prefix.profile, removed)))
+        crashpoints.reached("between-generations")
         run_nix(prefix, [nix_env, "-p", prefix.profile, "--delete-generations", str(removed)])
 
 

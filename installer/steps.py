@@ -465,20 +465,30 @@ class MakeProfile(Step):
         prefix = run.prefix
         generations = self.owned.setdefault("generations", {})
         nxt = max(_generations(prefix) or [0]) + 1
-        generations[str(nxt)] = {"sinceId": nixstore.max_path_id(prefix)}
+        since = nixstore.max_path_id(prefix)
+        # An update that replaces packages removes them first, in a generation of
+        # its own that set_profile deletes again: both are claimed before either
+        # is made, so that a kill in between leaves nothing unclaimed.
+        count = 2 if nixstore.replaced_first(prefix, self._roots(run), run.update) else 1
+        claimed = [str(g) for g in range(nxt, nxt + count)]
+        for g in claimed:
+            generations[g] = {"sinceId": since}
         run.save()
         run.ui.say("making the profile %s" % prefix.profile)
         crashpoints.reached("before-profile")
+        between = []  # type: List[str]
         with timings.phase("profile"):
             nixstore.set_profile(prefix, run.nix_tool("nix-env"), self._roots(run),
-                                 keep_others=run.update)
+                                 keep_others=run.update, between=between.append)
         crashpoints.reached("after-profile")
         made = nixstore.profile_generation(prefix)
-        if made is not None and made != nxt:  # nix-env numbered it otherwise: follow it
-            generations[str(made)] = generations.pop(str(nxt))
-            nxt = made
-        generations[str(nxt)]["paths"] = _made_by_nix_env(run, nxt,
-                                                          generations[str(nxt)]["sinceId"])
+        last = str(made) if made is not None else claimed[-1]
+        for g in claimed:  # nix-env numbered it otherwise, or one in between is gone
+            if g != last:
+                generations.pop(g)
+        generations[last] = {"sinceId": since}
+        # What Nix made for the generation in between goes with this one.
+        generations[last]["paths"] = _made_by_nix_env(run, int(last), since, between)
 
     def revert(self, run):
         prefix = run.prefix
@@ -550,11 +560,13 @@ def _link(prefix, generation):
 NIX_ENV_NAMES = ("-env-manifest.nix", "-user-environment.drv", "-user-environment")
 
 
-def _made_by_nix_env(run, generation, since_id):
-    # type: (Run, int, int) -> List[str]
-    """The paths ``nix-env`` registered for a generation's user environment (the
-    environment, its manifest and .drv): those of its closure or its deriver's
-    registered after id ``since_id``.  One valid before is not ours."""
+def _made_by_nix_env(run, generation, since_id, environments=()):
+    # type: (Run, int, int, Sequence[str]) -> List[str]
+    """The paths ``nix-env`` (or ``nix profile``) registered for a generation's
+    user environment (the environment, its manifest and .drv) and for the
+    ``environments`` of generations made on the way to it: those of their
+    closures or their derivers' registered after id ``since_id``.  One valid
+    before is not ours."""
     link = _link(run.prefix, generation)
     new = nixstore.registered_since(run.prefix, since_id)
     if not new:
@@ -564,11 +576,13 @@ def _made_by_nix_env(run, generation, since_id):
         # what it builds: those are named by src/nix-env/user-env.cc.
         return sorted(p for p in new if p.endswith(NIX_ENV_NAMES))
     nix_store = run.nix_tool("nix-store")
-    environment = os.path.realpath(link)
-    related = set(nixstore.run_nix(run.prefix, [nix_store, "-qR", environment]).split())
-    deriver = nixstore.run_nix(run.prefix, [nix_store, "-q", "--deriver", environment]).strip()
-    if deriver in new:
-        related.update(nixstore.run_nix(run.prefix, [nix_store, "-qR", deriver]).split())
+    related = set()  # type: Set[str]
+    for environment in [os.path.realpath(link)] + list(environments):
+        related.update(nixstore.run_nix(run.prefix, [nix_store, "-qR", environment]).split())
+        deriver = nixstore.run_nix(run.prefix,
+                                   [nix_store, "-q", "--deriver", environment]).strip()
+        if deriver in new:
+            related.update(nixstore.run_nix(run.prefix, [nix_store, "-qR", deriver]).split())
     return sorted(new & related)
 
 

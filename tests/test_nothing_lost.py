@@ -117,3 +117,74 @@ def test_uninstall_keeps_the_users_entries_and_paths(small: Built, world_dir: Pa
     assert Path(added).read_text() == "the user's own\n"
     assert nix_store(prefix, "--check-validity", added).returncode == 0
     assert not [p for p in listed if os.path.lexists(p)]
+
+
+# A package of the user's with the name of the sample's root: an update replaces it.
+USERS_HELLO = """derivation {
+  name = "hello-nix-prefix-0.9"; system = builtins.currentSystem; builder = "/bin/sh";
+  PATH = "/usr/bin:/bin";
+  args = [ "-c" ("mkdir -p $out/bin; printf '#!/bin/sh\\\\necho old\\\\n' "
+                 + "> $out/bin/hello-nix-prefix; chmod +x $out/bin/hello-nix-prefix") ];
+}"""
+
+
+@pytest.mark.parametrize("fmt, killed", [
+    ("nix profile", False),
+    pytest.param("nix-env", False, marks=pytest.mark.slow),
+    pytest.param("nix profile", True, marks=pytest.mark.slow),
+    pytest.param("nix-env", True, marks=pytest.mark.slow)])
+def test_update_replacing_a_users_package_is_taken_back_whole(small: Built, world_dir: Path,
+                                                              fmt: str, killed: bool) -> None:
+    """The user's own prefix, its profile made by `nix profile install` (manifest.json)
+    or `nix-env -i`, holding a package the installer's root replaces: -u removes it
+    first (a generation in between, deleted again), then adds the roots.  The
+    uninstall, the last, leaves the prefix as it was: store, rows and profile, the
+    in-between generation's user environment included; also when the install was
+    killed (-9) in between, before that generation was deleted."""
+    from nix_prefix.builder.localnix import LocalNix
+
+    from .test_faults import prefix_state
+
+    prefix = world_dir / "users"
+    nix = LocalNix(prefix)
+    (mine,) = nix.build_expr(USERS_HELLO)
+    profile = prefix / "var/nix/profiles/default"
+    if fmt == "nix profile":
+        nix.run("nix", ["profile", "install", "--extra-experimental-features", "nix-command",
+                        "--profile", str(profile), mine])
+        assert (profile / "manifest.json").exists()
+    else:
+        nix.run("nix-env", ["-p", str(profile), "-i", mine])
+        assert (profile / "manifest.nix").exists()
+    # nix-build -E leaves an auto root to a result in /tmp, gone at once: Nix itself
+    # removes such a stale link whenever it lists the roots (src/libstore/gc.cc).
+    for link in (prefix / "var/nix/gcroots/auto").iterdir():
+        if not link.exists():
+            link.unlink()
+    before = prefix_state(prefix)
+    store_before = sorted(os.listdir(prefix / "store"))
+
+    if killed:
+        env = dict(os.environ, NIX_PREFIX_TEST_CRASH_AT="between-generations:1")
+        proc = run_installer(small.installer, "-y", "-u", "-p", str(prefix), env=env)
+        assert proc.returncode == -9, proc.stderr
+        assert len(list(profile.parent.glob("default-*-link"))) == 3
+    else:
+        proc = run_installer(small.installer, "-y", "-u", "-p", str(prefix))
+        assert proc.returncode == 0, proc.stderr
+        assert_whole(prefix)
+        assert (profile / "manifest.json").exists() == (fmt == "nix profile")
+        # The generation in between is gone again.
+        assert len(list(profile.parent.glob("default-*-link"))) == 2
+
+    gone = run_installer(small.installer, "-y", "--uninstall", "-p", str(prefix))
+    assert gone.returncode == 0, gone.stderr
+    assert sorted(os.listdir(prefix / "store")) == store_before
+    after = prefix_state(prefix)
+    # Switching back re-makes the profile's link: same target, a new mtime.
+    for state in (before, after):
+        mode, uid, size, _, link, data = state["var/nix/profiles/default"]
+        state["var/nix/profiles/default"] = (mode, uid, size, None, link, data)
+    assert after == before
+    assert subprocess.run([profile / "bin/hello-nix-prefix"], capture_output=True,
+                          text=True).stdout == "old\n"
