@@ -241,13 +241,26 @@ def receipt_plan(run, step_list):
         doc["steps"] = records
         receipt.write(path, doc)
 
+    def first_receipt(where, created):
+        doc = receipt.new(run.manifest, prefix)
+        doc["steps"] = [{"kind": steps.MakeDirs.kind, "params": {}, "state": plan.STARTED,
+                         "owned": {"created": created}}]
+        receipt.write(where, doc)
+
     def on_locked():
-        run.lock = nixstore.PrefixLock(
-            prefix.lock_file, on_wait=lambda: run.ui.say(
-                "waiting for another installer on %s..." % prefix.root)).__enter__()
+        # The directories the lock and the receipt live in, made with the first receipt.
+        made = steps.make_receipts_dir(prefix, os.path.basename(path), first_receipt)
+        try:
+            run.lock = nixstore.PrefixLock(
+                prefix.lock_file, on_wait=lambda: run.ui.say(
+                    "waiting for another installer on %s..." % prefix.root)).__enter__()
+        except BaseException:
+            steps.unmake_receipts_dir(prefix, made, path)
+            raise
         for stale in staging.remove_stale_staging(prefix.store_dir):
             run.ui.say("removed %s, left by an interrupted install" % stale)
-        envfiles.make_profile_link(prefix)  # before any Nix runs (envfiles.py)
+        if os.path.isdir(prefix.home):
+            envfiles.make_profile_link(prefix)  # before any Nix runs (envfiles.py)
         prior = receipt.load(path)
         state["prior"] = prior
         by_key = dict((record_key(r), r) for r in (prior or {}).get("steps", []))

@@ -105,16 +105,10 @@ class MakeDirs(Step):
     """
 
     kind = "make-dirs"
-    locked = False  # the lock lives in one of these directories
 
     def _wanted(self, run):
         # type: (Run) -> List[str]
-        parents = []  # type: List[str]
-        parent = os.path.dirname(run.prefix.root)
-        while not os.path.lexists(parent):
-            parents.insert(0, parent)
-            parent = os.path.dirname(parent)
-        return parents + run.prefix.directories()
+        return _missing_parents(run.prefix) + run.prefix.directories()
 
     def describe(self, run):
         if not os.path.lexists(run.prefix.root):
@@ -126,13 +120,17 @@ class MakeDirs(Step):
         return all(os.path.isdir(d) for d in run.prefix.directories())
 
     def execute(self, run):
+        # Those down to the receipts dir were made with the first receipt
+        # (make_receipts_dir); each of the others is claimed before it is made.
         created = self.owned.setdefault("created", [])
         for path in self._wanted(run):
             if os.path.isdir(path):
                 continue  # not ours: never recorded, never removed
-            # Recorded before it is made: a Ctrl-C between the two must not leave a
-            # directory the revert does not know of (removing one never made is a no-op).
-            created.append(path)
+            # Recorded (and saved) before it is made: a kill between the two must not
+            # leave a directory no receipt knows of (removing one never made is a no-op).
+            if path not in created:
+                created.append(path)
+                run.save()
             try:
                 os.mkdir(path, 0o755)
             except OSError as e:
@@ -140,6 +138,8 @@ class MakeDirs(Step):
                     created.remove(path)  # made by someone else meanwhile: theirs
                     continue
                 raise staging.write_error(e, path)
+            crashpoints.reached("mkdir")
+        envfiles.make_profile_link(run.prefix)  # before any Nix runs (envfiles.py)
 
     def revert(self, run):
         if not run.last:
@@ -159,6 +159,114 @@ class MakeDirs(Step):
             _rmdir_quietly(os.path.join(prefix.store_dir, ".links"))
         for path in sorted(created, key=len, reverse=True):
             _rmdir_quietly(path)
+
+
+def _missing_parents(prefix):
+    # type: (Prefix) -> List[str]
+    """The prefix's parent directories that do not exist, outermost first."""
+    parents = []  # type: List[str]
+    parent = os.path.dirname(prefix.root)
+    while not os.path.lexists(parent):
+        parents.insert(0, parent)
+        parent = os.path.dirname(parent)
+    return parents
+
+
+# The name a chain of new directories is made under, before it is renamed into place.
+NEW_DIRS_PREFIX = ".nix-prefix-new-"
+
+
+def _receipts_chain(prefix):
+    # type: (Prefix) -> List[str]
+    """The missing directories from the prefix's first missing parent down to its
+    receipts dir, outermost first (each inside the one before)."""
+    chain = _missing_parents(prefix) + [prefix.root, os.path.dirname(prefix.data_dir),
+                                        prefix.data_dir, prefix.receipts_dir]
+    return [d for d in chain if not os.path.lexists(d)]
+
+
+def make_receipts_dir(prefix, receipt_name, write_first):
+    # type: (Prefix, str, Callable[[str, List[str]], None]) -> List[str]
+    """Make the missing directories down to the receipts dir with the install's
+    first receipt in it, all at once; return the directories made.
+
+    They are made under a temporary name beside the outermost one, the receipt
+    (``write_first(path, created)``) is written inside, and one rename puts
+    them in place: a kill at any moment leaves either no directory of the
+    prefix (only the temporary one, removed by the next run or --uninstall,
+    ``remove_stale_new_dirs``) or directories that a receipt claims.
+    """
+    remove_stale_new_dirs(prefix)
+    chain = _receipts_chain(prefix)
+    if not chain:
+        return []
+    top = chain[0]
+    temp = os.path.join(os.path.dirname(top), "%s%d-%s" % (
+        NEW_DIRS_PREFIX, os.getpid(), os.path.basename(top)))
+    try:
+        for path in chain:
+            os.mkdir(temp + path[len(top):], 0o755)
+            crashpoints.reached("mkdir")
+        write_first(os.path.join(temp + prefix.receipts_dir[len(top):], receipt_name), chain)
+        os.rename(temp, top)
+    except OSError as e:
+        staging.remove_tree(temp)
+        if e.errno in (errno.EEXIST, errno.ENOTEMPTY) and os.path.isdir(top):
+            return []  # another installer made them at this very moment: theirs
+        raise staging.write_error(e, top)
+    except BaseException:
+        staging.remove_tree(temp)
+        raise
+    crashpoints.reached("receipts-dir")
+    return chain
+
+
+def unmake_receipts_dir(prefix, made, receipt_path):
+    # type: (Prefix, List[str], str) -> None
+    """Take back what make_receipts_dir made (``made``), when what came next failed
+    before any step ran (the lock could not be taken)."""
+    if not made:
+        return
+    for path in (receipt_path, prefix.lock_file):
+        if os.path.lexists(path):
+            os.unlink(path)
+    for path in reversed(made):
+        _rmdir_quietly(path)
+
+
+def remove_stale_new_dirs(prefix):
+    # type: (Prefix) -> List[str]
+    """Remove what make_receipts_dir left under a temporary name when it was killed
+    (one of this user's, named for the prefix's outermost missing directory and
+    a process that is gone); return what it removed."""
+    chain = _receipts_chain(prefix)
+    if not chain:
+        return []
+    parent, name = os.path.split(chain[0])
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        pid, sep, rest = entry[len(NEW_DIRS_PREFIX):].partition("-")
+        if not entry.startswith(NEW_DIRS_PREFIX) or not sep or rest != name \
+                or not pid.isdigit() or _alive(int(pid)):
+            continue
+        path = os.path.join(parent, entry)
+        if os.lstat(path).st_uid == os.geteuid():
+            staging.remove_tree(path)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid):
+    # type: (int) -> bool
+    try:
+        os.kill(pid, 0)
+    except OSError as e:
+        return e.errno == errno.EPERM
+    return True
 
 
 def _rmdir_quietly(path):

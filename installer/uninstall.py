@@ -45,6 +45,12 @@ def uninstall(run, ui):
     """
     prefix = run.prefix
     path = receipt.path_for(prefix, run.manifest)
+    stale = steps.remove_stale_new_dirs(prefix)
+    if stale and not os.path.lexists(prefix.root):
+        # An install killed before its first directory was in place: that was all.
+        for p in stale:
+            ui.say("removed %s, left by an interrupted install" % p)
+        return
     if receipt.load(path) is None:
         raise InstallError("%s holds no record of this installer" % prefix.root,
                            "uninstall with the installer that installed it")

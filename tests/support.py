@@ -53,6 +53,17 @@ def build_and_install(base: Path, prefix: Path) -> Built:
     return built
 
 
+def script_package(name: str, program: str, says: str) -> str:
+    """A Nix expression for the package NAME whose ``bin/PROGRAM`` prints SAYS (a plain
+    derivation built by /bin/sh: the machine's Nix builds it without nixpkgs)."""
+    return f"""derivation {{
+  name = "{name}"; system = builtins.currentSystem; builder = "/bin/sh";
+  PATH = "/usr/bin:/bin";
+  args = [ "-c" ("mkdir -p $out/bin; printf '#!/bin/sh\\necho {says}\\n' > $out/bin/{program}; "
+                 + "chmod +x $out/bin/{program}") ];
+}}"""
+
+
 def as_user(uid: int) -> list[str]:
     """Command prefix that runs the rest as ``uid`` (its own group, no others).
 

@@ -97,3 +97,35 @@ def test_two_installers_on_one_prefix_do_not_interleave(built: Built) -> None:
     results = [p.communicate() + (p.returncode,) for p in procs]
     assert all(code == 0 for _, _, code in results), results
     assert_sound(prefix)
+
+
+# Moments while the prefix's directories are made, for a prefix two of whose parents
+# are missing: the 1st and 6th directory made under the temporary name (the
+# parents, the prefix, var, var/nix-prefix, its receipts dir), just after they
+# are renamed into place with the first receipt and before the lock is taken,
+# and the 1st and 8th of the rest (store ... the installer's home), each claimed
+# in the receipt before it is made.
+DIR_POINTS = [("mkdir", 1), ("mkdir", 6), ("receipts-dir", 1), ("mkdir", 7), ("mkdir", 14)]
+
+
+@pytest.mark.parametrize("then", ["rerun", "uninstall"])
+@pytest.mark.parametrize("moment, n", [
+    pytest.param(m, n, marks=[] if (m, n) == ("receipts-dir", 1) else [pytest.mark.slow])
+    for m, n in DIR_POINTS], ids=[f"{m}-{n}" for m, n in DIR_POINTS])
+def test_kill_9_while_making_the_directories_leaves_none_behind(
+        built: Built, moment: str, n: int, then: str) -> None:
+    """No moment leaves a directory that no receipt claims: after the kill, a re-run
+    and the uninstall, or the uninstall alone, leave the parents as they were."""
+    top = built.prefix.parent / f"d{DIR_POINTS.index((moment, n))}{then[0]}"
+    prefix = top / "a" / "nix"
+    env = dict(os.environ, NIX_PREFIX_TEST_CRASH_AT=f"{moment}:{n}")
+    killed = run_installer(built.installer, "-y", "-p", str(prefix), env=env)
+    assert killed.returncode == -9, f"never reached {moment}:{n}: {killed.stderr}"
+    if then == "rerun":
+        again = run_installer(built.installer, "-y", "-p", str(prefix))
+        assert again.returncode == 0, again.stderr
+        assert_sound(prefix)
+    gone = run_installer(built.installer, "-y", "--uninstall", "-p", str(prefix))
+    assert gone.returncode == 0, gone.stderr
+    assert not top.exists(), sorted(str(p) for p in top.rglob("*"))
+    assert not [p for p in os.listdir(built.prefix.parent) if p.startswith(".nix-prefix-new")]

@@ -12,7 +12,7 @@ from nix_prefix.builder.closure_info import read_closure
 from nix_prefix.builder.localnix import prefix_env
 from nix_prefix.builder.pack import BuildOptions, build_installer
 
-from .support import Built, build_small, run_installer, tree_snapshot
+from .support import Built, build_small, run_installer, script_package, tree_snapshot
 
 
 @pytest.fixture
@@ -120,12 +120,7 @@ def test_uninstall_keeps_the_users_entries_and_paths(small: Built, world_dir: Pa
 
 
 # A package of the user's with the name of the sample's root: an update replaces it.
-USERS_HELLO = """derivation {
-  name = "hello-nix-prefix-0.9"; system = builtins.currentSystem; builder = "/bin/sh";
-  PATH = "/usr/bin:/bin";
-  args = [ "-c" ("mkdir -p $out/bin; printf '#!/bin/sh\\\\necho old\\\\n' "
-                 + "> $out/bin/hello-nix-prefix; chmod +x $out/bin/hello-nix-prefix") ];
-}"""
+USERS_HELLO = script_package("hello-nix-prefix-0.9", "hello-nix-prefix", "old")
 
 
 @pytest.mark.parametrize("fmt, killed", [
@@ -188,3 +183,36 @@ def test_update_replacing_a_users_package_is_taken_back_whole(small: Built, worl
     assert after == before
     assert subprocess.run([profile / "bin/hello-nix-prefix"], capture_output=True,
                           text=True).stdout == "old\n"
+
+
+def test_a_receipt_naming_what_is_not_a_store_path_deletes_none_of_it(
+        small: Built, world_dir: Path) -> None:
+    """A receipt is data (damaged, or edited by hand): an entry of it that is not a
+    store path of the prefix's store (a dir the user made in the store dir, a file
+    beside the store, a file outside the prefix) is never deleted by the uninstall."""
+    import json
+
+    prefix = world_dir / "p"
+    assert run_installer(small.installer, "-y", "-p", str(prefix)).returncode == 0
+    docs = prefix / "store" / "docs"
+    docs.mkdir()
+    (docs / "thesis.tex").write_text("four years of work\n")
+    notes = prefix / "notes.txt"
+    notes.write_text("mine\n")
+    outside = world_dir / "outside.txt"
+    outside.write_text("not the installer's\n")
+    (path,) = (prefix / "var/nix-prefix/receipts").glob("*.json")
+    doc = json.loads(path.read_text())
+    strangers = [str(docs), str(notes), str(outside), f"{prefix}/store/../notes.txt"]
+    for step in doc["steps"]:
+        if step["kind"] == "register":
+            step["owned"]["registered"] += strangers
+        if step["kind"] == "place-paths":
+            step["owned"]["placed"].update({p: ["sha256:0", 1] for p in strangers})
+    path.write_text(json.dumps(doc))
+    listed = installed_paths(small, prefix)
+    gone = run_installer(small.installer, "-y", "--uninstall", "-p", str(prefix))
+    assert gone.returncode == 0, gone.stderr
+    assert (docs / "thesis.tex").read_text() == "four years of work\n"
+    assert notes.read_text() == "mine\n" and outside.read_text() == "not the installer's\n"
+    assert not [p for p in listed if os.path.lexists(p)]

@@ -27,17 +27,12 @@ from nix_prefix.builder.pack import BuildOptions, build_installer
 from nix_prefix.builder.samples import build_small_closure
 from nix_prefix.payload.container import InstallerFile
 
-from .support import REPO, nix_store, run_installer, tree_snapshot
+from .support import REPO, nix_store, run_installer, script_package, tree_snapshot
 
 # The last commit whose installer wrote receipts of version 1.
 OLD = "b5a4048^"
 
-OTHER = """derivation {
-  name = "tool-b-1.0"; system = builtins.currentSystem; builder = "/bin/sh";
-  PATH = "/usr/bin:/bin";
-  args = [ "-c" ("mkdir -p $out/bin; printf '#!/bin/sh\\necho b\\n' > $out/bin/tool-b; "
-                 + "chmod +x $out/bin/tool-b") ];
-}"""
+OTHER = script_package("tool-b-1.0", "tool-b", "b")
 
 
 def old_code(dest: Path) -> Path:
