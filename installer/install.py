@@ -248,15 +248,25 @@ def receipt_plan(run, step_list):
         receipt.write(where, doc)
 
     def on_locked():
-        # The directories the lock and the receipt live in, made with the first receipt.
-        made = steps.make_receipts_dir(prefix, os.path.basename(path), first_receipt)
+        made = []  # type: List[str]
         try:
-            run.lock = nixstore.PrefixLock(
-                prefix.lock_file, on_wait=lambda: run.ui.say(
-                    "waiting for another installer on %s..." % prefix.root)).__enter__()
+            # The directories the lock and the receipt live in, made with the first
+            # receipt; a Ctrl-C waits until what they are is known.
+            with plan.signals_deferred():
+                made = steps.make_receipts_dir(prefix, os.path.basename(path), first_receipt)
+            load_under_lock()
         except BaseException:
-            steps.unmake_receipts_dir(prefix, made, path)
+            if not state["loaded"]:  # no step knows of them yet: take them back here
+                if run.lock is not None:
+                    run.lock.__exit__(None, None, None)
+                    run.lock = None
+                steps.unmake_receipts_dir(prefix, made, path)
             raise
+
+    def load_under_lock():
+        run.lock = nixstore.PrefixLock(
+            prefix.lock_file, on_wait=lambda: run.ui.say(
+                "waiting for another installer on %s..." % prefix.root)).__enter__()
         for stale in staging.remove_stale_staging(prefix.store_dir):
             run.ui.say("removed %s, left by an interrupted install" % stale)
         if os.path.isdir(prefix.home):
