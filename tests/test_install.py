@@ -316,3 +316,26 @@ def test_home_and_user_unset(small) -> None:
     hello = small.prefix / "var/nix/profiles/default/bin/hello-nix-prefix"
     assert subprocess.run([hello], capture_output=True, text=True,
                           check=True).stdout == "hello from nix-prefix\n"
+
+
+def test_the_plan_shown_is_the_plan_run(small) -> None:
+    """The numbered steps shown before the question are the steps the receipt records,
+    in that order, each done: the plan printed is the plan executed."""
+    import json
+    import re
+
+    code, screen = _run_on_terminal(["sh", str(small.installer)], b"y\n")
+    assert code == 0, screen
+    shown = re.findall(r"^ +(\d+)\. (.+?)\r?$", screen.split("Proceed?")[0], re.M)
+    assert [int(n) for n, _ in shown] == list(range(1, len(shown) + 1))
+    (path,) = (small.prefix / "var/nix-prefix/receipts").glob("*.json")
+    steps = json.loads(path.read_text())["steps"]
+    assert len(steps) == len(shown) >= 7
+    first_words = {"make-dirs": "create ", "place-paths": "unpack, verify",
+                   "write-file": "write ", "register": "register them",
+                   "profile": "make a new generation"}
+    for step, (_, line) in zip(steps, shown, strict=True):
+        assert step["state"] == "done", step
+        assert line.startswith(first_words[step["kind"]]), (step["kind"], line)
+        if step["kind"] == "write-file":
+            assert line.startswith(f"write {step['params']['path']} "), line
