@@ -237,26 +237,26 @@ def unmake_receipts_dir(prefix, made, receipt_path):
 def remove_stale_new_dirs(prefix):
     # type: (Prefix) -> List[str]
     """Remove what make_receipts_dir left under a temporary name when it was killed
-    (one of this user's, named for the prefix's outermost missing directory and
-    a process that is gone); return what it removed."""
-    chain = _receipts_chain(prefix)
-    if not chain:
-        return []
-    parent, name = os.path.split(chain[0])
-    try:
-        entries = os.listdir(parent)
-    except OSError:
-        return []
+    (one of this user's, named for a directory on the way to the receipts dir
+    and for a process that is gone); return what it removed."""
     removed = []
-    for entry in entries:
-        pid, sep, rest = entry[len(NEW_DIRS_PREFIX):].partition("-")
-        if not entry.startswith(NEW_DIRS_PREFIX) or not sep or rest != name \
-                or not pid.isdigit() or _alive(int(pid)):
+    path = prefix.receipts_dir
+    while os.path.dirname(path) != path:
+        parent, name = os.path.split(path)
+        path = parent
+        try:
+            entries = os.listdir(parent)
+        except OSError:
             continue
-        path = os.path.join(parent, entry)
-        if os.lstat(path).st_uid == os.geteuid():
-            staging.remove_tree(path)
-            removed.append(path)
+        for entry in entries:
+            pid, sep, rest = entry[len(NEW_DIRS_PREFIX):].partition("-")
+            if not entry.startswith(NEW_DIRS_PREFIX) or not sep or rest != name \
+                    or not pid.isdigit() or _alive(int(pid)):
+                continue
+            stale = os.path.join(parent, entry)
+            if os.lstat(stale).st_uid == os.geteuid():
+                staging.remove_tree(stale)
+                removed.append(stale)
     return removed
 
 

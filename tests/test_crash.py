@@ -129,3 +129,21 @@ def test_kill_9_while_making_the_directories_leaves_none_behind(
     assert gone.returncode == 0, gone.stderr
     assert not top.exists(), sorted(str(p) for p in top.rglob("*"))
     assert not [p for p in os.listdir(built.prefix.parent) if p.startswith(".nix-prefix-new")]
+
+
+def test_a_temporary_dir_left_beside_a_directory_made_since_goes_too(built: Built) -> None:
+    """Killed while its first directories were under their temporary name; then the
+    user made the outermost one themselves: the next install still removes what the
+    killed one left, and the uninstall leaves the user's directory, empty, as it was."""
+    top = built.prefix.parent / "made-since"
+    prefix = top / "a" / "nix"
+    env = dict(os.environ, NIX_PREFIX_TEST_CRASH_AT="mkdir:2")
+    assert run_installer(built.installer, "-y", "-p", str(prefix), env=env).returncode == -9
+    assert [p for p in os.listdir(built.prefix.parent) if p.startswith(".nix-prefix-new")]
+    top.mkdir()
+    again = run_installer(built.installer, "-y", "-p", str(prefix))
+    assert again.returncode == 0, again.stderr
+    assert not [p for p in os.listdir(built.prefix.parent) if p.startswith(".nix-prefix-new")]
+    gone = run_installer(built.installer, "-y", "--uninstall", "-p", str(prefix))
+    assert gone.returncode == 0, gone.stderr
+    assert os.listdir(top) == []
