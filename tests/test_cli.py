@@ -217,10 +217,12 @@ def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_no_color_is_respected() -> None:
-    coloured = _run("build", "--help", FORCE_COLOR="1")
+    # A terminal that has colours: under the caller's TERM=dumb (Emacs, some CI
+    # runners) rich rightly gives none even with FORCE_COLOR.
+    coloured = _run("build", "--help", FORCE_COLOR="1", TERM="xterm-256color")
     assert coloured.returncode == 0
     assert "\x1b[" in coloured.stdout  # the check below is not vacuous
-    plain = _run("build", "--help", FORCE_COLOR="1", NO_COLOR="1")
+    plain = _run("build", "--help", FORCE_COLOR="1", NO_COLOR="1", TERM="xterm-256color")
     assert plain.returncode == 0
     assert "\x1b[" not in plain.stdout + plain.stderr
     assert "--roots" in plain.stdout
