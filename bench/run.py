@@ -145,6 +145,16 @@ def main() -> None:
         args.markdown.write_text(text)
 
 
+def installer_python() -> str:
+    """A real CPython 3 for the installer: the system's python3 if there is one (what
+    users run it with), else this one, without the pyenv shim either may sit behind."""
+    for candidate in ("/usr/bin/python3", sys.executable):
+        real = os.path.realpath(candidate)
+        if os.access(real, os.X_OK):
+            return real
+    raise SystemExit("bench: no python3 to run the installer with")
+
+
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -227,7 +237,19 @@ def bench(base: Path, prefix: Path, size_mb: int, paths: int, jobs: list[int],
     nix_env = prefix_env(prefix, home=base / "home")
     registration = (info / "registration").read_bytes()
     timings_file = base / "timings.jsonl"
-    env = dict(os.environ, **{TIMINGS_ENV: str(timings_file)})
+    # The installer's preamble runs the first python3 on PATH, twice (a version probe,
+    # then the installer).  On a machine set up with pyenv that is a shim, a bash
+    # script costing ~90 ms a start, which users' python3 does not cost: give it a
+    # real interpreter first on PATH, as their machines have.
+    python = installer_python()
+    bindir = base / "bin"
+    bindir.mkdir()
+    (bindir / "python3").symlink_to(python)
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}",
+               **{TIMINGS_ENV: str(timings_file)})
+    r["installer_python"] = {"path": python, "version": subprocess.run(
+        [python, "-c", "import platform; print(platform.python_version())"],
+        capture_output=True, text=True, check=True).stdout.strip()}
     run_phases: dict[str, list[dict[str, float]]] = {}
 
     def ours(codec: str, j: int, check: bool) -> Callable[[], Run]:
@@ -400,10 +422,12 @@ def tables(r: dict) -> str:
                 value = r["phases"][key].get(name, 0.0)
                 cells.append(f"{value:.2f} | {value / ins[key]['s']:.0%}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    py = r.get("installer_python", {})
     lines += ["", "Start-up is the time until the installer's `main()` runs: the sh preamble, "
               "Python starting (twice: a version probe, then the installer) and the seal check "
-              f"(one sha256 pass over the file: {r['seal_sha256_pass_s']:.2f} s, timed apart).",
-              ""]
+              f"(one sha256 pass over the file: {r['seal_sha256_pass_s']:.2f} s, timed apart). "
+              f"The installer ran with {py.get('path', 'python3')} "
+              f"(Python {py.get('version', '?')}), first on PATH.", ""]
 
     lines += ["| ratio | measured | target | met |", "| --- | ---: | ---: | --- |"]
     for table, better in ((TARGETS, "at most"), (AT_LEAST, "at least")):
