@@ -65,7 +65,7 @@ class Running:
     def tasks(self) -> int:
         async def count() -> int:
             return len(asyncio.all_tasks()) - 1
-        return asyncio.run_coroutine_threadsafe(count(), self.loop).result(10)
+        return asyncio.run_coroutine_threadsafe(count(), self.loop).result(60)
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
