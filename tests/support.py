@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from nix_prefix.builder.closure_info import read_closure
 from nix_prefix.builder.localnix import LocalNix, prefix_env
@@ -130,3 +134,18 @@ def feed_in_pieces(rewriter, data: bytes, cuts: list[int]) -> bytes:
         i += 1
     out.append(rewriter.flush())
     return b"".join(out)
+
+
+@contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at the existing dir ``path`` with mount ``options`` (a small
+    size for a full disk, noexec), unmounted afterwards; the test is skipped where
+    mounting is not allowed (it needs root)."""
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)

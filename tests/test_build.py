@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from typer.testing import CliRunner
 from nix_prefix.builder.cli import app
 from nix_prefix.payload import hashes, nix32
 
-from .support import build_small
+from .support import build_small, tmpfs
 
 runner = CliRunner()
 
@@ -260,13 +259,7 @@ def test_a_full_disk_while_writing_is_one_line_and_leaves_nothing(small,
                                                                   world_dir: Path) -> None:
     full = world_dir / "full"
     full.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)],
-                             capture_output=True, text=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with tmpfs(full, "size=256k"):
         result = nix_prefix("build", small.closure_info, "-o", full / "out.sh", "--quiet")
         assert_one_line_error(result, "cannot write", "No space left", "free some space")
         assert os.listdir(full) == []  # no temporary file left
-    finally:
-        subprocess.run(["umount", str(full)], check=False)

@@ -23,7 +23,7 @@ import pytest
 
 from nix_prefix.payload import seal
 
-from .support import Built, build_small, nix_store, run_installer
+from .support import Built, build_small, nix_store, run_installer, tmpfs
 
 SHELLS = ["dash", "bash"]
 
@@ -181,11 +181,7 @@ def test_a_noexec_tmpdir_is_fine(built: Built, module_dir: Path) -> None:
     nix-env's profile build runs nothing from TMPDIR, so the install works."""
     tmp = module_dir / "noexec-tmp"
     tmp.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "noexec,size=64m", "tmpfs",
-                              str(tmp)], capture_output=True, text=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with tmpfs(tmp, "noexec,size=64m"):
         shutil.copy("/bin/true", tmp / "true")
         with pytest.raises(PermissionError):  # the mount really is noexec
             subprocess.run([str(tmp / "true")], check=False)
@@ -197,5 +193,3 @@ def test_a_noexec_tmpdir_is_fine(built: Built, module_dir: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         assert (prefix / "var/nix/profiles/default").exists()
         assert sorted(os.listdir(tmp)) == ["true"]  # the private copy is gone
-    finally:
-        subprocess.run(["umount", str(tmp)], check=False)
