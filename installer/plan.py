@@ -181,22 +181,25 @@ class RevertFailed(InstallError):
             "run the installer again to finish, or with --uninstall to take out what it left")
 
 
+# The signals that stop an install like Ctrl-C (main.py turns SIGTERM and SIGHUP
+# into KeyboardInterrupt too).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def outcome_decided():
     # type: () -> None
     """Ignore Ctrl-C, SIGTERM and SIGHUP from now on: the run is done (or its failure
     said), and a late signal must not be reported as an undo that never happened."""
-    for s in signals_held._SIGNALS:
+    for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
 
 
 class signals_held(object):
-    """Ignore Ctrl-C and SIGTERM while undoing: a second Ctrl-C must not leave the
+    """Ignore Ctrl-C, SIGTERM and SIGHUP while undoing: a second Ctrl-C must not leave the
     revert half done (a kill -9 still can; the receipt then says what is left)."""
 
-    _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
     def __enter__(self):
-        self._old = [(s, signal.signal(s, signal.SIG_IGN)) for s in self._SIGNALS]
+        self._old = [(s, signal.signal(s, signal.SIG_IGN)) for s in STOP_SIGNALS]
         return self
 
     def __exit__(self, *exc):
@@ -210,12 +213,10 @@ class signals_deferred(object):
     (Handled, not ignored, so that a child started inside gets the default action
     back at exec.)"""
 
-    _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
     def __enter__(self):
         self._got = []  # type: List[int]
         # One that is ignored (signals_held) stays so, for a child started inside too.
-        self._old = [(s, signal.signal(s, self._note)) for s in self._SIGNALS
+        self._old = [(s, signal.signal(s, self._note)) for s in STOP_SIGNALS
                      if signal.getsignal(s) is not signal.SIG_IGN]
         return self
 
