@@ -117,9 +117,10 @@ def _parser(prog):
 
 def _positive(value):
     # type: (str) -> int
-    if not value.isdigit() or int(value) < 1:
+    jobs = preflight.positive_number(value)
+    if jobs is None:
         raise argparse.ArgumentTypeError("%r is not a positive number" % value)
-    return int(value)
+    return jobs
 
 
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://[^\s]+\Z")

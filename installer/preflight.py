@@ -228,8 +228,16 @@ def default_jobs(env_value=None):
     else the CPUs this process may run on (its affinity mask, which batch
     schedulers set), at most MAX_JOBS."""
     if env_value is not None and env_value.strip():
-        if not env_value.strip().isdigit() or int(env_value) < 1:
+        jobs = positive_number(env_value.strip())
+        if jobs is None:
             raise BadUsage("NIX_PREFIX_JOBS=%r is not a positive number" % env_value,
                            "set it to a number of threads such as 2, or unset it")
-        return int(env_value)
+        return jobs
     return min(usable_cpus(), MAX_JOBS)
+
+
+def positive_number(text):
+    # type: (str) -> Optional[int]
+    """``text`` as a number of at least 1, else None: the rule for -j and
+    NIX_PREFIX_JOBS."""
+    return int(text) if text.isdigit() and int(text) >= 1 else None
