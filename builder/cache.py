@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ..payload import derivation, exact, hashes, nar, narinfo
 from ..payload import retarget as retargets
+from ..payload.machine import process_alive
 from ..payload.manifest import Manifest, PathEntry, has_derivations
 from ..payload.signing import SecretKey
 from ..payload.tree import Count, Filter, Sink
@@ -245,7 +246,8 @@ class _CacheDir:
         else:
             self.write_atomic(info, narinfo.cache_info_text(self.store_dir).encode())
         for tmp in [*self.root.glob(".tmp-*"), *(self.root / "nar").glob(".tmp-*")]:
-            if not _pid_alive(tmp.name.split("-")[1]):
+            pid = tmp.name.split("-")[1]
+            if not (pid.isdigit() and process_alive(int(pid))):
                 tmp.unlink(missing_ok=True)  # left by a run that was killed
 
     def has(self, base: str) -> bool:
@@ -353,16 +355,6 @@ class _CacheDir:
             for sink in self._sinks:
                 sink.abort()
             self._sinks.clear()
-
-
-def _pid_alive(text: str) -> bool:
-    try:
-        os.kill(int(text), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write_source(source: Source, cache: _CacheDir,

@@ -13,7 +13,7 @@ import os
 import re
 
 from ..payload import hashes, nar, registration
-from ..payload.machine import human_size
+from ..payload.machine import human_size, process_alive
 from . import crashpoints, deletion, envfiles, nixstore, shellrc, staging, timings
 from .errors import EnvironmentProblem
 from .plan import Step
@@ -251,22 +251,13 @@ def remove_stale_new_dirs(prefix):
         for entry in entries:
             pid, sep, rest = entry[len(NEW_DIRS_PREFIX):].partition("-")
             if not entry.startswith(NEW_DIRS_PREFIX) or not sep or rest != name \
-                    or not pid.isdigit() or _alive(int(pid)):
+                    or not pid.isdigit() or process_alive(int(pid)):
                 continue
             stale = os.path.join(parent, entry)
             if os.lstat(stale).st_uid == os.geteuid():
                 staging.remove_tree(stale)
                 removed.append(stale)
     return removed
-
-
-def _alive(pid):
-    # type: (int) -> bool
-    try:
-        os.kill(pid, 0)
-    except OSError as e:
-        return e.errno == errno.EPERM
-    return True
 
 
 def _rmdir_quietly(path):

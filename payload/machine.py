@@ -1,5 +1,7 @@
-"""What both sides ask of the machine they run on: its Nix system, its CPUs, sizes for people."""
+"""What both sides ask of the machine they run on: its Nix system, its CPUs, its
+processes, sizes for people."""
 
+import errno
 import os
 import platform
 
@@ -22,6 +24,17 @@ def usable_cpus():
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def process_alive(pid):
+    # type: (int) -> bool
+    """Whether process ``pid`` exists (one of another user's too), e.g. the writer
+    of a temporary file named for its pid."""
+    try:
+        os.kill(pid, 0)
+    except OSError as e:
+        return e.errno == errno.EPERM
+    return True
 
 
 def human_size(n):
