@@ -2,7 +2,7 @@
 
 import os
 
-from .staging import write_error
+from .staging import write_atomically, write_error
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
@@ -169,18 +169,8 @@ def write_file(path, content):
         except (OSError, UnicodeDecodeError):
             return "kept"
         return "unchanged" if current == content else "kept"
-    tmp = "%s.tmp-%d" % (path, os.getpid())
     try:
-        with open(tmp, "w") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, path)
-    except BaseException as e:  # a Ctrl-C too: the temporary file is not left behind
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise write_error(e, path)
-        raise
+        write_atomically(path, content, mode=0o644)
+    except OSError as e:
+        raise write_error(e, path)
     return "written"

@@ -20,7 +20,7 @@ reverts the steps from it and touches nothing else.
 import json
 import os
 
-from . import receipt_v1
+from . import receipt_v1, staging
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
@@ -81,23 +81,8 @@ def others(prefix, path):
 def write(path, doc):
     # type: (str, dict) -> None
     """Write ``doc`` at ``path`` atomically (temporary file, fsync, rename); the
-    receipts dir is made by the install's first step (steps.MakeDirs)."""
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    try:
-        # Never writable by others, whatever the umask: uninstall acts on what it says.
-        if os.path.lexists(tmp):  # left by a killed run of the same pid
-            os.unlink(tmp)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    receipts dir is made with the first receipt (steps.make_receipts_dir)."""
+    staging.write_atomically(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
 def remove(path):

@@ -21,7 +21,7 @@ from .errors import EnvironmentProblem, InstallError
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import List  # noqa: F401
+    from typing import List, Optional  # noqa: F401
 
 STAGING_PREFIX = ".nix-prefix-staging-"
 _MTIME = (1, 1)
@@ -165,6 +165,31 @@ def remove_tree(path):
             if not os.path.islink(full):
                 os.chmod(full, 0o700)
     shutil.rmtree(path)
+
+
+def write_atomically(path, text, mode=None):
+    # type: (str, str, Optional[int]) -> None
+    """Write ``text`` at ``path`` through a temporary file beside it (fsync, then
+    rename): the file is complete or not there, and the temporary file goes on any
+    exception, a Ctrl-C too.  It is made never writable by others (0644 less the
+    umask; uninstall acts on what a receipt says); ``mode``, if given, is set exactly.
+    An OSError is raised as it is (``write_error`` words it)."""
+    tmp = "%s.tmp-%d" % (path, os.getpid())
+    try:
+        if os.path.lexists(tmp):  # left by a killed run of the same pid
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def write_error(e, where):
