@@ -554,20 +554,27 @@ def serve(
         help="compression level (default: zstd 3, xz 1, fast enough to stream)")] = None,
     store_root: Annotated[Path | None, typer.Option(
         help="with a closureInfo source: where its store dir physically lives")] = None,
+    installer: Annotated[list[Path] | None, typer.Option(
+        "--installer", metavar="FILE",
+        help="offer this installer at /installers/NAME.sh and on the page at / "
+             "(repeatable; checked at start)")] = None,
     debug: Debug = False,
 ) -> None:
     """Serve a Nix binary cache for every store dir no longer than the sources'.
 
     A Nix whose store dir is Q uses http://HOST:PORT followed by Q as its
     substituter; narinfos and NARs are retargeted to Q on the fly, signed with
-    --sign-key (docs/serving.md).
+    --sign-key (docs/serving.md).  A page for people at / shows the key, the
+    installers offered with --installer and, for a prefix, the line that installs.
 
     \b
-      nix-prefix serve nix-installer.sh --listen 0.0.0.0:8080 --sign-key cache.sec
+      nix-prefix serve nix-installer.sh --listen 0.0.0.0:8080 --sign-key cache.sec \\
+          --installer nix-installer.sh
       # a user at ~/.nix: substituters = http://HOST:8080/home/alice/.nix/store
     """
     with reporting(debug):
         from .master import Master, ServeOptions
+        from .offer import load_all
         from .serve import run
         from .signer import load_secret_keys
 
@@ -578,15 +585,19 @@ def serve(
         keys = load_secret_keys(sign_key or [])
         master = Master(sources, ServeOptions(compression=compression, level=level,
                                               sign_keys=keys), store_root=store_root)
+        offered = load_all(installer or [])
 
         def ready(url: str) -> None:
             signed = "signed by " + ", ".join(k.name for k in keys) if keys else "unsigned"
             typer.echo(f"serving a binary cache for every store dir of at most "
                        f"{master.max_store_dir} bytes at {url}/STORE/DIR ({signed})", err=True)
             typer.echo(f"  e.g. substituters = {url}/home/alice/.nix/store", err=True)
+            typer.echo(f"  a page for people at {url}/ offering "
+                       + (", ".join(f"/installers/{o.file_name}" for o in offered.values())
+                          or "no installer (--installer FILE)"), err=True)
 
         try:
-            run(master, host.strip("[]"), int(port), ready)
+            run(master, host.strip("[]"), int(port), ready, installers=list(offered.values()))
         except OSError as e:
             raise BuildError(f"cannot listen on {listen}: {e.strerror}",
                              "choose another --listen address or port") from None

@@ -18,6 +18,9 @@ What a request may be is decided from its raw path alone (never decoded,
 never joined to a file name): letters, digits and ``+-._=@,~`` between
 slashes, a canonical absolute store dir no longer than the master's, then
 one of the three file names.  Anything else gets a 4xx and one line.
+Beside the caches: a page for people at ``/`` (builder/page.py) and the
+installers offered at ``/installers/NAME.sh`` (builder/offer.py), streamed
+from the file opened at start.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import hashlib
 import logging
 import re
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -38,6 +41,8 @@ from ..payload.codecs import CodecError
 from ..payload.container import CorruptInstaller
 from .errors import BuildError
 from .master import Master, PrefixPlan, parse_nar_file
+from .offer import InstallerChanged, Offered
+from .page import QueryError, Site, base_url, prefix_from_query, render
 
 T = TypeVar("T")
 
@@ -54,6 +59,9 @@ CACHE_INFO_CONTROL = "public, max-age=86400"
 NARINFO_CONTROL = "public, max-age=3600"
 NAR_CONTROL = "public, max-age=31536000, immutable"  # the URL names its NarHash
 MISSING_CONTROL = "public, max-age=60"
+# An installer's URL names the file, not its content: a cache revalidates (ETag) hourly.
+INSTALLER_CONTROL = "public, max-age=3600"
+PAGE_CONTROL = "no-cache"  # built from the Host header and the query: revalidate
 
 
 class _ClientGone(Exception):
@@ -121,13 +129,20 @@ def _not_modified(request: web.Request, etag: str) -> bool:
 class Server:
     """The aiohttp application over a master, and its thread pool."""
 
-    def __init__(self, master: Master, max_streams: int = MAX_STREAMS) -> None:
+    def __init__(self, master: Master, max_streams: int = MAX_STREAMS,
+                 installers: Sequence[Offered] = ()) -> None:
         self.master = master
+        self.installers = {o.name + ".sh": o for o in installers}
+        self.site = Site([k.public_key for k in master.options.sign_keys],
+                         master.max_store_dir - len("/store"), master.options.compression,
+                         list(installers))
         self._pool = ThreadPoolExecutor(max_workers=max_streams + 4,
                                         thread_name_prefix="nix-prefix-serve")
         self._streams = asyncio.Semaphore(max_streams)
         self.active_streams = 0
         self.app = web.Application(middlewares=[self._errors])
+        self.app.router.add_get("/", self._page)
+        self.app.router.add_get("/installers/{name}", self._installer)
         self.app.router.add_get("/{tail:.*}", self._handle)
         self.app.on_cleanup.append(self._close)
 
@@ -151,6 +166,59 @@ class Server:
             request.app.logger.error("%s: cannot read the master: %s", request.path, e)
             raise _error(web.HTTPInternalServerError, "the server cannot read its master; "
                          "its log says why") from None
+
+    async def _page(self, request: web.Request) -> web.Response:
+        try:
+            asked = prefix_from_query(request.rel_url.raw_query_string)
+        except QueryError as e:
+            raise _error(web.HTTPBadRequest if e.status == 400 else web.HTTPRequestURITooLong,
+                         str(e)) from None
+        url = base_url(request.host, request.scheme)
+        if url is None:
+            raise _error(web.HTTPBadRequest, "the Host header is not a host name or address")
+        status, text = render(self.site, url, asked)
+        return web.Response(status=status, text=text, content_type="text/html",
+                            headers={"Cache-Control": PAGE_CONTROL})
+
+    async def _installer(self, request: web.Request) -> web.StreamResponse:
+        if request.rel_url.raw_query_string:
+            raise _error(web.HTTPBadRequest, "no query string here")
+        offered = self.installers.get(request.match_info["name"])
+        if offered is None:
+            raise _error(web.HTTPNotFound, "no such installer here: / lists those offered",
+                         MISSING_CONTROL)
+        headers = {"ETag": offered.etag, "Cache-Control": INSTALLER_CONTROL,
+                   "Content-Type": "application/x-sh",
+                   "Content-Disposition": f'attachment; filename="{offered.file_name}"'}
+        if _not_modified(request, offered.etag):
+            return web.Response(status=304, headers=headers)
+        response = web.StreamResponse(headers=headers)
+        response.content_length = offered.size
+        if request.method == "HEAD":
+            await response.prepare(request)
+            return response
+        pieces = offered.pieces()
+        try:
+            piece = await self._run(next, pieces, b"")
+        except (InstallerChanged, OSError) as e:
+            request.app.logger.error("%s: cannot read the installer: %s", request.path, e)
+            raise _error(web.HTTPInternalServerError, "the server cannot read this "
+                         "installer; its log says why") from None
+        await response.prepare(request)
+        try:
+            while piece:
+                await response.write(piece)  # waits for a slow client: one piece held
+                piece = await self._run(next, pieces, b"")
+        except (InstallerChanged, OSError) as e:
+            if isinstance(e, ConnectionError):
+                raise
+            # Headers (and Content-Length) are out: the client sees a short transfer.
+            request.app.logger.error("%s: cannot read the installer: %s", request.path, e)
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        return response
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         store_dir, file = split_request(request.rel_url.raw_path, self.master.max_store_dir)
@@ -249,9 +317,9 @@ class Server:
 
 
 def run(master: Master, host: str, port: int, ready: Callable[[str], None] | None = None,
-        max_streams: int = MAX_STREAMS) -> None:
+        max_streams: int = MAX_STREAMS, installers: Sequence[Offered] = ()) -> None:
     """Serve until interrupted; ``ready`` gets the base URL once the socket listens."""
-    server = Server(master, max_streams)
+    server = Server(master, max_streams, installers)
 
     async def main() -> None:
         runner = web.AppRunner(server.app, access_log=None, handle_signals=True)

@@ -42,8 +42,8 @@ from .test_cache import world  # noqa: F401 - the binary-cache tests' closure, f
 class Running:
     """A Server on 127.0.0.1 in a thread of its own (its own event loop)."""
 
-    def __init__(self, master: Master, max_streams: int = 16) -> None:
-        self.server = Server(master, max_streams)
+    def __init__(self, master: Master, max_streams: int = 16, installers=()) -> None:
+        self.server = Server(master, max_streams, installers)
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, daemon=True)

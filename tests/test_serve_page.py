@@ -1,0 +1,299 @@
+"""``nix-prefix serve``'s page at ``/`` and its installers at ``/installers/NAME.sh``.
+
+Fast tests run the server (tests/test_serve.py's ``Running``, on 127.0.0.1)
+over the small sample closure, offering a signed and an unsigned installer,
+and fetch the page and the installers over HTTP: the page says the key, the
+limit and the installers; the lines filled in for two prefixes are the
+exact commands; the installers come whole, with their ETag, and 304, HEAD;
+hostile queries and names get a 4xx and one line.  The slow tests run the
+shown one-liner for real as an unprivileged user (it installs, then
+substitutes from the same server), and open the page in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import http.client
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nix_prefix.builder.closure_info import read_closure
+from nix_prefix.builder.master import Master, ServeOptions
+from nix_prefix.builder.offer import load_all
+from nix_prefix.builder.pack import BuildOptions, build_installer
+from nix_prefix.builder.page import fingerprint
+from nix_prefix.builder.signer import load_secret_key
+from nix_prefix.payload import signing
+
+from .support import build_small
+from .test_serve import Running, get, raw, running
+
+MASTER = "a-long-master-prefix-for-the-page"
+
+
+@pytest.fixture(scope="module")
+def site(module_dir: Path) -> dict:
+    built = build_small(module_dir, name=MASTER)
+    built.nix.run("nix-store", ["--generate-binary-cache-key", "page-key-1",
+                                str(module_dir / "k.sec"), str(module_dir / "k.pub")])
+    key = load_secret_key(module_dir / "k.sec")
+    signed = module_dir / "signed.sh"
+    build_installer(read_closure(built.closure_info), signed,
+                    BuildOptions(compression="xz", level=1, sign_keys=[key]))
+    unsigned = module_dir / "plain-one.sh"
+    shutil.copy(built.installer, unsigned)
+    master = Master([built.installer], ServeOptions(sign_keys=[key]))
+    offered = load_all([signed, unsigned])
+    return {"built": built, "master": master, "key": key, "dir": module_dir,
+            "public": (module_dir / "k.pub").read_text().strip(),
+            "signed": signed, "unsigned": unsigned, "offered": offered}
+
+
+@pytest.fixture(scope="module")
+def server(site: dict):
+    with running(site["master"], installers=list(site["offered"].values())) as r:
+        yield r
+
+
+def text_of(body: bytes, css_id: str) -> str:
+    """The text of the ``<pre id=CSS_ID>`` block of the page, unescaped."""
+    m = re.search(rf'<pre id="{css_id}"><code>(.*?)</code></pre>', body.decode(), re.S)
+    assert m, f"no {css_id} block in the page"
+    return html.unescape(m.group(1))
+
+
+def request(port: int, method: str, path: str,
+            headers: dict | None = None) -> tuple[int, dict, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def test_the_page_says_key_limit_and_installers(site: dict, server: Running) -> None:
+    status, headers, body = get(server.port, "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    page = html.unescape(body.decode())
+    public = signing.parse_public_key(site["public"])
+    assert "page-key-1" in page and site["public"] in page and fingerprint(public) in page
+    # The fingerprint is the sha256 of the key's 32 bytes, as ssh-keygen -l prints one.
+    assert fingerprint(public) == "SHA256:" + __import__("base64").b64encode(
+        hashlib.sha256(public.key).digest()).decode().rstrip("=")
+    longest = len(str(site["built"].prefix))
+    assert f"{longest} bytes (store dir {longest + 6})" in page
+    for name in ("signed.sh", "plain-one.sh"):
+        data = (site["dir"] / name).read_bytes()
+        assert f'href="/installers/{name}"' in page and hashlib.sha256(data).hexdigest() in page
+        assert f'title="{len(data)} bytes"' in page
+    assert "signed by page-key-1" in page and "unsigned" in page
+    assert "<script" not in body.decode() and "http" not in re.sub(
+        r"http://127\.0\.0\.1:\d+", "", body.decode())  # nothing fetched from elsewhere
+    # No prefix asked: no commands yet.
+    assert 'id="plain"' not in page
+
+
+@pytest.mark.parametrize("prefix", ["/home/alice/.nix", "/scratch/bob/nix-2026"])
+def test_the_lines_for_a_prefix(site: dict, server: Running, prefix: str) -> None:
+    url = f"http://127.0.0.1:{server.port}"
+    status, _, body = get(server.port, "/?prefix=" + prefix.replace("/", "%2F"))
+    assert status == 200, body
+    key = site["public"]
+    plain = text_of(body, "plain")
+    assert plain == (f"curl -fsSL {url}/installers/signed.sh | sh -s -- --trusted-key {key} "
+                     f"-y -p {prefix} --substituter {url}{prefix}/store")
+    assert text_of(body, "verify") == (
+        f"curl -fsSL {url}/installers/signed.sh | python3 nix-prefix-verify --trusted-key "
+        f"{key} --run -- -y -p {prefix} --substituter {url}{prefix}/store --trusted-key {key}")
+    assert text_of(body, "nix-conf") == (f"substituters = {url}{prefix}/store\n"
+                                         f"trusted-public-keys = {key}")
+    # The unsigned installer: installed plainly, the nix.conf lines added by hand after.
+    page = html.unescape(body.decode())
+    assert f"curl -fsSL {url}/installers/plain-one.sh | sh -s -- -y -p {prefix}" in page
+    assert f"add the nix.conf lines below to {prefix}/etc/nix/nix.conf" in page
+    # The form keeps what was typed.
+    assert f'value="{prefix}"' in page
+
+
+def test_a_prefix_is_read_as_the_installer_reads_it(site: dict, server: Running) -> None:
+    url = f"http://127.0.0.1:{server.port}"
+    # A form sends spaces as + and may send a trailing slash; .. is resolved as
+    # os.path.abspath does in the installer.
+    status, _, body = get(server.port, "/?prefix=%2Fhome%2Falice%2Fx%2F..%2F.nix%2F")
+    assert status == 200 and f"-p /home/alice/.nix --substituter {url}/home/alice/.nix/store" \
+        in text_of(body, "plain")
+
+
+def test_the_installers_download_whole_with_etag_head_and_304(site: dict,
+                                                              server: Running) -> None:
+    for name in ("signed.sh", "plain-one.sh"):
+        data = (site["dir"] / name).read_bytes()
+        status, headers, body = get(server.port, f"/installers/{name}")
+        assert status == 200 and body == data
+        assert headers["Content-Length"] == str(len(data))
+        assert headers["ETag"] == f'"{hashlib.sha256(data).hexdigest()}"'
+        assert "max-age" in headers["Cache-Control"]
+        status, head, body = request(server.port, "HEAD", f"/installers/{name}")
+        assert status == 200 and body == b"" and head["Content-Length"] == str(len(data))
+        assert head["ETag"] == headers["ETag"]
+        status, _, body = get(server.port, f"/installers/{name}",
+                              {"If-None-Match": headers["ETag"]})
+        assert status == 304 and body == b""
+        status, _, body = get(server.port, f"/installers/{name}",
+                              {"If-None-Match": '"another"'})
+        assert status == 200 and body == data
+
+
+def test_the_installer_through_curl_and_sh_checks(site: dict, server: Running) -> None:
+    """What the page's line pipes: curl | sh -s -- --check --trusted-key K."""
+    url = f"http://127.0.0.1:{server.port}/installers/signed.sh"
+    done = subprocess.run(["sh", "-c", f"curl -fsSL {url} | sh -s -- --check --trusted-key "
+                           f"'{site['public']}'"], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "(trusted)" in done.stderr
+
+
+HOSTILE_QUERIES = [
+    ("prefix=%3Cscript%3Ealert(1)%3C%2Fscript%3E", 400, "<script>alert(1)</script>"),
+    ("prefix=%2Fhome%2F%22%27%3E%3Cimg+src%3Dx+onerror%3Dalert(1)%3E", 400, "\"'><img"),
+    ("prefix=%2Fhome%2Fa%00b", 400, "\x00"),
+    ("prefix=%2F" + "a" * 1500, 400, ""),  # too long: said in a line of bounded length
+    ("prefix=%2Fhome%2F%E2%80%AEnix", 400, "\u202e"),  # right-to-left override
+    ("prefix=~%2F.nix", 400, ""),
+    ("prefix=home%2Falice", 400, ""),
+    ("prefix=%2F", 400, ""),
+    ("prefix=%2Fa%2F%2E%2E", 400, ""),  # /a/.. is /
+    ("prefix=", 400, ""),
+]
+
+
+@pytest.mark.parametrize(("query", "status", "raw_value"), HOSTILE_QUERIES)
+def test_a_bad_prefix_is_said_on_the_page_escaped(server: Running, query: str, status: int,
+                                                  raw_value: str) -> None:
+    got, headers, body = get(server.port, "/?" + query)
+    assert got == status and headers["Content-Type"].startswith("text/html")
+    text = body.decode()
+    problems = re.findall(r'<p class="problem" role="alert">(.*?)</p>', text)
+    assert len(problems) == 1 and "\n" not in problems[0] and len(problems[0]) < 400
+    assert 'id="plain"' not in text  # no commands for a prefix the installer refuses
+    if raw_value:
+        assert raw_value not in text  # escaped (or cut), never as sent
+    assert "<script" not in text and "<img" not in text
+
+
+@pytest.mark.parametrize("path", [
+    "/?prefix=%ff%fe",  # not UTF-8
+    "/?prefix=%2Fa&prefix=%2Fb",
+    "/?x=1",
+    "/?prefix=%2Fa&" + "&".join(f"p{i}=1" for i in range(200)),
+    "/?prefix=%2F" + "a" * 3000,  # longer than any query the page takes: 414
+    "/installers/nope.sh",
+    "/installers/k.sec",
+    "/installers/signed.sh?x=1",
+    "/installers/..%2Fk.sec",
+    "/installers/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "/installers/signed.sh%00",
+    "/installers/",
+    "/installers/signed.sh/x",
+])
+def test_hostile_requests_get_a_4xx_and_one_line(server: Running, path: str) -> None:
+    status, headers, body = get(server.port, path)
+    assert 400 <= status < 500, (status, body[:200])
+    assert headers["Content-Type"].startswith("text/plain")
+    assert body.count(b"\n") == 1 and b"Traceback" not in body and len(body) < 300
+
+
+def test_a_hostile_host_header_gets_a_4xx(server: Running) -> None:
+    for host in ("<script>", "a b", "x" * 300, "evil.example/path"):
+        answer = raw(server.port, f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close"
+                                  "\r\n\r\n".encode())
+        m = re.match(rb"HTTP/1\.[01] (\d{3})", answer)
+        assert m and 400 <= int(m.group(1)) < 500, answer[:200]
+        assert b"<script>" not in answer
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_an_installer_to_a_client_that_does_not_read_holds_a_piece_only(
+        site: dict, tmp_path: Path) -> None:
+    """Bounded memory: a 64 MiB installer sent to a client that reads nothing."""
+    big = tmp_path / "big"
+    big.mkdir()
+    with open(big / "data", "wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(1 << 20))
+    nix = site["built"].nix
+    path = nix.run("nix-store", ["--add", str(big)]).stdout.decode().strip()
+    info = nix.write_closure_info([path], tmp_path / "info")
+    installer = tmp_path / "big.sh"
+    build_installer(read_closure(info), installer, BuildOptions(compression="zstd", level=1))
+    size = installer.stat().st_size
+    assert size > 64 << 20
+    offered = load_all([installer])
+    with running(site["master"], installers=list(offered.values())) as r:
+        before = _rss_mb()
+        with socket.create_connection(("127.0.0.1", r.port), timeout=10) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+            s.sendall(b"GET /installers/big.sh HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = s.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 200")
+            time.sleep(3)  # for the server to fill the socket buffers and wait
+            grown = _rss_mb() - before
+            assert grown < 24, f"the server holds {grown:.0f} MiB for one stalled client"
+            # The rest still comes, whole, once the client reads.
+            head, _, body = answer.partition(b"\r\n\r\n")
+            digest, got = hashlib.sha256(body), len(body)
+            while data := s.recv(1 << 20):
+                digest.update(data)
+                got += len(data)
+        assert got == size and digest.hexdigest() == offered["big"].sha256
+    for one in offered.values():
+        one.close()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    code = "from nix_prefix.builder.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=120, check=False, env={**os.environ, "NO_COLOR": "1"})
+
+
+def test_serve_refuses_what_is_not_an_installer_with_one_line(site: dict,
+                                                              tmp_path: Path) -> None:
+    master = str(site["built"].installer)
+    text = tmp_path / "notes.sh"
+    text.write_text("#!/bin/sh\necho hello\n")
+    cut = tmp_path / "cut.sh"
+    cut.write_bytes(site["signed"].read_bytes()[:-100])
+    flipped = tmp_path / "flipped.sh"
+    data = bytearray(site["signed"].read_bytes())
+    data[len(data) // 2] ^= 1
+    flipped.write_bytes(bytes(data))
+    odd = tmp_path / "a b.sh"
+    shutil.copy(site["signed"], odd)
+    for args, needle in (([str(text)], "notes.sh is damaged: it does not start with a nix-prefix seal"),
+                         ([str(cut)], "damaged"),
+                         ([str(flipped)], "damaged"),
+                         ([str(tmp_path / "missing.sh")], "No such file"),
+                         ([str(tmp_path)], "not a regular file"),
+                         ([str(odd)], "letters, digits and . _ + - only"),
+                         ([str(site["signed"]), str(site["signed"])], "would both be")):
+        done = cli("serve", master, "--listen", "127.0.0.1:0",
+                   *(a for f in args for a in ("--installer", f)))
+        assert done.returncode != 0 and needle in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+        assert len([line for line in done.stderr.splitlines() if line.strip()]) <= 2
