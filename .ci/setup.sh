@@ -23,6 +23,9 @@ command -v readelf >/dev/null 2>&1 || missing="$missing binutils"
 command -v xz >/dev/null 2>&1 || missing="$missing xz-utils"
 command -v zstd >/dev/null 2>&1 || missing="$missing zstd"
 command -v fish >/dev/null 2>&1 || missing="$missing fish"  # nix.fish is tested with it
+# A real browser for serve's page (tests/test_serve_page.py, driven by selenium).
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium-driver"
 [ -x /usr/bin/python3 ] || missing="$missing python3"
 /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$missing python3-venv"
 if [ -n "$missing" ]; then

@@ -158,11 +158,14 @@ def install_lines(url: str, offered: Offered, cache_keys: Sequence[PublicKey],
         note = ""
     else:
         pins = [str(k) for k in offered.signed_by]
-        note = ("this server signs nothing (no --sign-key), so a Nix keeping require-sigs "
-                "on takes nothing from it" if not cache_keys else
-                "this installer is not signed by the server's key, which the installer "
-                "would then refuse as --trusted-key: after installing, add the nix.conf "
-                f"lines below to {prefix}/etc/nix/nix.conf")
+        if not cache_keys:
+            note = ("This server signs nothing (no --sign-key), so a Nix keeping "
+                    "require-sigs on takes nothing from it.")
+        else:
+            # --substituter needs --trusted-key, which would refuse this installer.
+            note = ("After installing, add the nix.conf lines below to "
+                    f"{prefix}/etc/nix/nix.conf: the installer takes --substituter only "
+                    "with --trusted-key, and the server's key did not sign this installer.")
     trust = [a for k in pins for a in ("--trusted-key", k)]
     fetch = f"curl -fsSL {shlex.quote(f'{url}/installers/{offered.file_name}')} | "
     verify = ""
@@ -355,7 +358,7 @@ background:var(--accent);color:#fff;cursor:pointer}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.92em;
 overflow-wrap:anywhere}
 pre{background:var(--code);color:var(--codefg);padding:.75rem 1rem;border-radius:6px;
-white-space:pre-wrap;word-break:break-all;margin:.3rem 0 .8rem}
+white-space:pre-wrap;overflow-wrap:anywhere;margin:.3rem 0 .8rem}
 pre code{font-size:.85rem}
 .scroll{overflow-x:auto}
 table{border-collapse:collapse;width:100%;font-size:.92rem}

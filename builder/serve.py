@@ -209,9 +209,9 @@ class Server:
             while piece:
                 await response.write(piece)  # waits for a slow client: one piece held
                 piece = await self._run(next, pieces, b"")
+        except ConnectionError:  # the client went away: nothing to tell anyone
+            return response
         except (InstallerChanged, OSError) as e:
-            if isinstance(e, ConnectionError):
-                raise
             # Headers (and Content-Length) are out: the client sees a short transfer.
             request.app.logger.error("%s: cannot read the installer: %s", request.path, e)
             if request.transport is not None:

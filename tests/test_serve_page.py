@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import html
 import http.client
+import logging
 import os
 import re
 import shutil
@@ -230,8 +231,9 @@ def _rss_mb() -> float:
 
 
 def test_an_installer_to_a_client_that_does_not_read_holds_a_piece_only(
-        site: dict, tmp_path: Path) -> None:
-    """Bounded memory: a 64 MiB installer sent to a client that reads nothing."""
+        site: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Bounded memory: a 64 MiB installer sent to a client that reads nothing; clients
+    that leave mid-download are no error."""
     big = tmp_path / "big"
     big.mkdir()
     with open(big / "data", "wb") as f:
@@ -262,6 +264,21 @@ def test_an_installer_to_a_client_that_does_not_read_holds_a_piece_only(
                 digest.update(data)
                 got += len(data)
         assert got == size and digest.hexdigest() == offered["big"].sha256
+        # Clients that leave mid-download: no error logged, no task left, still serving.
+        caplog.clear()
+        before_tasks = r.tasks()
+        for _ in range(4):
+            with socket.create_connection(("127.0.0.1", r.port), timeout=10) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+                s.sendall(b"GET /installers/big.sh HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 60
+        while r.tasks() > before_tasks and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert r.tasks() <= before_tasks
+        assert not [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR]
+        assert get(r.port, "/installers/big.sh", {"If-None-Match": offered["big"].etag})[0] \
+            == 304
     for one in offered.values():
         one.close()
 
@@ -285,7 +302,7 @@ def test_serve_refuses_what_is_not_an_installer_with_one_line(site: dict,
     flipped.write_bytes(bytes(data))
     odd = tmp_path / "a b.sh"
     shutil.copy(site["signed"], odd)
-    for args, needle in (([str(text)], "notes.sh is damaged: it does not start with a nix-prefix seal"),
+    for args, needle in (([str(text)], "notes.sh is damaged: it does not start with a nix-"),
                          ([str(cut)], "damaged"),
                          ([str(flipped)], "damaged"),
                          ([str(tmp_path / "missing.sh")], "No such file"),
@@ -297,3 +314,173 @@ def test_serve_refuses_what_is_not_an_installer_with_one_line(site: dict,
         assert done.returncode != 0 and needle in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
         assert len([line for line in done.stderr.splitlines() if line.strip()]) <= 2
+
+
+# -- a real browser ------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def headless_chromium(profile: Path):
+    """Debian's chromium, headless, driven through Debian's chromedriver by selenium (the
+    standard WebDriver client); nothing fetched from elsewhere (no Selenium Manager)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.fail("Debian's chromium and chromium-driver are not installed: run .ci/setup.sh")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                f"--user-data-dir={profile}", "--window-size=1000,1400"):
+        options.add_argument(arg)
+    service = Service(executable_path=CHROMEDRIVER)
+    return webdriver.Chrome(options=options, service=service)
+
+
+@pytest.mark.slow
+def test_the_page_in_a_headless_browser(site: dict, server: Running, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url = f"http://127.0.0.1:{server.port}"
+    driver = headless_chromium(tmp_path / "profile")
+    try:
+        driver.set_page_load_timeout(60)
+        driver.get(url + "/")
+        assert driver.title.startswith("nix-prefix")
+        assert driver.find_element(By.TAG_NAME, "h1").text == "nix-prefix"
+        rows = driver.find_elements(By.CSS_SELECTOR, "#installers tbody tr")
+        assert [r.find_element(By.TAG_NAME, "a").text for r in rows] == ["signed.sh",
+                                                                         "plain-one.sh"]
+        assert site["public"] in driver.find_element(By.ID, "key").text
+        # Styled (the inline CSS applied), laid out (the form is visible and usable).
+        h1 = driver.find_element(By.TAG_NAME, "h1")
+        assert h1.value_of_css_property("color") != "rgba(0, 0, 0, 1)"
+        box = driver.find_element(By.ID, "prefix")
+        assert box.is_displayed() and box.size["width"] > 200
+        for prefix in ("/home/alice/.nix", "/scratch/bob/nix"):
+            box = driver.find_element(By.ID, "prefix")
+            box.clear()
+            box.send_keys(prefix)
+            driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+            WebDriverWait(driver, 60).until(
+                expected_conditions.presence_of_element_located((By.ID, "plain")))
+            assert driver.current_url == f"{url}/?prefix={prefix.replace('/', '%2F')}"
+            plain = driver.find_element(By.ID, "plain").text
+            assert plain == (f"curl -fsSL {url}/installers/signed.sh | sh -s -- --trusted-key "
+                             f"{site['public']} -y -p {prefix} --substituter "
+                             f"{url}{prefix}/store")
+            assert driver.find_element(By.ID, "nix-conf").text.splitlines() == [
+                f"substituters = {url}{prefix}/store",
+                f"trusted-public-keys = {site['public']}"]
+            assert driver.find_element(By.ID, "prefix").get_attribute("value") == prefix
+        # A bad prefix: said on the page, as text (the markup is not run or rendered).
+        box = driver.find_element(By.ID, "prefix")
+        box.clear()
+        box.send_keys("/home/<img src=x onerror=alert(1)>")
+        driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+        problem = WebDriverWait(driver, 60).until(
+            expected_conditions.presence_of_element_located(
+                (By.CSS_SELECTOR, ".problem[role=alert]")))
+        assert "characters Nix-based tools cannot take" in problem.text
+        assert "<img src=x onerror=alert(1)>" in problem.text
+        assert not driver.find_elements(By.CSS_SELECTOR, "main img")
+        assert not driver.find_elements(By.ID, "plain")
+        # The screenshot of the filled-in page (docs/serving-page.png is one).
+        driver.get(f"{url}/?prefix=%2Fhome%2Falice%2F.nix")
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+            "width": 1000, "height": min(int(height), 4000), "deviceScaleFactor": 1,
+            "mobile": False})
+        shot = tmp_path / "serving-page.png"
+        assert driver.save_screenshot(str(shot))
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+        if os.environ.get("NIX_PREFIX_PAGE_SCREENSHOT"):
+            shutil.copy(shot, os.environ["NIX_PREFIX_PAGE_SCREENSHOT"])
+    finally:
+        driver.quit()
+
+
+# -- the shown line, for real ----------------------------------------------------------------
+
+
+def _bin_dir(directory: Path) -> Path:
+    """A PATH with what the one-liner needs (curl, sh, python3) and no Nix of the
+    machine's: the Nix that substitutes is the one installed."""
+    directory.mkdir()
+    for tool in ("curl", "sh", "python3"):  # the system's, which any uid may run
+        os.symlink(f"/usr/bin/{tool}" if tool != "sh" else "/bin/sh", directory / tool)
+    directory.chmod(0o755)
+    return directory
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as an unprivileged user")
+def test_the_shown_line_installs_and_then_substitutes_from_the_server(
+        world_dir: Path) -> None:
+    """As uid 65534: the one-liner the page shows for a prefix installs the offered
+    installer (a self-contained Nix) there, and that Nix, which may not build
+    (--max-jobs 0), fetches from the same server a path the installer did not hold."""
+    from nix_prefix.builder.localnix import LocalNix
+    from nix_prefix.builder.samples import build_nix_closure, build_small_closure
+
+    from .conftest import NOBODY
+    from .support import as_user, script_package
+    from .test_serve import serving
+
+    nix = LocalNix(world_dir / "a-long-build-prefix-for-the-page-end-to-end")
+    roots = [build_nix_closure(nix), *build_small_closure(nix)]
+    info = nix.write_closure_info(roots, world_dir / "closure-info")
+    sec, pub = world_dir / "publisher.sec", world_dir / "publisher.pub"
+    nix.run("nix-store", ["--generate-binary-cache-key", "publisher-1", str(sec), str(pub)])
+    installer = world_dir / "nix-installer.sh"
+    build_installer(read_closure(info), installer,
+                    BuildOptions(level=0, sign_keys=[load_secret_key(sec)]))
+    # What the installer does not hold and the server does: a program built here.
+    expr = world_dir / "extra.nix"
+    expr.write_text(script_package("served-hello", "served-hello", "fetched from the server"))
+    extra = nix.run("nix-build", ["--no-out-link", str(expr)]).stdout.decode().strip()
+    extra_info = nix.write_closure_info([extra], world_dir / "extra-info")
+    key = pub.read_text().strip()
+
+    home = world_dir / "home"
+    home.mkdir()
+    os.chown(home, NOBODY, NOBODY)
+    env = {"PATH": str(_bin_dir(world_dir / "bin")), "HOME": str(home), "USER": "nobody"}
+    with serving(str(installer), str(extra_info), "--sign-key", str(sec),
+                 "--installer", str(installer)) as url:
+        prefix = home / ".nix"
+        port = int(url.rpartition(":")[2])
+        status, _, body = get(port, f"/?prefix={prefix}")
+        assert status == 200, body
+        page = html.unescape(body.decode())
+        version = subprocess.run(["nix-store", "--version"], capture_output=True, text=True,
+                                 check=True).stdout.split()[-1]
+        assert f"<td>{version}</td>" in page  # the Nix the installer sets up
+        line = text_of(body, "plain")
+        assert line == (f"curl -fsSL {url}/installers/nix-installer.sh | sh -s -- "
+                        f"--trusted-key {key} -y -p {prefix} --substituter "
+                        f"{url}{prefix}/store")
+        done = subprocess.run([*as_user(NOBODY), "/bin/sh", "-c", line], env=env, cwd=home,
+                              capture_output=True, text=True, timeout=900, check=False)
+        assert done.returncode == 0, done.stderr
+        conf = (prefix / "etc/nix/nix.conf").read_text()
+        for wanted in text_of(body, "nix-conf").splitlines():
+            assert wanted + "\n" in conf
+        assert (prefix / "store").stat().st_uid == NOBODY
+
+        use = f". {prefix}/etc/profile.d/nix.sh && "
+        target = f"{prefix}/store/{extra.rpartition('/')[2]}"
+        fetched = subprocess.run(
+            [*as_user(NOBODY), "/bin/sh", "-c",
+             use + f"nix-store -r {target} --max-jobs 0 && {target}/bin/served-hello"],
+            env=env, capture_output=True, text=True, timeout=600, check=False)
+        assert fetched.returncode == 0, fetched.stderr
+        assert f"copying path '{target}' from '{url}{prefix}/store'" in fetched.stderr
+        assert fetched.stdout.strip().endswith("fetched from the server")
+        assert "building" not in fetched.stderr
