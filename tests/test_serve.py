@@ -254,7 +254,6 @@ HOSTILE = [
     "/q/store/nar/x.nar.xz",
     "/q/store/etc/passwd",
     "/q/store",
-    "/",
     "/" + "a" * 200 + "/store/nix-cache-info",  # longer than the master's
     "/" + "a/" * 600 + "nix-cache-info",
     "/q/store/nix-cache-info/",
@@ -363,17 +362,22 @@ def _rss_mb() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
-def test_a_client_that_does_not_read_holds_a_few_pieces_only(small: dict,
-                                                              tmp_path: Path) -> None:
-    """Bounded memory: a 64 MiB NAR for a client that reads nothing stops being produced
-    once the queue and the socket buffers are full."""
+def big_path(nix, tmp_path: Path) -> str:
+    """A store path of 64 MiB of random bytes (incompressible), added to ``nix``'s store."""
     big = tmp_path / "big"
     big.mkdir()
     with open(big / "data", "wb") as f:
         for _ in range(64):
             f.write(os.urandom(1 << 20))
+    return nix.run("nix-store", ["--add", str(big)]).stdout.decode().strip()
+
+
+def test_a_client_that_does_not_read_holds_a_few_pieces_only(small: dict,
+                                                              tmp_path: Path) -> None:
+    """Bounded memory: a 64 MiB NAR for a client that reads nothing stops being produced
+    once the queue and the socket buffers are full."""
     nix = small["built"].nix
-    path = nix.run("nix-store", ["--add", str(big)]).stdout.decode().strip()
+    path = big_path(nix, tmp_path)
     master = Master([nix.write_closure_info([path], tmp_path / "info")],
                     ServeOptions(compression="none"))
     name = path.rpartition("/")[2]

@@ -36,7 +36,7 @@ from nix_prefix.builder.signer import load_secret_key
 from nix_prefix.payload import signing
 
 from .support import build_small
-from .test_serve import Running, get, raw, running
+from .test_serve import Running, _rss_mb, big_path, get, raw, running
 
 MASTER = "a-long-master-prefix-for-the-page"
 
@@ -225,22 +225,12 @@ def test_a_hostile_host_header_gets_a_4xx(server: Running) -> None:
         assert b"<script>" not in answer
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-
-
 def test_an_installer_to_a_client_that_does_not_read_holds_a_piece_only(
         site: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Bounded memory: a 64 MiB installer sent to a client that reads nothing; clients
     that leave mid-download are no error."""
-    big = tmp_path / "big"
-    big.mkdir()
-    with open(big / "data", "wb") as f:
-        for _ in range(64):
-            f.write(os.urandom(1 << 20))
     nix = site["built"].nix
-    path = nix.run("nix-store", ["--add", str(big)]).stdout.decode().strip()
+    path = big_path(nix, tmp_path)
     info = nix.write_closure_info([path], tmp_path / "info")
     installer = tmp_path / "big.sh"
     build_installer(read_closure(info), installer, BuildOptions(compression="zstd", level=1))
