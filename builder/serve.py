@@ -173,7 +173,10 @@ class Server:
         except QueryError as e:
             raise _error(web.HTTPBadRequest if e.status == 400 else web.HTTPRequestURITooLong,
                          str(e)) from None
-        url = base_url(request.host, request.scheme)
+        # Behind a TLS proxy (docs/serving.md): the scheme the client used.
+        scheme = "https" if request.headers.get("X-Forwarded-Proto") == "https" \
+            else request.scheme
+        url = base_url(request.host, scheme)
         if url is None:
             raise _error(web.HTTPBadRequest, "the Host header is not a host name or address")
         status, text = render(self.site, url, asked)

@@ -136,6 +136,18 @@ def test_a_prefix_is_read_as_the_installer_reads_it(site: dict, server: Running)
         in text_of(body, "plain")
 
 
+def test_the_lines_name_the_url_the_client_used(server: Running) -> None:
+    """Behind a TLS proxy that passes Host and X-Forwarded-Proto on, the lines name
+    https://HOST, not the address the server listens on."""
+    status, _, body = get(server.port, "/?prefix=/home/alice/.nix",
+                          {"Host": "cache.example", "X-Forwarded-Proto": "https"})
+    assert status == 200
+    assert text_of(body, "plain").startswith(
+        "curl -fsSL https://cache.example/installers/signed.sh | sh -s -- ")
+    assert text_of(body, "nix-conf").startswith(
+        "substituters = https://cache.example/home/alice/.nix/store\n")
+
+
 def test_the_installers_download_whole_with_etag_head_and_304(site: dict,
                                                               server: Running) -> None:
     for name in ("signed.sh", "plain-one.sh"):
