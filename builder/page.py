@@ -191,20 +191,20 @@ def render(site: Site, url: str, asked: str | None) -> tuple[int, str]:
     """(HTTP status, the page) for a request from ``url`` asking about ``asked``
     (the prefix in the query, or None): 400 with the problem said on the page for
     a prefix the installer would refuse."""
-    status, result = 200, ""
+    status, result, problem = 200, "", ""
     if asked is not None:
         try:
             prefix = check_prefix(asked, site.max_prefix)
             result = _result(site, url, prefix)
         except ValueError as e:
             status = 400
-            result = f'<p class="problem" role="alert">{_e(str(e))}</p>'
+            problem = f'<p class="problem" role="alert">{_e(str(e))}</p>'
     body = "\n".join([
         f"<header><h1>nix-prefix</h1><p>A Nix binary cache for every prefix, at "
         f"<code>{_e(url)}</code>: install Nix into a directory you own, without root, "
         "and fetch from here what it would otherwise build.</p></header>",
         "<main>",
-        _form(site, asked),
+        _form(site, asked, problem),
         result,
         _installers(site),
         _key(site),
@@ -224,7 +224,7 @@ def _e(text: str) -> str:
     return html.escape(text, quote=True)
 
 
-def _form(site: Site, asked: str | None) -> str:
+def _form(site: Site, asked: str | None, problem: str) -> str:
     # Typed back into the form for correcting: control and direction characters shown
     # as U+FFFD (a NUL is not even valid HTML), and no longer than the query allows.
     value = _e("".join(c if c.isprintable() else "\ufffd" for c in (asked or "")))
@@ -239,7 +239,7 @@ def _form(site: Site, asked: str | None) -> str:
         f'<p class="hint">A directory you own (or will), given whole from <code>/</code>, '
         f"of at most {site.max_prefix} bytes of letters, digits and "
         "<code>+ - . _ = @ , ~</code>; the store goes to <code>PREFIX/store</code>.</p>"
-        "</section>")
+        f"{problem}</section>")
 
 
 def _result(site: Site, url: str, prefix: str) -> str:
@@ -262,13 +262,13 @@ def _result(site: Site, url: str, prefix: str) -> str:
         if lines.verify:
             parts.append("<p>Check it, then install (the verifier runs the installer only "
                          "if the publisher's key signed it):</p>")
-            parts.append(_pre(lines.verify, "verify"))
+            parts.append(_pre(lines.verify, "verify-" + offered.name))
             parts.append("<p>Or without the verifier (the installer checks the signature "
                          "itself before it writes anything):</p>")
         else:
             parts.append("<p>This installer is <strong>unsigned</strong>: nothing can "
                          "check who made it.</p>")
-        parts.append(_pre(lines.plain, "plain"))
+        parts.append(_pre(lines.plain, "plain-" + offered.name))
         if lines.note:
             parts.append(f'<p class="note">{_e(lines.note)}</p>')
     if nix_conf:

@@ -102,7 +102,7 @@ def test_the_page_says_key_limit_and_installers(site: dict, server: Running) -> 
     assert "<script" not in body.decode() and "http" not in re.sub(
         r"http://127\.0\.0\.1:\d+", "", body.decode())  # nothing fetched from elsewhere
     # No prefix asked: no commands yet.
-    assert 'id="plain"' not in page
+    assert 'id="plain-' not in page
 
 
 @pytest.mark.parametrize("prefix", ["/home/alice/.nix", "/scratch/bob/nix-2026"])
@@ -111,10 +111,10 @@ def test_the_lines_for_a_prefix(site: dict, server: Running, prefix: str) -> Non
     status, _, body = get(server.port, "/?prefix=" + prefix.replace("/", "%2F"))
     assert status == 200, body
     key = site["public"]
-    plain = text_of(body, "plain")
+    plain = text_of(body, "plain-signed")
     assert plain == (f"curl -fsSL {url}/installers/signed.sh | sh -s -- --trusted-key {key} "
                      f"-y -p {prefix} --substituter {url}{prefix}/store")
-    assert text_of(body, "verify") == (
+    assert text_of(body, "verify-signed") == (
         f"curl -fsSL {url}/installers/signed.sh | python3 nix-prefix-verify --trusted-key "
         f"{key} --run -- -y -p {prefix} --substituter {url}{prefix}/store --trusted-key {key}")
     assert text_of(body, "nix-conf") == (f"substituters = {url}{prefix}/store\n"
@@ -133,7 +133,7 @@ def test_a_prefix_is_read_as_the_installer_reads_it(site: dict, server: Running)
     # os.path.abspath does in the installer.
     status, _, body = get(server.port, "/?prefix=%2Fhome%2Falice%2Fx%2F..%2F.nix%2F")
     assert status == 200 and f"-p /home/alice/.nix --substituter {url}/home/alice/.nix/store" \
-        in text_of(body, "plain")
+        in text_of(body, "plain-signed")
 
 
 def test_the_lines_name_the_url_the_client_used(server: Running) -> None:
@@ -142,7 +142,7 @@ def test_the_lines_name_the_url_the_client_used(server: Running) -> None:
     status, _, body = get(server.port, "/?prefix=/home/alice/.nix",
                           {"Host": "cache.example", "X-Forwarded-Proto": "https"})
     assert status == 200
-    assert text_of(body, "plain").startswith(
+    assert text_of(body, "plain-signed").startswith(
         "curl -fsSL https://cache.example/installers/signed.sh | sh -s -- ")
     assert text_of(body, "nix-conf").startswith(
         "substituters = https://cache.example/home/alice/.nix/store\n")
@@ -200,7 +200,7 @@ def test_a_bad_prefix_is_said_on_the_page_escaped(server: Running, query: str, s
     text = body.decode()
     problems = re.findall(r'<p class="problem" role="alert">(.*?)</p>', text)
     assert len(problems) == 1 and "\n" not in problems[0] and len(problems[0]) < 400
-    assert 'id="plain"' not in text  # no commands for a prefix the installer refuses
+    assert 'id="plain-' not in text  # no commands for a prefix the installer refuses
     if raw_value:
         assert raw_value not in text  # escaped (or cut), never as sent
     assert "<script" not in text and "<img" not in text
@@ -371,9 +371,9 @@ def test_the_page_in_a_headless_browser(site: dict, server: Running, tmp_path: P
             box.send_keys(prefix)
             driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
             WebDriverWait(driver, 60).until(
-                expected_conditions.presence_of_element_located((By.ID, "plain")))
+                expected_conditions.presence_of_element_located((By.ID, "plain-signed")))
             assert driver.current_url == f"{url}/?prefix={prefix.replace('/', '%2F')}"
-            plain = driver.find_element(By.ID, "plain").text
+            plain = driver.find_element(By.ID, "plain-signed").text
             assert plain == (f"curl -fsSL {url}/installers/signed.sh | sh -s -- --trusted-key "
                              f"{site['public']} -y -p {prefix} --substituter "
                              f"{url}{prefix}/store")
@@ -392,7 +392,7 @@ def test_the_page_in_a_headless_browser(site: dict, server: Running, tmp_path: P
         assert "characters Nix-based tools cannot take" in problem.text
         assert "<img src=x onerror=alert(1)>" in problem.text
         assert not driver.find_elements(By.CSS_SELECTOR, "main img")
-        assert not driver.find_elements(By.ID, "plain")
+        assert not driver.find_elements(By.ID, "plain-signed")
         # The screenshot of the filled-in page (docs/serving-page.png is one).
         driver.get(f"{url}/?prefix=%2Fhome%2Falice%2F.nix")
         height = driver.execute_script("return document.documentElement.scrollHeight")
@@ -464,7 +464,7 @@ def test_the_shown_line_installs_and_then_substitutes_from_the_server(
         version = subprocess.run(["nix-store", "--version"], capture_output=True, text=True,
                                  check=True).stdout.split()[-1]
         assert f"<td>{version}</td>" in page  # the Nix the installer sets up
-        line = text_of(body, "plain")
+        line = text_of(body, "plain-nix-installer")
         assert line == (f"curl -fsSL {url}/installers/nix-installer.sh | sh -s -- "
                         f"--trusted-key {key} -y -p {prefix} --substituter "
                         f"{url}{prefix}/store")
@@ -486,3 +486,43 @@ def test_the_shown_line_installs_and_then_substitutes_from_the_server(
         assert f"copying path '{target}' from '{url}{prefix}/store'" in fetched.stderr
         assert fetched.stdout.strip().endswith("fetched from the server")
         assert "building" not in fetched.stderr
+
+
+def _offered(name: str, signed_by: list, max_prefix: int = 200):
+    from nix_prefix.builder.offer import Offered
+
+    return Offered(name, Path(name + ".sh"), 1, "0" * 64, "2.26.3", signed_by, max_prefix,
+                   -1, (0, 0, 0, 0))
+
+
+def test_the_lines_for_other_keys_no_keys_and_no_installers() -> None:
+    """install_lines and render without a server: an installer signed by another key is
+    pinned to that key and gets no --substituter; a server without keys gets no nix.conf
+    lines; a server without installers still gives the nix.conf lines."""
+    from nix_prefix.builder.page import Site, install_lines, render
+
+    url, prefix = "http://c.example:8080", "/home/alice/.nix"
+    server_key = signing.PublicKey("server-1", b"\1" * 32)
+    other = signing.PublicKey("other-1", b"\2" * 32)
+    lines = install_lines(url, _offered("o", [other]), [server_key], prefix)
+    assert lines.plain == (f"curl -fsSL {url}/installers/o.sh | sh -s -- --trusted-key "
+                           f"{other} -y -p {prefix}")
+    assert lines.verify == (f"curl -fsSL {url}/installers/o.sh | python3 nix-prefix-verify "
+                            f"--trusted-key {other} --run -- -y -p {prefix}")
+    assert lines.nix_conf == [f"substituters = {url}{prefix}/store",
+                              f"trusted-public-keys = {server_key}"]
+    assert "add the nix.conf lines below" in lines.note
+    unsigned = install_lines(url, _offered("u", []), [], prefix)
+    assert (unsigned.verify, unsigned.nix_conf) == ("", [])
+    assert unsigned.plain.endswith(f"| sh -s -- -y -p {prefix}")
+    assert "signs nothing" in unsigned.note
+    # Too long for one installer but not for the server: said for that installer.
+    status, page = render(Site([server_key], 57, "zstd", [_offered("short", [server_key], 8),
+                                                           _offered("long", [server_key])]),
+                          url, prefix)
+    assert status == 200 and page.count('id="plain-') == 1
+    assert "This installer relocates to prefixes of at most 8 bytes" in page
+    status, page = render(Site([server_key], 57, "zstd", []), url, prefix)
+    assert status == 200 and "offers no installer" in page and 'id="nix-conf"' in page
+    status, page = render(Site([], 57, "zstd", []), url, prefix)
+    assert 'id="nix-conf"' not in page and "signs nothing" in page
