@@ -86,6 +86,8 @@ def request(port: int, method: str, path: str,
 def test_the_page_says_key_limit_and_installers(site: dict, server: Running) -> None:
     status, headers, body = get(server.port, "/")
     assert status == 200 and headers["Content-Type"].startswith("text/html")
+    # No script may run, nothing may load (the browser test sees the inline CSS apply).
+    assert headers["Content-Security-Policy"].startswith("default-src 'none'; ")
     page = html.unescape(body.decode())
     public = signing.parse_public_key(site["public"])
     assert "page-key-1" in page and site["public"] in page and fingerprint(public) in page
