@@ -260,8 +260,11 @@ def _result(site: Site, url: str, prefix: str) -> str:
         lines = install_lines(url, offered, site.keys, prefix)
         nix_conf = lines.nix_conf
         if lines.verify:
-            parts.append("<p>Check it, then install (the verifier runs the installer only "
-                         "if the publisher's key signed it):</p>")
+            parts.append("<p>Check it, then install: <code>nix-prefix-verify</code> runs "
+                         "the installer only if the publisher's key signed it (get the "
+                         "verifier once, through a channel you trust: "
+                         "<code>pip install nix-prefix</code>, or the one file from a "
+                         "machine you trust; not from this server).</p>")
             parts.append(_pre(lines.verify, "verify-" + offered.name))
             parts.append("<p>Or without the verifier (the installer checks the signature "
                          "itself before it writes anything):</p>")

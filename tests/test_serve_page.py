@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -423,41 +424,72 @@ def _bin_dir(directory: Path) -> Path:
     return directory
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as an unprivileged user")
-def test_the_shown_line_installs_and_then_substitutes_from_the_server(
-        world_dir: Path) -> None:
-    """As uid 65534: the one-liner the page shows for a prefix installs the offered
-    installer (a self-contained Nix) there, and that Nix, which may not build
-    (--max-jobs 0), fetches from the same server a path the installer did not hold."""
+def _verifier(directory: Path) -> Path | None:
+    """The one-file standalone verifier (``nix-prefix verifier -o FILE``) written into
+    DIRECTORY as the page's line names it, or None where this nix-prefix has none yet."""
+    try:
+        from nix_prefix.builder.bundles import write_verifier
+    except ImportError:
+        return None
+    out = directory / "nix-prefix-verify"
+    write_verifier(out)
+    out.chmod(0o644)
+    return out
+
+
+@pytest.fixture(scope="module")
+def nix_world() -> Iterator[dict]:
+    """A self-contained Nix in a signed installer, built at a long prefix, and a program
+    it does not hold (both served), in a dir uid 65534 can reach."""
     from nix_prefix.builder.localnix import LocalNix
     from nix_prefix.builder.samples import build_nix_closure, build_small_closure
 
+    from .conftest import reachable_dir
+    from .support import script_package
+
+    with reachable_dir("np-page-") as base:
+        nix = LocalNix(base / "a-long-build-prefix-for-the-page-end-to-end")
+        roots = [build_nix_closure(nix), *build_small_closure(nix)]
+        info = nix.write_closure_info(roots, base / "closure-info")
+        sec, pub = base / "publisher.sec", base / "publisher.pub"
+        nix.run("nix-store", ["--generate-binary-cache-key", "publisher-1", str(sec),
+                              str(pub)])
+        installer = base / "nix-installer.sh"
+        build_installer(read_closure(info), installer,
+                        BuildOptions(level=0, sign_keys=[load_secret_key(sec)]))
+        # What the installer does not hold and the server does: a program built here.
+        expr = base / "extra.nix"
+        expr.write_text(script_package("served-hello", "served-hello",
+                                       "fetched from the server"))
+        extra = nix.run("nix-build", ["--no-out-link", str(expr)]).stdout.decode().strip()
+        yield {"base": base, "installer": installer, "sec": sec,
+               "key": pub.read_text().strip(), "extra": extra,
+               "extra_info": nix.write_closure_info([extra], base / "extra-info")}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as an unprivileged user")
+@pytest.mark.parametrize("kind", ["plain", "verify"])
+def test_the_shown_line_installs_and_then_substitutes_from_the_server(
+        nix_world: dict, kind: str) -> None:
+    """As uid 65534: the one-liner the page shows for a prefix (plain curl | sh, or
+    through the standalone verifier) installs the offered installer (a self-contained
+    Nix) there, and that Nix, which may not build (--max-jobs 0), fetches from the
+    same server a path the installer did not hold."""
     from .conftest import NOBODY
-    from .support import as_user, script_package
+    from .support import as_user
     from .test_serve import serving
 
-    nix = LocalNix(world_dir / "a-long-build-prefix-for-the-page-end-to-end")
-    roots = [build_nix_closure(nix), *build_small_closure(nix)]
-    info = nix.write_closure_info(roots, world_dir / "closure-info")
-    sec, pub = world_dir / "publisher.sec", world_dir / "publisher.pub"
-    nix.run("nix-store", ["--generate-binary-cache-key", "publisher-1", str(sec), str(pub)])
-    installer = world_dir / "nix-installer.sh"
-    build_installer(read_closure(info), installer,
-                    BuildOptions(level=0, sign_keys=[load_secret_key(sec)]))
-    # What the installer does not hold and the server does: a program built here.
-    expr = world_dir / "extra.nix"
-    expr.write_text(script_package("served-hello", "served-hello", "fetched from the server"))
-    extra = nix.run("nix-build", ["--no-out-link", str(expr)]).stdout.decode().strip()
-    extra_info = nix.write_closure_info([extra], world_dir / "extra-info")
-    key = pub.read_text().strip()
-
-    home = world_dir / "home"
+    base, key = nix_world["base"], nix_world["key"]
+    home = base / f"home-{kind}"
     home.mkdir()
     os.chown(home, NOBODY, NOBODY)
-    env = {"PATH": str(_bin_dir(world_dir / "bin")), "HOME": str(home), "USER": "nobody"}
-    with serving(str(installer), str(extra_info), "--sign-key", str(sec),
-                 "--installer", str(installer)) as url:
+    if kind == "verify" and _verifier(home) is None:
+        pytest.skip("this nix-prefix has no standalone verifier (nix-prefix verifier) yet")
+    env = {"PATH": str(_bin_dir(base / f"bin-{kind}")), "HOME": str(home), "USER": "nobody"}
+    installer, extra = nix_world["installer"], nix_world["extra"]
+    with serving(str(installer), str(nix_world["extra_info"]), "--sign-key",
+                 str(nix_world["sec"]), "--installer", str(installer)) as url:
         prefix = home / ".nix"
         port = int(url.rpartition(":")[2])
         status, _, body = get(port, f"/?prefix={prefix}")
@@ -466,10 +498,12 @@ def test_the_shown_line_installs_and_then_substitutes_from_the_server(
         version = subprocess.run(["nix-store", "--version"], capture_output=True, text=True,
                                  check=True).stdout.split()[-1]
         assert f"<td>{version}</td>" in page  # the Nix the installer sets up
-        line = text_of(body, "plain-nix-installer")
-        assert line == (f"curl -fsSL {url}/installers/nix-installer.sh | sh -s -- "
-                        f"--trusted-key {key} -y -p {prefix} --substituter "
-                        f"{url}{prefix}/store")
+        fetch = f"curl -fsSL {url}/installers/nix-installer.sh | "
+        install = f"-y -p {prefix} --substituter {url}{prefix}/store"
+        line = text_of(body, f"{kind}-nix-installer")
+        assert line == (f"{fetch}sh -s -- --trusted-key {key} {install}" if kind == "plain"
+                        else f"{fetch}python3 nix-prefix-verify --trusted-key {key} --run -- "
+                             f"{install} --trusted-key {key}")
         done = subprocess.run([*as_user(NOBODY), "/bin/sh", "-c", line], env=env, cwd=home,
                               capture_output=True, text=True, timeout=900, check=False)
         assert done.returncode == 0, done.stderr
