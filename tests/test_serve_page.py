@@ -192,6 +192,10 @@ HOSTILE_QUERIES = [
     ("prefix=%2F", 400, ""),
     ("prefix=%2Fa%2F%2E%2E", 400, ""),  # /a/.. is /
     ("prefix=", 400, ""),
+    ("prefix=%", 400, ""),
+    ("prefix", 400, ""),  # no value: as prefix= is
+    ("prefix=%2F%2F", 400, ""),
+    ("&&prefix=%2Fhome%2F%3Cb%3E&&", 400, "<b>"),
 ]
 
 
@@ -223,6 +227,9 @@ def test_a_bad_prefix_is_said_on_the_page_escaped(server: Running, query: str, s
     "/installers/signed.sh%00",
     "/installers/",
     "/installers/signed.sh/x",
+    "/installers/%ff.sh",
+    "/?%ff=1",
+    "/?pre%66ix=%2Fa",
 ])
 def test_hostile_requests_get_a_4xx_and_one_line(server: Running, path: str) -> None:
     status, headers, body = get(server.port, path)
