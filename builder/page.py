@@ -262,9 +262,9 @@ def _result(site: Site, url: str, prefix: str) -> str:
         if lines.verify:
             parts.append("<p>Check it, then install: <code>nix-prefix-verify</code> runs "
                          "the installer only if the publisher's key signed it (get the "
-                         "verifier once, through a channel you trust: "
-                         "<code>pip install nix-prefix</code>, or the one file from a "
-                         "machine you trust; not from this server).</p>")
+                         "verifier once, through a channel you trust: pip, a distribution "
+                         "package, or its one file copied from a machine you trust; not "
+                         "from this server).</p>")
             parts.append(_pre(lines.verify, "verify-" + offered.name))
             parts.append("<p>Or without the verifier (the installer checks the signature "
                          "itself before it writes anything):</p>")
@@ -300,9 +300,9 @@ def _installers(site: Site) -> str:
         signed = ("signed by " + ", ".join(_e(k.name) for k in o.signed_by)
                   if o.signed_by else '<span class="problem">unsigned</span>')
         rows.append(
-            f'<tr><td><a href="/installers/{_e(o.file_name)}" download>{_e(o.file_name)}</a>'
-            f"</td><td>{_e(o.nix_version) or '&mdash;'}</td>"
-            f'<td title="{o.size} bytes">{_e(human_size(o.size))}</td>'
+            f'<tr><td class="nowrap"><a href="/installers/{_e(o.file_name)}" download>'
+            f"{_e(o.file_name)}</a></td><td class=\"nowrap\">{_e(o.nix_version) or '&mdash;'}"
+            f'</td><td class="nowrap" title="{o.size} bytes">{_e(human_size(o.size))}</td>'
             f'<td class="hash"><code>{_e(o.sha256)}</code></td><td>{signed}</td></tr>')
     return ('<section id="installers"><h2>Installers</h2><div class="scroll"><table>'
             "<thead><tr><th>file</th><th>Nix</th><th>size</th><th>sha256</th>"
@@ -368,6 +368,7 @@ table{border-collapse:collapse;width:100%;font-size:.92rem}
 th,td{text-align:left;padding:.35rem .6rem .35rem 0;border-bottom:1px solid var(--line);
 vertical-align:top}
 td.hash code{font-size:.75rem;word-break:break-all}
+td.nowrap{white-space:nowrap}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.25rem 1rem;margin:0}
 dt{color:var(--muted)}
 dd{margin:0}

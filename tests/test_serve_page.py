@@ -504,7 +504,7 @@ def test_the_shown_line_installs_and_then_substitutes_from_the_server(
         page = html.unescape(body.decode())
         version = subprocess.run(["nix-store", "--version"], capture_output=True, text=True,
                                  check=True).stdout.split()[-1]
-        assert f"<td>{version}</td>" in page  # the Nix the installer sets up
+        assert f">{version}</td>" in page  # the Nix the installer sets up, in its row
         fetch = f"curl -fsSL {url}/installers/nix-installer.sh | "
         install = f"-y -p {prefix} --substituter {url}{prefix}/store"
         line = text_of(body, f"{kind}-nix-installer")
