@@ -295,6 +295,35 @@ def test_an_installer_to_a_client_that_does_not_read_holds_a_piece_only(
         one.close()
 
 
+def test_an_installer_replaced_or_changed_on_disk(site: dict, tmp_path: Path) -> None:
+    """A file renamed over the offered one changes nothing the URL serves (the file
+    opened at start is sent, under its sha256); one changed in place is a 500 and one
+    line, never other bytes under the old ETag."""
+    offered_file = tmp_path / "offered.sh"
+    shutil.copy(site["signed"], offered_file)
+    data = offered_file.read_bytes()
+    first = load_all([offered_file])["offered"]
+    try:
+        with running(site["master"], installers=[first]) as r:
+            newer = tmp_path / "newer.sh"
+            shutil.copy(site["unsigned"], newer)
+            os.rename(newer, offered_file)
+            status, headers, body = get(r.port, "/installers/offered.sh")
+            assert status == 200 and body == data
+            assert headers["ETag"] == f'"{hashlib.sha256(data).hexdigest()}"'
+    finally:
+        first.close()
+    second = load_all([offered_file])["offered"]
+    try:
+        with running(site["master"], installers=[second]) as r:
+            with open(offered_file, "ab") as f:  # changed in place (here: longer)
+                f.write(b"#")
+            status, _, body = get(r.port, "/installers/offered.sh")
+            assert status == 500 and body.count(b"\n") == 1 and b"Traceback" not in body
+    finally:
+        second.close()
+
+
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     code = "from nix_prefix.builder.cli import main; main()"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
