@@ -334,6 +334,7 @@ class Manifest(object):
                 if r not in names:
                     raise ManifestError("%s references %s, which is not in the closure"
                                         % (p.name, r))
+        _refuse_cycle(paths)
         roots = [_base_name(r) for r in doc["roots"]]
         for r in roots:
             if r not in names:
@@ -375,6 +376,16 @@ class Manifest(object):
         if sum(c.size for c in chunks) != manifest.payload_size:
             raise ManifestError("payload size does not match the sum of the chunk sizes")
         return manifest
+
+
+def _refuse_cycle(paths):
+    # type: (List[PathEntry]) -> None
+    """References that loop (but for a path's own) would fail at ``--load-db``, after
+    everything is unpacked: refused with the manifest (registration.find_cycle)."""
+    cycle = registration.find_cycle(dict((p.name, p.references) for p in paths))
+    if cycle:
+        raise ManifestError("the references of %d store paths form a cycle: %s"
+                            % (len(cycle) - 1, " -> ".join(cycle)))
 
 
 def has_derivations(paths):

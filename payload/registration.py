@@ -21,7 +21,7 @@ from . import hashes, storepath
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import Iterable, List, Tuple  # noqa: F401
+    from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple  # noqa: F401
 
 _DIGITS = re.compile(r"^[0-9]{1,20}\Z")
 _UINT64_MAX = (1 << 64) - 1
@@ -115,3 +115,34 @@ def format(infos):
                 str(len(info.references))]
         out += list(info.references)
     return "".join(line + "\n" for line in out)
+
+
+def find_cycle(references):
+    # type: (Dict[str, Sequence[str]]) -> Optional[List[str]]
+    """A reference cycle among the paths of ``references`` (name -> the names it
+    references), as ``[a, b, ..., a]``, or None.  A path referencing itself is no
+    cycle: ``LocalStore::registerValidPaths`` (src/libstore/local-store.cc) leaves them
+    out when it sorts the paths (``topoSort``, src/libutil/topo-sort.hh), and fails any
+    other cycle with "cycle detected", at ``--load-db`` time.  Names not in ``references`` are
+    skipped.  Iterative depth-first search: linear, and no recursion limit."""
+    done = set()  # type: Set[str]
+    for start in sorted(references):
+        if start in done:
+            continue
+        stack = [(start, iter(references[start]))]  # type: List[Tuple[str, Iterator[str]]]
+        on_path = {start: 0}  # name -> its index in stack
+        while stack:
+            name, refs = stack[-1]
+            for ref in refs:
+                if ref == name or ref in done or ref not in references:
+                    continue
+                if ref in on_path:
+                    return [n for n, _ in stack[on_path[ref]:]] + [ref]
+                on_path[ref] = len(stack)
+                stack.append((ref, iter(references[ref])))
+                break
+            else:
+                stack.pop()
+                del on_path[name]
+                done.add(name)
+    return None
