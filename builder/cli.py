@@ -9,6 +9,7 @@ code, and the traceback only with ``--debug``.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -25,7 +26,7 @@ from ..payload import __version__, codecs, publisher, signing
 from ..payload.container import CorruptInstaller
 from ..payload.machine import human_size
 from ..payload.manifest import Manifest
-from .errors import BuildError, UsageError
+from .errors import BuildError, Terminated, UsageError
 from .localnix import NixCommandError, store_nix
 from .pack import BuildOptions, BuildResult, build_installer, check_output
 from .signer import load_secret_keys
@@ -33,8 +34,9 @@ from .signer import load_secret_keys
 EXIT_CODES = """\
 Exit codes: 0 done; 1 failed (bad input, Nix failed, nothing written); 2 bad usage;
 3 the installer file is damaged, or not signed by a --trusted-key (verify, inspect);
-130 interrupted.
+130 interrupted (Ctrl-C); 143 stopped by SIGTERM, 129 by SIGHUP.
 """
+FETCH_PREFIX = ".nix-prefix-fetch-"  # + pid: build --from-cache's store beside -o
 
 app = typer.Typer(
     help="Turn a Nix store closure into one self-extracting installer that needs no root.",
@@ -74,6 +76,24 @@ FromCache = Annotated[str | None, typer.Option(
     help="take the ROOTs' closure from the Nix binary cache at URL (file://, http://, "
          "https://), every NAR verified, instead of a local store")]
 
+MaxPaths = Annotated[int, typer.Option(
+    "--max-paths", min=1, metavar="N",
+    help="with --from-cache: stop if the closure has more than N store paths")]
+MaxBytes = Annotated[int, typer.Option(
+    "--max-bytes", min=1, metavar="BYTES",
+    help="with --from-cache: stop if the closure's NARs add up to more than BYTES "
+         "(default 256 GiB)")]
+Deadline = Annotated[float, typer.Option(
+    "--deadline", min=1, metavar="SECONDS",
+    help="with --from-cache: stop if fetching takes longer than SECONDS in all "
+         "(default 6 hours; each request also has its own, see docs/caches.md)")]
+
+
+def _limits(max_paths: int, max_bytes: int, deadline: float):
+    from .fromcache import FetchLimits
+
+    return FetchLimits(max_paths=max_paths, max_bytes=max_bytes, deadline=deadline)
+
 
 @contextmanager
 def reporting(debug: bool) -> Iterator[None]:
@@ -82,6 +102,8 @@ def reporting(debug: bool) -> Iterator[None]:
         yield
     except (typer.Exit, typer.Abort):
         raise
+    except Terminated as e:
+        _error(f"stopped by {e}; nothing half-written is left", 128 + e.signum, debug)
     except KeyboardInterrupt:
         _error("interrupted; nothing half-written is left", 130, debug)
     except (BuildError, CorruptInstaller) as e:
@@ -134,6 +156,9 @@ def closure(
     store_dir: StoreDir = None,
     from_cache: FromCache = None,
     trusted_key: TrustedKeys = None,
+    max_paths: MaxPaths = 50_000,
+    max_bytes: MaxBytes = 256 << 30,
+    deadline: Deadline = 6 * 3600.0,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -153,7 +178,8 @@ def closure(
             from .fromcache import write_closure_dir
 
             with _bar("fetching and verifying", None, quiet) as bar:
-                closure = write_closure_dir(from_cache, roots, output, keys, say, bar.update)
+                closure = write_closure_dir(from_cache, roots, output, keys, say, bar.update,
+                                            _limits(max_paths, max_bytes, deadline))
         else:
             nix = store_nix(store_dir)
             write_closure_info(nix, roots, output)
@@ -218,6 +244,9 @@ def build(
                                   "closure, 8 to 64 MiB); smaller chunks spread over more "
                                   "threads, larger ones compress a little better")] = None,
     sign_key: SignKey = None,
+    max_paths: MaxPaths = 50_000,
+    max_bytes: MaxBytes = 256 << 30,
+    deadline: Deadline = 6 * 3600.0,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -251,15 +280,19 @@ def build(
                              "--with-derivations")
         if from_cache is not None:
             from .fromcache import fetch_closure
+            from .leftovers import remove_stale
 
             if not sources:
                 raise UsageError("--from-cache needs at least one store path",
                                  "nix-prefix build --from-cache URL /prefix/store/HASH-NAME")
+            beside = output.resolve().parent
+            remove_stale(beside, FETCH_PREFIX)  # of runs that were killed
             fetched = stack.enter_context(tempfile.TemporaryDirectory(
-                prefix=".nix-prefix-fetch-", dir=output.resolve().parent))
+                prefix=f"{FETCH_PREFIX}{os.getpid()}-", dir=beside))
             with _bar("fetching and verifying", None, quiet) as bar:
-                fetched_closure, fetched_roots = fetch_closure(from_cache, sources, Path(fetched),
-                                                               keys, say, bar.update)
+                fetched_closure, fetched_roots = fetch_closure(
+                    from_cache, sources, Path(fetched), keys, say, bar.update,
+                    _limits(max_paths, max_bytes, deadline))
             source = inputs.Input(fetched_closure, fetched_roots)
             store_root_used = Path(fetched)
         elif file is not None:
@@ -529,6 +562,8 @@ def cache_summary(result, output: Path, seconds: float) -> list[str]:
         f"wrote {output}: {len(result.written)} store paths added "
         f"({human_size(result.nar_size)} NAR -> {human_size(result.file_size)}, "
         f"{ratio:.1%}), {len(result.present)} already there, in {seconds:.1f} s",
+        *([f"  {len(result.signed)} store paths that were there without a signature by "
+           "every --sign-key were written again, signed"] if result.signed else []),
         f"  a binary cache for {result.store_dir} ({how})",
         f"use it with: substituters = file://{output.resolve()} (or the URL you serve "
         "it at), in the prefix's nix.conf",
@@ -660,4 +695,14 @@ def _main(
 
 
 def main() -> None:
+    # SIGTERM (timeout, systemd, kill) and SIGHUP end a run as Ctrl-C does: every
+    # temporary removed on the way out, one line, exit 128 + the signal.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop)
     app()
+
+
+def _stop(signum: int, frame: object) -> None:
+    for ignored in (signal.SIGTERM, signal.SIGHUP):  # a second one must not cut the cleanup
+        signal.signal(ignored, signal.SIG_IGN)
+    raise Terminated(signum)

@@ -22,3 +22,17 @@ class UsageError(BuildError):
     """The command line asks for something impossible (exit code 2, like a typo)."""
 
     exit_code = 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread: cleaned up after as a Ctrl-C is
+    (every ``except KeyboardInterrupt`` and ``finally`` runs), then exit 128 + signum."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        import signal
+
+        return signal.Signals(self.signum).name

@@ -11,6 +11,12 @@ FileHash and FileSize, then its NarHash and NarSize (substitution-goal.cc,
 that verifies under one of them first (``ValidPathInfo::checkSignatures``;
 the keys and signatures are payload/signing.py's).
 The paths are unpacked under a directory of the caller's, as a store root.
+
+A cache is not trusted to end: the walk stops at ``FetchLimits`` (paths, NAR
+bytes, seconds in all and per request), the free space is checked against the
+announced NarSizes before any NAR is fetched, nothing is read past a file's
+announced size, and redirects go from http(s) to http(s) only
+(docs/reliability.md lists each bound and what happens when it is hit).
 """
 
 from __future__ import annotations
@@ -19,26 +25,112 @@ import bz2
 import hashlib
 import os
 import shutil
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from ..payload import codecs, hashes, nar, narinfo, registration, storepath
+from ..payload.machine import human_size
 from ..payload.registration import ValidPathInfo
 from ..payload.signing import PublicKey
 from ..payload.tree import Count, Sink, Tee
-from .closure_info import Closure
+from .closure_info import Closure, check_acyclic
 from .errors import BuildError
+from .leftovers import remove_stale
 
 TIMEOUT = 60  # seconds without a byte before a request is given up
 MAX_CACHE_INFO = 64 << 10
+MAX_REDIRECTS = 10
 _READ = 1 << 20
 # Nix treats these as "no such file" (http-binary-cache-store.cc, getFile).
 _ABSENT = (404, 403)
+MORE_HINT = "raise it if the closure really is that big, or check the cache"
 
+
+@dataclass(frozen=True)
+class FetchLimits:
+    """How far a fetch goes before it stops with one line naming the bound: a cache
+    may name paths without end, announce any size, and drip its bytes."""
+
+    max_paths: int = 50_000  # store paths in the closure (--max-paths)
+    max_bytes: int = 256 << 30  # their NarSizes added up (--max-bytes)
+    deadline: float = 6 * 3600  # seconds for the whole fetch (--deadline)
+    # Each request: this long, plus a second per min_rate bytes it announces (a NAR
+    # arriving slower than that on average is given up).
+    request_seconds: float = 120
+    min_rate: int = 64 << 10
+
+
+class _Clock:
+    """The fetch's deadline, and each request's."""
+
+    def __init__(self, limits: FetchLimits) -> None:
+        self.limits = limits
+        self.started = time.monotonic()
+        self.end = self.started + limits.deadline
+
+    def request(self, size: int = 0) -> tuple[float, str]:
+        """When a request announcing ``size`` bytes must be done, and the bound that says so."""
+        own = (time.monotonic() + self.limits.request_seconds
+               + size / max(self.limits.min_rate, 1))
+        if own < self.end:
+            return own, (f"a request may take {self.limits.request_seconds:g} s plus a second "
+                         f"per {human_size(self.limits.min_rate)} it announces")
+        return self.end, f"--deadline {self.limits.deadline:g} s, for the whole fetch"
+
+
+class _Timed:
+    """A response read against its deadline: a read returns what has arrived (never
+    waits to fill a buffer, which a drip would make last for ever) and no read starts
+    after the deadline.  A read waits at most ``TIMEOUT`` s for its first byte."""
+
+    def __init__(self, f, end: float, bound: str, where: str) -> None:
+        self._f = f
+        self._read = getattr(f, "read1", f.read)
+        self._end = end
+        self._bound = bound
+        self._where = where
+
+    def read(self, n: int = -1) -> bytes:
+        if time.monotonic() > self._end:
+            raise too_slow(self._where, self._bound)
+        return self._read(n if n and n > 0 else _READ)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def too_slow(where: str, bound: str) -> BuildError:
+    """The one line for a deadline hit: which, and what to do."""
+    return BuildError(f"{where}: stopped: too slow ({bound})",
+                      "raise --deadline, or try again" if bound.startswith("--deadline")
+                      else "the cache or the network is too slow; try again, or another "
+                           "mirror")
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """Redirects from http(s) to http(s) only (urllib also follows them to ftp://)."""
+
+    max_redirections = MAX_REDIRECTS
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urllib.parse.urlparse(newurl).scheme not in ("http", "https"):
+            fp.close()
+            raise BuildError(f"{req.full_url} redirects to {newurl}, which is not http(s)",
+                             "a binary cache redirects to http:// or https:// only")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_Redirects)
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
 
 
 def signature_problem(info: narinfo.NarInfo, keys: Sequence[PublicKey]) -> str | None:
@@ -54,7 +146,7 @@ def signature_problem(info: narinfo.NarInfo, keys: Sequence[PublicKey]) -> str |
 class BinaryCache:
     """A binary cache at a ``file://``, ``http://`` or ``https://`` URL (read only)."""
 
-    def __init__(self, url: str, timeout: float = TIMEOUT) -> None:
+    def __init__(self, url: str, limits: FetchLimits | None = None) -> None:
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme not in ("file", "http", "https") or (
                 parsed.scheme != "file" and not parsed.netloc):
@@ -66,47 +158,64 @@ class BinaryCache:
         self.url = url.rstrip("/")
         self._file_root = Path(urllib.parse.unquote(parsed.path)) \
             if parsed.scheme == "file" else None
-        self._timeout = timeout
+        self.clock = _Clock(limits or FetchLimits())
 
-    def _open(self, rel: str):
-        """A binary file object for ``rel``, or None when the cache does not have it."""
+    def _open(self, rel: str, size: int = 0) -> _Timed | None:
+        """A binary file object for ``rel`` (announced to hold about ``size`` bytes), read
+        against its deadline, or None when the cache does not have it."""
+        end, bound = self.clock.request(size)
+        where = f"{self.url}/{rel}"
         if self._file_root is not None:
             try:
-                return open(self._file_root / rel, "rb")  # the caller closes it
+                f = open(self._file_root / rel, "rb")  # the caller closes it
             except FileNotFoundError:
                 return None
             except OSError as e:
-                raise BuildError(f"cannot read {self.url}/{rel}: {e.strerror}") from None
-        request = urllib.request.Request(f"{self.url}/{rel}",
-                                         headers={"User-Agent": "nix-prefix"})
+                raise BuildError(f"cannot read {where}: {e.strerror}") from None
+            return _Timed(f, end, bound, where)
+        request = urllib.request.Request(where, headers={"User-Agent": "nix-prefix"})
+        if time.monotonic() > end:
+            raise too_slow(where, bound)
         try:
-            return urllib.request.urlopen(request, timeout=self._timeout)
+            # The socket's own timeout: no wait for a byte outlasts the deadline by much.
+            f = _OPENER.open(request, timeout=max(1.0, min(TIMEOUT, end - time.monotonic())))
         except urllib.error.HTTPError as e:
             e.close()
+            final = e.filename or where
             if e.code in _ABSENT:
                 return None
-            raise BuildError(f"{self.url}/{rel}: HTTP {e.code} {e.reason}",
+            if 300 <= e.code < 400:  # urllib gives up: a loop, too many, or no Location
+                raise BuildError(f"{final}: HTTP {e.code}, and no redirect from it followed "
+                                 f"(a loop, more than {MAX_REDIRECTS}, or no new location)",
+                                 "check the cache URL and the server's redirects") from None
+            raise BuildError(f"{final}: HTTP {e.code} {_one_line(e.reason)}",
                              "check the cache URL and that its server is up") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise BuildError(f"cannot reach {self.url}/{rel}: {reason}",
+            raise BuildError(f"cannot reach {where}: {_one_line(reason)}",
                              "check the cache URL and that its server is up") from None
+        return _Timed(f, end, bound, f.geturl())
 
     def get(self, rel: str, limit: int) -> bytes | None:
         """The whole of a small file, at most ``limit`` bytes, or None if absent."""
-        f = self._open(rel)
+        f = self._open(rel, limit)
         if f is None:
             return None
+        data = bytearray()
         try:
-            data = f.read(limit + 1)
+            while len(data) <= limit:
+                piece = f.read(limit + 1 - len(data))
+                if not piece:
+                    break
+                data += piece
         except OSError as e:
-            raise BuildError(f"cannot read {self.url}/{rel}: {e}") from None
+            raise BuildError(f"cannot read {self.url}/{rel}: {_one_line(e)}") from None
         finally:
             f.close()
         if len(data) > limit:
             raise BuildError(f"{self.url}/{rel} is larger than {limit} bytes",
                              "this is not a Nix binary cache file")
-        return data
+        return bytes(data)
 
     def store_dir(self) -> str:
         """The StoreDir its ``nix-cache-info`` names."""
@@ -141,11 +250,17 @@ class BinaryCache:
         """Stream the NAR of ``info`` into ``sink``, checking FileHash, FileSize,
         NarHash and NarSize; raise BuildError naming the first that does not match."""
         where = f"{self.url}/{info.url}"
-        raw = self._open(info.url)
+        raw = self._open(info.url, info.file_size or info.nar_size)
         if raw is None:
             raise BuildError(f"{where} (the NAR of {info.store_path}) is missing",
                              "the cache is incomplete; ask its publisher")
-        counted = _Counting(raw, info.file_size + 1 if info.file_size else None, where)
+        # Never read past what the narinfo announces: its FileSize, or without one, what
+        # a NAR of its NarSize compresses to at worst (xz, zstd and bzip2 add well
+        # under an eighth to data that does not compress).
+        limit = info.file_size or (info.nar_size if info.compression == "none" else
+                                   info.nar_size + info.nar_size // 8 + (1 << 20))
+        counted = _Counting(raw, limit, "its FileSize" if info.file_size else "its NarSize",
+                            where)
         try:
             stream = _decoder(info.compression, counted, where)
             nar_reader = _Limited(stream.read, info.nar_size, where)
@@ -158,7 +273,8 @@ class BinaryCache:
             except codecs.CorruptData as e:
                 raise BuildError(f"{where}: cannot decompress it ({e})",
                                  "the cache is damaged; ask its publisher") from None
-            counted.drain()
+            if info.file_size:  # the rest is hashed too (FileHash); else nothing more is read
+                counted.drain()
         finally:
             raw.close()
         got = hashes.format_sha256(hasher.digest())
@@ -167,31 +283,37 @@ class BinaryCache:
                              f"{hasher.size} bytes; its narinfo says {info.nar_hash}, "
                              f"{info.nar_size} bytes)",
                              "the cache is damaged or was tampered with; nothing was written")
-        if info.file_hash and (hashes.format_sha256(counted.sha256.digest()) != info.file_hash
+        if info.file_hash and info.file_size and (
+                hashes.format_sha256(counted.sha256.digest()) != info.file_hash
                                or counted.size != info.file_size):
             raise BuildError(f"{where} does not match the FileHash/FileSize of its narinfo",
                              "the cache is damaged; ask its publisher")
 
 
 class _Counting:
-    """A raw download: counts and hashes the bytes, refuses more than ``limit``."""
+    """A raw download: counts and hashes the bytes, refuses more than ``limit`` (what
+    ``announced`` in its narinfo allows)."""
 
-    def __init__(self, f, limit: int | None, where: str) -> None:
+    def __init__(self, f: _Timed, limit: int, announced: str, where: str) -> None:
         self._f = f
         self._limit = limit
+        self._announced = announced
         self._where = where
         self.sha256 = hashlib.sha256()
         self.size = 0
 
     def read(self, n: int = -1) -> bytes:
+        # One byte past the limit tells a longer file from one of exactly that size.
+        want = min(n if n and n > 0 else _READ, self._limit + 1 - self.size)
         try:
-            data = self._f.read(n if n and n > 0 else _READ)
+            data = self._f.read(max(want, 1))
         except OSError as e:
-            raise BuildError(f"cannot read {self._where}: {e}") from None
+            raise BuildError(f"cannot read {self._where}: {_one_line(e)}") from None
         self.sha256.update(data)
         self.size += len(data)
-        if self._limit is not None and self.size > self._limit:
-            raise BuildError(f"{self._where} is longer than the FileSize of its narinfo",
+        if self.size > self._limit:
+            raise BuildError(f"{self._where} is longer than {self._announced} in its narinfo "
+                             f"allows ({self._limit} bytes); nothing more was read",
                              "the cache is damaged; ask its publisher")
         return data
 
@@ -284,33 +406,26 @@ class _DiskWriter(Sink):
 def fetch_closure(url: str, roots: Sequence[str], dest: Path,
                   trusted_keys: Sequence[PublicKey] = (),
                   say: Callable[[str], object] = print,
-                  progress: Callable[[int], object] | None = None) -> tuple[Closure, list[str]]:
+                  progress: Callable[[int], object] | None = None,
+                  limits: FetchLimits | None = None) -> tuple[Closure, list[str]]:
     """Fetch the closure of ``roots`` from the cache at ``url`` into ``dest`` (a new,
-    empty directory: ``dest/<hash>-<name>`` for each path); return it and its roots."""
-    cache = BinaryCache(url)
+    empty directory: ``dest/<hash>-<name>`` for each path); return it and its roots.
+    Stops with one line at the first of ``limits`` a cache reaches."""
+    limits = limits or FetchLimits()
+    cache = BinaryCache(url, limits)
     store_dir = cache.store_dir()
     wanted = [_root_base(r, store_dir, url) for r in roots]
     if not wanted:
         raise BuildError("no store paths given", "name at least one root path in the cache")
-    infos: dict[str, narinfo.NarInfo] = {}
-    queue = list(wanted)
-    while queue:
-        base = queue.pop()
-        if base in infos:
-            continue
-        info = cache.path_info(store_dir, base)
-        if info is None:
-            why = "is not in the cache" if base in wanted else "(a reference) is missing"
-            raise BuildError(f"{store_dir}/{base} {why} at {url}",
-                             "name a store path the cache holds (its narinfo must exist)")
-        if trusted_keys:
-            problem = signature_problem(info, trusted_keys)
-            if problem:
-                raise BuildError(f"{info.store_path} from {url}: {problem}",
-                                 "trust the key the cache is signed with (--trusted-key)")
-        infos[base] = info
-        queue += [r for r in info.references if r not in infos]
-    total = sum(i.nar_size for i in infos.values())
+    infos = _walk(cache, store_dir, wanted, trusted_keys, limits)
+    closure = Closure(store_dir, [
+        ValidPathInfo(i.store_path, i.nar_hash, i.nar_size,
+                      f"{store_dir}/{i.deriver}" if i.deriver else "",
+                      tuple(f"{store_dir}/{r}" for r in i.references))
+        for _, i in sorted(infos.items(), key=lambda kv: kv[1].store_path)])
+    check_acyclic(closure.infos, url)
+    total = closure.total_nar_size
+    _check_space(dest, total)
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -327,12 +442,61 @@ def fetch_closure(url: str, roots: Sequence[str], dest: Path,
         except BaseException:
             _remove(target)
             raise
-    closure = Closure(store_dir, [
-        ValidPathInfo(i.store_path, i.nar_hash, i.nar_size,
-                      f"{store_dir}/{i.deriver}" if i.deriver else "",
-                      tuple(f"{store_dir}/{r}" for r in i.references))
-        for _, i in sorted(infos.items(), key=lambda kv: kv[1].store_path)])
     return closure, sorted(f"{store_dir}/{b}" for b in set(wanted))
+
+
+def _walk(cache: BinaryCache, store_dir: str, wanted: list[str],
+          trusted_keys: Sequence[PublicKey], limits: FetchLimits) -> dict[str, narinfo.NarInfo]:
+    """The narinfos of ``wanted`` and everything they reference, within ``limits``."""
+    url = cache.url
+    infos: dict[str, narinfo.NarInfo] = {}
+    # Every name met so far, once: a narinfo's references are these same strings.
+    named: dict[str, str] = {b: b for b in wanted}
+    queue = list(named)
+    total = 0
+    while queue:
+        base = queue.pop()
+        info = cache.path_info(store_dir, base)
+        if info is None:
+            why = "is not in the cache" if base in wanted else "(a reference) is missing"
+            raise BuildError(f"{store_dir}/{base} {why} at {url}",
+                             "name a store path the cache holds (its narinfo must exist)")
+        if trusted_keys:
+            problem = signature_problem(info, trusted_keys)
+            if problem:
+                raise BuildError(f"{info.store_path} from {url}: {problem}",
+                                 "trust the key the cache is signed with (--trusted-key)")
+        total += info.nar_size
+        if total > limits.max_bytes:
+            raise BuildError(f"stopped: the closure at {url} holds more than "
+                             f"{human_size(limits.max_bytes)} of NAR (--max-bytes "
+                             f"{limits.max_bytes}; {info.store_path} alone says NarSize "
+                             f"{info.nar_size})", MORE_HINT)
+        new = [r for r in info.references if r not in named]
+        named.update((r, r) for r in new)
+        info.references = [named[r] for r in info.references]
+        infos[base] = info
+        queue += new
+        if len(named) > limits.max_paths:
+            raise BuildError(f"stopped: the closure at {url} has more than {limits.max_paths} "
+                             f"store paths (--max-paths {limits.max_paths})", MORE_HINT)
+    return infos
+
+
+def _check_space(dest: Path, total: int) -> None:
+    """Refuse to start a fetch whose NARs (``total`` bytes unpacked, about the size of
+    the files written) cannot fit where they go."""
+    where = dest
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return  # nowhere to ask: the writes themselves will say it
+    if total > free:
+        raise BuildError(f"{where} has {human_size(free)} free, but the closure's NARs "
+                         f"announce {human_size(total)}; nothing was fetched",
+                         "free some space there, or fetch elsewhere")
 
 
 def _root_base(root: str, store_dir: str, url: str) -> str:
@@ -362,28 +526,38 @@ def _remove(path: Path) -> None:
 def write_closure_dir(url: str, roots: Sequence[str], out_dir: Path,
                       trusted_keys: Sequence[PublicKey] = (),
                       say: Callable[[str], object] = print,
-                      progress: Callable[[int], object] | None = None) -> Closure:
+                      progress: Callable[[int], object] | None = None,
+                      limits: FetchLimits | None = None) -> Closure:
     """``closure --from-cache``: a closureInfo dir (store-paths, registration,
     total-nar-size) with the fetched paths under ``out_dir/store``, which ``nix-prefix
     build OUT_DIR --store-root OUT_DIR/store`` packs.  The store appears whole or not
-    at all."""
+    at all, and an ``out_dir`` made for it goes again when it fails."""
     store = out_dir / "store"
     if store.exists():
         raise BuildError(f"{store} exists already", "write into a new directory")
+    made = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BuildError(f"cannot create {out_dir}: {e.strerror}") from None
+    remove_stale(out_dir, ".store.tmp-")  # of runs that were killed
     tmp = out_dir / f".store.tmp-{os.getpid()}"
-    _remove(tmp)
-    tmp.mkdir()
     try:
-        closure, _ = fetch_closure(url, roots, tmp, trusted_keys, say, progress)
+        tmp.mkdir()
+        closure, _ = fetch_closure(url, roots, tmp, trusted_keys, say, progress, limits)
         (out_dir / "store-paths").write_text("".join(i.path + "\n" for i in closure.infos))
         (out_dir / "registration").write_text(registration.format(closure.infos))
         (out_dir / "total-nar-size").write_text(f"{closure.total_nar_size}\n")
         os.rename(tmp, store)
     except BaseException:
         _remove(tmp)
+        for name in ("store-paths", "registration", "total-nar-size"):
+            if out_dir in made:
+                (out_dir / name).unlink(missing_ok=True)
+        for directory in made:  # innermost first; only if still empty
+            try:
+                directory.rmdir()
+            except OSError:
+                break
         raise
     return closure

@@ -33,6 +33,7 @@ from . import nixchoice
 from .closure_info import Closure
 from .compress import compressor, default_jobs
 from .errors import BuildError
+from .leftovers import remove_stale
 from .signer import KeySigner
 
 PREAMBLE_SH = Path(__file__).with_name("preamble.sh")
@@ -173,6 +174,7 @@ def write_installer_file(out: Path, manifest: Manifest, compression: str, level:
     (over its final NAR hash at the manifest's store dir) are signed.
     """
     check_output(out)
+    remove_stale(out.parent, f".{out.name}.tmp-")  # container.write_installer's, killed
     try:
         return container.write_installer(
             str(out), preamble(), container.embedded_code(), compression,
