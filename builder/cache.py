@@ -32,12 +32,12 @@ from pathlib import Path
 
 from ..payload import derivation, exact, hashes, nar, narinfo
 from ..payload import retarget as retargets
-from ..payload.machine import process_alive
 from ..payload.manifest import Manifest, PathEntry, has_derivations
 from ..payload.signing import SecretKey
 from ..payload.tree import Count, Filter, Sink
 from .compress import compressor, default_jobs
 from .errors import BuildError
+from .leftovers import remove_stale
 from .pack import same_length, thread_safe
 from .retarget import looks_like_installer, target_store_dir, with_installer
 from .signer import sign
@@ -69,6 +69,8 @@ class CacheResult:
     store_dir: str
     written: list[str] = field(default_factory=list)  # base names at the new store dir
     present: list[str] = field(default_factory=list)  # already in the cache, untouched
+    # There, but their narinfos not signed by every --sign-key: written again, signed.
+    signed: list[str] = field(default_factory=list)
     nar_size: int = 0  # NAR bytes written
     file_size: int = 0  # compressed bytes written
     exact: bool = False
@@ -223,6 +225,8 @@ class _CacheDir:
         self.result = CacheResult(store_dir)
         self._lock = threading.Lock()
         self._known: set[str] = set()  # base names with a good narinfo here
+        # Base names whose narinfo is good but for a signature by a --sign-key.
+        self._unsigned: dict[str, narinfo.NarInfo] = {}
         self._coming: set[str] = set()  # base names this run is writing
         self._pending: dict[str, narinfo.NarInfo] = {}  # narinfos waiting for others
         self._sinks: set[_NarSink] = set()
@@ -245,14 +249,14 @@ class _CacheDir:
                                  "write each prefix's cache into a directory of its own")
         else:
             self.write_atomic(info, narinfo.cache_info_text(self.store_dir).encode())
-        for tmp in [*self.root.glob(".tmp-*"), *(self.root / "nar").glob(".tmp-*")]:
-            pid = tmp.name.split("-")[1]
-            if not (pid.isdigit() and process_alive(int(pid))):
-                tmp.unlink(missing_ok=True)  # left by a run that was killed
+        for directory in (self.root, self.root / "nar"):
+            remove_stale(directory, ".tmp-")  # left by a run that was killed
 
     def has(self, base: str) -> bool:
-        """Whether ``base`` is already here: its narinfo parses and names it, and the NAR
-        file it points to has its FileSize."""
+        """Whether ``base`` is already here: its narinfo parses and names it, the NAR file
+        it points to has its FileSize, and it is signed by every ``--sign-key`` (a path
+        that is not is written again, signed: a Nix requiring signatures would not take
+        it, and the summary would say it is signed)."""
         if base in self._known:
             return True
         file = self.root / narinfo.narinfo_file(base)
@@ -260,6 +264,10 @@ class _CacheDir:
             info = narinfo.parse(file.read_text(), str(file), self.store_dir)
             good = info.name == base and (self.root / info.url).stat().st_size == info.file_size
         except (OSError, UnicodeDecodeError, narinfo.NarInfoError):
+            good = False
+        keys = [k.public_key for k in self.options.sign_keys]
+        if good and len(info.signed_by(keys)) < len(keys):
+            self._unsigned[base] = info
             good = False
         if good:
             self._known.add(base)
@@ -318,10 +326,17 @@ class _CacheDir:
                 target.deriver if target.deriver in self._coming or self.has(target.deriver)
                 else "", ca=target.ca() if target.ca else "")
             fingerprint = info.fingerprint()
-            info.sigs = sorted(str(sign(k, fingerprint)) for k in self.options.sign_keys)
-            self.result.written.append(target.new)
-            self.result.nar_size += nar_size
-            self.result.file_size += sink.file_size
+            sigs = {str(sign(k, fingerprint)) for k in self.options.sign_keys}
+            old = self._unsigned.pop(target.new, None)
+            if old is not None and old.fingerprint() == fingerprint:
+                sigs |= set(old.sigs)  # signed before by others, over the same facts
+            info.sigs = sorted(sigs)
+            if old is None:
+                self.result.written.append(target.new)
+                self.result.nar_size += nar_size
+                self.result.file_size += sink.file_size
+            else:
+                self.result.signed.append(target.new)
             self._pending[target.new] = info
             self._flush()
 
@@ -381,7 +396,8 @@ def _write_source(source: Source, cache: _CacheDir,
                                               else cache.options.compression,
                                               cache.options.level)
     source.replay(set(todo), open_path, jobs)
-    missing = sorted(set(t.new for t in todo.values()) - set(cache.result.written))
+    missing = sorted(set(t.new for t in todo.values()) - set(cache.result.written)
+                     - set(cache.result.signed))
     if missing:  # a path the source never sent whole: say so rather than leave it out
         raise BuildError(f"{cache.store_dir}/{missing[0]} (and {len(missing) - 1} more) did not "
                          "come out of the source", "report this, with the source")
