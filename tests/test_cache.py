@@ -356,6 +356,27 @@ def test_incremental_and_merged(world: dict) -> None:
         write_cache([world["installer"]], str(base / "qother"), cache, CacheOptions(level=1))
 
 
+def test_sign_key_over_an_unsigned_cache_signs_what_is_there(world: dict) -> None:
+    """A cache written unsigned, then again with --sign-key: every narinfo gets its
+    Sig (written again, atomically), and stock Nix with require-sigs takes them."""
+    base = world["base"]
+    q, cache = base / "qs", base / "cache-s"
+    first = write_cache([world["installer"]], str(q), cache, CacheOptions(level=1))
+    narinfos = sorted(cache.glob("*.narinfo"))
+    assert narinfos and not any("\nSig: " in f.read_text() for f in narinfos)
+    signed = cli("cache", str(world["installer"]), "-p", str(q), "-o", str(cache),
+                 "--level", "1", "--sign-key", str(base / "publisher.sec"))
+    assert signed.returncode == 0, signed.stderr
+    assert "0 store paths added" in signed.stderr and "0 already there" in signed.stderr
+    assert f"{len(first.written)} store paths that were there without a signature by every " \
+           "--sign-key were written again, signed" in signed.stderr
+    assert all("\nSig: publisher:" in f.read_text() for f in narinfos)
+    assert not list(cache.glob(".tmp-*")) and not list((cache / "nar").glob(".tmp-*"))
+    url = f"file://{cache}"
+    set_up_prefix(world, q, url, world["keys"]["publisher"])
+    assert_substitutes_everything(world, q, url)
+
+
 def test_a_longer_prefix_is_refused(world: dict) -> None:
     base = world["base"]
     long_prefix = base / ("x" * 80)
