@@ -10,7 +10,7 @@ cannot register is refused here, with the file and line named.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +69,7 @@ def read_closure(source: Path) -> Closure:
                 raise BuildError(
                     f"{reg_file}: {info.path} references {ref}, which is not in the closure",
                     "take the registration of the whole closure (nix-store -qR)")
-    check_acyclic(by_path.values(), str(reg_file))
+    check_acyclic({p: i.references for p, i in by_path.items()}, str(reg_file))
 
     if store_paths is not None:
         file, lines = store_paths
@@ -90,10 +90,11 @@ def read_closure(source: Path) -> Closure:
     return Closure(store_dirs[0], [by_path[p] for p in sorted(by_path)])
 
 
-def check_acyclic(infos: Iterable[ValidPathInfo], where: str) -> None:
-    """Refuse references that form a cycle (a path referencing itself is normal):
-    ``nix-store --load-db`` fails on one ("cycle detected"), at the end of an install."""
-    cycle = registration.find_cycle({i.path: i.references for i in infos})
+def check_acyclic(references: Mapping[str, Sequence[str]], where: str) -> None:
+    """Refuse ``references`` (store path -> the paths it references) that form a cycle
+    (a path referencing itself is normal): ``nix-store --load-db`` fails on one
+    ("cycle detected"), at the end of an install."""
+    cycle = registration.find_cycle(dict(references))
     if cycle:
         raise BuildError(f"{where}: the references of {len(cycle) - 1} store paths form a "
                          f"cycle, which Nix cannot register: {' -> '.join(cycle)}",

@@ -423,7 +423,7 @@ def fetch_closure(url: str, roots: Sequence[str], dest: Path,
                       f"{store_dir}/{i.deriver}" if i.deriver else "",
                       tuple(f"{store_dir}/{r}" for r in i.references))
         for _, i in sorted(infos.items(), key=lambda kv: kv[1].store_path)])
-    check_acyclic(closure.infos, url)
+    check_acyclic({i.path: i.references for i in closure.infos}, url)
     total = closure.total_nar_size
     _check_space(dest, total)
     try:

@@ -42,6 +42,7 @@ from ..payload.manifest import Manifest, PathEntry, has_derivations
 from ..payload.signing import SecretKey
 from ..payload.tree import Sink
 from .cache import RetargetedSource, TargetPath
+from .closure_info import check_acyclic
 from .compress import compressor
 from .errors import BuildError
 from .fromcache import BinaryCache
@@ -186,6 +187,8 @@ class _Cache:
             raise BuildError(f"{path} lacks {store_dir}/{missing[0]} (and "
                              f"{len(missing) - 1} more), which its paths refer to",
                              "serve a cache that holds whole closures")
+        check_acyclic({i.store_path: [f"{store_dir}/{r}" for r in i.references]
+                       for i in self._infos.values()}, str(path))
         entries = [PathEntry(i.name, i.nar_hash, i.nar_size, i.references,
                              i.deriver if i.deriver in self._infos else "")
                    for i in self._infos.values()]

@@ -28,6 +28,7 @@ from nix_prefix.builder.closure_info import read_closure
 from nix_prefix.builder.errors import BuildError
 from nix_prefix.builder.fromcache import FetchLimits, fetch_closure, write_closure_dir
 from nix_prefix.builder.leftovers import remove_stale
+from nix_prefix.builder.master import Master, ServeOptions
 from nix_prefix.builder.pack import preamble_sha256, write_installer_file
 from nix_prefix.payload import hashes, nar, narinfo, nix32, registration
 from nix_prefix.payload.machine import host_system
@@ -351,6 +352,18 @@ def test_a_cache_whose_references_loop_is_refused(tmp_path: Path) -> None:
     assert "the references of 3 store paths form a cycle, which Nix cannot register: " \
         f"{STORE}/{C} -> {STORE}/{A} -> {STORE}/{B} -> {STORE}/{C}" in one_line(e)
     assert not any(r.startswith("/nar/") for r in cache.requests)
+
+
+def test_serve_refuses_a_cache_dir_whose_references_loop(tmp_path: Path) -> None:
+    (tmp_path / "nix-cache-info").write_text(f"StoreDir: {STORE}\n")
+    for name, refs in ((A, [A, B]), (B, [C]), (C, [A])):
+        data = nar_of(name.encode())
+        (tmp_path / f"{name[:32]}.narinfo").write_text(narinfo_text(name, data, refs=refs))
+        (tmp_path / "nar").mkdir(exist_ok=True)
+        (tmp_path / "nar" / f"{name}.nar").write_bytes(data)
+    with pytest.raises(BuildError) as e:
+        Master([tmp_path], ServeOptions())
+    assert "the references of 3 store paths form a cycle" in one_line(e)
 
 
 def _registration(refs: dict[str, list[str]]) -> str:
