@@ -27,6 +27,7 @@ from ..payload.container import CorruptInstaller
 from ..payload.machine import human_size
 from ..payload.manifest import Manifest
 from .errors import BuildError, Terminated, UsageError
+from .leftovers import remove_stale
 from .localnix import NixCommandError, store_nix
 from .pack import BuildOptions, BuildResult, build_installer, check_output
 from .signer import load_secret_keys
@@ -271,6 +272,7 @@ def build(
         if (attr or argstr) and file is None:
             raise UsageError("-A and --argstr go with -f FILE.nix")
         check_output(output)  # before any work: -o /dev/null is refused at once
+        remove_stale(output.resolve().parent, FETCH_PREFIX)  # of runs that were killed
         store_root_used = store_root
         # Read first too: a bad key file stops the build before any work.
         sign_keys = load_secret_keys(sign_key or [])
@@ -280,15 +282,12 @@ def build(
                              "--with-derivations")
         if from_cache is not None:
             from .fromcache import fetch_closure
-            from .leftovers import remove_stale
 
             if not sources:
                 raise UsageError("--from-cache needs at least one store path",
                                  "nix-prefix build --from-cache URL /prefix/store/HASH-NAME")
-            beside = output.resolve().parent
-            remove_stale(beside, FETCH_PREFIX)  # of runs that were killed
             fetched = stack.enter_context(tempfile.TemporaryDirectory(
-                prefix=f"{FETCH_PREFIX}{os.getpid()}-", dir=beside))
+                prefix=f"{FETCH_PREFIX}{os.getpid()}-", dir=output.resolve().parent))
             with _bar("fetching and verifying", None, quiet) as bar:
                 fetched_closure, fetched_roots = fetch_closure(
                     from_cache, sources, Path(fetched), keys, say, bar.update,

@@ -447,16 +447,22 @@ def test_sigterm_leaves_nothing_behind(tmp_path: Path, command: str) -> None:
     assert left == [] if command == "build" else not (tmp_path / "out").exists(), left
 
 
-def test_sigterm_while_writing_an_installer_leaves_no_temporary(tmp_path: Path) -> None:
-    """``build`` of a 24 MiB closure (random bytes: slow to compress), SIGTERM once its
-    ``.out.sh.tmp-PID`` is there: exit 143, one line, and the temporary gone."""
+def closure_dir(tmp_path: Path, contents: bytes) -> Path:
+    """``tmp_path/ci``: a closureInfo dir of one store path, a file of ``contents``."""
     store = tmp_path / "p" / "store"
     store.mkdir(parents=True)
-    (store / ROOT).write_bytes(os.urandom(24 << 20))
+    (store / ROOT).write_bytes(contents)
     digest, size = nar.hash_path(str(store / ROOT))
     (tmp_path / "ci").mkdir()
     (tmp_path / "ci" / "registration").write_text(registration.format(
         [ValidPathInfo(f"{store}/{ROOT}", hashes.format_sha256(digest), size, "", ())]))
+    return tmp_path / "ci"
+
+
+def test_sigterm_while_writing_an_installer_leaves_no_temporary(tmp_path: Path) -> None:
+    """``build`` of a 24 MiB closure (random bytes: slow to compress), SIGTERM once its
+    ``.out.sh.tmp-PID`` is there: exit 143, one line, and the temporary gone."""
+    closure_dir(tmp_path, os.urandom(24 << 20))
     out = tmp_path / "o"
     out.mkdir()
     code = "from nix_prefix.builder.cli import main; main()"
@@ -478,16 +484,26 @@ def test_sigterm_while_writing_an_installer_leaves_no_temporary(tmp_path: Path) 
 
 
 def test_later_runs_remove_the_temporaries_of_dead_runs(tmp_path: Path) -> None:
+    """What a SIGKILL left beside -o (a fetched store, a half-written installer) goes
+    with the next build there; a running build's (this pid's) and other names stay."""
+    out = tmp_path / "o"
+    out.mkdir()
     dead, alive = _dead_pid(), os.getpid()
     for pid in (dead, alive):
-        (tmp_path / f".nix-prefix-fetch-{pid}-abc").mkdir()
-        (tmp_path / f".nix-prefix-fetch-{pid}-abc" / "f").write_text("x")
-        (tmp_path / f".x.sh.tmp-{pid}").write_text("x")
-    (tmp_path / ".nix-prefix-fetch-mine").mkdir()  # no pid: not ours to judge
-    remove_stale(tmp_path, ".nix-prefix-fetch-")
-    remove_stale(tmp_path, ".x.sh.tmp-")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [f".nix-prefix-fetch-{alive}-abc", f".x.sh.tmp-{alive}", ".nix-prefix-fetch-mine"])
+        (out / f".nix-prefix-fetch-{pid}-abc").mkdir()
+        (out / f".nix-prefix-fetch-{pid}-abc" / "f").write_text("x")
+        (out / f".x.sh.tmp-{pid}").write_text("x")
+    (out / ".nix-prefix-fetch-mine").mkdir()  # no pid: not ours to judge
+    (out / ".x.sh.tmp-0").write_text("x")
+    code = "from nix_prefix.builder.cli import main; main()"
+    built = subprocess.run([sys.executable, "-c", code, "build", str(closure_dir(tmp_path, b"x")),
+                            "-o", str(out / "x.sh"), "-q", "--level", "0"],
+                           capture_output=True, text=True, check=False)
+    assert built.returncode == 0, built.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f".nix-prefix-fetch-{alive}-abc", f".x.sh.tmp-{alive}", ".nix-prefix-fetch-mine",
+         ".x.sh.tmp-0", "x.sh"])
+    assert remove_stale(out, ".x.sh.tmp-") == []
 
 
 def test_closure_from_cache_removes_a_dead_runs_store_and_a_failure_leaves_no_dir(
