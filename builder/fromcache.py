@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bz2
 import hashlib
+import math
 import os
 import shutil
 import time
@@ -67,21 +68,23 @@ class FetchLimits:
 
 
 class _Clock:
-    """The fetch's deadline, and each request's."""
+    """The fetch's deadline, and each request's; none without limits (``serve`` reads
+    its own cache dirs for as long as it runs, at the pace of its clients)."""
 
-    def __init__(self, limits: FetchLimits) -> None:
+    def __init__(self, limits: FetchLimits | None) -> None:
         self.limits = limits
-        self.started = time.monotonic()
-        self.end = self.started + limits.deadline
+        self.end = time.monotonic() + limits.deadline if limits else math.inf
 
     def request(self, size: int = 0) -> tuple[float, str]:
         """When a request announcing ``size`` bytes must be done, and the bound that says so."""
-        own = (time.monotonic() + self.limits.request_seconds
-               + size / max(self.limits.min_rate, 1))
+        limits = self.limits
+        if limits is None:
+            return math.inf, ""
+        own = time.monotonic() + limits.request_seconds + size / max(limits.min_rate, 1)
         if own < self.end:
-            return own, (f"a request may take {self.limits.request_seconds:g} s plus a second "
-                         f"per {human_size(self.limits.min_rate)} it announces")
-        return self.end, f"--deadline {self.limits.deadline:g} s, for the whole fetch"
+            return own, (f"a request may take {limits.request_seconds:g} s plus a second "
+                         f"per {human_size(limits.min_rate)} it announces")
+        return self.end, f"--deadline {limits.deadline:g} s, for the whole fetch"
 
 
 class _Timed:
@@ -144,7 +147,8 @@ def signature_problem(info: narinfo.NarInfo, keys: Sequence[PublicKey]) -> str |
 
 
 class BinaryCache:
-    """A binary cache at a ``file://``, ``http://`` or ``https://`` URL (read only)."""
+    """A binary cache at a ``file://``, ``http://`` or ``https://`` URL (read only), its
+    requests bounded in time by ``limits`` (none without)."""
 
     def __init__(self, url: str, limits: FetchLimits | None = None) -> None:
         parsed = urllib.parse.urlparse(url)
@@ -158,7 +162,7 @@ class BinaryCache:
         self.url = url.rstrip("/")
         self._file_root = Path(urllib.parse.unquote(parsed.path)) \
             if parsed.scheme == "file" else None
-        self.clock = _Clock(limits or FetchLimits())
+        self.clock = _Clock(limits)
 
     def _open(self, rel: str, size: int = 0) -> _Timed | None:
         """A binary file object for ``rel`` (announced to hold about ``size`` bytes), read
