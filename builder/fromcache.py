@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bz2
 import hashlib
+import http.client
 import math
 import os
 import shutil
@@ -102,7 +103,18 @@ class _Timed:
     def read(self, n: int = -1) -> bytes:
         if time.monotonic() > self._end:
             raise too_slow(self._where, self._bound)
-        return self._read(n if n and n > 0 else _READ)
+        try:
+            data = self._read(n if n and n > 0 else _READ)
+        except http.client.HTTPException as e:
+            raise BuildError(f"cannot read {self._where}: {type(e).__name__} {_one_line(e)}",
+                             "the cache's server broke off; try again") from None
+        # http.client's read1 ends quietly where the connection does; the bytes its
+        # Content-Length still owes tell a cut from an end.
+        short = getattr(self._f, "length", None)
+        if not data and short:
+            raise BuildError(f"cannot read {self._where}: the server broke off {short} bytes "
+                             "short of its Content-Length", "try again")
+        return data
 
     def close(self) -> None:
         self._f.close()

@@ -287,6 +287,20 @@ def test_a_nar_longer_than_its_filesize_is_cut_there(tmp_path: Path) -> None:
     assert "longer than its FileSize" in str(error)
 
 
+def test_a_response_cut_short_of_its_content_length_is_one_line(tmp_path: Path) -> None:
+    def cut(h: BaseHTTPRequestHandler, stop: threading.Event) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", "1000")
+        h.end_headers()
+        h.wfile.write(b"StoreDir: ")
+        h.close_connection = True
+    with Cache({"/nix-cache-info": cut}) as cache:
+        with pytest.raises(BuildError) as e:
+            fetch(cache.url, ROOT, tmp_path / "got")
+    assert f"cannot read {cache.url}/nix-cache-info: the server broke off 990 bytes short " \
+        "of its Content-Length" in one_line(e)
+
+
 # -- 9. free space against the announced sizes -------------------------------------------------
 
 def test_a_closure_larger_than_the_free_space_is_refused_before_fetching(tmp_path: Path) -> None:
