@@ -27,6 +27,7 @@ from ..payload.container import CorruptInstaller
 from ..payload.machine import human_size
 from ..payload.manifest import Manifest
 from .errors import BuildError, Terminated, UsageError
+from .fromcache import FetchLimits
 from .leftovers import remove_stale
 from .localnix import NixCommandError, store_nix
 from .pack import BuildOptions, BuildResult, build_installer, check_output
@@ -90,9 +91,7 @@ Deadline = Annotated[float, typer.Option(
          "(default 6 hours; each request also has its own, see docs/caches.md)")]
 
 
-def _limits(max_paths: int, max_bytes: int, deadline: float):
-    from .fromcache import FetchLimits
-
+def _limits(max_paths: int, max_bytes: int, deadline: float) -> FetchLimits:
     return FetchLimits(max_paths=max_paths, max_bytes=max_bytes, deadline=deadline)
 
 
@@ -157,9 +156,9 @@ def closure(
     store_dir: StoreDir = None,
     from_cache: FromCache = None,
     trusted_key: TrustedKeys = None,
-    max_paths: MaxPaths = 50_000,
-    max_bytes: MaxBytes = 256 << 30,
-    deadline: Deadline = 6 * 3600.0,
+    max_paths: MaxPaths = FetchLimits.max_paths,
+    max_bytes: MaxBytes = FetchLimits.max_bytes,
+    deadline: Deadline = FetchLimits.deadline,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -245,9 +244,9 @@ def build(
                                   "closure, 8 to 64 MiB); smaller chunks spread over more "
                                   "threads, larger ones compress a little better")] = None,
     sign_key: SignKey = None,
-    max_paths: MaxPaths = 50_000,
-    max_bytes: MaxBytes = 256 << 30,
-    deadline: Deadline = 6 * 3600.0,
+    max_paths: MaxPaths = FetchLimits.max_paths,
+    max_bytes: MaxBytes = FetchLimits.max_bytes,
+    deadline: Deadline = FetchLimits.deadline,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
