@@ -21,7 +21,7 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
-from ..payload import __version__, codecs, publisher, signing
+from ..payload import __version__, codecs, publisher, seal, signing
 from ..payload.container import CorruptInstaller
 from ..payload.machine import human_size
 from ..payload.manifest import Manifest
@@ -660,4 +660,7 @@ def _main(
 
 
 def main() -> None:
+    # A closed stdout or stderr (nix-prefix build ... 2>&-) gets /dev/null: tqdm and
+    # click write to sys.stderr, which Python leaves None then.
+    seal.open_standard_streams()
     app()

@@ -6,7 +6,7 @@ import re
 import signal
 import sys
 
-from ..payload import __version__, publisher, signing
+from ..payload import __version__, publisher, seal, signing
 from ..payload.codecs import CodecError
 from ..payload.container import InstallerFile
 from ..payload.errors import OneLineError
@@ -155,6 +155,7 @@ def main(path, argv, name=None, sealed=False):
     preamble reads the file through an open descriptor); ``sealed``: the
     preamble already checked the seal over ``path`` (payload/seal.py).
     """
+    seal.open_standard_streams()  # again for python3 FILE, which has no bootstrap
     timings.start()
     # SIGTERM and SIGHUP (a closed terminal) stop it like Ctrl-C: what this run
     # did is undone (plan.py); only SIGKILL leaves work for the next run.

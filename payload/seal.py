@@ -201,6 +201,29 @@ def _run_from(path, name, args):
     main(path, args, name=name, sealed=True)
 
 
+def open_standard_streams():
+    # type: () -> None
+    """Put /dev/null on each of stdin, stdout and stderr that was closed (``sh FILE >&-``).
+
+    A closed descriptor 0, 1 or 2 is taken by the next file opened (the
+    installer itself, a receipt), where a message would then be written or
+    fail, and Python leaves ``sys.stdout`` None.  On /dev/null, output to a
+    closed stream is dropped, input reads as empty (so there is nobody to ask:
+    -y is needed), and the Nix tools run later inherit the same.
+    """
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            os.set_inheritable(fd, True)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))
+
+
 def bootstrap(argv):
     # type: (List[str]) -> None
     """Entry point of the sh preamble: ``argv`` is ``[-c, SOURCE, SEAL, SHELL, BOOT, ARGS...]``.
@@ -209,6 +232,7 @@ def bootstrap(argv):
     bytes the installer then runs from (an open descriptor of the file), so a
     file replaced in between cannot slip in.
     """
+    open_standard_streams()
     try:
         # ``opened`` stays referenced: closing it would close the path /proc shows.
         opened, path, name, args = _verified(argv)
