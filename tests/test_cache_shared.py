@@ -43,7 +43,7 @@ def test_a_user_substitutes_from_a_cache_they_cannot_write(world_dir: Path) -> N
     write_cache([built.installer], str(prefix), cache, CacheOptions(level=1))
     assert all((cache / name).is_dir() for name in LAYOUT)
     # Root's, readable by all, writable by nobody else.
-    for dirpath, dirnames, filenames in os.walk(cache):
+    for dirpath, _dirnames, filenames in os.walk(cache):
         os.chmod(dirpath, 0o755)
         for f in filenames:
             os.chmod(os.path.join(dirpath, f), 0o644)
