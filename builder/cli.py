@@ -302,7 +302,9 @@ def build(
             source = inputs.from_roots(store_nix(store_dir), sources)
         elif sources and len(sources) == 1:
             given = Path(sources[0])
-            _input(given, "a closureInfo dir or a nix-store --dump-db file", directory_too=True)
+            if given.exists():  # a missing one: read_closure says so
+                _input(given, "a closureInfo dir or a nix-store --dump-db file",
+                       directory_too=True)
             if given.is_file() and looks_like_installer(given):
                 raise UsageError(f"{given} is an installer, not a closureInfo dir",
                                  f"nix-prefix retarget {given} -p PREFIX -o NEW.sh makes one "
