@@ -36,8 +36,12 @@ try() {
     "cpython True "*) ;;
     "cpython False "*) set -- $v; why="is Python $3.$4, too old"; return;;
     [a-z]*" True "*|[a-z]*" False "*) set -- $v; why="is $1, not CPython"; return;;
-    "") why="is not a Python: it printed nothing (exit $s)"; broken=1; return;;
-    *) why="does not run as a Python 3 (exit $s: $(printf "%s" "$v" | head -n 1 | cut -c1-100))"; broken=1; return;;
+    "") why="is not a Python: it printed nothing (exit $s)"; return;;
+    *"Fatal Python error"*|*MemoryError*|*"failed to map"*|*"allocate memory"*) broken=1;;
+    esac
+    case $v in
+    "cpython True "*) ;;
+    *) why="does not run as a Python 3 (exit $s: $(printf "%s" "$v" | head -n 1 | cut -c1-100))"; return;;
     esac
     # The seal checker $b runs only if it compiles and defines bootstrap: a
     # damaged preamble says so in one line.  Without site (-S) no
@@ -73,7 +77,8 @@ for p in python3 python3.14 python3.13 python3.12 python3.11 python3.10 python3.
     try "$p" "$@"
     [ "$why" = "not found" ] || tried="$tried; $p $why"
 done
-# Under a low ulimit -v a Python found does not start ("Fatal Python error"): say so.
+# Under a low ulimit -v a Python found does not start ("Fatal Python error",
+# MemoryError, a library that does not map): say so.
 v=$(ulimit -v 2>/dev/null)
 case $broken:$v in 1:|*:unlimited|0:*) ;; *) echo "nix-prefix: error: no Python could start under the memory limit here (ulimit -v $v): the installer needs about 128 MiB of memory; raise the limit with ulimit -v 131072 (or unlimited), or free some memory (looked for python3, python3.14 ... python3.6 and python$tried)" >&2; exit 4;; esac
 echo "nix-prefix: error: this installer needs CPython 3.6 or newer and found none (looked for python3, python3.14 ... python3.6 and python$tried); install python3 or set NIX_PREFIX_PYTHON=/path/to/python3" >&2

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,25 @@ def test_out_of_memory_is_said_as_memory(small) -> None:
         assert "damaged" not in last and "internal error" not in last, (kib, last)
     print(f"{len(failed)} of 7 limits failed, each with its memory line: {sorted(failed)}")
     assert len(failed) >= 4, failed
+
+
+def test_a_python_2_under_a_memory_limit_is_not_called_memory(small, tmp_path: Path) -> None:
+    """Only a Python that fails as memory fails (Fatal Python error, MemoryError) makes
+    the preamble blame the limit: a Python 2 (no -I) is named as what it is."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "python3"
+    fake.write_text("#!/bin/sh\necho 'Unknown option: -I' >&2\nexit 2\n")
+    fake.chmod(0o755)
+    for tool in ("head", "cut", "printf"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
+    command = (f"ulimit -v 4000000 && PATH={bin_dir} exec /bin/sh "
+               f"{shlex.quote(str(small.installer))} --check")
+    proc = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True,
+                          check=False)
+    line = one_error_line(proc, "needs CPython 3.6 or newer", "Unknown option: -I")
+    assert "memory" not in line
+    assert proc.returncode == 127
 
 
 def test_the_preamble_says_the_memory_the_seal_checker_says() -> None:
