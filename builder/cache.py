@@ -8,6 +8,8 @@ same-length relocation otherwise), and written the way
 src/libstore/binary-cache-store.cc ``addToStoreCommon``; the file formats are
 in payload/narinfo.py):
 
+* the directories ``nar/``, ``realisations/`` and ``log/``, which a Nix that
+  cannot write the cache does not get to create (``LAYOUT``);
 * ``nix-cache-info`` naming ``StoreDir: Q/store``, written first;
 * ``nar/<nix32 sha256 of the file>.nar.xz`` (or ``.zst``, ``.nar``);
 * ``<hash part>.narinfo``, signed with each ``--sign-key``.
@@ -48,6 +50,13 @@ COMPRESSIONS = ("xz", "zstd", "none")
 # and libzstd's default level 3 (compression.cc: level -1 is the library's own).
 ZSTD_LEVEL = 3
 _BUFFER = 1 << 20
+# The directories a Nix opening file://DIR creates if they are missing (NixOS/nix 2.8.0
+# src/libstore/local-binary-cache-store.cc, LocalBinaryCacheStore::init: nar,
+# realisations, log; debuginfo only with ?index-debug-info=true), as nix copy leaves
+# them.  A Nix that cannot create one (a cache on NFS or a group share that users read
+# but cannot write) fails "creating directory ...: Permission denied" and ignores the
+# cache: they must be there already.
+LAYOUT = ("nar", "realisations", "log")
 _tmp_names = itertools.count()
 
 
@@ -233,10 +242,11 @@ class _CacheDir:
         self._open()
 
     def _open(self) -> None:
-        try:
-            (self.root / "nar").mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise BuildError(f"cannot create {self.root / 'nar'}: {e.strerror}") from None
+        for name in LAYOUT:  # also into a cache an older nix-prefix wrote without them
+            try:
+                (self.root / name).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise BuildError(f"cannot create {self.root / name}: {e.strerror}") from None
         info = self.root / narinfo.CACHE_INFO
         if info.exists():
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -22,7 +23,7 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
-from ..payload import __version__, codecs, publisher, signing
+from ..payload import __version__, codecs, publisher, seal, signing
 from ..payload.container import CorruptInstaller
 from ..payload.machine import human_size
 from ..payload.manifest import Manifest
@@ -31,6 +32,7 @@ from .fromcache import FetchLimits
 from .leftovers import remove_stale
 from .localnix import NixCommandError, store_nix
 from .pack import BuildOptions, BuildResult, build_installer, check_output
+from .retarget import looks_like_installer
 from .signer import load_secret_keys
 
 EXIT_CODES = """\
@@ -133,6 +135,32 @@ def _pinned_keys(given: list[str] | None) -> list[signing.PublicKey]:
         raise UsageError(str(e), "give the public key as NAME:BASE64, the line "
                                  "nix-store --generate-binary-cache-key writes to its "
                                  "public key file") from None
+
+
+def _input(path: Path, what: str, directory_too: bool = False) -> None:
+    """Refuse a file argument that is not there (exit 2, not "damaged"), or that is not
+    a regular file (a FIFO would block the read forever), before it is opened."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file", f"give the path of {what}") from None
+    except OSError as e:
+        raise BuildError(f"cannot read {path}: {e.strerror}") from None
+    if not (stat.S_ISREG(mode) or directory_too and stat.S_ISDIR(mode)):
+        raise UsageError(f"{path} is not a regular file" + (" or directory" if directory_too
+                                                             else ""),
+                         f"give the path of {what}")
+
+
+def _not_an_input(output: Path, inputs: list[Path]) -> None:
+    """Refuse an -o that is one of the inputs, or inside an input dir: the output
+    replaces it once the build is done (``build ./ci -o ci/registration``)."""
+    out = output.resolve()
+    for given in inputs:
+        source = given.resolve()
+        if out == source or source in out.parents:
+            raise UsageError(f"-o {output} would overwrite the input {given}",
+                             "write the output elsewhere")
 
 
 def _say(quiet: bool):
@@ -271,6 +299,8 @@ def build(
         if (attr or argstr) and file is None:
             raise UsageError("-A and --argstr go with -f FILE.nix")
         check_output(output)  # before any work: -o /dev/null is refused at once
+        _not_an_input(output, [Path(p) for p in (sources or []) if not roots]
+                      + ([file] if file is not None else []) + list(sign_key or []))
         remove_stale(output.resolve().parent, FETCH_PREFIX)  # of runs that were killed
         store_root_used = store_root
         # Read first too: a bad key file stops the build before any work.
@@ -302,7 +332,15 @@ def build(
             say(f"querying the closure of {len(sources)} root(s) with nix-store -qR")
             source = inputs.from_roots(store_nix(store_dir), sources)
         elif sources and len(sources) == 1:
-            source = inputs.from_closure_info(Path(sources[0]))
+            given = Path(sources[0])
+            if given.exists():  # a missing one: read_closure says so
+                _input(given, "a closureInfo dir or a nix-store --dump-db file",
+                       directory_too=True)
+            if given.is_file() and looks_like_installer(given):
+                raise UsageError(f"{given} is an installer, not a closureInfo dir",
+                                 f"nix-prefix retarget {given} -p PREFIX -o NEW.sh makes one "
+                                 "for another prefix; nix-prefix inspect shows what it holds")
+            source = inputs.from_closure_info(given)
         else:
             raise UsageError("give one CLOSURE_INFO dir, --roots ROOT..., or -f FILE.nix",
                              "see nix-prefix build --help")
@@ -387,6 +425,8 @@ def inspect(
 
     with reporting(debug):
         trusted = _pinned_keys(trusted_key)
+        if not installer.exists():
+            _input(installer, "an installer")  # missing: exit 2, not "damaged"
         source = open_installer(installer)
         try:
             verdict = source.verdict(trusted)
@@ -415,6 +455,7 @@ def verify(
 
     with reporting(debug):
         trusted = _pinned_keys(trusted_key)
+        _input(installer, "an installer")
         source = open_installer(installer)
         try:
             manifest = source.manifest
@@ -693,6 +734,9 @@ def _main(
 
 
 def main() -> None:
+    # A closed stdout or stderr (nix-prefix build ... 2>&-) gets /dev/null: tqdm and
+    # click write to sys.stderr, which Python leaves None then.
+    seal.open_standard_streams()
     # SIGTERM (timeout, systemd, kill) and SIGHUP end a run as Ctrl-C does: every
     # temporary removed on the way out, one line, exit 128 + the signal.
     for signum in (signal.SIGTERM, signal.SIGHUP):

@@ -35,7 +35,7 @@ from ..payload.signing import SecretKey
 from ..payload.tree import Count, Sink, Tee
 from .closure_info import read_closure
 from .compress import default_jobs
-from .errors import BuildError
+from .errors import BuildError, UsageError
 from .pack import (
     BuildOptions,
     BuildResult,
@@ -51,7 +51,11 @@ T = TypeVar("T")
 
 def target_store_dir(prefix: str) -> str:
     """The canonical store dir for ``--prefix`` (absolute, no trailing slash)."""
-    store_dir = os.path.join(os.path.abspath(os.path.expanduser(prefix)), "store")
+    root = os.path.abspath(os.path.expanduser(prefix))
+    if root == "/":  # the installer refuses / (installer/preflight.py resolve_prefix)
+        raise UsageError("the prefix cannot be /: the installer refuses it",
+                         "choose a directory such as /home/alice/.nix")
+    store_dir = os.path.join(root, "store")
     try:
         storepath.check_store_dir(store_dir)
     except storepath.StorePathError as e:

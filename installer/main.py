@@ -6,13 +6,13 @@ import re
 import signal
 import sys
 
-from ..payload import __version__, publisher, signing
+from ..payload import __version__, publisher, seal, signing
 from ..payload.codecs import CodecError
 from ..payload.container import InstallerFile
 from ..payload.errors import OneLineError
 from ..payload.machine import human_size
 from ..payload.manifest import info_text
-from . import envfiles, plan, preflight, receipt, shellrc, summary, timings, uninstall
+from . import envfiles, plan, preflight, receipt, shellrc, steps, summary, timings, uninstall
 from . import install as install_mod
 from .errors import (
     EXIT_ENVIRONMENT,
@@ -155,6 +155,7 @@ def main(path, argv, name=None, sealed=False):
     preamble reads the file through an open descriptor); ``sealed``: the
     preamble already checked the seal over ``path`` (payload/seal.py).
     """
+    seal.open_standard_streams()  # again for python3 FILE, which has no bootstrap
     timings.start()
     # SIGTERM and SIGHUP (a closed terminal) stop it like Ctrl-C: what this run
     # did is undone (plan.py); only SIGKILL leaves work for the next run.
@@ -175,6 +176,7 @@ def main(path, argv, name=None, sealed=False):
             parser.error("--substituter needs --trusted-key NAME:BASE64, the cache's public "
                          "key: the installed Nix keeps require-sigs on and takes only signed "
                          "paths")
+        _one_mode(parser, args)
         ui.quiet = args.quiet
         if args.jobs is None:  # NIX_PREFIX_JOBS is only read (and checked) when it counts
             args.jobs = preflight.default_jobs(os.environ.get("NIX_PREFIX_JOBS"))
@@ -190,22 +192,35 @@ def main(path, argv, name=None, sealed=False):
         ui.error("nix-prefix: interrupted; what this run did is undone, the prefix is as it "
                  "was (run it again to install)")
         code = EXIT_INTERRUPTED
-    except MemoryError:
-        # Raised out of the plan only once its steps were undone (plan.py).
-        ui.error("nix-prefix: error: out of memory; what this run did is undone, the prefix "
-                 "is as it was; raise the limit (ulimit -v) or free some memory")
+    except Exception as e:
         code = EXIT_FAILED
-    except Exception as e:  # a bug: still one line, with the way to see more
-        if debug:
+        if seal.is_out_of_memory(e):  # MemoryError; a thread or library under ulimit -v
+            # Raised out of the plan only once its steps were undone (plan.py).
+            ui.error("nix-prefix: error: out of memory; what this run did is undone, the "
+                     "prefix is as it was; %s" % seal.memory_advice())
+        elif debug:
             raise
-        ui.error("nix-prefix: internal error: %s: %s (rerun with NIX_PREFIX_DEBUG=1 "
-                 "for details, and report it)" % (type(e).__name__, e))
-        code = EXIT_FAILED
+        else:  # a bug: still one line, with the way to see more
+            ui.error("nix-prefix: internal error: %s: %s (rerun with NIX_PREFIX_DEBUG=1 "
+                     "for details, and report it)" % (type(e).__name__, e))
     # The outcome is decided and said: a Ctrl-C now must not turn it into another.
     plan.outcome_decided()
     timings.write()
     ui.close()
     sys.exit(code)
+
+
+# What a run does, one per run: two given would leave one of them silently undone.
+MODES = (("--check", "check"), ("--list", "list"), ("--info", "info"),
+         ("--uninstall", "uninstall"), ("--rollback", "rollback"),
+         ("--unmodify-profile", "unmodify_profile"), ("-u", "update"))
+
+
+def _one_mode(parser, args):
+    # type: (argparse.ArgumentParser, argparse.Namespace) -> None
+    given = [flag for flag, name in MODES if getattr(args, name)]
+    if len(given) > 1:
+        parser.error("%s and %s do not go together: give one of them" % tuple(given[:2]))
 
 
 def _interrupt(signum, frame):
@@ -306,6 +321,28 @@ def run(path, args, ui, name=None, sealed=False):
         source.close()
 
 
+def _check_there(prefix, rollback):
+    # type: (Prefix, bool) -> None
+    """--uninstall or --rollback of a prefix that is not there: say that, not what a
+    missing receipt or the Nix run there would say.  (An uninstall still runs when an
+    install killed before its first directory left one beside where the prefix would
+    be: uninstall.py removes it.)"""
+    if os.path.isdir(prefix.root):
+        if rollback and not os.path.lexists(prefix.profile):
+            raise UsageProblem("%s has no profile to roll back (no %s)"
+                               % (prefix.root, prefix.profile),
+                               "give -p the prefix you installed into")
+        return
+    parent = preflight.existing_ancestor(prefix.root)
+    try:
+        left = [n for n in os.listdir(parent) if n.startswith(steps.NEW_DIRS_PREFIX)]
+    except OSError:
+        left = []
+    if rollback or not left:
+        raise UsageProblem("there is no prefix at %s (no such directory)" % prefix.root,
+                           "give -p the prefix you installed into")
+
+
 def _rerun_name(source):
     # type: (InstallerFile) -> str
     """How the summary names the installer to run again: its file, or INSTALLER
@@ -326,6 +363,7 @@ def _ask(ui, plan_text):
 def _undo(source, prefix, args, ui):
     # type: (InstallerFile, Prefix, argparse.Namespace, UI) -> int
     """--uninstall and --rollback, with the prefix's own Nix."""
+    _check_there(prefix, args.rollback)
     target = install_mod.at_prefix(source, prefix, ui, args.jobs)
     manifest = target.manifest
     preflight.check_owner(prefix)

@@ -8,7 +8,7 @@ import re
 import signal
 import subprocess
 
-from ..payload import hashes, storepath
+from ..payload import hashes, seal, storepath
 from . import crashpoints, plan
 from .errors import EnvironmentProblem, InstallError
 
@@ -151,6 +151,13 @@ def run_nix(prefix, argv, stdin_text=None, started=None):
     except OSError as e:
         if proc is not None:
             raise
+        if seal.is_out_of_memory(e):  # fork or exec under ulimit -v
+            raise InstallError("out of memory: cannot start %s (%s)" % (argv[0], e.strerror),
+                               seal.memory_advice())
+        if e.errno == errno.EMFILE:  # the pipes to it, under a low ulimit -n
+            raise EnvironmentProblem("cannot start %s: too few files may be open at once "
+                                     "here (ulimit -n)" % argv[0],
+                                     "raise the limit with ulimit -n 64")
         raise InstallError("cannot run %s (%s)" % (argv[0], e.strerror),
                            "the installer's Nix may not suit this machine")
     except BaseException:
@@ -171,9 +178,12 @@ def run_nix(prefix, argv, stdin_text=None, started=None):
     if proc.returncode != 0:
         # Name the operation: "nix-env -i", not "nix-env -p".
         operation = argv[3] if argv[1] == "-p" and len(argv) > 3 else argv[1]
-        raise InstallError("%s %s failed: %s" % (
+        said = nix_error(err.decode("utf-8", "replace"), proc.returncode)
+        # Nix under a memory limit: its libraries do not map, its threads do not start.
+        raise InstallError("%s %s failed%s: %s" % (
             os.path.basename(argv[0]), operation,
-            nix_error(err.decode("utf-8", "replace"), proc.returncode)))
+            " (out of memory)" if seal.is_memory_text(said) else "", said),
+            seal.memory_advice() if seal.is_memory_text(said) else "")
     return out.decode("utf-8", "replace")
 
 

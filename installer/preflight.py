@@ -73,10 +73,12 @@ def check_no_symlinks(prefix):
     path = existing_ancestor(prefix.store_dir)
     real = os.path.realpath(path)
     if real != path:
+        # normpath: the prefix itself as the existing part gives "real/.", not a path
+        # to show (relpath is "." then, or ".." when P/store is the link).
         raise EnvironmentProblem(
             "%s is reached through a symlink (%s); Nix refuses a symlinked store" % (path, real),
-            "use the real path, e.g. --prefix %s" % os.path.join(
-                real, os.path.relpath(prefix.root, path)))
+            "use the real path, e.g. --prefix %s" % os.path.normpath(os.path.join(
+                real, os.path.relpath(prefix.root, path))))
 
 
 def existing_ancestor(path):
@@ -105,6 +107,11 @@ def check_owner(prefix):
             how = "run the installer as %s" % _user(uid)
             if me == 0 and path == prefix.root:
                 how += ", or add --as-owner to run it as them"
+            elif uid == 0 and path == prefix.root and not os.path.lexists(prefix.data_dir):
+                # /tmp, /scratch, a group share: root's, not an install of root's to
+                # take over; the prefix is a directory of the user's own inside it.
+                how = "choose a prefix of your own, such as --prefix %s" % os.path.join(
+                    prefix.root, "nix-" + _name(me))
             raise EnvironmentProblem("%s belongs to %s, not to you, %s"
                                      % (path, _user(uid), _user(me)), how)
 
@@ -140,10 +147,17 @@ def become_owner(prefix):
 
 def _user(uid):
     # type: (int) -> str
+    name = _name(uid)
+    return "uid %d" % uid if name == str(uid) else "%s (uid %d)" % (name, uid)
+
+
+def _name(uid):
+    # type: (int) -> str
+    """The user name of ``uid``, or the number where it has none."""
     try:
-        return "%s (uid %d)" % (pwd.getpwuid(uid).pw_name, uid)
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
-        return "uid %d" % uid
+        return str(uid)
 
 
 def check_writable(prefix):

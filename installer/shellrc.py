@@ -11,8 +11,11 @@ changes nothing and removing it (``--unmodify-profile``, or an uninstall via
 Files: ``~/.profile`` (created if missing: sh, dash, ksh and login bash read
 it), and ``~/.bash_profile``, ``~/.bashrc``, ``~/.zshrc`` when they exist.
 Sourcing nix.sh twice is harmless (it adds to PATH only once).  Each file is
-rewritten atomically, through a symlink to its target, keeping its mode; a
-file that did not end with a newline keeps the one added before the block.
+rewritten atomically, through a symlink to its target, keeping its mode.
+Files are read and written as bytes: CRLF line ends, a lone ``\\r`` and
+bytes that are not UTF-8 stay as they were, and removing the block gives back
+the file byte for byte (a file that did not end with a newline gets the block
+after one, and ends without one again).
 """
 
 import os
@@ -84,14 +87,27 @@ def add_block(root, home=None):
     return every file that has it now."""
     files = candidates(home or home_dir())
     for path in files:
-        text = _read(path)
-        if block(root) in text:
+        data = _read(path)
+        if _holds(data, root):
             continue
-        new = _without(text, root)
-        if new and not new.endswith("\n"):
-            new += "\n"
-        _write(path, new + block(root))
+        new = _without(data, root)
+        added = _block_bytes(root)
+        if new and not new.endswith(b"\n"):
+            # The file ends without a newline: the block goes on a line of its own
+            # and leaves the file ending as it did, without one, so that removing
+            # it (_without) gives back the very bytes that were there.
+            added = b"\n" + added[:-1]
+        _write(path, new + added)
     return files
+
+
+def holds_block(path, root):
+    # type: (str, str) -> bool
+    """Whether the start-up file ``path`` has the block for ``root`` as added."""
+    try:
+        return _holds(_read(path), root)
+    except InstallError:
+        return False
 
 
 def remove_block(root, home=None):
@@ -104,54 +120,89 @@ def remove_block(root, home=None):
     for path in candidates(home or home_dir()):
         if not os.path.lexists(path):
             continue
-        text = _read(path)
-        new = _without(text, root)
-        if new != text:
+        data = _read(path)
+        new = _without(data, root)
+        if new != data:
             _write(path, new)
             changed.append(path)
     return changed
 
 
-def _without(text, root):
-    # type: (str, str) -> str
-    """``text`` without the marked block(s) for ``root`` (begin to end marker lines)."""
-    begin, end = begin_marker(root), end_marker(root)
-    out = []
+def _block_bytes(root):
+    # type: (str) -> bytes
+    return os.fsencode(block(root))
+
+
+def _holds(data, root):
+    # type: (bytes, str) -> bool
+    added = _block_bytes(root)
+    return added in data or data.endswith(b"\n" + added[:-1])
+
+
+def _lines(data):
+    # type: (bytes) -> List[bytes]
+    """``data`` cut after each ``\\n``, and only there: a ``\\r`` (CRLF files, or
+    one inside a quoted PS1) stays inside its line, byte for byte."""
+    lines = []
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end + 1
+        lines.append(data[start:end])
+        start = end
+    return lines
+
+
+def _without(data, root):
+    # type: (bytes, str) -> bytes
+    """``data`` without the marked block(s) for ``root`` (begin to end marker lines);
+    every other byte as it was."""
+    begin, end = os.fsencode(begin_marker(root)), os.fsencode(end_marker(root))
+    out = []  # type: List[bytes]
     inside = False
-    for line in text.splitlines(True):
-        stripped = line.rstrip("\r\n")
+    last = b""
+    for line in _lines(data):
+        stripped = line.rstrip(b"\r\n")
         if not inside and stripped == begin:
             inside = True
         elif inside and stripped == end:
             inside = False
+            last = line
         elif not inside:
             out.append(line)
+            last = line
     if inside:  # a begin marker without its end: leave the file as it was
-        return text
-    return "".join(out)
+        return data
+    kept = b"".join(out)
+    if last == end and kept.endswith(b"\n"):
+        # The block ended the file without a newline: it was added to a file that had
+        # none at its end (add_block), and the newline before it goes with it.
+        kept = kept[:-1]
+    return kept
 
 
 def _read(path):
-    # type: (str) -> str
+    # type: (str) -> bytes
+    """The file's bytes as they are: no decoding, no newline translation."""
     if not os.path.lexists(path):
-        return ""
+        return b""
     try:
-        with open(path) as f:
+        with open(path, "rb") as f:
             return f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InstallError("cannot read %s (%s)" % (path, e),
+    except OSError as e:
+        raise InstallError("cannot read %s (%s)" % (path, e.strerror),
                            "fix the file, or leave out --modify-profile")
 
 
-def _write(path, text):
-    # type: (str, str) -> None
+def _write(path, data):
+    # type: (str, bytes) -> None
     """Replace the file's content atomically; a symlinked rc file keeps its link."""
     target = os.path.realpath(path)
     tmp = "%s.nix-prefix-%d" % (target, os.getpid())
     try:
         mode = os.stat(target).st_mode & 0o7777 if os.path.exists(target) else 0o644
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)

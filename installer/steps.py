@@ -696,15 +696,8 @@ class ShellStartup(Step):
             run.prefix.profile_d, ", ".join(shellrc.candidates(self.params["home"])))
 
     def is_done(self, run):
-        block = shellrc.block(run.prefix.root)
-        for path in shellrc.candidates(self.params["home"]):
-            try:
-                with open(path) as f:
-                    if block not in f.read():
-                        return False
-            except (OSError, UnicodeDecodeError):
-                return False
-        return True
+        return all(shellrc.holds_block(path, run.prefix.root)
+                   for path in shellrc.candidates(self.params["home"]))
 
     def execute(self, run):
         self.owned["home"] = self.params["home"]

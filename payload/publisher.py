@@ -181,7 +181,7 @@ def check(manifest_json, endorsements, trusted_keys):
     signed_by = []
     for e in endorsements:
         if not signing.verify(text, e.signature, [e.public_key]):
-            raise PublisherError("the signature by %s does not match the manifest (changed "
+            raise PublisherError("signature by %s does not match the manifest (changed "
                                  "after signing?)" % str(e.public_key))
         if e.public_key not in signed_by:
             signed_by.append(e.public_key)

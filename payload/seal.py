@@ -95,11 +95,12 @@ def _parse(first):
     # type: (bytes) -> Tuple[bytes, int]
     """Digest and size from the first SEAL_END bytes of a file."""
     digest, size = first[DIGEST_AT:SIZE_AT - 1], first[SIZE_AT:SEAL_END]
-    if (len(first) < SEAL_END or not first.startswith(SHEBANG + OPEN + ALGORITHM)
-            or first[SIZE_AT - 1:SIZE_AT] != b":" or not size.isdigit()
-            or len(digest.strip(b"0123456789abcdef")) != 0):
+    if len(first) < SEAL_END or not first.startswith(SHEBANG + OPEN + ALGORITHM):
         raise SealError("it does not start with a nix-prefix seal (installers of format 1 "
                         "kept it at their end: rebuild those)")
+    if (first[SIZE_AT - 1:SIZE_AT] != b":" or not size.isdigit()
+            or len(digest.strip(b"0123456789abcdef")) != 0):
+        raise SealError("its seal (line 2) is not sha256:DIGEST:SIZE")
     return digest, int(size)
 
 
@@ -180,6 +181,55 @@ def check(path):
         check_file(f)
 
 
+# Measured (docs/reliability.md): under ``ulimit -v`` of about 100 MiB the install
+# fails (Python, its unpacking threads or the shipped Nix cannot start); 110 MiB
+# was enough.  The sh preamble (builder/preamble.sh) says the same number.
+MEMORY_NEEDED_MIB = 128
+EXIT_MACHINE = 4  # this machine cannot take it (installer/errors.py EXIT_ENVIRONMENT)
+
+
+def is_out_of_memory(e):
+    # type: (BaseException) -> bool
+    """Whether ``e`` is how a memory limit shows: MemoryError, a thread that cannot
+    start, a shared library that cannot be mapped, ENOMEM (or EAGAIN under a limit)."""
+    if isinstance(e, MemoryError):
+        return True
+    if isinstance(e, OSError) and (e.errno == 12 or e.errno == 11 and _address_limit()):
+        return True  # ENOMEM; EAGAIN
+    return is_memory_text(str(e))
+
+
+def is_memory_text(text):
+    # type: (str) -> bool
+    """Whether an error text (Python, or a Nix tool) is a memory limit speaking.  A
+    thread that cannot start is EAGAIN to Nix; that is memory only under ulimit -v."""
+    if any(s in text for s in ("failed to map segment", "Cannot allocate memory",
+                               "std::bad_alloc", "can" + "\x27t start new thread")):
+        return True
+    return "Resource temporarily unavailable" in text and _address_limit() is not None
+
+
+def _address_limit():
+    # type: () -> Optional[int]
+    """The address space limit (ulimit -v) in KiB, or None."""
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except Exception:  # even this import may fail for want of memory
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft // 1024
+
+
+def memory_advice():
+    # type: () -> str
+    """What to do about it: the limit in force, and what the installer needs."""
+    limit = _address_limit()
+    return ("the installer needs about %d MiB of memory%s: raise the limit with "
+            "ulimit -v %d (or unlimited), or free some memory"
+            % (MEMORY_NEEDED_MIB, "" if limit is None else " (ulimit -v is %d here)" % limit,
+               MEMORY_NEEDED_MIB << 10))
+
+
 def _fail(message, code=EXIT_DAMAGED):
     # type: (str, int) -> None
     sys.stderr.write("nix-prefix: error: %s\n" % message)
@@ -195,10 +245,36 @@ def _run_from(path, name, args):
         # just verified: a name, not an import of the installer by payload/.
         main = importlib.import_module(ENTRY_POINT).main
     except Exception as e:
+        if is_out_of_memory(e):
+            _fail("out of memory while loading the installer; nothing was changed; %s"
+                  % memory_advice(), EXIT_MACHINE)
         _fail("%s passed its seal but its code does not load in Python %s at %s (%s: %s); "
               "report this" % (name, sys.version.split()[0], sys.executable,
                                type(e).__name__, e), 1)
     main(path, args, name=name, sealed=True)
+
+
+def open_standard_streams():
+    # type: () -> None
+    """Put /dev/null on each of stdin, stdout and stderr that was closed (``sh FILE >&-``).
+
+    A closed descriptor 0, 1 or 2 is taken by the next file opened (the
+    installer itself, a receipt), where a message would then be written or
+    fail, and Python leaves ``sys.stdout`` None.  On /dev/null, output to a
+    closed stream is dropped, input reads as empty (so there is nobody to ask:
+    -y is needed), and the Nix tools run later inherit the same.
+    """
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            os.set_inheritable(fd, True)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))
 
 
 def bootstrap(argv):
@@ -209,10 +285,14 @@ def bootstrap(argv):
     bytes the installer then runs from (an open descriptor of the file), so a
     file replaced in between cannot slip in.
     """
+    open_standard_streams()
     try:
         # ``opened`` stays referenced: closing it would close the path /proc shows.
         opened, path, name, args = _verified(argv)
     except Exception as e:  # this code itself damaged: still one line
+        if is_out_of_memory(e):
+            _fail("out of memory while checking the seal; nothing was changed; %s"
+                  % memory_advice(), EXIT_MACHINE)
         _fail("%s is damaged (its seal checker fails: %s: %s); download it again"
               % (argv[1], type(e).__name__, e))
     _run_from(path, name, args)

@@ -188,12 +188,12 @@ def test_verify_passes_and_catches_damage(small, world_dir: Path) -> None:
     assert result.exit_code == 3
     result = nix_prefix("inspect", world_dir / "nope.sh")
     assert_one_line_error(result, "nope.sh")
-    assert result.exit_code == 3
+    assert result.exit_code == 2  # no such file: usage, not a damaged installer
 
 
 def test_debug_shows_the_traceback(world_dir: Path) -> None:
     result = nix_prefix("inspect", world_dir / "nope.sh", "--debug")
-    assert result.exit_code == 3
+    assert result.exit_code == 2
     assert "Traceback" in result.output
     assert result.output.splitlines()[-1].startswith("nix-prefix: error: ")
 

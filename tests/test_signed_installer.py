@@ -214,7 +214,8 @@ def test_the_publishers_signature_on_another_manifest_is_refused(
     for args in ([], ["--trusted-key", world.publisher.public]):
         proc = run_installer(forged, "-y", "-p", str(world.base / "replayed"), *args)
         assert proc.returncode == 3
-        assert "does not match the manifest" in one_error_line(proc)
+        line = one_error_line(proc)
+        assert "the installer's signature by " in line and "does not match the manifest" in line
     assert not (world.base / "replayed").exists()
 
 
