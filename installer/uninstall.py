@@ -7,7 +7,9 @@ newest other one), then exactly the store paths it added, through Nix,
 except any still alive (deletion.py).  What the prefix's installs share
 (its directories, nix.conf and the env scripts, the shell start-up line)
 goes only with the last receipt, files only if unchanged; until then the
-record of them passes to another receipt.
+record of them passes to another receipt, and so does the record of the
+store paths it added that are kept alive by another install's profile (a
+``-u`` over this one): whichever uninstall comes last removes them.
 """
 
 import os
@@ -72,6 +74,10 @@ def uninstall(run, ui):
 
         def save():
             doc["steps"] = [s.to_record() for s in step_list] + unknown
+            # What the steps owned but had to keep (alive in another install's
+            # profile): recorded with the steps' progress, so that a kill before
+            # the hand-over below loses none of it.
+            doc["kept"] = sorted(set(doc.get("kept") or []) | set(run.kept))
             receipt.write(path, doc)
 
         shared = [s for s in step_list if s.kind in SHARED]
@@ -79,7 +85,8 @@ def uninstall(run, ui):
         with plan.signals_held():
             undo.revert(run)
             if others:
-                _hand_over(shared, others[0])
+                kept = sorted(set(doc.get("kept") or []) | set(run.kept))
+                _hand_over(shared, kept, others)
                 receipt.remove(path)
             else:
                 receipt.remove(path)
@@ -89,7 +96,8 @@ def uninstall(run, ui):
     for p in sorted(run.removed):
         ui.say("  - %s" % p)
     if run.kept:
-        ui.say("kept %d store paths that other profiles or roots still need:" % len(run.kept))
+        ui.say("kept %d store paths that other profiles or roots still need%s:" % (
+            len(run.kept), "; they go with the last uninstall" if others else ""))
         for p in sorted(run.kept):
             ui.say("  - %s" % p)
     for f in run.files_removed:
@@ -102,11 +110,16 @@ def uninstall(run, ui):
 SHARED = (steps.MakeDirs.kind, steps.WriteFile.kind, steps.ShellStartup.kind)
 
 
-def _hand_over(shared, other_path):
-    # type: (List[Step], str) -> None
-    """Pass what the shared steps own to another installer's receipt."""
-    other = receipt.load(other_path)
-    if other is None:
+def _hand_over(shared, kept, other_paths):
+    # type: (List[Step], List[str], List[str]) -> None
+    """Pass what the shared steps own, and the store paths ``kept`` (made by this
+    install, still alive through another's profile), to another installer's
+    receipt: whichever uninstall comes last then removes them too."""
+    for other_path in other_paths:
+        other = receipt.load(other_path)
+        if other is not None:
+            break
+    else:
         return
     by_key = {}
     for record in other["steps"]:
@@ -123,4 +136,16 @@ def _hand_over(shared, other_path):
                                   record)
         else:
             record["owned"] = plan.merge(record.get("owned") or {}, step.owned)
+    if kept:
+        # The other's register step deletes them with its own paths, after its
+        # profile generations are gone (reverted first).
+        register = by_key.get(steps.Register.kind)
+        if register is None:
+            register = steps.Register().to_record()
+            register["state"] = plan.DONE
+            kinds = [r.get("kind") for r in other["steps"]]
+            at = kinds.index(steps.MakeProfile.kind) if steps.MakeProfile.kind in kinds \
+                else len(kinds)
+            other["steps"].insert(at, register)
+        register["owned"] = plan.merge(register.get("owned") or {}, {"registered": kept})
     receipt.write(other_path, other)
