@@ -72,7 +72,10 @@ class Run(object):
 
     def delete(self, paths):
         # type: (Iterable[str]) -> None
-        """Delete exactly these store paths (deletion.py); note what went and what stays."""
+        """Delete exactly these store paths (deletion.py); note what went and what stays.
+        The build log of each derivation among them that is gone goes too, also
+        of one an earlier, killed run deleted."""
+        paths = deletion.own_store_paths(self.prefix, paths)
         socket_dir = os.path.join(self.prefix.state_dir, "gc-socket")
         had_socket = os.path.lexists(socket_dir)
         removed, kept = deletion.delete_store_paths(self.prefix, self.nix_tool("nix-store"),
@@ -83,8 +86,8 @@ class Run(object):
             staging.remove_tree(socket_dir)
         self.removed += removed
         self.kept += kept
-        for path in removed:
-            if path.endswith(".drv"):
+        for path in paths:
+            if path.endswith(".drv") and not os.path.lexists(path):
                 # Nix's build log of a derivation the install built (the user
                 # environment's): src/libstore/local-fs-store.cc getBuildLogExact.
                 base = os.path.basename(path)
@@ -101,7 +104,10 @@ class MakeDirs(Step):
     Reverted only when no other install is left: then it also removes what
     Nix made for the install (its database, once no path is valid in it, and
     its empty state directories), the installer's lock and private home, and
-    every directory it created that is empty by then.
+    every directory it created that is empty by then.  Owned: the directories
+    it created, and (``nixState``) the entries of Nix's state and log dirs
+    that were not there before, which Nix makes: in a ``P/var/nix`` that
+    already held a file of the user's, only those go.
     """
 
     kind = "make-dirs"
@@ -119,7 +125,18 @@ class MakeDirs(Step):
     def is_done(self, run):
         return all(os.path.isdir(d) for d in run.prefix.directories())
 
+    def already(self, run):
+        self._claim_nix_state(run)
+
+    def _claim_nix_state(self, run):
+        # type: (Run) -> None
+        """Record which of Nix's entries are missing: the Nix the install runs makes them."""
+        missing = [p for p in nix_state_entries(run.prefix) if not os.path.lexists(p)]
+        self.owned["nixState"] = sorted(set(self.owned.get("nixState", [])) | set(missing))
+
     def execute(self, run):
+        self._claim_nix_state(run)
+        run.save()
         # Those down to the receipts dir were made with the first receipt
         # (make_receipts_dir); each of the others is claimed before it is made.
         created = self.owned.setdefault("created", [])
@@ -146,8 +163,10 @@ class MakeDirs(Step):
             return
         created = self.owned.get("created", [])
         prefix = run.prefix
-        if prefix.state_dir in created:
-            _remove_nix_state(run)
+        if "nixState" in self.owned:
+            _remove_nix_state(run, self.owned["nixState"])
+        elif prefix.state_dir in created:  # a receipt from before nixState was recorded
+            _remove_nix_state(run, nix_state_entries(prefix))
         if prefix.data_dir in created:
             run.drop_receipt()
             for path in (prefix.lock_file,):
@@ -268,22 +287,54 @@ def _rmdir_quietly(path):
         pass  # not empty (someone else's files are in it) or gone: leave it
 
 
-def _remove_nix_state(run):
-    # type: (Run) -> None
-    """Remove what Nix made in a state dir the install created, once its database
-    holds no valid path (or is a broken one Nix left when it failed to create it)."""
+# What Nix makes in its state dir (src/libstore/local-store.cc, gc.cc, profiles.cc)
+# and log dir (src/libstore/build: the build logs): removed with the last install
+# if they were not there before it.
+NIX_STATE = ("db", "gc.lock", "gcroots", "profiles", "temproots", "userpool", "gc-socket")
+
+
+def nix_state_entries(prefix):
+    # type: (Prefix) -> List[str]
+    """The entries Nix makes in the prefix's state and log dirs."""
+    return [os.path.join(prefix.state_dir, name) for name in NIX_STATE] + \
+        [os.path.join(prefix.log_dir, "drvs")]
+
+
+def _remove_nix_state(run, made):
+    # type: (Run, Iterable[str]) -> None
+    """Remove the entries ``made`` of Nix's state (nix_state_entries) that were not
+    there before the install, once its database holds no valid path (or is a
+    broken one Nix left when it failed to create it).  Directories go only as far
+    as they are empty but for empty directories, the profiles link Nix made, and
+    lock files; the database, its per-process roots and sockets whole."""
     prefix = run.prefix
     if nixstore.count_valid(prefix) not in (0, None):
         return
-    for name in ("db", "temproots", "userpool", "gc-socket"):
-        staging.remove_tree(os.path.join(prefix.state_dir, name))
-    for name in ("gc.lock", os.path.join("gcroots", "profiles")):
+    made = set(made)
+    for name in NIX_STATE:
         path = os.path.join(prefix.state_dir, name)
-        if os.path.lexists(path) and (name == "gc.lock" or os.path.islink(path)):
-            os.unlink(path)
-    for top in (prefix.state_dir, prefix.log_dir):
-        for dirpath, _, _ in sorted(os.walk(top), key=lambda t: len(t[0]), reverse=True):
-            _rmdir_quietly(dirpath)
+        if path not in made or not os.path.lexists(path):
+            continue
+        if name == "gc.lock":
+            if os.path.isfile(path) and not os.path.islink(path):
+                os.unlink(path)
+        elif name in ("db", "temproots", "userpool", "gc-socket"):
+            staging.remove_tree(path)
+        else:
+            link = os.path.join(path, "profiles")  # gcroots/profiles -> ../profiles
+            if name == "gcroots" and os.path.islink(link):
+                os.unlink(link)
+            _rmdir_tree(path)
+    drvs = os.path.join(prefix.log_dir, "drvs")
+    if drvs in made:
+        _rmdir_tree(drvs)  # the logs themselves went with their derivations (Run.delete)
+
+
+def _rmdir_tree(top):
+    # type: (str) -> None
+    """Remove the empty directories under ``top`` and ``top`` itself if empty then."""
+    for dirpath, _, _ in sorted(os.walk(top), key=lambda t: len(t[0]), reverse=True):
+        _rmdir_quietly(dirpath)
 
 
 class PlacePaths(Step):
