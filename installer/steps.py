@@ -621,8 +621,11 @@ class MakeProfile(Step):
         # is made, so that a kill in between leaves nothing unclaimed.
         count = 2 if nixstore.replaced_first(prefix, self._roots(run), run.update) else 1
         claimed = [str(g) for g in range(nxt, nxt + count)]
+        # Unregistered entries nix-env leaves when stopped half-way: those already
+        # there are not this run's.
+        strays = _nix_env_strays(prefix)
         for g in claimed:
-            generations[g] = {"sinceId": since}
+            generations[g] = {"sinceId": since, "strays": strays}
         run.save()
         run.ui.say("making the profile %s" % prefix.profile)
         crashpoints.reached("before-profile")
@@ -633,18 +636,28 @@ class MakeProfile(Step):
         crashpoints.reached("after-profile")
         made = nixstore.profile_generation(prefix)
         last = str(made) if made is not None else claimed[-1]
-        for g in claimed:  # nix-env numbered it otherwise, or one in between is gone
-            if g != last:
-                generations.pop(g)
-        generations[last] = {"sinceId": since}
-        # What Nix made for the generation in between goes with this one.
-        generations[last]["paths"] = _made_by_nix_env(run, int(last), since, between)
+        # Claimed too, should nix-env have numbered it otherwise.
+        generations.setdefault(last, {"sinceId": since})
+        # What Nix made for the generation in between goes with this one.  Until
+        # that is known, the claims stay as they are: a Ctrl-C in the meantime
+        # reverts every claimed generation, the one in between included (whose
+        # link is gone: its paths are then found by their names).
+        record = {"sinceId": since, "paths": _made_by_nix_env(run, int(last), since, between)}
+        # One assignment: the record is whole whenever a Ctrl-C comes.
+        self.owned["generations"] = dict(
+            [(g, v) for g, v in generations.items() if g not in claimed] + [(last, record)])
 
     def revert(self, run):
         prefix = run.prefix
         ours = dict((int(g), v) for g, v in self.owned.get("generations", {}).items())
         doomed = set()  # type: Set[str]
+        strays = set()  # type: Set[str]
         for generation, record in ours.items():
+            if isinstance(record.get("strays"), list) and \
+                    not isinstance(record.get("paths"), list):
+                # nix-env was stopped: what it wrote but never registered (the
+                # manifest or environment it was adding, their .lock files).
+                strays.update(set(_nix_env_strays(prefix)) - set(record["strays"]))
             # "paths" is recorded once nix-env is done (an empty list too): only a
             # generation nix-env was stopped in is looked for.
             doomed.update(record["paths"] if isinstance(record.get("paths"), list) else
@@ -679,6 +692,11 @@ class MakeProfile(Step):
                 if os.path.isfile(lock) and not os.path.islink(lock) and \
                         os.path.getsize(lock) == 0:
                     os.unlink(lock)
+        for path in sorted(strays):
+            if os.path.lexists(path):
+                staging.remove_tree(path)
+                if not path.endswith(".lock"):
+                    run.removed.append(path)
 
 
 def _drv_outputs(path):
@@ -708,6 +726,28 @@ def _link(prefix, generation):
 
 
 NIX_ENV_NAMES = ("-env-manifest.nix", "-user-environment.drv", "-user-environment")
+
+
+def _nix_env_strays(prefix):
+    # type: (Prefix) -> List[str]
+    """Entries of the store named as nix-env names what it makes (NIX_ENV_NAMES) that
+    are not valid, and the empty .lock files beside such names (src/libstore/
+    pathlocks.cc): what a nix-env stopped half-way leaves unregistered."""
+    try:
+        names = os.listdir(prefix.store_dir)
+    except OSError:
+        return []
+    found, locks = [], []
+    for name in names:
+        path = os.path.join(prefix.store_dir, name)
+        if name.endswith(NIX_ENV_NAMES):
+            found.append(path)
+        elif name.endswith(".lock") and name[:-5].endswith(NIX_ENV_NAMES) and \
+                os.path.isfile(path) and not os.path.islink(path) and \
+                os.path.getsize(path) == 0:
+            locks.append(path)
+    valid = nixstore.valid_paths(prefix, found)
+    return sorted([p for p in found if p not in valid] + locks)
 
 
 def _made_by_nix_env(run, generation, since_id, environments=()):

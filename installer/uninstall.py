@@ -32,7 +32,15 @@ def rollback(prefix, nix_env, ui):
     # type: (Prefix, str, UI) -> None
     """Switch the default profile back to its previous generation."""
     before = nixstore.profile_generation(prefix)
-    nixstore.run_nix(prefix, [nix_env, "-p", prefix.profile, "--rollback"])
+    try:
+        nixstore.run_nix(prefix, [nix_env, "-p", prefix.profile, "--rollback"])
+    except KeyboardInterrupt:
+        # Ctrl-C once nix-env had switched: switched back, so that "undone" holds.
+        with plan.signals_held():
+            if before is not None and nixstore.profile_generation(prefix) != before:
+                nixstore.run_nix(prefix, [nix_env, "-p", prefix.profile,
+                                          "--switch-generation", str(before)])
+        raise
     ui.say("rolled %s back from generation %s to %s"
            % (prefix.profile, before, nixstore.profile_generation(prefix)))
 
