@@ -287,10 +287,11 @@ def _rmdir_quietly(path):
         pass  # not empty (someone else's files are in it) or gone: leave it
 
 
-# What Nix makes in its state dir (src/libstore/local-store.cc, gc.cc, profiles.cc)
-# and log dir (src/libstore/build: the build logs): removed with the last install
-# if they were not there before it.
-NIX_STATE = ("db", "gc.lock", "gcroots", "profiles", "temproots", "userpool", "gc-socket")
+# What Nix makes in its state dir (src/libstore/local-store.cc, gc.cc, profiles.cc;
+# from Nix 2.30 the build dirs too, src/libstore/globals.cc build-dir) and log dir
+# (the build logs): removed with the last install if they were not there before it.
+NIX_STATE = ("db", "gc.lock", "gcroots", "profiles", "temproots", "userpool", "gc-socket",
+             "builds")
 
 
 def nix_state_entries(prefix):
@@ -304,9 +305,10 @@ def _remove_nix_state(run, made):
     # type: (Run, Iterable[str]) -> None
     """Remove the entries ``made`` of Nix's state (nix_state_entries) that were not
     there before the install, once its database holds no valid path (or is a
-    broken one Nix left when it failed to create it).  Directories go only as far
-    as they are empty but for empty directories, the profiles link Nix made, and
-    lock files; the database, its per-process roots and sockets whole."""
+    broken one Nix left when it failed to create it).  The database, the
+    per-process roots and sockets go whole; gc.lock if a plain file; the other
+    directories only as far as they hold nothing but empty directories (and the
+    gcroots/profiles link Nix made): a link or file of the user's keeps them."""
     prefix = run.prefix
     if nixstore.count_valid(prefix) not in (0, None):
         return

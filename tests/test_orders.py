@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from nix_prefix.builder.samples import build_small_closure
 
 from .support import script_package, tree_snapshot
 from .test_faults import assert_installed, prefix_state
+from .test_interrupts import TRACER
 
 # In front of the real nix-env and nix-store: counts the Nix commands of a run in
 # $ORDERS_COUNT and, at the one $ORDERS_AT names (N:start, N:end or N:kill),
@@ -156,7 +158,7 @@ def snapshot(prefix: Path) -> dict[str, tuple]:
     bytes), Nix's runtime files included, but the mtimes of directories (which an
     entry made and removed inside changes)."""
     snap = tree_snapshot(prefix)
-    for rel, (mode, size, mtime, link, data) in snap.items():
+    for rel, (mode, size, _, link, data) in snap.items():
         if (prefix / rel).is_dir() and link is None:
             snap[rel] = (mode, size, None, link, data)
     return snap
@@ -325,3 +327,46 @@ def test_ctrl_c_in_every_command(kit: Kit, command: str) -> None:
     start = kit.save(command)
     tried = ctrl_c_everywhere(kit, name, args, start, every)
     print(f"{command}: {tried} runs with a Ctrl-C, each undone or done")
+
+
+LINE_RUNS = 30  # lines of the update's own code tried, spread evenly over it
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_lines_of_an_update(kit: Kit) -> None:
+    """The KeyboardInterrupt a Ctrl-C raises, raised at lines spread evenly over a `-u`
+    that replaces a package (test_interrupts.py's tracer): between two Nix commands,
+    too, every run ends undone with the prefix exactly as before, or done."""
+    kit.fresh()
+    kit.ok("A")
+    start = kit.save("lines")
+    tracer = kit.base / "tracer.py"
+    tracer.write_text(TRACER)
+
+    def update(at: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(tracer), str(kit.installers["C"]), "-u",
+                               "-y", "-q", "-p", str(kit.prefix)], capture_output=True,
+                              text=True, check=False, stdin=subprocess.DEVNULL,
+                              env=dict(os.environ, INTERRUPT_AT=str(at)))
+
+    before = state(kit.prefix)
+    whole = update(0)
+    assert whole.returncode == 0, whole.stderr
+    total = int(whole.stderr.rpartition("lines: ")[2])
+    done = state(kit.prefix, mtimes=False)
+    wrong, tried = [], 0
+    for at in range(total // LINE_RUNS // 2 or 1, total + 1, max(1, total // LINE_RUNS)):
+        kit.restore(start)
+        proc = update(at)
+        tried += 1
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        if proc.returncode == 130:
+            ok = len(lines) == 1 and "interrupted" in lines[0] and state(kit.prefix) == before
+        else:
+            ok = proc.returncode == 0 and state(kit.prefix, mtimes=False) == done
+        if not ok:
+            after = state(kit.prefix)
+            wrong.append((at, proc.returncode, proc.stderr[-300:], sorted(
+                p for p in set(before) | set(after) if before.get(p) != after.get(p))))
+    assert wrong == [], f"{len(wrong)} of {tried} (of {total} lines): {wrong[:4]}"
+    print(f"update: Ctrl-C at {tried} of its {total} lines, each undone or done")
