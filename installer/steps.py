@@ -163,10 +163,13 @@ class MakeDirs(Step):
             return
         created = self.owned.get("created", [])
         prefix = run.prefix
-        if "nixState" in self.owned:
-            _remove_nix_state(run, self.owned["nixState"])
-        elif prefix.state_dir in created:  # a receipt from before nixState was recorded
-            _remove_nix_state(run, nix_state_entries(prefix))
+        # Nix's entries in a directory the install created are its own too (a
+        # receipt from before nixState was recorded, or one handed over to it).
+        made = set(self.owned.get("nixState", []))
+        made.update(p for p in nix_state_entries(prefix) if os.path.dirname(p) in created)
+        tops = [top for top in (prefix.state_dir, prefix.log_dir) if top in created]
+        if made or tops:
+            _remove_nix_state(run, made, tops)
         if prefix.data_dir in created:
             run.drop_receipt()
             for path in (prefix.lock_file,):
@@ -301,14 +304,15 @@ def nix_state_entries(prefix):
         [os.path.join(prefix.log_dir, "drvs")]
 
 
-def _remove_nix_state(run, made):
-    # type: (Run, Iterable[str]) -> None
+def _remove_nix_state(run, made, tops):
+    # type: (Run, Iterable[str], List[str]) -> None
     """Remove the entries ``made`` of Nix's state (nix_state_entries) that were not
     there before the install, once its database holds no valid path (or is a
     broken one Nix left when it failed to create it).  The database, the
     per-process roots and sockets go whole; gc.lock if a plain file; the other
     directories only as far as they hold nothing but empty directories (and the
-    gcroots/profiles link Nix made): a link or file of the user's keeps them."""
+    gcroots/profiles link Nix made): a link or file of the user's keeps them.  In
+    the directories ``tops`` the install created, every empty directory goes."""
     prefix = run.prefix
     if nixstore.count_valid(prefix) not in (0, None):
         return
@@ -330,6 +334,8 @@ def _remove_nix_state(run, made):
     drvs = os.path.join(prefix.log_dir, "drvs")
     if drvs in made:
         _rmdir_tree(drvs)  # the logs themselves went with their derivations (Run.delete)
+    for top in tops:
+        _rmdir_tree(top)
 
 
 def _rmdir_tree(top):
