@@ -12,9 +12,11 @@ A Ctrl-C is sent to the installer's process group (as a terminal sends it: the
 Nix running then gets it too) at the start and right after the end of each Nix
 command a run makes, counted by a wrapper in front of ``nix-env`` and
 ``nix-store`` on PATH: the run ends "undone" with the prefix exactly as before
-(the database by its rows), or done, as a run without the Ctrl-C ends.  A
-``kill -9`` after each Nix command of an uninstall, then another uninstall,
-leaves the prefix as before too.
+(the database by its rows), or done, as a run without the Ctrl-C ends; the
+same for the KeyboardInterrupt of a Ctrl-C raised at lines spread over an
+update (test_interrupts.py's tracer), between two Nix commands.  A ``kill
+-9`` after each Nix command of an uninstall, then another uninstall, leaves
+the prefix as before too.
 """
 
 from __future__ import annotations
