@@ -30,6 +30,7 @@ from ..payload.manifest import Manifest
 from .errors import BuildError, Terminated, UsageError
 from .fromcache import FetchLimits
 from .leftovers import remove_stale
+from .limits import Limits
 from .localnix import NixCommandError, store_nix
 from .pack import BuildOptions, BuildResult, build_installer, check_output
 from .retarget import looks_like_installer
@@ -632,6 +633,36 @@ def serve(
         "--installer", metavar="FILE",
         help="offer this installer at /installers/NAME.sh and on the page at / "
              "(repeatable; checked at start)")] = None,
+    max_memory: Annotated[str, typer.Option(
+        metavar="SIZE", help="the whole server's memory (e.g. 1536M, 2G): what clients are "
+                             "buffered and NARs produced within")] = "1536M",
+    producers: Annotated[int, typer.Option(
+        min=1, help="NARs produced at once (a stalled client's producer parks)")]
+    = Limits.producers,
+    stream_buffer: Annotated[str, typer.Option(
+        metavar="SIZE", help="bytes buffered ahead for one NAR response")] = "1M",
+    send_timeout: Annotated[float, typer.Option(
+        min=1, metavar="SECONDS", help="a client whose response makes no progress for "
+                                       "this long is dropped")] = Limits.send_timeout,
+    min_rate: Annotated[str, typer.Option(
+        metavar="SIZE", help="bytes a second a NAR response must average after its first "
+                             "--send-timeout seconds, or its client is dropped")] = "4K",
+    cold: Annotated[int, typer.Option(
+        min=1, help="cold jobs at once: plans of new store dirs, first narinfos")]
+    = Limits.cold,
+    cold_per_client: Annotated[int, typer.Option(
+        min=1, help="cold jobs at once for one client address")] = Limits.cold_per_client,
+    cold_queue: Annotated[int, typer.Option(
+        min=0, help="cold jobs waiting, in all, before a 503 (Retry-After)")]
+    = Limits.cold_queue,
+    cold_queue_per_client: Annotated[int, typer.Option(
+        min=0, help="cold jobs waiting for one client address before a 503")]
+    = Limits.cold_queue_per_client,
+    client_header: Annotated[str | None, typer.Option(
+        metavar="HEADER", help="behind a proxy: the request header naming the client "
+                               "address (e.g. X-Real-IP), for the per-client limits")] = None,
+    access_log: Annotated[bool, typer.Option(
+        help="one line per request on stderr")] = True,
     debug: Debug = False,
 ) -> None:
     """Serve a Nix binary cache for every store dir no longer than the sources'.
@@ -640,6 +671,8 @@ def serve(
     substituter; narinfos and NARs are retargeted to Q on the fly, signed with
     --sign-key (docs/serving.md).  A page for people at / shows the key, the
     installers offered with --installer and, for a prefix, the line that installs.
+    /healthz and /metrics (Prometheus) tell how it fares; SIGHUP reads the
+    sources again without dropping requests.
 
     \b
       nix-prefix serve nix-installer.sh --listen 0.0.0.0:8080 --sign-key cache.sec \\
@@ -647,6 +680,7 @@ def serve(
       # a user at ~/.nix: substituters = http://HOST:8080/home/alice/.nix/store
     """
     with reporting(debug):
+        from .limits import parse_size
         from .master import Master, ServeOptions
         from .offer import load_all
         from .serve import run
@@ -656,9 +690,14 @@ def serve(
         if not colon or not host or not port.isdigit() or int(port) > 65535:
             raise BuildError(f"--listen {listen!r} is not HOST:PORT",
                              "e.g. --listen 127.0.0.1:8080")
+        limits = Limits(max_memory=parse_size(max_memory), producers=producers,
+                        stream_buffer=parse_size(stream_buffer), send_timeout=send_timeout,
+                        min_rate=max(1, parse_size(min_rate)), cold=cold,
+                        cold_per_client=cold_per_client, cold_queue=cold_queue,
+                        cold_queue_per_client=cold_queue_per_client)
         keys = load_secret_keys(sign_key or [])
-        master = Master(sources, ServeOptions(compression=compression, level=level,
-                                              sign_keys=keys), store_root=store_root)
+        options = ServeOptions(compression=compression, level=level, sign_keys=keys)
+        master = Master(sources, options, store_root=store_root)
         offered = load_all(installer or [])
 
         def ready(url: str) -> None:
@@ -671,7 +710,9 @@ def serve(
                           or "no installer (--installer FILE)"), err=True)
 
         try:
-            run(master, host.strip("[]"), int(port), ready, installers=list(offered.values()))
+            run(master, host.strip("[]"), int(port), ready, installers=list(offered.values()),
+                limits=limits, reload=lambda: Master(sources, options, store_root=store_root),
+                access_log=access_log, client_header=client_header)
         except OSError as e:
             raise BuildError(f"cannot listen on {listen}: {e.strerror}",
                              "choose another --listen address or port") from None

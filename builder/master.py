@@ -32,7 +32,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+import zstandard
 
 from ..payload import codecs, exact, hashes, nar, narinfo, nix32, storepath
 from ..payload import retarget as retargets
@@ -104,6 +106,11 @@ class _LRU(Generic[K, V]):
         finally:
             with self._lock:
                 self._busy.pop(key).set()
+
+    def peek(self, key: K) -> V | None:
+        """The value of ``key`` if it is computed already (nothing computed here)."""
+        with self._lock:
+            return self._items.get(key)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -286,10 +293,15 @@ class Master:
                           for s in self.sources]
         self.max_store_dir = min(len(s.manifest.embedded_store_dir) for s in self.sources)
         self._plans: _LRU[str, PrefixPlan] = _LRU(options.plans)
+        self.counts = {"plans": 0, "narinfos": 0}  # computed (for /metrics)
 
     def plan(self, store_dir: str) -> PrefixPlan:
         """The plan for ``store_dir`` (checked by the caller), computed once."""
         return self._plans.get(store_dir, lambda: PrefixPlan(self, store_dir))
+
+    def cached_plan(self, store_dir: str) -> PrefixPlan | None:
+        """The plan for ``store_dir`` if it is computed already (cheap: no cold work)."""
+        return self._plans.peek(store_dir)
 
     @property
     def plans_cached(self) -> int:
@@ -325,6 +337,7 @@ class PrefixPlan:
                                          _Entry(source, retargeted, target))
         self._names = {e.target.new for e in self._by_hash.values()}
         self._narinfos: _LRU[str, bytes] = _LRU(master.options.narinfos)
+        master.counts["plans"] += 1
 
     def __contains__(self, hash_part: str) -> bool:
         return hash_part in self._by_hash
@@ -336,7 +349,12 @@ class PrefixPlan:
             return None
         return self._narinfos.get(hash_part, lambda: self._make_narinfo(entry))
 
+    def cached_narinfo(self, hash_part: str) -> bytes | None:
+        """The narinfo of ``hash_part`` if it is computed already (cheap: no cold work)."""
+        return self._narinfos.peek(hash_part)
+
     def _make_narinfo(self, entry: _Entry) -> bytes:
+        self.master.counts["narinfos"] += 1
         writer = nar.NarHasher()
         entry.replay(writer)
         nar_hash = hashes.format_sha256(writer.digest())
@@ -394,8 +412,16 @@ class _CompressedOut:
     def __init__(self, emit: Callable[[bytes], None], compression: str, level: int | None,
                  system: str) -> None:
         self._emit = emit
-        self._compressor = None if compression == "none" else compressor(
-            compression, level, system)
+        self._compressor: Any = None
+        if compression == "zstd":
+            # zstd's own window for the level, no long-distance matching: about 4 MiB
+            # a stream at level 3, where the installer's settings (compress.py) hold
+            # about 19 MiB for each of the server's concurrent streams.
+            self._compressor = zstandard.ZstdCompressor(
+                level=level if level is not None else DEFAULT_LEVELS["zstd"],
+                write_checksum=True).compressobj()
+        elif compression != "none":
+            self._compressor = compressor(compression, level, system)
         self._buf = bytearray()
         self.sha256 = hashlib.sha256()
 

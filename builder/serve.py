@@ -29,10 +29,10 @@ import asyncio
 import hashlib
 import logging
 import re
-import threading
+import signal
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import http_exceptions, web
 
@@ -40,15 +40,17 @@ from ..payload import storepath
 from ..payload.codecs import CodecError
 from ..payload.container import CorruptInstaller
 from .errors import BuildError
+from .limits import Busy, ColdScheduler, Limits, MemoryBudget, buffer_budget, tame_malloc
 from .master import Master, PrefixPlan, parse_nar_file
+from .metrics import Metrics
 from .offer import InstallerChanged, Offered
 from .page import QueryError, Site, base_url, prefix_from_query, render
+from .streams import Dropped, Streams
 
 T = TypeVar("T")
 
-# At most this many NARs are being produced at once; more requests wait their turn.
-MAX_STREAMS = 16
-_QUEUE_PIECES = 4  # pieces waiting for a slow client, per stream
+# At most this many NARs are being produced at once (builder/limits.py has the rest).
+MAX_STREAMS = Limits.producers
 MAX_PATH = 1024  # bytes of a request path
 _RAW_PATH = re.compile(r"^(/[A-Za-z0-9+\-._=@,~]+)+\Z")
 _NARINFO = re.compile(r"^([0-9a-df-np-sv-z]{32})\.narinfo\Z")
@@ -67,10 +69,6 @@ PAGE_HEADERS = {"Cache-Control": PAGE_CONTROL, "X-Content-Type-Options": "nosnif
                 "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
                                            "form-action 'self'; base-uri 'none'; "
                                            "frame-ancestors 'none'"}
-
-
-class _ClientGone(Exception):
-    """The client of a stream went away: its producer stops."""
 
 
 class _OneLine(logging.Filter):
@@ -122,6 +120,19 @@ def split_request(raw_path: str, max_store_dir: int) -> tuple[str, str]:
     return head, file
 
 
+def _kind(raw_path: str) -> str:
+    """What a request path asks for, as /metrics counts it."""
+    for kind, test in (("narinfo", raw_path.endswith(".narinfo")),
+                       ("nar", "/nar/" in raw_path),
+                       ("nix-cache-info", raw_path.endswith("/nix-cache-info")),
+                       ("healthz", raw_path == "/healthz"), ("metrics", raw_path == "/metrics"),
+                       ("page", raw_path == "/"),
+                       ("installer", raw_path.startswith("/installers/"))):
+        if test:
+            return kind
+    return "other"
+
+
 def _etag(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
@@ -132,30 +143,117 @@ def _not_modified(request: web.Request, etag: str) -> bool:
 
 
 class Server:
-    """The aiohttp application over a master, and its thread pool."""
+    """The aiohttp application over a master: its limits (builder/limits.py), NAR
+    streams (builder/streams.py) and metrics (builder/metrics.py)."""
 
     def __init__(self, master: Master, max_streams: int = MAX_STREAMS,
-                 installers: Sequence[Offered] = ()) -> None:
+                 installers: Sequence[Offered] = (), limits: Limits | None = None,
+                 client_header: str | None = None) -> None:
         self.master = master
         self.installers = {o.name + ".sh": o for o in installers}
         self.site = Site([k.public_key for k in master.options.sign_keys],
                          master.max_store_dir - len("/store"), master.options.compression,
                          list(installers))
-        self._pool = ThreadPoolExecutor(max_workers=max_streams + 4,
-                                        thread_name_prefix="nix-prefix-serve")
-        self._streams = asyncio.Semaphore(max_streams)
-        self.active_streams = 0
-        self.app = web.Application(middlewares=[self._errors])
+        self.limits = limits or Limits(producers=max_streams)
+        self.client_header = client_header
+        self.budget = MemoryBudget(buffer_budget(self.limits))
+        # Cold work and NAR producers have threads of their own: a saturated cold
+        # queue never delays a NAR, and a parked producer holds no thread.  Reads of
+        # offered installers have a few more.
+        self._cold_pool = ThreadPoolExecutor(self.limits.cold, "nix-prefix-cold")
+        self._nar_pool = ThreadPoolExecutor(self.limits.producers, "nix-prefix-nar")
+        self._pool = ThreadPoolExecutor(4, "nix-prefix-serve")
+        self.cold = ColdScheduler(self.limits)
+        self.streams = Streams(self.limits, self.budget, self._nar_pool)
+        self.metrics = Metrics(self._state)
+        self.app = web.Application(middlewares=[self._count, self._errors])
+        self.app.router.add_get("/healthz", self._healthz)
+        self.app.router.add_get("/metrics", self.metrics.handle)
         self.app.router.add_get("/", self._page)
         self.app.router.add_get("/installers/{name}", self._installer)
         self.app.router.add_get("/{tail:.*}", self._handle)
         self.app.on_cleanup.append(self._close)
 
+    @property
+    def active_streams(self) -> int:
+        return self.streams.active
+
     async def _close(self, app: web.Application) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (self._cold_pool, self._nar_pool, self._pool):
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _run(self, work: Callable[..., T], *args: object) -> Awaitable[T]:
         return asyncio.get_running_loop().run_in_executor(self._pool, work, *args)
+
+    async def reload(self, make: Callable[[], Master]) -> None:
+        """A new master from ``make`` (run aside); requests under way finish with the
+        old one.  A master that cannot be read leaves the old one serving."""
+        log = self.app.logger
+        try:
+            master = await asyncio.to_thread(make)
+        except BuildError as e:
+            log.error("reloading the master failed, the old one still serves: %s", e)
+            return
+        self.master = master
+        log.warning("reloaded the master: %d paths", sum(len(s.manifest.paths)
+                                                           for s in master.sources))
+
+    def _client(self, request: web.Request) -> str:
+        if self.client_header:
+            return request.headers.get(self.client_header, "") or str(request.remote)
+        return str(request.remote)
+
+    async def _cold_work(self, request: web.Request, key: tuple[object, ...],
+                         work: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await self.cold.run(self._client(request), key,
+                                       lambda: loop.run_in_executor(self._cold_pool, work, *args))
+        except Busy:
+            raise self._busy("cold work") from None
+
+    def _busy(self, what: str) -> web.HTTPException:
+        # Nix retries a 503 (src/libstore/filetransfer.cc: a 5xx but 501, 505 and 511
+        # is transient), with its own back-off; Retry-After is for other clients.
+        return web.HTTPServiceUnavailable(
+            text=f"busy ({what}): retry in a few seconds\n",
+            headers={"Retry-After": str(self.limits.retry_after), "Cache-Control": "no-store"})
+
+    def _state(self) -> dict[str, tuple[Any, ...]]:
+        """The figures /metrics reads when scraped."""
+        cold, streams, master = self.cold, self.streams, self.master
+        return {
+            "plans_computed": ("plans computed (store dirs asked for)",
+                               master.counts["plans"], "counter"),
+            "plans_cached": ("plans kept", master.plans_cached, "gauge"),
+            "narinfos_computed": ("narinfos computed (NAR hashed)",
+                                  master.counts["narinfos"], "counter"),
+            "cold_running": ("cold jobs running", cold.running, "gauge"),
+            "cold_waiting": ("cold jobs waiting for a slot", cold.waiting, "gauge"),
+            "cold_refused": ("cold jobs refused (503)", cold.refused, "counter"),
+            "streams_active": ("NAR responses in progress", streams.active, "gauge"),
+            "streams_producing": ("NAR producers running", streams.producing, "gauge"),
+            "clients_stalled": ("NAR responses whose producer is parked (client not reading)",
+                                streams.parked, "gauge"),
+            "streams_parked": ("producers parked", streams.parks, "counter"),
+            "clients_dropped": ("clients dropped, by reason", dict(streams.dropped),
+                                "counter", "reason"),
+            "buffered_bytes": ("bytes taken from the memory budget (buffers, producers)",
+                               self.budget.used, "gauge"),
+            "buffer_budget_bytes": ("the memory budget (from --max-memory)",
+                                    self.budget.limit, "gauge"),
+        }
+
+    @web.middleware
+    async def _count(self, request: web.Request, handler):
+        kind = _kind(request.rel_url.raw_path)
+        try:
+            response = await handler(request)
+        except web.HTTPException as e:
+            self.metrics.count(kind, e.status, 0)
+            raise
+        self.metrics.count(kind, response.status, response.body_length)
+        return response
 
     @web.middleware
     async def _errors(self, request: web.Request, handler):
@@ -228,22 +326,34 @@ class Server:
         await response.write_eof()
         return response
 
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n", headers={"Cache-Control": "no-store"})
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        store_dir, file = split_request(request.rel_url.raw_path, self.master.max_store_dir)
+        master = self.master  # this request's, even if a reload comes meanwhile
+        store_dir, file = split_request(request.rel_url.raw_path, master.max_store_dir)
         if request.rel_url.raw_query_string:
             raise _error(web.HTTPBadRequest, "no query string here")
-        plan = await self._run(self.master.plan, store_dir)
+        plan = master.cached_plan(store_dir) or await self._cold_work(
+            request, ("plan", master, store_dir), master.plan, store_dir)
         if file == "nix-cache-info":
             return self._small(request, plan.cache_info, "nix-cache-info", CACHE_INFO_CONTROL)
         m = _NARINFO.match(file)
         if m:
-            text = await self._run(plan.narinfo, m.group(1))
+            text = await self._narinfo(request, plan, m.group(1))
             if text is None:
                 raise _error(web.HTTPNotFound, "no such store path here", MISSING_CONTROL)
             return self._small(request, text, "narinfo", NARINFO_CONTROL)
         if file.startswith("nar/"):
             return await self._nar(request, plan, file[len("nar/"):])
         raise _error(web.HTTPNotFound, "not a binary cache file", MISSING_CONTROL)
+
+    async def _narinfo(self, request: web.Request, plan: PrefixPlan,
+                       hash_part: str) -> bytes | None:
+        if hash_part not in plan:
+            return None
+        return plan.cached_narinfo(hash_part) or await self._cold_work(
+            request, ("narinfo", plan, hash_part), plan.narinfo, hash_part)
 
     def _small(self, request: web.Request, body: bytes, kind: str,
                control: str) -> web.Response:
@@ -255,16 +365,16 @@ class Server:
 
     async def _nar(self, request: web.Request, plan: PrefixPlan,
                    name: str) -> web.StreamResponse:
-        parsed = parse_nar_file(name, self.master.options.compression)
+        parsed = parse_nar_file(name, plan.master.options.compression)
         if parsed is None or parsed[0] not in plan:
             raise _error(web.HTTPNotFound, "no such NAR here", MISSING_CONTROL)
         hash_part, nar_hash = parsed
-        text = await self._run(plan.narinfo, hash_part)
+        text = await self._narinfo(request, plan, hash_part)
         # An old URL (the master changed since) names another NarHash.
         if text is None or f"-{nar_hash}.nar".encode() not in text:
             raise _error(web.HTTPNotFound, "no such NAR here (any more)", MISSING_CONTROL)
         # The compressed bytes depend on the compressor's version: a weak tag.
-        etag = f'W/"{nar_hash}-{self.master.options.compression}"'
+        etag = f'W/"{nar_hash}-{plan.master.options.compression}"'
         headers = {"ETag": etag, "Cache-Control": NAR_CONTROL,
                    "Content-Type": CONTENT_TYPES["nar"]}
         if _not_modified(request, etag):
@@ -273,68 +383,52 @@ class Server:
         if request.method == "HEAD":
             await response.prepare(request)
             return response
-        async with self._streams:
-            await response.prepare(request)
-            await self._stream(response, plan, hash_part)
+        try:
+            await self.streams.send(request, response,
+                                    lambda emit: plan.stream(hash_part, emit))
+        except Busy:
+            raise self._busy("NAR producers") from None
+        except (Dropped, ConnectionError):
+            pass  # too slow or stalled (its connection is closed), or it left
         return response
 
-    async def _stream(self, response: web.StreamResponse, plan: PrefixPlan,
-                      hash_part: str) -> None:
-        loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue[bytes | None] = asyncio.Queue(_QUEUE_PIECES)
-        gone = threading.Event()
 
-        def emit(data: bytes) -> None:
-            put = asyncio.run_coroutine_threadsafe(pieces.put(data), loop)
-            while True:
-                if gone.is_set():
-                    put.cancel()
-                    raise _ClientGone()
-                try:
-                    put.result(timeout=0.2)
-                    return
-                except TimeoutError:
-                    continue
+# One line a request: who, what, the answer, bytes sent, seconds, which Nix.
+ACCESS_FORMAT = '%a "%r" %s %b %Tfs "%{User-Agent}i"'
 
-        def produce() -> None:
-            try:
-                plan.stream(hash_part, emit)
-            finally:
-                if not gone.is_set():
-                    asyncio.run_coroutine_threadsafe(pieces.put(None), loop)
 
-        self.active_streams += 1
-        producer = loop.run_in_executor(self._pool, produce)
-        try:
-            while True:
-                piece = await pieces.get()
-                if piece is None:
-                    break
-                await response.write(piece)
-            await producer  # raises what the producer raised
-            await response.write_eof()
-        finally:
-            gone.set()
-            while not pieces.empty():  # a producer waiting on a full queue moves on
-                pieces.get_nowait()
-            try:
-                await asyncio.shield(producer)
-            except BaseException:  # noqa: BLE001 - already reported, or the client left
-                pass
-            self.active_streams -= 1
+def _log_to_stderr() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    for name in ("aiohttp.access", "aiohttp.server", "aiohttp.web"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def run(master: Master, host: str, port: int, ready: Callable[[str], None] | None = None,
-        max_streams: int = MAX_STREAMS, installers: Sequence[Offered] = ()) -> None:
-    """Serve until interrupted; ``ready`` gets the base URL once the socket listens."""
-    server = Server(master, max_streams, installers)
+        max_streams: int = MAX_STREAMS, installers: Sequence[Offered] = (),
+        limits: Limits | None = None, reload: Callable[[], Master] | None = None,
+        access_log: bool = True, client_header: str | None = None) -> None:
+    """Serve until interrupted; ``ready`` gets the base URL once the socket listens.
+    SIGHUP makes a new master with ``reload`` without dropping requests under way."""
+    _log_to_stderr()
+    tame_malloc()
+    server = Server(master, max_streams, installers, limits, client_header)
 
     async def main() -> None:
-        runner = web.AppRunner(server.app, access_log=None, handle_signals=True)
+        runner = web.AppRunner(server.app, handle_signals=True, access_log_format=ACCESS_FORMAT,
+                               access_log=logging.getLogger("aiohttp.access")
+                               if access_log else None)
         await runner.setup()
         site = web.TCPSite(runner, host, port, backlog=256)
         await site.start()
         bound = runner.addresses[0][1] if runner.addresses else port  # the port for 0
+        if reload is not None:
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(
+                server.reload(reload)))
         if ready:
             ready(f"http://{host}:{bound}")
         try:

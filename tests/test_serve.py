@@ -470,30 +470,45 @@ def test_the_cli_refuses_bad_arguments_with_one_line(small: dict) -> None:
 def serving(*args: str) -> Iterator[str]:
     """``nix-prefix serve ARGS --listen 127.0.0.1:0`` in a process of its own; yields
     its base URL; stopped (SIGINT, as Ctrl-C) on exit."""
+    with server_process(*args) as (url, _proc, _log):
+        yield url
+
+
+@contextmanager
+def server_process(*args: str) -> Iterator[tuple[str, subprocess.Popen, list[str]]]:
+    """``serving``, yielding (base URL, the process, the lines of its stderr so far:
+    read all along, so that its access log never fills the pipe)."""
     import signal
 
     code = "from nix_prefix.builder.cli import main; main()"
     proc = subprocess.Popen([sys.executable, "-c", code, "serve", *args,
                              "--listen", "127.0.0.1:0"],
                             stderr=subprocess.PIPE, text=True)
+    log: list[str] = []
+    reader = threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True)
     try:
         line = ""
         deadline = time.monotonic() + 120
         while " at http://" not in line and time.monotonic() < deadline:
             line = proc.stderr.readline()
+            log.append(line)
             if not line and proc.poll() is not None:
                 break
         m = re.search(r" at (http://[^/ ]+)/STORE/DIR", line)
-        assert m, f"the server did not start: {line!r}"
-        yield m.group(1)
+        assert m, f"the server did not start: {''.join(log)[-2000:]}"
+        reader.start()
+        yield m.group(1), proc, log
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            rest = proc.communicate(timeout=20)[1]
+            proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
-            rest = proc.communicate()[1]
-        assert "Traceback" not in rest, rest
+            proc.wait()
+        if reader.is_alive():
+            reader.join(10)
+        rest = "".join(log)
+        assert "Traceback" not in rest, rest[-5000:]
 
 
 @pytest.mark.slow
