@@ -11,8 +11,8 @@ worker processes.
   empty waits, and parks (builder/streams.py) when that lasts.
 * ``ColdScheduler``: the first plan of a store dir and the first narinfo of a path
   (a full read and rewrite of the path) run at most ``cold`` at once, at most
-  ``cold_per_client`` for one client address, taken round-robin over the
-  addresses waiting; past ``cold_queue`` waiting (or ``cold_queue_per_client``
+  ``cold_per_client`` for one client address, the address that waited longest
+  since its last job first; past ``cold_queue`` waiting (or ``cold_queue_per_client``
   for one address) the request is refused with ``Busy`` (the server answers 503
   with ``Retry-After``; Nix retries a 503, src/libstore/filetransfer.cc).
   Requests for the same key share one computation.
@@ -161,7 +161,8 @@ class ColdScheduler:
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
         self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
-        self._turns: deque[str] = deque()  # addresses with work waiting, round-robin
+        self._started: dict[str, int] = {}  # when each address last started a job
+        self._clock = 0
         self._running: dict[str, int] = {}
         self._shared: dict[Hashable, asyncio.Future[Any]] = {}
         self.running = 0
@@ -205,7 +206,6 @@ class ColdScheduler:
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if mine is None:
             mine = self._waiting[client] = deque()
-            self._turns.append(client)
         mine.append(turn)
         self.waiting += 1
         self._dispatch()
@@ -225,9 +225,10 @@ class ColdScheduler:
             self.waiting -= 1
             if not mine:
                 del self._waiting[client]
-                self._turns.remove(client)
 
     def _start(self, client: str) -> None:
+        self._clock += 1
+        self._started[client] = self._clock
         self.running += 1
         self._running[client] = self._running.get(client, 0) + 1
 
@@ -242,24 +243,20 @@ class ColdScheduler:
         self._dispatch()
 
     def _dispatch(self) -> None:
-        """Give free slots to waiting addresses, one each in turn."""
+        """Give free slots to waiting addresses: first those running least, then the
+        one whose last job started longest ago."""
         limits = self._limits
-        granted = True
-        while granted and self.running < limits.cold:
-            granted = False
-            for _ in range(len(self._turns)):
-                if self.running >= limits.cold:
-                    break
-                client = self._turns[0]
-                self._turns.rotate(-1)
-                if self._running.get(client, 0) >= limits.cold_per_client:
-                    continue
-                mine = self._waiting[client]
-                turn = mine.popleft()
-                self.waiting -= 1
-                if not mine:
-                    del self._waiting[client]
-                    self._turns.remove(client)
-                self._start(client)
-                turn.set_result(None)
-                granted = True
+        while self.running < limits.cold:
+            eligible = [c for c in self._waiting
+                        if self._running.get(c, 0) < limits.cold_per_client]
+            if not eligible:
+                return
+            client = min(eligible, key=lambda c: (self._running.get(c, 0),
+                                                  self._started.get(c, 0)))
+            mine = self._waiting[client]
+            turn = mine.popleft()
+            self.waiting -= 1
+            if not mine:
+                del self._waiting[client]
+            self._start(client)
+            turn.set_result(None)

@@ -334,8 +334,10 @@ class Server:
         store_dir, file = split_request(request.rel_url.raw_path, master.max_store_dir)
         if request.rel_url.raw_query_string:
             raise _error(web.HTTPBadRequest, "no query string here")
-        plan = master.cached_plan(store_dir) or await self._cold_work(
-            request, ("plan", master, store_dir), master.plan, store_dir)
+        plan = master.cached_plan(store_dir)
+        if plan is None:
+            plan = await self._cold_work(request, ("plan", master, store_dir), master.plan,
+                                         store_dir)
         if file == "nix-cache-info":
             return self._small(request, plan.cache_info, "nix-cache-info", CACHE_INFO_CONTROL)
         m = _NARINFO.match(file)

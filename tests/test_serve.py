@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from nix_prefix.builder.limits import Limits
 from nix_prefix.builder.master import Master, PrefixPlan, ServeOptions
 from nix_prefix.builder.serve import Server, split_request
 from nix_prefix.builder.signer import load_secret_key
@@ -42,8 +43,9 @@ from .test_cache import world  # noqa: F401 - the binary-cache tests' closure, f
 class Running:
     """A Server on 127.0.0.1 in a thread of its own (its own event loop)."""
 
-    def __init__(self, master: Master, max_streams: int = 16, installers=()) -> None:
-        self.server = Server(master, max_streams, installers)
+    def __init__(self, master: Master, max_streams: int = 16, installers=(),
+                 limits: Limits | None = None) -> None:
+        self.server = Server(master, max_streams, installers, limits)
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, daemon=True)
