@@ -2,7 +2,8 @@
 # Installs everything nix-prefix needs on a fresh Debian/Ubuntu machine:
 # Debian's nix-bin (the real Nix the tests and the demo drive), patchelf (to
 # make the self-contained Nix sample closure), gcc and binutils (the C sample
-# for relocation), xz-utils and zstd (bench/), python3-venv, then a virtual
+# for relocation), xz-utils and zstd (bench/), nginx-light (the cache tier
+# tested in front of nix-prefix serve), python3-venv, then a virtual
 # environment in .venv with nix-prefix and its test tools.  Newer Nix
 # (trixie's 2.26, sid's 2.34) is fetched from Debian's archive into a cache
 # outside the repository, never installed (.ci/debian-fetch.sh): the tests
@@ -26,6 +27,9 @@ command -v fish >/dev/null 2>&1 || missing="$missing fish"  # nix.fish is tested
 # A real browser for serve's page (tests/test_serve_page.py, driven by selenium).
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium-driver"
+# The cache tier in front of nix-prefix serve (docs/serving.md, tests/test_serve_nginx.py);
+# Debian starts no service for it here: the test runs it from a temporary dir.
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$missing nginx-light"
 [ -x /usr/bin/python3 ] || missing="$missing python3"
 /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$missing python3-venv"
 if [ -n "$missing" ]; then

@@ -477,14 +477,14 @@ def serving(*args: str) -> Iterator[str]:
 
 
 @contextmanager
-def server_process(*args: str) -> Iterator[tuple[str, subprocess.Popen, list[str]]]:
+def server_process(*args: str, listen: str = "127.0.0.1:0",
+                   ) -> Iterator[tuple[str, subprocess.Popen, list[str]]]:
     """``serving``, yielding (base URL, the process, the lines of its stderr so far:
     read all along, so that its access log never fills the pipe)."""
     import signal
 
     code = "from nix_prefix.builder.cli import main; main()"
-    proc = subprocess.Popen([sys.executable, "-c", code, "serve", *args,
-                             "--listen", "127.0.0.1:0"],
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", *args, "--listen", listen],
                             stderr=subprocess.PIPE, text=True)
     log: list[str] = []
     reader = threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True)
