@@ -19,7 +19,10 @@ second (every narinfo, over and over, for --seconds), and NAR throughput
 (every NAR once per client, at most --seconds): MB/s of NAR served
 (uncompressed NarSize) and of bytes on the wire; and each server's peak
 RSS.  For ours, the first round of narinfos (each computes the retargeted
-NAR hash, then is cached) is reported apart as "cold".  Every loop is bounded in count and in time.
+NAR hash, then is cached) is reported apart as "cold".  Then ours again while
+``--stalled`` clients (24) hang on: each asked for the biggest NAR and never
+reads (issue 26: they must cost the others nothing).  Every loop is bounded
+in count and in time.
 Writes JSON with ``--json``.
 """
 
@@ -171,7 +174,37 @@ def measure(port: int, base: str, hashes: list[str], seconds: float, label: str)
     return r
 
 
-def bench(base: Path, size_mb: int, paths: int, seconds: float, compression: str) -> dict:
+def hang_on(port: int, path: str, count: int) -> list:
+    """``count`` clients that ask for ``path`` and never read (small receive buffers)."""
+    import socket
+    clients = []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        clients.append(s)
+    return clients
+
+
+def wait_stalled(port: int, count: int, limit: float = 120) -> float:
+    """Seconds until the server says ``count`` responses have parked producers (their
+    clients take nothing): from then on they cost only their buffers."""
+    t = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        while time.monotonic() - t < limit:
+            text = fetch(conn, "/metrics").decode()
+            m = re.search(r"^nix_prefix_serve_clients_stalled (\S+)$", text, re.M)
+            if m and float(m.group(1)) >= count:
+                break
+            time.sleep(0.2)
+    finally:
+        conn.close()
+    return time.monotonic() - t
+
+
+def bench(base: Path, size_mb: int, paths: int, seconds: float, compression: str,
+          stalled: int = 24) -> dict:
     s1 = base / "a-publisher-build-prefix-longer-than-the-users"
     q_store = str(base / "users-prefix" / "store")
     nix = LocalNix(s1)
@@ -209,6 +242,22 @@ def bench(base: Path, size_mb: int, paths: int, seconds: float, compression: str
         port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
         r["ours"] = measure(port, q_store, hashes, seconds, "nix-prefix serve")
         r["ours"]["server_rss_mb"] = peak_rss_mb(proc)
+        if stalled:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            infos = [narinfo.parse(fetch(conn, f"{q_store}/{h}.narinfo").decode(), h)
+                     for h in hashes]
+            conn.close()
+            biggest = max(infos, key=lambda i: i.nar_size)
+            hanging = hang_on(port, f"{q_store}/{biggest.url}", stalled)
+            try:
+                r["stalled_after_s"] = wait_stalled(port, stalled)
+                r["stalled"] = measure(port, q_store, hashes, seconds,
+                                       f"nix-prefix serve, {stalled} clients stalled")
+                r["stalled"]["server_rss_mb"] = peak_rss_mb(proc)
+                r["stalled"]["clients"] = stalled
+            finally:
+                for s in hanging:
+                    s.close()
     finally:
         stop(proc)
     r["ratios"] = {}
@@ -225,15 +274,23 @@ def print_table(r: dict) -> None:
     print(f"\nclosure: {c['paths']} store paths, {c['nar_bytes'] / 2**20:.1f} MiB NAR; "
           f"machine: {r['machine']['cpus']} CPUs, load {r['load_before']:.1f} before")
     print(f"{'':40}{'narinfo/s':>11}{'NAR MB/s':>10}{'wire MB/s':>11}")
-    for key, label in (("static", "static nix copy cache (aiohttp)"),
-                       ("ours", f"nix-prefix serve ({r['compression']})")):
+    rows = [("static", "static nix copy cache (aiohttp)"),
+            ("ours", f"nix-prefix serve ({r['compression']})")]
+    if "stalled" in r:
+        rows.append(("stalled", f"  + {r['stalled']['clients']} stalled clients"))
+    for key, label in rows:
         for clients in (1, 8):
             v = r[key]
             nar = v[f"nar_{clients}"]
             print(f"{label + f', {clients} client(s)':40}{v[f'narinfo_per_s_{clients}']:11.0f}"
                   f"{nar['nar_mb_s']:10.1f}{nar['wire_mb_s']:11.1f}")
     print(f"server peak RSS: static {r['static']['server_rss_mb']:.0f} MiB, nix-prefix serve "
-          f"{r['ours']['server_rss_mb']:.0f} MiB")
+          f"{r['ours']['server_rss_mb']:.0f} MiB"
+          + (f", with stalled clients {r['stalled']['server_rss_mb']:.0f} MiB"
+             if "stalled" in r else ""))
+    if "stalled" in r:
+        print(f"the {r['stalled']['clients']} stalled clients' producers had all parked "
+              f"{r['stalled_after_s']:.1f} s after they asked (measured from then on)")
     print(f"nix-prefix serve, first narinfos (NAR hash computed): "
           f"{r['ours']['cold_narinfo_per_s']:.1f}/s")
     for key, value in r["ratios"].items():
@@ -247,12 +304,16 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10, help="length of each measurement")
     ap.add_argument("--compression", default="zstd", choices=("zstd", "xz", "none"),
                     help="what nix-prefix serve compresses NARs with on the fly")
+    ap.add_argument("--stalled", type=int, default=24,
+                    help="clients that ask for the biggest NAR and never read, during a "
+                         "second round (0: none)")
     ap.add_argument("--json", type=Path, help="write the results here too")
     ap.add_argument("--workdir", type=Path, help="default: a new dir under /tmp")
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
     args = ap.parse_args()
     with work_dir(args.workdir, args.keep, "np-serve-bench-") as base:
-        results = bench(base, args.size_mb, args.paths, args.seconds, args.compression)
+        results = bench(base, args.size_mb, args.paths, args.seconds, args.compression,
+                        args.stalled)
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")

@@ -184,6 +184,9 @@ class ColdScheduler:
             result = await work()
             future.set_result(result)
             return result
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
         except BaseException as e:
             future.set_exception(e)
             future.exception()  # retrieved: no "never retrieved" warning if unshared

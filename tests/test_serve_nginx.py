@@ -12,7 +12,6 @@ killed mid-way, a Nix at another prefix still substitutes everything.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -27,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from . import test_cache
+from .conftest import _force_remove
 from .test_cache import world  # noqa: F401 - the binary-cache tests' closure
 from .test_docs import DOCS, blocks
 from .test_serve import get, server_process
@@ -92,16 +92,6 @@ def origin_requests(*ports: int) -> float:
     return total
 
 
-def remove_prefix(prefix: Path) -> None:
-    for dirpath, dirnames, _ in os.walk(prefix):
-        for d in dirnames:
-            full = os.path.join(dirpath, d)
-            if not os.path.islink(full):
-                os.chmod(full, 0o755)
-    os.chmod(prefix, 0o755)
-    shutil.rmtree(prefix)
-
-
 @pytest.mark.slow
 def test_the_documented_nginx_tier(world: dict, world_dir: Path) -> None:  # noqa: F811
     base = world["base"]
@@ -124,7 +114,8 @@ def test_the_documented_nginx_tier(world: dict, world_dir: Path) -> None:  # noq
         assert served > 0
 
         # A fresh store at the same prefix: all from nginx's cache.
-        remove_prefix(q)
+        _force_remove(q)
+        assert not q.exists()
         seen = len((prefix_dir / "access.log").read_text().splitlines())
         test_cache.set_up_prefix(world, q, f"{url}{q}/store", key)
         test_cache.assert_substitutes_everything(world, q, f"{url}{q}/store")
