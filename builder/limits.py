@@ -48,7 +48,7 @@ class Limits:
     park_idle: float = 10.0  # … and after this long in any case
     send_timeout: float = 30.0  # a write that makes no progress for this long drops the client
     min_rate: int = 4096  # bytes/s a response must average, after its first send_timeout
-    max_streams: int = 512  # responses with a NAR in progress (parked or not)
+    max_responses: int = 512  # responses with a NAR in progress (parked or not)
     cold: int = 2  # cold jobs (new plans, first narinfos) at once
     cold_per_client: int = 1
     cold_queue: int = 256  # cold jobs waiting, in all

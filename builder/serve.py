@@ -149,6 +149,7 @@ class Server:
     def __init__(self, master: Master, max_streams: int = MAX_STREAMS,
                  installers: Sequence[Offered] = (), limits: Limits | None = None,
                  client_header: str | None = None) -> None:
+        """``max_streams``: NARs produced at once, when ``limits`` is not given."""
         self.master = master
         self.installers = {o.name + ".sh": o for o in installers}
         self.site = Site([k.public_key for k in master.options.sign_keys],

@@ -73,7 +73,7 @@ class Streams:
 
     async def admit(self) -> None:
         """Room for one more response with a producer, or Busy (a 503) after a wait."""
-        if self.active >= self.limits.max_streams:
+        if self.active >= self.limits.max_responses:
             raise Busy()
         if not await self._take_slot(self.limits.send_timeout):
             raise Busy()
