@@ -186,16 +186,17 @@ def hang_on(port: int, path: str, count: int) -> list:
     return clients
 
 
-def wait_stalled(port: int, count: int, limit: float = 120) -> float:
-    """Seconds until the server says ``count`` responses have parked producers (their
-    clients take nothing): from then on they cost only their buffers."""
+def wait_stalled(port: int, limit: float = 120) -> float:
+    """Seconds until no producer runs any more for the clients that hang on (each has
+    parked, or its whole NAR fits in the socket buffers): from then on they cost
+    only their buffers."""
     t = time.monotonic()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         while time.monotonic() - t < limit:
             text = fetch(conn, "/metrics").decode()
-            m = re.search(r"^nix_prefix_serve_clients_stalled (\S+)$", text, re.M)
-            if m and float(m.group(1)) >= count:
+            m = re.search(r"^nix_prefix_serve_streams_producing (\S+)$", text, re.M)
+            if m and float(m.group(1)) == 0:
                 break
             time.sleep(0.2)
     finally:
@@ -250,7 +251,7 @@ def bench(base: Path, size_mb: int, paths: int, seconds: float, compression: str
             biggest = max(infos, key=lambda i: i.nar_size)
             hanging = hang_on(port, f"{q_store}/{biggest.url}", stalled)
             try:
-                r["stalled_after_s"] = wait_stalled(port, stalled)
+                r["stalled_after_s"] = wait_stalled(port)
                 r["stalled"] = measure(port, q_store, hashes, seconds,
                                        f"nix-prefix serve, {stalled} clients stalled")
                 r["stalled"]["server_rss_mb"] = peak_rss_mb(proc)
@@ -289,7 +290,7 @@ def print_table(r: dict) -> None:
           + (f", with stalled clients {r['stalled']['server_rss_mb']:.0f} MiB"
              if "stalled" in r else ""))
     if "stalled" in r:
-        print(f"the {r['stalled']['clients']} stalled clients' producers had all parked "
+        print(f"the {r['stalled']['clients']} stalled clients' producers had all stopped "
               f"{r['stalled_after_s']:.1f} s after they asked (measured from then on)")
     print(f"nix-prefix serve, first narinfos (NAR hash computed): "
           f"{r['ours']['cold_narinfo_per_s']:.1f}/s")
