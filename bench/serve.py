@@ -186,17 +186,29 @@ def hang_on(port: int, path: str, count: int) -> list:
     return clients
 
 
-def wait_stalled(port: int, limit: float = 120) -> float:
-    """Seconds until no producer runs any more for the clients that hang on (each has
-    parked, or its whole NAR fits in the socket buffers): from then on they cost
-    only their buffers."""
+def _figures(conn: http.client.HTTPConnection) -> dict[str, float]:
+    """The server's /metrics, summed over labels."""
+    out: dict[str, float] = {}
+    for m in re.finditer(r"^(nix_prefix_serve_\w+)(?:\{([^}]*)\})? (\S+)$",
+                         fetch(conn, "/metrics").decode(), re.M):
+        key = m.group(1) + ("{nar}" if 'kind="nar"' in (m.group(2) or "") else "")
+        out[key] = out.get(key, 0) + float(m.group(3))
+    return out
+
+
+def wait_stalled(port: int, hanging: int, done_before: float, limit: float = 120) -> float:
+    """Seconds until every client that hangs on has had its producer stop (parked, or
+    its whole NAR fit in the socket buffers) and none waits for one: from then on
+    they cost only their buffers."""
     t = time.monotonic()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         while time.monotonic() - t < limit:
-            text = fetch(conn, "/metrics").decode()
-            m = re.search(r"^nix_prefix_serve_streams_producing (\S+)$", text, re.M)
-            if m and float(m.group(1)) == 0:
+            f = _figures(conn)
+            done = f.get("nix_prefix_serve_requests_total{nar}", 0) - done_before
+            if f["nix_prefix_serve_streams_producing"] == 0 and \
+                    f["nix_prefix_serve_streams_waiting"] == 0 and \
+                    f["nix_prefix_serve_streams_active"] + done >= hanging:
                 break
             time.sleep(0.2)
     finally:
@@ -249,9 +261,12 @@ def bench(base: Path, size_mb: int, paths: int, seconds: float, compression: str
                      for h in hashes]
             conn.close()
             biggest = max(infos, key=lambda i: i.nar_size)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            done_before = _figures(conn).get("nix_prefix_serve_requests_total{nar}", 0)
+            conn.close()
             hanging = hang_on(port, f"{q_store}/{biggest.url}", stalled)
             try:
-                r["stalled_after_s"] = wait_stalled(port)
+                r["stalled_after_s"] = wait_stalled(port, stalled, done_before)
                 r["stalled"] = measure(port, q_store, hashes, seconds,
                                        f"nix-prefix serve, {stalled} clients stalled")
                 r["stalled"]["server_rss_mb"] = peak_rss_mb(proc)

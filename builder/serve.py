@@ -234,6 +234,8 @@ class Server:
             "cold_refused": ("cold jobs refused (503)", cold.refused, "counter"),
             "streams_active": ("NAR responses in progress", streams.active, "gauge"),
             "streams_producing": ("NAR producers running", streams.producing, "gauge"),
+            "streams_waiting": ("NAR responses waiting for a producer", streams.waiting,
+                                "gauge"),
             "clients_stalled": ("NAR responses whose producer is parked (client not reading)",
                                 streams.parked, "gauge"),
             "streams_parked": ("producers parked", streams.parks, "counter"),
