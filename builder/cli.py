@@ -639,6 +639,9 @@ def serve(
     producers: Annotated[int, typer.Option(
         min=1, help="NARs produced at once (a stalled client's producer parks)")]
     = Limits.producers,
+    streams_per_client: Annotated[int, typer.Option(
+        min=1, help="NAR responses under way for one client address; more get a 503")]
+    = Limits.streams_per_client,
     stream_buffer: Annotated[str, typer.Option(
         metavar="SIZE", help="bytes buffered ahead for one NAR response")] = "1M",
     send_timeout: Annotated[float, typer.Option(
@@ -691,6 +694,7 @@ def serve(
             raise BuildError(f"--listen {listen!r} is not HOST:PORT",
                              "e.g. --listen 127.0.0.1:8080")
         limits = Limits(max_memory=parse_size(max_memory), producers=producers,
+                        streams_per_client=streams_per_client,
                         stream_buffer=parse_size(stream_buffer), send_timeout=send_timeout,
                         min_rate=max(1, parse_size(min_rate)), cold=cold,
                         cold_per_client=cold_per_client, cold_queue=cold_queue,

@@ -49,6 +49,7 @@ class Limits:
     send_timeout: float = 30.0  # a write that makes no progress for this long drops the client
     min_rate: int = 4096  # bytes/s a response must average, after its first send_timeout
     max_responses: int = 512  # responses with a NAR in progress (parked or not)
+    streams_per_client: int = 64  # … for one client address (a Nix opens up to 25)
     cold: int = 2  # cold jobs (new plans, first narinfos) at once
     cold_per_client: int = 1
     cold_queue: int = 256  # cold jobs waiting, in all

@@ -236,6 +236,8 @@ class Server:
             "streams_producing": ("NAR producers running", streams.producing, "gauge"),
             "streams_waiting": ("NAR responses waiting for a producer", streams.waiting,
                                 "gauge"),
+            "streams_refused": ("NAR requests refused (503): per-client or total bound, "
+                                "or no producer in time", streams.refused, "counter"),
             "clients_stalled": ("NAR responses whose producer is parked (client not reading)",
                                 streams.parked, "gauge"),
             "streams_parked": ("producers parked", streams.parks, "counter"),
@@ -389,8 +391,8 @@ class Server:
             await response.prepare(request)
             return response
         try:
-            await self.streams.send(request, response,
-                                    lambda emit: plan.stream(hash_part, emit))
+            await self.streams.send(request, response, lambda emit: plan.stream(hash_part, emit),
+                                    self._client(request))
         except Busy:
             raise self._busy("NAR producers") from None
         except (Dropped, ConnectionError):

@@ -70,6 +70,8 @@ class Streams:
         self.parks = 0
         self.resumes = 0
         self.dropped: dict[str, int] = {"slow": 0, "stalled": 0, "diverged": 0}
+        self.refused = 0  # NAR requests answered 503
+        self._by_client: dict[str, int] = {}  # responses under way (or waiting) by address
 
     async def admit(self) -> None:
         """Room for one more response with a producer, or Busy (a 503) after a wait."""
@@ -101,11 +103,32 @@ class Streams:
         self._slots.release()
 
     async def send(self, request: web.Request, response: web.StreamResponse,
-                   produce: Produce) -> int:
+                   produce: Produce, client: str = "") -> int:
         """Prepare ``response`` and send it what ``produce`` makes; the bytes sent.
-        Raises Busy (nothing sent yet: answer 503) when no producer is free after a
-        wait, Dropped when the client was dropped."""
-        await self.admit()
+        Raises Busy (nothing sent yet: answer 503) when ``client`` (an address) has
+        ``streams_per_client`` NAR responses under way already or no producer is
+        free after a wait, Dropped when the client was dropped."""
+        mine = self._by_client.get(client, 0)
+        if mine >= self.limits.streams_per_client:
+            self.refused += 1
+            raise Busy()
+        self._by_client[client] = mine + 1
+        try:
+            return await self._send(request, response, produce)
+        finally:
+            left = self._by_client[client] - 1
+            if left:
+                self._by_client[client] = left
+            else:
+                del self._by_client[client]
+
+    async def _send(self, request: web.Request, response: web.StreamResponse,
+                    produce: Produce) -> int:
+        try:
+            await self.admit()
+        except Busy:
+            self.refused += 1
+            raise
         try:
             await response.prepare(request)
         except BaseException:

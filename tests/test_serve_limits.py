@@ -141,6 +141,32 @@ def test_a_parked_producer_resumes_with_the_same_bytes(big: dict) -> None:
         assert r.server.budget.used == 0
 
 
+def test_one_address_gets_so_many_nar_responses(big: dict) -> None:
+    """--streams-per-client: a third NAR response for one address while two hang on
+    is a 503 at once; once they are gone, it is served."""
+    master = Master([big["info"]], ServeOptions())
+    with running(master, limits=Limits(streams_per_client=2)) as r:
+        name = big["name"]
+        text = get(r.port, f"/q/store/{name[:32]}.narinfo")[2].decode()
+        url = f"/q/store/{narinfo.parse(text, name, '/q/store').url}"
+        hanging = []
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", r.port), timeout=60)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+            s.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert s.recv(12) == b"HTTP/1.1 200"
+            hanging.append(s)
+        status, headers, _ = get(r.port, url)
+        assert status == 503 and headers["Retry-After"].isdigit()
+        assert r.server.streams.refused == 1
+        for s in hanging:
+            s.close()
+        deadline = time.monotonic() + 60
+        while r.server.streams.active and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert get(r.port, url)[0] == 200
+
+
 def test_healthz_metrics_and_access_log(big: dict) -> None:
     args = [str(big["info"]), "--max-memory", "300M"]
     with server_process(*args) as (url, proc, log):
