@@ -199,7 +199,8 @@ class Streams:
         return over
 
     async def _resume(self, pipe: _Pipe, produce: Produce) -> asyncio.Future[None]:
-        await self._take_slot(None)
+        while not await self._take_slot(None):  # memory short for an hour: wait on
+            pass
         self.resumes += 1
         return self._run(pipe, produce)
 
