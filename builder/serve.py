@@ -316,11 +316,12 @@ class Server:
             raise _error(web.HTTPInternalServerError, "the server cannot read this "
                          "installer; its log says why") from None
         await response.prepare(request)
+        pacer = self.streams.pacer(request, response)  # --send-timeout, --min-rate
         try:
             while piece:
-                await response.write(piece)  # waits for a slow client: one piece held
+                await pacer.write(piece)  # waits for a slow client: one piece held
                 piece = await self._run(next, pieces, b"")
-        except ConnectionError:  # the client went away: nothing to tell anyone
+        except (ConnectionError, Dropped):  # the client went away, or was too slow
             return response
         except (InstallerChanged, OSError) as e:
             # Headers (and Content-Length) are out: the client sees a short transfer.

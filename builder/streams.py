@@ -137,8 +137,7 @@ class Streams:
         pipe = _Pipe(asyncio.get_running_loop(), self.limits, self.budget, self._contended)
         self.active += 1
         running = self._run(pipe, produce)
-        written = 0
-        waited = 0.0  # seconds spent waiting for the client
+        pacer = self.pacer(request, response)
         try:
             while True:
                 piece = pipe.pop()
@@ -153,10 +152,7 @@ class Streams:
                     if not pipe.pieces and not running.done():
                         await pipe.ready.wait()
                     continue
-                started = time.monotonic()
-                await self._write(request, response, piece, waited, written)
-                waited += time.monotonic() - started
-                written += len(piece)
+                await pacer.write(piece)
                 self.budget.give(pipe.release(len(piece)))
                 if running.done() and not (pipe.finished or pipe.diverged) and \
                         pipe.error is None and pipe.queued <= self.limits.stream_buffer // 2:
@@ -167,7 +163,7 @@ class Streams:
                     request.transport.abort()
                 raise Dropped("a resumed producer made other bytes")
             await response.write_eof()
-            return written
+            return pacer.written
         finally:
             pipe.close()
             await asyncio.shield(running)  # its thread stops at its next piece
@@ -204,21 +200,41 @@ class Streams:
         self.resumes += 1
         return self._run(pipe, produce)
 
-    async def _write(self, request: web.Request, response: web.StreamResponse, piece: bytes,
-                     waited: float, written: int) -> None:
-        limits = self.limits
-        allowed = min(limits.send_timeout,
-                      limits.send_timeout + (written + len(piece)) / limits.min_rate - waited)
+    def pacer(self, request: web.Request, response: web.StreamResponse) -> Pacer:
+        """Timed writes for one response (``send``'s, or any other streamed one)."""
+        return Pacer(self, request, response)
+
+
+class Pacer:
+    """The writes of one response, timed: ``--send-timeout`` for each, and
+    ``--min-rate`` over the time spent waiting for the client."""
+
+    def __init__(self, streams: Streams, request: web.Request,
+                 response: web.StreamResponse) -> None:
+        self._streams = streams
+        self._request = request
+        self._response = response
+        self.written = 0
+        self._waited = 0.0  # seconds spent waiting for the client
+
+    async def write(self, piece: bytes) -> None:
+        """Write ``piece``; Dropped (the connection closed) if the client is too slow."""
+        limits = self._streams.limits
+        allowed = min(limits.send_timeout, limits.send_timeout
+                      + (self.written + len(piece)) / limits.min_rate - self._waited)
         reason = "stalled" if allowed == limits.send_timeout else "slow"
+        started = time.monotonic()
         try:
             if allowed <= 0:
                 raise TimeoutError
-            await asyncio.wait_for(response.write(piece), allowed)
+            await asyncio.wait_for(self._response.write(piece), allowed)
         except TimeoutError:
-            self.dropped[reason] += 1
-            if request.transport is not None:
-                request.transport.abort()
+            self._streams.dropped[reason] += 1
+            if self._request.transport is not None:
+                self._request.transport.abort()
             raise Dropped(reason) from None
+        self._waited += time.monotonic() - started
+        self.written += len(piece)
 
 
 def _let_go(e: BaseException) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from nix_prefix.builder.closure_info import read_closure
 from nix_prefix.builder.errors import BuildError
 from nix_prefix.builder.limits import (
     Busy,
@@ -32,6 +33,8 @@ from nix_prefix.builder.limits import (
     parse_size,
 )
 from nix_prefix.builder.master import Master, ServeOptions
+from nix_prefix.builder.offer import load_all
+from nix_prefix.builder.pack import BuildOptions, build_installer
 from nix_prefix.payload import hashes, narinfo
 
 from .support import build_small
@@ -165,6 +168,27 @@ def test_one_address_gets_so_many_nar_responses(big: dict) -> None:
         while r.server.streams.active and time.monotonic() < deadline:
             time.sleep(0.1)
         assert get(r.port, url)[0] == 200
+
+
+def test_an_installer_download_that_stalls_is_dropped(big: dict) -> None:
+    """/installers/NAME.sh has the same timed writes as a NAR: a client that takes
+    nothing is dropped after --send-timeout."""
+    installer = big["info"].parent / "big-installer.sh"
+    if not installer.exists():
+        build_installer(read_closure(big["info"]), installer,
+                        BuildOptions(compression="zstd", level=1))
+    offered = load_all([installer])
+    master = Master([big["info"]], ServeOptions())
+    with running(master, installers=list(offered.values()),
+                 limits=Limits(send_timeout=2)) as r:
+        name = next(iter(offered.values())).file_name
+        with socket.create_connection(("127.0.0.1", r.port), timeout=60) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(f"GET /installers/{name} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            deadline = time.monotonic() + 60
+            while r.server.streams.dropped["stalled"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.2)
+        assert r.server.streams.dropped["stalled"] == 1
 
 
 def test_healthz_metrics_and_access_log(big: dict) -> None:
