@@ -55,6 +55,8 @@ class Run(object):
         self.last = False  # no other installer's receipt is left (uninstall, failed first install)
         self.lock = None  # type: Optional[PrefixLock]
         self.caches = None  # type: Optional[Caches]
+        # nix.conf lines of --extra-conf and --nix-conf (nixconf.py checked them).
+        self.extra_conf = []  # type: List[str]
         # The keys whose signature of the installer holds: their signatures of
         # the paths go into the Nix database (Register).
         self.signature_names = ()  # type: Sequence[str]
@@ -382,7 +384,8 @@ class WriteFile(Step):
 
     def _content(self, run):
         # type: (Run) -> str
-        return dict(envfiles.planned_files(run.prefix, run.caches))[self.params["path"]]
+        return dict(envfiles.planned_files(run.prefix, run.caches,
+                                           run.extra_conf))[self.params["path"]]
 
     def describe(self, run):
         path = self.params["path"]
@@ -395,28 +398,42 @@ class WriteFile(Step):
         path = self.params["path"]
         if self.owned.get("sha256"):
             return  # ours, from an earlier run
+        current = ""
         try:
             with open(path) as f:
-                if f.read() == self._content(run):
-                    return
+                current = f.read()
         except (OSError, UnicodeDecodeError):
             pass
-        run.ui.say("keeping your %s as it is" % path)
+        if current == self._content(run):
+            return
+        if current.startswith(envfiles.MARKER):  # another install's (-u): still not yours
+            run.ui.say("keeping %s as an earlier install wrote it" % path)
+        else:
+            run.ui.say("keeping your %s as it is" % path)
+        if path != run.prefix.nix_conf:
+            return
         caches = run.caches
-        if path == run.prefix.nix_conf and caches is not None and caches.substituters:
+        if caches is not None and caches.substituters:
             run.ui.say("  for the binary caches, add these lines to it yourself:\n    "
                        + "\n    ".join(caches.conf_lines()))
+        missing = [line for line in run.extra_conf if line not in current.splitlines()]
+        if missing:
+            run.ui.say("  for the settings you gave, add these lines to it yourself:\n    "
+                       + "\n    ".join(missing))
 
     def execute(self, run):
         path = self.params["path"]
         content = self._content(run)
         self.owned["sha256"] = hashlib.sha256(content.encode()).hexdigest()
+        if path == run.prefix.nix_conf and run.extra_conf:
+            self.owned["settings"] = list(run.extra_conf)  # what the user asked for, recorded
         run.save()
         with timings.phase("env files"):
             state = envfiles.write_file(path, content)
         crashpoints.reached("env-file")
         if state != "written":
             self.owned.pop("sha256")
+            self.owned.pop("settings", None)
 
     def revert(self, run):
         path = self.params["path"]

@@ -7,17 +7,28 @@ from . import nixstore
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import List, Optional  # noqa: F401
+    from typing import List, Optional, Sequence  # noqa: F401
 
     from ..payload.manifest import Manifest  # noqa: F401
     from .envfiles import Caches  # noqa: F401
     from .prefix import Prefix  # noqa: F401
 
 
-def summary_lines(manifest, prefix, installer, rc_files, caches=None):
-    # type: (Manifest, Prefix, str, List[str], Optional[Caches]) -> List[str]
+def conf_text(nix_conf):
+    # type: (str) -> str
+    """What --info says of the nix.conf ``nix_conf`` an install would write (if the
+    prefix has none): its settings, the installer's and --extra-conf's."""
+    settings = [line for line in nix_conf.splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+    return "nix.conf it writes (if there is none):\n" + "".join(
+        "  %s\n" % line for line in settings)
+
+
+def summary_lines(manifest, prefix, installer, rc_files, caches=None, conf_lines=()):
+    # type: (Manifest, Prefix, str, List[str], Optional[Caches], Sequence[str]) -> List[str]
     """The closing summary of an install into ``prefix`` by the file ``installer``;
-    ``caches``: the binary caches its nix.conf was asked to use."""
+    ``caches``: the binary caches its nix.conf was asked to use; ``conf_lines``:
+    the lines of --extra-conf and --nix-conf."""
     names = ", ".join(r.partition("-")[2] for r in manifest.roots) or "(no roots)"
     script = os.path.join(prefix.profile_d, "nix.sh")
     again = "sh %s -p %s" % (installer, prefix.root)
@@ -40,6 +51,9 @@ def summary_lines(manifest, prefix, installer, rc_files, caches=None):
                      % again)
     if caches is not None and caches.substituters:
         lines.append(_caches_line(prefix, caches))
+    if conf_lines:
+        lines.append("Your nix.conf settings: %s (in %s)"
+                     % ("; ".join(conf_lines), prefix.nix_conf))
     lines += [
         "Update later:  sh NEWER-INSTALLER -u -p %s" % prefix.root,
         "Uninstall:     %s --uninstall" % again,
