@@ -82,9 +82,10 @@ end
 # caches there (see nix.sh).
 function nix --wraps nix
     set -l dirs XDG_CACHE_HOME='{home}/.cache' XDG_DATA_HOME='{home}/.local/share'
+    set -l runs (string match -r -- '^(develop|shell|run|env)$' $argv)
     if contains -- profile $argv
         env HOME='{home}' $dirs nix $argv
-    else if contains -- develop $argv; or contains -- shell $argv; or contains -- run $argv; or contains -- env $argv
+    else if set -q runs[1]
         command nix $argv
     else
         env $dirs nix $argv
