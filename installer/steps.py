@@ -14,7 +14,7 @@ import re
 
 from ..payload import hashes, nar, registration
 from ..payload.machine import human_size, process_alive
-from . import crashpoints, deletion, envfiles, nixstore, shellrc, staging, timings
+from . import crashpoints, deletion, envfiles, nixstore, receipt, shellrc, staging, timings
 from .errors import EnvironmentProblem
 from .plan import Step
 
@@ -391,12 +391,35 @@ class WriteFile(Step):
         path = self.params["path"]
         return "write %s (a file of yours there is kept as it is)" % path
 
+    def _recorded(self, run):
+        # type: (Run) -> Set[str]
+        """The sha256s this file had when an install wrote it: this step's and those
+        in the prefix's receipts (another installer's, before a -u)."""
+        path = self.params["path"]
+        digests = set([self.owned["sha256"]]) if self.owned.get("sha256") else set()
+        for other in receipt.others(run.prefix, ""):
+            for step in (receipt.load(other) or {}).get("steps", []):
+                if isinstance(step, dict) and step.get("kind") == self.kind and \
+                        (step.get("params") or {}).get("path") == path:
+                    digest = (step.get("owned") or {}).get("sha256")
+                    if isinstance(digest, str):
+                        digests.add(digest)
+        return digests
+
     def is_done(self, run):
-        return os.path.lexists(self.params["path"])
+        # Done: the file is there and is what this run would write, or it is the
+        # user's.  One an install wrote and nobody changed since is rewritten (a
+        # re-run with other --extra-conf, or -u with newer env scripts).
+        current = _read_bytes(self.params["path"])
+        if current is None:
+            return os.path.lexists(self.params["path"])
+        if current == self._content(run).encode():
+            return True
+        return hashlib.sha256(current).hexdigest() not in self._recorded(run)
 
     def already(self, run):
         path = self.params["path"]
-        if self.owned.get("sha256"):
+        if self.owned.get("sha256") and not run.extra_conf:
             return  # ours, from an earlier run
         current = ""
         try:
@@ -406,10 +429,8 @@ class WriteFile(Step):
             pass
         if current == self._content(run):
             return
-        if current.startswith(envfiles.MARKER):  # another install's (-u): still not yours
-            run.ui.say("keeping %s as an earlier install wrote it" % path)
-        else:
-            run.ui.say("keeping your %s as it is" % path)
+        # Not as an install wrote it (is_done rewrites those): the user's.
+        run.ui.say("keeping your %s as it is" % path)
         if path != run.prefix.nix_conf:
             return
         caches = run.caches
@@ -424,12 +445,19 @@ class WriteFile(Step):
     def execute(self, run):
         path = self.params["path"]
         content = self._content(run)
+        previous = _read_bytes(path)  # set: an install's, unchanged since (is_done)
+        if previous is not None:
+            self.owned["previous"] = previous.decode()  # what an undo puts back
         self.owned["sha256"] = hashlib.sha256(content.encode()).hexdigest()
         if path == run.prefix.nix_conf and run.extra_conf:
             self.owned["settings"] = list(run.extra_conf)  # what the user asked for, recorded
         run.save()
         with timings.phase("env files"):
-            state = envfiles.write_file(path, content)
+            if previous is None:
+                state = envfiles.write_file(path, content)
+            else:
+                _replace(path, content)
+                state = "written"
         crashpoints.reached("env-file")
         if state != "written":
             self.owned.pop("sha256")
@@ -440,16 +468,37 @@ class WriteFile(Step):
         digest = self.owned.get("sha256")
         if not digest or not os.path.lexists(path):
             return
-        try:
-            with open(path, "rb") as f:
-                same = hashlib.sha256(f.read()).hexdigest() == digest
-        except OSError:
-            same = False
-        if same:
-            os.unlink(path)
-            run.files_removed.append(path)
-        else:
+        current = _read_bytes(path)
+        if current is None or hashlib.sha256(current).hexdigest() != digest:
             run.files_kept.append(path)
+            return
+        previous = self.owned.get("previous")
+        if previous is not None and \
+                hashlib.sha256(previous.encode()).hexdigest() in self._recorded(run):
+            _replace(path, previous)  # the other install's file, which it still needs
+            return
+        os.unlink(path)
+        run.files_removed.append(path)
+
+
+def _read_bytes(path):
+    # type: (str) -> Optional[bytes]
+    """The bytes of the regular file ``path``, or None (absent, a link, unreadable)."""
+    if os.path.islink(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _replace(path, content):
+    # type: (str, str) -> None
+    try:
+        staging.write_atomically(path, content, mode=0o644)
+    except OSError as e:
+        raise staging.write_error(e, path)
 
 
 class Register(Step):

@@ -85,7 +85,7 @@ def test_extra_conf_is_written_recorded_shown_and_uninstalled(world_dir: Path) -
 
 @pytest.mark.parametrize("given, words", [
     (["--extra-conf", "store = daemon"], ["store = daemon", "another store"]),
-    (["--extra-conf", "build-users-group = nixbld"], ["build-users-group", "users"]),
+    (["--extra-conf", "build-users-group = nixbld"], ["= nixbld", "group's users"]),
     (["--extra-conf", "max-jobs 3"], ["'max-jobs 3'", "not a nix.conf line"]),
     (["--nix-conf", "/nonexistent/nix.conf"], ["--nix-conf", "cannot read"]),
 ])
@@ -175,3 +175,26 @@ def test_available_memory_reads_meminfo_and_a_cgroup_limit(tmp_path: Path) -> No
         (group / "memory.max").write_text("1048576\n")
         (group / "memory.current").write_text("524288\n")
         assert machine.available_memory(str(meminfo), str(cgroups)) == 524288
+
+
+def test_a_rerun_rewrites_the_installs_own_nix_conf_but_never_the_users(
+        world_dir: Path) -> None:
+    small = build_small(world_dir)
+    small.move_build_away()
+    nix_conf = small.prefix / "etc/nix/nix.conf"
+    assert run_installer(small.installer, "-y", "--extra-conf", "max-jobs = 3").returncode == 0
+    again = run_installer(small.installer, "-y", "--extra-conf", "max-jobs = 5")
+    assert again.returncode == 0, again.stderr
+    lines = nix_conf.read_text().splitlines()
+    assert "max-jobs = 5" in lines and "max-jobs = 3" not in lines  # ours, unchanged: rewritten
+    assert "keeping" not in again.stderr
+
+    with open(nix_conf, "a") as f:
+        f.write("keep-outputs = true\n")  # now it is the user's
+    mine = nix_conf.read_text()
+    third = run_installer(small.installer, "-y", "--extra-conf", "cores = 1")
+    assert third.returncode == 0, third.stderr
+    assert nix_conf.read_text() == mine
+    assert "keeping your" in third.stderr and "\n    cores = 1" in third.stderr, third.stderr
+    gone = run_installer(small.installer, "-y", "--uninstall")
+    assert gone.returncode == 0 and nix_conf.read_text() == mine, gone.stderr
