@@ -13,10 +13,14 @@ kept from before share it.
 """
 
 import os
+import re
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
     from typing import Callable, List, Optional, Tuple  # noqa: F401
+
+
+_NAME = re.compile(r"^!?[a-z][a-z0-9-]*\Z")
 
 
 class ConfError(Exception):
@@ -34,10 +38,13 @@ def parse_line(line):
     words = text.split()
     if words[0] in ("include", "!include"):
         if len(words) != 2:
-            raise ConfError("%r: an include takes one file name" % line.strip())
+            raise ConfError("`%s` takes one file name" % words[0])
         return words[0], words[1]
     if len(words) < 2 or words[1] != "=":
-        raise ConfError("%r is not a nix.conf line (NAME = VALUE)" % line.strip())
+        # Named by its first word only if that is a setting's name: the rest may
+        # be a secret (access-tokens, a store URL with a password).
+        what = "the line of `%s`" % words[0] if _NAME.match(words[0]) else "a line"
+        raise ConfError("%s is not a nix.conf line (NAME = VALUE, spaces around =)" % what)
     return words[0], " ".join(words[2:])
 
 
@@ -87,16 +94,17 @@ def problem(name, value, has_user_namespaces=user_namespaces):
     - ``sandbox = true`` without user namespaces: Nix quietly builds without
       it (``sandbox-fallback``) or, with that off, fails every build.
     """
+    # The values are not repeated: a store URL may hold a password.
     base = name[len("extra-"):] if name.startswith("extra-") else name
     if base == "store":
-        return ("`%s = %s` would point the prefix's Nix at another store than the prefix's "
-                "(it uses PREFIX/store through NIX_STORE_DIR)" % (name, value))
+        return ("`%s` would point the prefix's Nix at another store than the prefix's "
+                "(it uses PREFIX/store through NIX_STORE_DIR)" % name)
     if base == "build-users-group" and value.strip():
-        return ("`%s = %s` would make Nix build as that group's users, which a prefix "
-                "without root has not" % (name, value))
+        return ("`%s` set to a group would make Nix build as that group's users, which a "
+                "prefix without root has not" % name)
     if base == "sandbox" and _true(value) and not has_user_namespaces():
-        return ("`%s = %s`: this machine does not let you make user namespaces, which "
-                "Nix's sandbox needs without root" % (name, value))
+        return ("`%s = true`: this machine does not let you make user namespaces, which "
+                "Nix's sandbox needs without root" % name)
     return None
 
 

@@ -84,9 +84,11 @@ def test_extra_conf_is_written_recorded_shown_and_uninstalled(world_dir: Path) -
 
 
 @pytest.mark.parametrize("given, words", [
-    (["--extra-conf", "store = daemon"], ["store = daemon", "another store"]),
-    (["--extra-conf", "build-users-group = nixbld"], ["= nixbld", "group's users"]),
-    (["--extra-conf", "max-jobs 3"], ["'max-jobs 3'", "not a nix.conf line"]),
+    (["--extra-conf", "store = daemon"], ["`store`", "another store"]),
+    (["--extra-conf", "build-users-group = nixbld"], ["`build-users-group`", "group's users"]),
+    (["--extra-conf", "max-jobs 3"], ["`max-jobs`", "not a nix.conf line"]),
+    (["--extra-conf", "access-tokens github.com=ghp_SECRET"], ["`access-tokens`", "not a"]),
+    (["--extra-conf", "store = https://u:SECRET@h"], ["`store`"]),
     (["--nix-conf", "/nonexistent/nix.conf"], ["--nix-conf", "cannot read"]),
 ])
 def test_a_setting_a_prefix_cannot_take_is_refused_before_anything(
@@ -94,7 +96,8 @@ def test_a_setting_a_prefix_cannot_take_is_refused_before_anything(
     small = build_small(world_dir)
     small.move_build_away()
     proc = run_installer(small.installer, "-y", *given)
-    one_error_line(proc, *words)
+    line = one_error_line(proc, *words)
+    assert "SECRET" not in line and "daemon" not in line and "nixbld" not in line
     assert proc.returncode == 2
     assert not small.prefix.exists()
 
