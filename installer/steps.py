@@ -406,27 +406,40 @@ class WriteFile(Step):
                         digests.add(digest)
         return digests
 
+    def _asked(self, run):
+        # type: (Run) -> bool
+        """Whether this run asks something of the file: always of the env scripts
+        (the installer's own), of nix.conf only with settings given (a plain -u
+        must not drop the --substituter or --extra-conf of the first install)."""
+        caches = run.caches
+        return (self.params["path"] != run.prefix.nix_conf or bool(run.extra_conf) or
+                (caches is not None and bool(caches.substituters)))
+
     def is_done(self, run):
         # Done: the file is there and is what this run would write, or it is the
-        # user's.  One an install wrote and nobody changed since is rewritten (a
-        # re-run with other --extra-conf, or -u with newer env scripts).
+        # user's.  One an install wrote and nobody changed since is rewritten when
+        # this run asks for other content (a re-run with other --extra-conf, or -u
+        # with newer env scripts).
         current = _read_bytes(self.params["path"])
         if current is None:
             return os.path.lexists(self.params["path"])
         if current == self._content(run).encode():
             return True
-        return hashlib.sha256(current).hexdigest() not in self._recorded(run)
+        return hashlib.sha256(current).hexdigest() not in self._recorded(run) or \
+            not self._asked(run)
 
     def already(self, run):
         path = self.params["path"]
         if self.owned.get("sha256") and not run.extra_conf:
             return  # ours, from an earlier run
-        current = ""
+        current_bytes = _read_bytes(path)
+        if current_bytes is not None and \
+                hashlib.sha256(current_bytes).hexdigest() in self._recorded(run):
+            return  # an install's, unchanged, and nothing asked of it: kept as it is
         try:
-            with open(path) as f:
-                current = f.read()
-        except (OSError, UnicodeDecodeError):
-            pass
+            current = (current_bytes or b"").decode()
+        except UnicodeDecodeError:
+            current = ""
         if current == self._content(run):
             return
         # Not as an install wrote it (is_done rewrites those): the user's.
@@ -448,6 +461,9 @@ class WriteFile(Step):
         previous = _read_bytes(path)  # set: an install's, unchanged since (is_done)
         if previous is not None:
             self.owned["previous"] = previous.decode()  # what an undo puts back
+            if path == run.prefix.nix_conf:
+                run.ui.say("rewriting %s (an install wrote it, unchanged since) with the "
+                           "settings given now" % path)
         self.owned["sha256"] = hashlib.sha256(content.encode()).hexdigest()
         if path == run.prefix.nix_conf and run.extra_conf:
             self.owned["settings"] = list(run.extra_conf)  # what the user asked for, recorded

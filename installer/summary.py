@@ -52,8 +52,7 @@ def summary_lines(manifest, prefix, installer, rc_files, caches=None, conf_lines
     if caches is not None and caches.substituters:
         lines.append(_caches_line(prefix, caches))
     if conf_lines:
-        lines.append("Your nix.conf settings: %s (in %s)"
-                     % ("; ".join(conf_lines), prefix.nix_conf))
+        lines.append(_settings_line(prefix, conf_lines))
     lines += [
         "Update later:  sh NEWER-INSTALLER -u -p %s" % prefix.root,
         "Uninstall:     %s --uninstall" % again,
@@ -62,15 +61,28 @@ def summary_lines(manifest, prefix, installer, rc_files, caches=None, conf_lines
 
 
 
+def _conf(prefix):
+    # type: (Prefix) -> List[str]
+    try:
+        with open(prefix.nix_conf) as f:
+            return f.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+
+
+def _settings_line(prefix, conf_lines):
+    # type: (Prefix, Sequence[str]) -> str
+    missing = [line for line in conf_lines if line not in _conf(prefix)]
+    if not missing:
+        return "Your nix.conf settings: %s (in %s)" % ("; ".join(conf_lines), prefix.nix_conf)
+    return ("Your nix.conf settings: %s is yours and was kept, so they are not set: add to "
+            "it  %s" % (prefix.nix_conf, "; ".join(missing)))
+
+
 def _caches_line(prefix, caches):
     # type: (Prefix, Caches) -> str
     names = ", ".join(k.partition(":")[0] for k in caches.trusted_keys)
-    try:
-        with open(prefix.nix_conf) as f:
-            conf = f.read()
-    except (OSError, UnicodeDecodeError):
-        conf = ""
-    if all(line in conf.splitlines() for line in caches.conf_lines()):
+    if all(line in _conf(prefix) for line in caches.conf_lines()):
         return ("More software: nix-build and nix-env fetch from %s instead of building, "
                 "taking only paths signed by %s (require-sigs on, in %s)"
                 % (" ".join(caches.substituters), names, prefix.nix_conf))

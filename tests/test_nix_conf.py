@@ -186,11 +186,15 @@ def test_a_rerun_rewrites_the_installs_own_nix_conf_but_never_the_users(
     small.move_build_away()
     nix_conf = small.prefix / "etc/nix/nix.conf"
     assert run_installer(small.installer, "-y", "--extra-conf", "max-jobs = 3").returncode == 0
+    first = nix_conf.read_text()
+    plain = run_installer(small.installer, "-y")  # asks nothing of nix.conf: kept
+    assert plain.returncode == 0 and nix_conf.read_text() == first, plain.stderr
+    assert "keeping" not in plain.stderr and "rewriting" not in plain.stderr
     again = run_installer(small.installer, "-y", "--extra-conf", "max-jobs = 5")
     assert again.returncode == 0, again.stderr
     lines = nix_conf.read_text().splitlines()
     assert "max-jobs = 5" in lines and "max-jobs = 3" not in lines  # ours, unchanged: rewritten
-    assert "keeping" not in again.stderr
+    assert "rewriting" in again.stderr and "keeping" not in again.stderr
 
     with open(nix_conf, "a") as f:
         f.write("keep-outputs = true\n")  # now it is the user's
@@ -199,5 +203,6 @@ def test_a_rerun_rewrites_the_installs_own_nix_conf_but_never_the_users(
     assert third.returncode == 0, third.stderr
     assert nix_conf.read_text() == mine
     assert "keeping your" in third.stderr and "\n    cores = 1" in third.stderr, third.stderr
+    assert "is yours and was kept, so they are not set: add to it  cores = 1" in third.stderr
     gone = run_installer(small.installer, "-y", "--uninstall")
     assert gone.returncode == 0 and nix_conf.read_text() == mine, gone.stderr
