@@ -90,7 +90,7 @@ def problem(name, value, has_user_namespaces=user_namespaces):
       is not this prefix's.
     - ``build-users-group`` set: builds as the nixbld users, who do not exist
       for a prefix (and as soon as root runs the prefix's Nix, it needs them:
-      ``useBuildUsers``, src/libstore/unix/build/derivation-builder.cc).
+      ``useBuildUsers``, src/libstore/unix/user-lock.cc in 2.34).
     - ``sandbox = true`` without user namespaces: Nix quietly builds without
       it (``sandbox-fallback``) or, with that off, fails every build.
     """
