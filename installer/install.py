@@ -197,7 +197,7 @@ def install_steps(run, home=None):
     """The steps of an install, in order (``home``: --modify-profile's home dir)."""
     out = [steps.MakeDirs(), steps.PlacePaths()]
     out += [steps.WriteFile(path=path)
-            for path, _ in envfiles.planned_files(run.prefix, run.caches)]
+            for path, _ in envfiles.planned_files(run.prefix, run.caches, run.extra_conf)]
     out += [steps.Register(), steps.MakeProfile()]
     if home is not None:
         out.append(steps.ShellStartup(home=home))

@@ -12,7 +12,18 @@ from ..payload.container import InstallerFile
 from ..payload.errors import OneLineError
 from ..payload.machine import human_size
 from ..payload.manifest import info_text
-from . import envfiles, plan, preflight, receipt, shellrc, steps, summary, timings, uninstall
+from . import (
+    envfiles,
+    nixconf,
+    plan,
+    preflight,
+    receipt,
+    shellrc,
+    steps,
+    summary,
+    timings,
+    uninstall,
+)
 from . import install as install_mod
 from .errors import (
     EXIT_ENVIRONMENT,
@@ -103,10 +114,20 @@ def _parser(prog):
                         "written, unless one of these keys signed it; with --substituter "
                         "they are also written to nix.conf as `trusted-public-keys`, with "
                         "require-sigs kept on")
+    p.add_argument("--extra-conf", metavar="LINE", action="append", default=[],
+                   dest="extra_conf",
+                   help="a line for PREFIX/etc/nix/nix.conf, such as 'max-jobs = 8' "
+                        "(repeatable; a setting given replaces the installer's own of that "
+                        "name); settings a prefix without root cannot take (store, "
+                        "build-users-group, sandbox without user namespaces) are refused")
+    p.add_argument("--nix-conf", metavar="FILE",
+                   help="the lines of FILE for nix.conf, before those of --extra-conf "
+                        "(checked the same way)")
     p.add_argument("-j", "--jobs", metavar="N", type=_positive,
                    default=None,
                    help="unpack and verify N payload chunks at once (default: the CPUs this "
-                        "process may use, at most %d; or NIX_PREFIX_JOBS)" % preflight.MAX_JOBS)
+                        "process may use, no more than the payload has chunks nor the free "
+                        "memory holds; or NIX_PREFIX_JOBS)")
     p.add_argument("--as-owner", action="store_true",
                    help="run as root on a prefix that belongs to another user: do everything "
                         "as that user (their uid and gid), so that every file stays theirs")
@@ -177,9 +198,8 @@ def main(path, argv, name=None, sealed=False):
                          "key: the installed Nix keeps require-sigs on and takes only signed "
                          "paths")
         _one_mode(parser, args)
+        args.conf_lines = _conf_lines(args)
         ui.quiet = args.quiet
-        if args.jobs is None:  # NIX_PREFIX_JOBS is only read (and checked) when it counts
-            args.jobs = preflight.default_jobs(os.environ.get("NIX_PREFIX_JOBS"))
         code = run(path, args, ui, name, sealed)
     except OneLineError as e:  # InstallError, CorruptInstaller
         undone = " (undone: the prefix is as it was)" if getattr(e, "reverted", False) else ""
@@ -227,6 +247,35 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt()
 
 
+def _caches(args, trusted):
+    # type: (argparse.Namespace, Sequence[PublicKey]) -> Optional[envfiles.Caches]
+    """The binary caches of --substituter, with the keys to trust, or None."""
+    if not args.substituter:
+        return None
+    return envfiles.Caches(args.substituter, [str(k) for k in trusted])
+
+
+def _conf_lines(args):
+    # type: (argparse.Namespace) -> List[str]
+    """The nix.conf lines of --nix-conf and --extra-conf, checked before anything is
+    read or written: BadUsage naming the first a prefix cannot take."""
+    lines = []  # type: List[str]
+    try:
+        if args.nix_conf is not None:
+            lines += nixconf.read_lines(args.nix_conf)
+    except nixconf.ConfError as e:
+        raise BadUsage("--nix-conf: %s" % e, "give a readable nix.conf file")
+    for given in args.extra_conf:
+        lines += given.splitlines() or [""]
+    lines = [line.rstrip() for line in lines if line.split("#", 1)[0].strip()]
+    why = nixconf.first_problem(lines)
+    if why is not None:
+        raise BadUsage("nix.conf setting refused: %s" % why,
+                       "leave it out of --extra-conf/--nix-conf (docs/installing.md, "
+                       "\"Settings for nix.conf\")")
+    return lines
+
+
 def _check_python():
     # type: () -> None
     if sys.version_info < (3, 6):
@@ -253,6 +302,8 @@ def run(path, args, ui, name=None, sealed=False):
         source = InstallerFile(path, name, sealed)
     try:
         manifest = source.manifest
+        if args.jobs is None:  # NIX_PREFIX_JOBS is only read (and checked) when it counts
+            args.jobs = preflight.default_jobs(os.environ.get("NIX_PREFIX_JOBS"), manifest)
         verdict = source.verdict(trusted)  # a signature that does not hold: exit 3
         if args.list:
             for p in manifest.paths:
@@ -260,6 +311,8 @@ def run(path, args, ui, name=None, sealed=False):
             return 0
         if args.info:
             sys.stdout.write(info_text(manifest, verdict))
+            sys.stdout.write(summary.conf_text(envfiles.nix_conf(
+                Prefix(manifest.prefix), _caches(args, trusted), args.conf_lines)))
             return 0
         # Before anything is read further or written: a publisher the user does not trust.
         source.check_publisher(trusted)
@@ -272,8 +325,7 @@ def run(path, args, ui, name=None, sealed=False):
             for line in verdict.lines():
                 ui.say("  " + line)
             return 0
-        caches = envfiles.Caches(args.substituter, [str(k) for k in trusted]) \
-            if args.substituter else None
+        caches = _caches(args, trusted)
         root = (preflight.resolve_prefix(args.prefix) if args.prefix is not None
                 else manifest.prefix)
         prefix = Prefix(root)
@@ -305,6 +357,7 @@ def run(path, args, ui, name=None, sealed=False):
                 ui.say(line)
         the_run = install_mod.new_run(source, prefix, ui, target, args.update, args.jobs,
                                       caches, verdict.key_names)
+        the_run.extra_conf = args.conf_lines
         the_plan = install_mod.receipt_plan(the_run, install_mod.install_steps(the_run, home))
         if not args.yes and not _ask(ui, "\n".join(install_mod.plan_lines(the_run, the_plan))):
             ui.say("nothing was changed")
@@ -315,7 +368,7 @@ def run(path, args, ui, name=None, sealed=False):
         install_mod.execute(the_run, the_plan)
         rc_files = shellrc.candidates(home) if home is not None else []
         ui.say("\n".join(summary.summary_lines(installed, prefix, _rerun_name(source), rc_files,
-                                                caches)))
+                                                caches, args.conf_lines)))
         return 0
     finally:
         source.close()

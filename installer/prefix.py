@@ -10,8 +10,11 @@ if MYPY:
     from typing import Dict, List  # noqa: F401
 
 # Our own invocations of Nix must work whatever the user put in nix.conf:
-# single-user builds (no nixbld group), no sandbox, no binary caches.
-INSTALL_NIX_CONFIG = "build-users-group =\nsandbox = false\nsubstituters =\n"
+# single-user builds (no nixbld group), no sandbox, no binary caches, and the
+# profile's user environment built here (a `max-jobs = 0` or `builders` of the
+# user's, for their own builds, must not stop the install).
+INSTALL_NIX_CONFIG = ("build-users-group =\nsandbox = false\nsubstituters =\n"
+                      "max-jobs = 1\nbuilders =\n")
 
 
 class Prefix(object):

@@ -4,7 +4,7 @@ import os
 import pwd
 
 from ..payload import storepath
-from ..payload.machine import host_system, human_size, usable_cpus
+from ..payload.machine import available_memory, host_system, human_size, usable_cpus
 from .errors import BadUsage, EnvironmentProblem, UsageProblem
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
@@ -231,23 +231,33 @@ def check_path_length(manifest, prefix):
             "choose a shorter --prefix")
 
 
-# More threads than this buy little on a 2-core laptop and cost memory
-# (each decoder holds its window: 8 MiB for xz -6, 16 MiB for zstd here).
-MAX_JOBS = 4
+# What one chunk's unpacking holds, whatever the builder's level: the decoder's
+# window (xz -9: a 64 MiB dictionary; the builder's zstd: 16 MiB, ZSTD_WINDOW_LOG
+# in builder/compress.py) and the read buffers.  The default of -j keeps that
+# many within half of the memory available.
+JOB_MEMORY = {"xz": 72 << 20, "zstd": 24 << 20}
 
 
-def default_jobs(env_value=None):
-    # type: (Optional[str]) -> int
+def default_jobs(env_value=None, manifest=None):
+    # type: (Optional[str], Optional[Manifest]) -> int
     """How many chunks to unpack at once: NIX_PREFIX_JOBS if set to a number,
     else the CPUs this process may run on (its affinity mask, which batch
-    schedulers set), at most MAX_JOBS."""
+    schedulers set), no more than the payload has chunks nor half the memory
+    available holds."""
     if env_value is not None and env_value.strip():
         jobs = positive_number(env_value.strip())
         if jobs is None:
             raise BadUsage("NIX_PREFIX_JOBS=%r is not a positive number" % env_value,
                            "set it to a number of threads such as 2, or unset it")
         return jobs
-    return min(usable_cpus(), MAX_JOBS)
+    jobs = usable_cpus()
+    if manifest is not None:
+        jobs = min(jobs, len(manifest.chunks))
+        memory = available_memory()
+        if memory is not None:
+            jobs = min(jobs, memory // 2 // JOB_MEMORY.get(manifest.compression,
+                                                          JOB_MEMORY["xz"]))
+    return max(1, jobs)
 
 
 def positive_number(text):

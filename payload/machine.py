@@ -5,6 +5,10 @@ import errno
 import os
 import platform
 
+MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
+if MYPY:
+    from typing import Optional  # noqa: F401
+
 # platform.machine() names that Nix spells differently.
 _MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}
 
@@ -24,6 +28,34 @@ def usable_cpus():
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def available_memory(meminfo="/proc/meminfo", cgroup_root="/sys/fs/cgroup"):
+    # type: (str, str) -> Optional[int]
+    """Bytes this process may still use: the kernel's MemAvailable, or less
+    where its cgroup (v2, as batch schedulers set one per job) is limited;
+    None where neither can be read."""
+    found = []
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/proc/self/cgroup") as f:
+            paths = [line.strip()[3:] for line in f if line.startswith("0::")]
+        for path in paths:
+            group = os.path.join(cgroup_root, path.lstrip("/"))
+            with open(os.path.join(group, "memory.max")) as f:
+                limit = f.read().strip()
+            if limit != "max":
+                with open(os.path.join(group, "memory.current")) as f:
+                    found.append(max(0, int(limit) - int(f.read().strip())))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
 
 
 def process_alive(pid):

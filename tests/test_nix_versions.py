@@ -133,9 +133,10 @@ def ok(proc: subprocess.CompletedProcess[str]) -> str:
     return proc.stdout
 
 
-# Nix writes these into the real HOME whatever its settings (docs/installing.md):
-# nix-env makes ~/.nix-defexpr (src/nix-env/nix-env.cc, main), the new CLI a cache.
-ALWAYS_MADE = {".nix-defexpr", ".cache"}
+# Nix writes this into the real HOME whatever its settings (docs/installing.md):
+# nix-env makes ~/.nix-defexpr (src/nix-env/nix-env.cc, main).  Its caches go to the
+# prefix (nix.sh: NIX_CACHE_HOME, and XDG_CACHE_HOME for an older `nix`).
+ALWAYS_MADE = {".nix-defexpr"}
 
 
 def assert_home_kept(user: User) -> None:
