@@ -149,3 +149,50 @@ def tmpfs(path: Path, options: str) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", str(path)], check=True)
+
+
+# The child that measures: started by the test process, it starts the command itself and
+# reports the command's peak RSS (wait4's ru_maxrss).  Linux counts in a process's peak
+# the RSS of the memory it had before its exec, i.e. of the process it was forked (or
+# vforked) from: measured straight from pytest, whose RSS grows over a session to
+# hundreds of MiB, any child would seem that large.  Forked from this small process
+# instead, the command's figure is its own.
+_MEASURER = """
+import os, signal, subprocess, sys
+report, seconds, cmd = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+proc = subprocess.Popen(cmd)
+signal.signal(signal.SIGALRM, lambda *_: proc.kill())
+signal.alarm(seconds)
+_, status, usage = os.wait4(proc.pid, 0)
+with open(report, "w") as f:
+    f.write(str(usage.ru_maxrss * 1024))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(128 - code if code < 0 else code)
+"""
+
+
+@dataclass
+class Measured:
+    """A command's exit code, output and peak RSS in bytes (of it and what it waited for)."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    peak_rss: int
+
+
+def run_measuring_peak(cmd: list[str], timeout: float, env: dict[str, str] | None = None,
+                       stdin: int | None = subprocess.DEVNULL) -> Measured:
+    """Run ``cmd`` and measure its peak RSS for real (see _MEASURER); killed after
+    ``timeout`` seconds (exit 137 then)."""
+    import sys
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(prefix="np-peak-") as report:
+        proc = subprocess.run([sys.executable, "-I", "-c", _MEASURER, report.name,
+                               str(max(1, int(timeout))), *cmd],
+                              capture_output=True, env=env, stdin=stdin,
+                              timeout=timeout + 60, check=False)
+        text = open(report.name).read()  # noqa: SIM115 (the temporary file closes it)
+    assert text, f"no peak RSS was reported: {proc.stderr!r}"
+    return Measured(proc.returncode, proc.stdout, proc.stderr, int(text))

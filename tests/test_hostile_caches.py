@@ -4,7 +4,7 @@ Each cache is a small ``http.server`` app on 127.0.0.1 in a thread of the test
 process, whose handlers end by themselves (a drip stops after DRIP_FOR
 seconds, or when the test is over).  The fetcher must stop at its bound with
 one line naming the bound, and leave nothing behind; the memory bound is the
-peak RSS of a real ``nix-prefix closure --from-cache`` child (``os.wait4``).
+peak RSS of a real ``nix-prefix closure --from-cache`` child (support.run_measuring_peak).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from nix_prefix.payload.machine import host_system
 from nix_prefix.payload.manifest import Chunk, Manifest, ManifestError, PathEntry
 from nix_prefix.payload.registration import ValidPathInfo
 
-from .support import run_installer
+from .support import run_installer, run_measuring_peak
 from .test_hostile import FAKE_HASH, TOP, TWO, good_entries, tar_of
 
 STORE = "/p/store"
@@ -195,18 +195,9 @@ def test_an_endless_closure_stops_at_max_paths(tmp_path: Path) -> None:
 def run_measured(args: list[str], timeout: float) -> tuple[int, str, int]:
     """Run the builder's command line; its exit code, stderr and peak RSS in bytes."""
     code = "from nix_prefix.builder.cli import main; main()"
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"})
-    timer = threading.Timer(timeout, proc.kill)
-    timer.start()
-    try:
-        err = proc.stderr.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    finally:
-        timer.cancel()
-        proc.stderr.close()
-    return proc.returncode, err, usage.ru_maxrss * 1024
+    done = run_measuring_peak([sys.executable, "-c", code, *args], timeout,
+                              env={**os.environ, "NO_COLOR": "1"})
+    return done.returncode, done.stderr.decode(errors="replace"), done.peak_rss
 
 
 def test_the_walk_stays_small_in_memory(tmp_path: Path) -> None:
