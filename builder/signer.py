@@ -11,6 +11,7 @@ deterministic, so a signature made here is byte for byte the one
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from .errors import BuildError
 _HINT = ("give the secret key file written by nix-store --generate-binary-cache-key "
          "NAME SECRET PUBLIC")
 _MAX_KEY_FILE = 4096  # a key file is one short line
+# NAME:BASE64 of a key or more: what a path never looks like.
+_KEY_TEXT = re.compile(r"^\s*[^:/\s]+:[A-Za-z0-9+/]{40,}={0,2}\s*$")
 
 
 def load_secret_key(path: Path) -> SecretKey:
@@ -34,6 +37,10 @@ def load_secret_key(path: Path) -> SecretKey:
         with open(path, "rb") as f:
             data = f.read(_MAX_KEY_FILE + 1)
     except OSError as e:
+        if _KEY_TEXT.match(str(path)):
+            # --sign-key "$(cat key.sec)": the key itself, which no message may show.
+            raise BuildError("--sign-key was given a key's text, not the path of a key file",
+                             _HINT) from None
         raise BuildError(f"cannot read the secret key file {path} ({e.strerror})",
                          _HINT) from None
     if len(data) > _MAX_KEY_FILE:

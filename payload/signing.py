@@ -37,6 +37,9 @@ if MYPY:
 
 SECRET_KEY_SIZE = 64  # libsodium's crypto_sign_SECRETKEYBYTES: seed, then public key
 SEED_SIZE = 32
+# What a secret key given where a public key belongs is told (never the key itself).
+SECRET_NOT_PUBLIC = ("this is a secret key (64 bytes); give the public key "
+                     "(`nix key convert-secret-to-public`)")
 
 # Nix takes any name before the first colon.  We also refuse white space and
 # control characters: trusted-public-keys is a space-separated list, so such a
@@ -98,21 +101,19 @@ def _split(text, what, size, secret=False):
     # type: (object, str, int, bool) -> Tuple[str, bytes]
     """``NAME:BASE64`` into the name and ``size`` decoded bytes (crypto.cc ``split``).
 
-    Messages quote the text, except a secret key's: a damaged secret is still a secret.
+    Messages name the key by its name only, never the text after the colon: a
+    secret key given where a public key belongs (or a damaged one) must not end
+    up in a terminal or a CI log, and its base64 holds the whole ed25519 seed.
     """
     if not isinstance(text, str):
         raise SigningError("%s must be text" % what)
-    text = text.strip()
-    name, colon, body = text.partition(":")
-    if secret:
-        quoted = what
-    else:
-        quoted = "%s %r" % (what, text if len(text) <= 80 else text[:77] + "...")
+    name, colon, body = text.strip().partition(":")
     if not colon or not name:
-        raise SigningError("%s is not of the form NAME:BASE64" % quoted)
+        raise SigningError("%s is not of the form NAME:BASE64" % what)
     if not _NAME.match(name):
         raise SigningError("%s: the name before the colon has white space or control "
-                           "characters" % quoted)
+                           "characters" % what)
+    quoted = "%s %r" % (what, name if len(name) <= 80 else name[:77] + "...")
     try:
         data = base64.b64decode(body.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
@@ -120,6 +121,8 @@ def _split(text, what, size, secret=False):
     if secret and len(data) == ed25519.PUBLIC_KEY_SIZE:
         raise SigningError("%s holds %d bytes: it is a public key, not the secret one"
                            % (quoted, len(data)))
+    if size == ed25519.PUBLIC_KEY_SIZE and len(data) == SECRET_KEY_SIZE:
+        raise SigningError("%s: %s" % (quoted, SECRET_NOT_PUBLIC))
     if len(data) != size:
         raise SigningError("%s holds %d bytes, not the %d of an ed25519 %s"
                            % (quoted, len(data), size, what))

@@ -175,6 +175,39 @@ def test_malformed_trusted_keys_are_usage_errors(world: World, key: str) -> None
         assert proc.returncode == 2 and "NAME:BASE64" in line
 
 
+def test_a_secret_key_given_as_the_trusted_key_is_never_shown(world: World,
+                                                              tmp_path: Path) -> None:
+    """``--trusted-key "$(cat KEY.sec)"``, everywhere a public key is taken, and the
+    secret key's text given as a --sign-key file: one line naming the mistake, no
+    key material in it."""
+    secret = world.publisher.secret.read_text().strip()
+    body = secret.partition(":")[2]
+    env = dict(os.environ, NIX_PREFIX_TRUSTED_KEYS=secret)
+    out = str(tmp_path / "out")
+    runs = [
+        run_installer(world.signed, "--check", "--trusted-key", secret),
+        run_installer(world.signed, "-y", "-p", out, env=env),
+        nix_prefix_cli("verify", str(world.signed), "--trusted-key", secret),
+        nix_prefix_cli("inspect", str(world.signed), "--trusted-key", secret),
+        nix_prefix_cli("build", "--from-cache", "file:///nonexistent", str(world.paths[0]),
+                       "-o", out, "--trusted-key", secret),
+    ]
+    for proc in runs:
+        line = one_error_line(proc)
+        assert proc.returncode == 2 and "this is a secret key (64 bytes)" in line, line
+        assert "nix key convert-secret-to-public" in line
+    for args in (["build", str(world.closure_info), "-o", out],
+                 ["cache", str(world.signed), "--prefix", out, "-o", out],
+                 ["serve", str(world.signed), "--listen", "127.0.0.1:0"]):
+        proc = nix_prefix_cli(*args, "--sign-key", secret)
+        assert proc.returncode != 0 and "a key's text" in one_error_line(proc), proc.stderr
+        runs.append(proc)
+    for proc in runs:
+        said = proc.stdout + proc.stderr
+        assert not any(body[i:i + 8] in said for i in range(len(body) - 7)), said
+    assert not os.path.exists(out)
+
+
 # --- forged installers: what an attacker with nix-prefix of their own can make -------------
 
 def _forged(world: World, out: Path, monkeypatch: pytest.MonkeyPatch,

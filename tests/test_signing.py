@@ -197,6 +197,52 @@ def test_secret_key_messages_never_show_the_key() -> None:
         signing.parse_secret_key(PUBLIC)
 
 
+def _secret_key_text(name: str = "pub-1") -> str:
+    """A real Nix secret key line (seed, then its public key), as ``nix-store
+    --generate-binary-cache-key`` writes it."""
+    seed = hashlib.sha256(b"a seed for the messages test").digest()
+    return f"{name}:" + base64.b64encode(seed + ed25519.public_key_of_seed(seed)).decode()
+
+
+def _shows_no_key_material(message: str, key_text: str) -> None:
+    body = key_text.partition(":")[2]
+    # No 8 characters in a row of the base64 (or of the hex of the seed) appear.
+    hexed = base64.b64decode(body).hex()
+    for text in (body, hexed):
+        assert not any(text[i:i + 8] in message for i in range(len(text) - 7)), message
+
+
+@pytest.mark.parametrize("parse", [
+    signing.parse_public_key,
+    signing.parse_public_keys,
+    lambda text: publisher.trusted_keys([text], {}),
+    lambda text: publisher.trusted_keys([], {"NIX_PREFIX_TRUSTED_KEYS": text}),
+], ids=["public_key", "public_keys", "--trusted-key", "NIX_PREFIX_TRUSTED_KEYS"])
+def test_a_secret_key_given_as_a_public_key_is_named_not_shown(parse) -> None:
+    secret = _secret_key_text()
+    with pytest.raises(signing.SigningError) as e:
+        parse(secret)
+    message = str(e.value)
+    assert "this is a secret key (64 bytes); give the public key " \
+           "(`nix key convert-secret-to-public`)" in message and "'pub-1'" in message
+    _shows_no_key_material(message, secret)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda t: t[:-4],  # cut: not base64 any more
+    lambda t: t[:-8] + "====",  # another length
+    lambda t: t.replace(":", " :", 1),  # a space in the name
+    lambda t: t.partition(":")[2],  # no name
+], ids=["not-base64", "wrong-length", "bad-name", "no-name"])
+def test_a_damaged_secret_key_given_as_a_public_key_is_not_shown(damage) -> None:
+    secret = _secret_key_text()
+    damaged = damage(secret)
+    for parse in (signing.parse_public_key, signing.parse_signature):
+        with pytest.raises(signing.SigningError) as e:
+            parse(damaged)
+        _shows_no_key_material(str(e.value), secret)
+
+
 def test_secret_key_whose_halves_disagree() -> None:
     seed = bytes(32)
     other = nacl.signing.SigningKey(bytes([1]) * 32).verify_key.encode()
