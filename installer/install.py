@@ -57,6 +57,7 @@ def preflight_checks(manifest, prefix):
     preflight.check_no_symlinks(prefix)
     preflight.check_writable(prefix)
     preflight.check_owner(prefix)
+    preflight.check_parents(prefix)
     preflight.check_store_is_nix(prefix, staging.STAGING_PREFIX)
     preflight.check_path_length(manifest, prefix)
     missing = [p for p in manifest.paths

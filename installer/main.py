@@ -420,6 +420,7 @@ def _undo(source, prefix, args, ui):
     target = install_mod.at_prefix(source, prefix, ui, args.jobs)
     manifest = target.manifest
     preflight.check_owner(prefix)
+    preflight.check_parents(prefix)
     nix_env = install_mod.nix_tool(manifest, prefix, "nix-env")
     if args.rollback:
         uninstall.rollback(prefix, nix_env, ui)

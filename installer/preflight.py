@@ -1,7 +1,9 @@
 """Checks made before anything is written: is this prefix and machine fit?"""
 
+import grp
 import os
 import pwd
+import stat
 
 from ..payload import storepath
 from ..payload.machine import available_memory, host_system, human_size, usable_cpus
@@ -9,7 +11,7 @@ from .errors import BadUsage, EnvironmentProblem, UsageProblem
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import Optional  # noqa: F401
+    from typing import List, Optional  # noqa: F401
 
     from ..payload.manifest import Manifest  # noqa: F401
     from .prefix import Prefix  # noqa: F401
@@ -114,6 +116,105 @@ def check_owner(prefix):
                     prefix.root, "nix-" + _name(me))
             raise EnvironmentProblem("%s belongs to %s, not to you, %s"
                                      % (path, _user(uid), _user(me)), how)
+
+
+def check_parents(prefix):
+    # type: (Prefix) -> None
+    """Refuse a prefix that another user could swap: one with a directory on its way
+    (from /, every symlink followed, down to the prefix itself if it exists) that
+    belongs to another user than you or root, or that others may write without
+    the sticky bit.  Whoever can rename entries there can put a prefix of their
+    own in its place, whose ``etc/profile.d/nix.sh`` you then source.  The rule
+    is OpenSSH's StrictModes and sudo's path check, with Debian OpenSSH's
+    exception (user-group-modes.patch) for a user private group: a directory
+    writable by a group that holds you alone."""
+    me = os.geteuid()
+    for path in _looked_up(prefix.root):
+        try:
+            st = os.stat(path)
+        except OSError:
+            return  # gone meanwhile: check_writable and the install say so
+        why = ""
+        if st.st_uid not in (0, me):
+            why = "belongs to %s" % _user(st.st_uid)
+        elif st.st_mode & stat.S_ISVTX:
+            continue  # /tmp, /scratch: others may add entries, never move yours
+        elif st.st_mode & stat.S_IWOTH:
+            why = "is writable by every user (mode %04o, no sticky bit)" % (st.st_mode & 0o7777)
+        elif st.st_mode & stat.S_IWGRP and not _private_group(path, st, me):
+            why = "is writable by the group %s (mode %04o, no sticky bit)" % (
+                _group(st.st_gid), st.st_mode & 0o7777)
+        if why:
+            raise EnvironmentProblem(
+                "%s %s, who could replace %s with a prefix of their own" % (
+                    path, why, "it" if path == prefix.root else prefix.root),
+                "install under directories only you (or root) can change, e.g. ~/.nix or "
+                "a directory of your own in /tmp or /scratch (docs/installing.md)")
+
+
+def _looked_up(path):
+    # type: (str) -> List[str]
+    """The existing directories the kernel looks through to reach ``path`` (absolute),
+    from /, each symlink on the way followed as it is met, ``path`` last if it exists:
+    realpath, keeping the directories the links themselves sit in too."""
+    found = ["/"]
+    current = "/"
+    todo = [c for c in path.split("/") if c]
+    links = 0
+    while todo:
+        name = todo.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            current = os.path.dirname(current)
+            continue
+        nxt = os.path.join(current, name)
+        try:
+            st = os.lstat(nxt)
+        except OSError:
+            break  # the rest is made by the install, inside the last one found
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > 40:  # Linux's MAXSYMLINKS: the kernel gives up there too
+                break
+            target = os.readlink(nxt)
+            if target.startswith("/"):
+                current = "/"
+            todo = [c for c in target.split("/") if c] + todo
+            continue
+        current = nxt
+        found.append(current)
+    return found
+
+
+def _private_group(path, st, me):
+    # type: (str, os.stat_result, int) -> bool
+    """Is the group of ``path`` a user private group of yours (your primary group, named
+    as you, with no other member), whose write bit umask 002 sets harmlessly?  Not if an
+    ACL may grant more than the mode shows (the group bits are then its mask)."""
+    try:
+        me_entry = pwd.getpwuid(me)
+        group = grp.getgrgid(st.st_gid)
+    except KeyError:
+        return False
+    if (st.st_uid != me or group.gr_name != me_entry.pw_name or st.st_gid != me_entry.pw_gid
+            or any(m != me_entry.pw_name for m in group.gr_mem)):
+        return False
+    if any(p.pw_gid == st.st_gid and p.pw_uid != me for p in pwd.getpwall()):
+        return False
+    try:
+        os.getxattr(path, "system.posix_acl_access")
+        return False
+    except OSError:
+        return True
+
+
+def _group(gid):
+    # type: (int) -> str
+    try:
+        return "%s (gid %d)" % (grp.getgrgid(gid).gr_name, gid)
+    except KeyError:
+        return "gid %d" % gid
 
 
 def become_owner(prefix):
