@@ -723,6 +723,35 @@ def serve(
 
 
 @app.command()
+def verifier(
+    output: Annotated[Path, typer.Option(
+        "-o", "--output", metavar="FILE",
+        help="where to write it (written atomically), e.g. ./nix-prefix-verify")],
+    debug: Debug = False,
+) -> None:
+    """Write the standalone verifier: one file, Python 3.6+, standard library only.
+
+    `python3 FILE --trusted-key NAME:BASE64 INSTALLER` checks an installer wholly
+    (seal, the publisher's signature, preamble, code, every chunk) before any of it
+    runs; `curl -fsSL URL | python3 FILE --trusted-key K --run -- -y` checks a
+    private copy and only then runs it.  The same as the `nix-prefix-verify` that
+    pip installs.  Keep it where nobody else can change it.
+    """
+    from .bundles import write_verifier
+    from .pack import check_output
+
+    with reporting(debug):
+        check_output(output)
+        try:
+            write_verifier(output)
+        except OSError as e:
+            raise BuildError(f"cannot write {output} ({e.strerror})",
+                             "choose another -o") from None
+    typer.echo(f"wrote {output}: run python3 {output} --trusted-key NAME:BASE64 INSTALLER",
+               err=True)
+
+
+@app.command()
 def sample(
     store_dir: StoreDir = None,
     nix_to_ship: Annotated[Path | None, typer.Option(

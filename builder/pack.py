@@ -29,7 +29,7 @@ from ..payload.manifest import Manifest, PathEntry
 from ..payload.rewrite import HiddenReferenceScanner
 from ..payload.signing import PublicKey, SecretKey
 from ..payload.tree import Count, Tee
-from . import nixchoice
+from . import bundles, nixchoice
 from .closure_info import Closure
 from .compress import compressor, default_jobs
 from .errors import BuildError
@@ -152,9 +152,10 @@ def same_length(manifest: Manifest, store_dir: str) -> retarget.SameLength:
 
 
 def preamble() -> bytes:
-    """The file's first bytes: the sh preamble (builder/preamble.sh) and the seal
-    checker (payload/seal.py) it hands the file to, with the seal placeholder."""
-    return seal.head(PREAMBLE_SH.read_bytes(), Path(seal.__file__).read_bytes())
+    """The file's first bytes: the sh preamble (builder/preamble.sh) and the seal and
+    signature checker (payload/seal.py, trust.py, bundled) it hands the file to,
+    with the seal placeholder."""
+    return seal.head(PREAMBLE_SH.read_bytes(), bundles.boot_text())
 
 
 def preamble_sha256() -> str:

@@ -35,9 +35,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from . import archive, codecs, hashes, nar, publisher, seal, split
-from .errors import OneLineError
 from .manifest import Chunk, Manifest, ManifestError
 from .tree import Count, Sink, Tee
+from .trust import MANIFEST, Refused, code_digest, code_members
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
@@ -60,7 +60,6 @@ if MYPY:
     from .manifest import PathEntry  # noqa: F401
     from .signing import PublicKey  # noqa: F401
 
-MANIFEST = "manifest.json"
 MAIN_PY = b"""\
 import sys
 from nix_prefix.installer.main import main
@@ -72,14 +71,8 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _READ_SIZE = 1 << 20
 
 
-class CorruptInstaller(OneLineError):
+class CorruptInstaller(Refused):
     """The installer file is damaged, truncated or tampered with (exit code 3)."""
-
-    exit_code = 3
-
-    def __init__(self, message, hint="download the installer again"):
-        # type: (str, str) -> None
-        OneLineError.__init__(self, message, hint)
 
 
 class UntrustedInstaller(CorruptInstaller):
@@ -124,19 +117,6 @@ def embedded_code():
                 with open(os.path.join(folder, name), "rb") as f:
                     members.append(("%s/%s" % (sub, name), f.read()))
     return members
-
-
-def code_digest(members):
-    # type: (Iterable[Tuple[str, bytes]]) -> str
-    """The manifest's ``codeSha256``: of every zip member that is not a chunk, the
-    manifest or the signatures, as (name, bytes) in file order, each framed by its
-    name and length so that no two member lists hash alike."""
-    h = hashlib.sha256()
-    for name, data in members:
-        encoded = name.encode("utf-8")
-        h.update(b"%d:%s:%d:" % (len(encoded), encoded, len(data)))
-        h.update(data)
-    return h.hexdigest()
 
 
 def write_installer(out, preamble, code, compression, compressor, write_payload,
@@ -445,10 +425,10 @@ class InstallerFile(object):
         be what the manifest's codeSha256 names (so a signature covers the code too)."""
         if not self.manifest.code_sha256:
             return  # built before codeSha256 existed
-        data = set(c.file for c in self.manifest.chunks)
-        data.update((MANIFEST, publisher.MEMBER))
-        code = [(info.filename, self._read_member(info.filename))
-                for info in self._zip.infolist() if info.filename not in data]
+        try:
+            code = code_members(self._zip, [c.file for c in self.manifest.chunks])
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise CorruptInstaller("the installer's code is damaged (%s)" % e)
         if code_digest(code) != self.manifest.code_sha256:
             raise CorruptInstaller("the installer's code does not match its sha256 in the "
                                    "manifest")
@@ -481,11 +461,7 @@ class InstallerFile(object):
         verdict = self.verdict(trusted_keys)
         refusal = verdict.refusal()
         if refusal:
-            raise UntrustedInstaller(
-                refusal, "get the installer from the publisher whose key you trust, or "
-                         "check which key they publish" if verdict.signed_by else
-                         "ask its publisher for a signed one (nix-prefix build --sign-key), "
-                         "or give no trusted key to install it unsigned")
+            raise UntrustedInstaller(refusal, verdict.refusal_hint())
         return verdict
 
     def _check_preamble(self):

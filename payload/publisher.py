@@ -155,6 +155,15 @@ class Verdict(object):
         return ("the installer is signed by %s, none of the keys you trust (%s)"
                 % (", ".join(str(k) for k in self.signed_by), trusted))
 
+    def refusal_hint(self):
+        # type: () -> str
+        """What to do about ``refusal()``."""
+        if self.signed_by:
+            return ("get the installer from the publisher whose key you trust, or check "
+                    "which key they publish")
+        return ("ask its publisher for a signed one (nix-prefix build --sign-key), or give "
+                "no trusted key to install it unsigned")
+
     def lines(self):
         # type: () -> List[str]
         """What ``--check``, ``--info`` and ``nix-prefix inspect`` say about the signatures."""

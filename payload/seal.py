@@ -14,11 +14,12 @@ not in the zip comment, because the zipimport of Python 3.6 and 3.7 refuses a
 zip that has a comment; at the start it also reaches Python through sh when
 the file is piped (sh has read that line before Python starts).
 
-This module is also the first Python that runs: the sh preamble passes its
-text to ``python3 -I`` (see head()), and ``bootstrap`` checks the seal over
-the bytes it is about to run before importing anything from the zip.  So it
-imports only the standard library, runs on Python 3.6, and holds no single
-quote character (it travels inside a single-quoted sh string).
+This module is also among the first Python that runs: the sh preamble passes
+it to ``python3 -I``, bundled (bundle.py) with what trust.py needs (see
+head()), and ``bootstrap`` checks the seal over the bytes it is about to run,
+then the publisher's signature and the code's sha256 (trust.check_code),
+before importing anything from the zip.  So it imports only the standard
+library and the bundled modules, and runs on Python 3.6.
 """
 
 import atexit
@@ -48,8 +49,10 @@ SEAL_END = SIZE_AT + SIZE_DIGITS
 # The sh preamble and its padding fill the first HEAD_SIZE bytes; the zip
 # starts there.  The padding (newlines) is what sh may read ahead of the
 # command it runs when the file comes through a pipe (dash reads 8 KiB
-# blocks), so Python can put those bytes back: they are known.
-HEAD_SIZE = 1 << 16
+# blocks), so Python can put those bytes back: they are known.  128 KiB: the
+# Python the preamble carries (the seal and signature checks, bundled) is
+# about 60 KiB.
+HEAD_SIZE = 1 << 17
 _READ_SIZE = 1 << 20
 _QUOTE = "\x27"
 EXIT_DAMAGED = 3
@@ -71,14 +74,18 @@ def head(shell, boot, seal_value=None):
     """The first HEAD_SIZE bytes of an installer: the sh preamble and its padding.
 
     ``shell`` is the sh code the preamble evaluates, ``boot`` the Python it
-    hands the file to (this module); neither may hold a single quote.
+    hands the file to (this module and what it needs, bundled: bundle.py),
+    each in single quotes, a quote in them written as sh reads it back.
     """
     q = _QUOTE.encode()
-    if q in shell or q in boot:
-        raise ValueError("the preamble parts must not hold a single quote")
+
+    def quoted(text):
+        # type: (bytes) -> bytes
+        return q + text.replace(q, q + b"\\" + q + q) + q
+
     text = (SHEBANG + OPEN + (seal_value or value()) + q + b"\n"
-            + b"h=" + q + shell + q + b"\n"
-            + b"b=" + q + boot + q + b"\n"
+            + b"h=" + quoted(shell) + b"\n"
+            + b"b=" + quoted(boot) + b"\n"
             + b"eval \"$h\"; exit 3; } #\n")
     if len(text) >= HEAD_SIZE - (16 << 10):
         raise ValueError("the sh preamble is too long (%d bytes)" % len(text))
@@ -295,7 +302,29 @@ def bootstrap(argv):
                   % memory_advice(), EXIT_MACHINE)
         _fail("%s is damaged (its seal checker fails: %s: %s); download it again"
               % (argv[1], type(e).__name__, e))
+    _check_publisher(path, name, args)
     _run_from(path, name, args)
+
+
+def _check_publisher(path, name, args):
+    # type: (str, str, List[str]) -> None
+    """Before any code of the file is imported: the publisher's signatures over the
+    manifest hold, one is by a key the user trusts (if they gave any), and the code
+    in the zip is what the manifest names (trust.py).  A damaged or swapped module
+    is refused here, before it runs; a replaced preamble is not (it is this code)."""
+    # Imported here, not at the top: trust.py imports this module.
+    from . import trust
+
+    try:
+        trusted = trust.trusted_keys(trust.given_keys(args), os.environ)
+        with open(path, "rb") as f:
+            trust.check_code(f, trusted)
+    except trust.BadKey as e:
+        _fail("%s (see --help)" % e, e.exit_code)
+    except trust.Refused as e:
+        _fail(str(e), e.exit_code)
+    except OSError as e:
+        _fail("cannot read the installer %s (%s)" % (name, e.strerror), 1)
 
 
 def _verified(argv):
@@ -312,7 +341,7 @@ def _verified(argv):
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         # A pipe (curl URL | sh, bash <(curl URL)): sh has read the start.
         stream = _from_stream(f, *[os.fsencode(a) for a in argv[2:5]])
-        return f, _private_copy(stream, name), name, args
+        return f, private_copy(stream, name), name, args
     try:
         check_file(f)
     except SealError as e:
@@ -323,7 +352,7 @@ def _verified(argv):
     path = "/proc/self/fd/%d" % fd
     if not _same_file(path, fd):
         f.seek(0)
-        path = _private_copy(iter(lambda: f.read(_READ_SIZE), b""), name)
+        path = private_copy(iter(lambda: f.read(_READ_SIZE), b""), name)
     return f, path, name, args
 
 
@@ -384,7 +413,7 @@ def _made_and_registered():
     return directory
 
 
-def _private_copy(chunks, name):
+def private_copy(chunks, name):
     # type: (Iterable[bytes], str) -> str
     """Write ``chunks`` into a new file only this user can read, and check its seal
     over exactly those bytes; return its path."""
