@@ -325,6 +325,12 @@ def _check_publisher(path, name, args):
         _fail(str(e), e.exit_code)
     except OSError as e:
         _fail("cannot read the installer %s (%s)" % (name, e.strerror), 1)
+    except Exception as e:  # still one line
+        if is_out_of_memory(e):
+            _fail("out of memory while checking the signature; nothing was changed; %s"
+                  % memory_advice(), EXIT_MACHINE)
+        _fail("%s is damaged (its signature checker fails: %s: %s); download it again"
+              % (name, type(e).__name__, e))
 
 
 def _verified(argv):
