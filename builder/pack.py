@@ -102,7 +102,8 @@ def build_installer(
                 "build or copy the closure into the store first, or pass --store-root")
     nix = nixchoice.choose([e.name for e in entries],
                            _roots(entries, options.roots, closure.store_dir), store_root,
-                           options.nix_store, roots_given=bool(options.roots))
+                           options.nix_store, roots_given=bool(options.roots),
+                           store_dir=closure.store_dir)
     roots = nix.roots
     built = Manifest(
         store_dir=closure.store_dir,

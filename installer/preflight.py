@@ -2,6 +2,7 @@
 
 import os
 import pwd
+import stat
 
 from ..payload import storepath
 from ..payload.machine import available_memory, host_system, human_size, usable_cpus
@@ -208,6 +209,68 @@ def check_store_is_nix(prefix, staging_prefix):
             % (prefix.store_dir, os.path.join(prefix.store_dir, strangers[0]), more),
             "move your files out of it, or choose another --prefix (PREFIX/store must be "
             "empty or a Nix store)")
+
+
+# nix.conf settings that send the prefix's Nix elsewhere (the store and with it the
+# state: src/libstore/globals.hh `store`) or load code into it (`plugin-files`).
+REDIRECTING_SETTINGS = ("store", "plugin-files", "extra-plugin-files")
+MAX_NIX_CONF = 1 << 20
+_MAX_INCLUDES = 8
+
+
+def check_nix_conf(prefix):
+    # type: (Prefix) -> None
+    """Refuse a kept ``P/etc/nix/nix.conf`` that sends the prefix's Nix to another store
+    (or loads plugins), in it or in a file it includes, or that another user can
+    change (a symlink to their file): the installed Nix would register, and keep,
+    the prefix's paths elsewhere.  The installer's own Nix runs are pinned to the
+    prefix anyway (prefix.py); this says so before anything is written."""
+    _check_conf_file(prefix.nix_conf, prefix, 0)
+
+
+def _check_conf_file(path, prefix, depth):
+    # type: (str, Prefix, int) -> None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # none (an !include of a missing file is no error to Nix either)
+    hint = "remove that line, or choose another --prefix (this prefix's store is %s)" \
+        % prefix.store_dir
+    if st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o002:
+        raise EnvironmentProblem(
+            "%s%s can be changed by another user (%s), and it sets what the prefix's Nix "
+            "does" % (path, " (through a symlink)" if os.path.islink(path) else "",
+                      "writable by all" if st.st_mode & 0o002 else "owned by %s"
+                      % _user(st.st_uid)),
+            "replace it with a file of your own, or remove it")
+    if depth > _MAX_INCLUDES:
+        raise EnvironmentProblem("%s includes files more than %d deep" % (path, _MAX_INCLUDES),
+                                 "flatten the includes of %s" % prefix.nix_conf)
+    try:
+        with open(path, "rb") as f:
+            text = f.read(MAX_NIX_CONF + 1)
+    except OSError as e:
+        raise EnvironmentProblem("cannot read %s (%s)" % (path, e.strerror),
+                                 "make it readable, or remove it")
+    if len(text) > MAX_NIX_CONF or not stat.S_ISREG(st.st_mode):
+        raise EnvironmentProblem("%s is not a nix.conf (%s)" % (
+            path, "longer than %d bytes" % MAX_NIX_CONF if stat.S_ISREG(st.st_mode)
+            else "not a regular file"), "remove it")
+    # The syntax of src/libutil/config.cc applyConfig: '#' starts a comment, then
+    # "include FILE", "!include FILE" (relative to the file's dir) or "NAME = VALUE".
+    for number, line in enumerate(text.decode("utf-8", "replace").splitlines(), 1):
+        words = line.partition("#")[0].split()
+        if not words:
+            continue
+        if words[0] in ("include", "!include") and len(words) == 2:
+            _check_conf_file(os.path.join(os.path.dirname(path), words[1]), prefix,
+                             depth + 1)
+        elif words[0] in REDIRECTING_SETTINGS and len(words) >= 3 and words[1] == "=":
+            # The value is not shown: a store URL may carry credentials.
+            raise EnvironmentProblem(
+                "%s line %d sets %s, which would send this prefix's Nix %s"
+                % (path, number, words[0], "to another store and database"
+                   if words[0] == "store" else "code from outside the prefix"), hint)
 
 
 def check_space(prefix, needed):
