@@ -92,10 +92,11 @@ def nix_tool(manifest, prefix, tool):
     """The closure's own Nix tool (a regular file of the closure in the prefix's store,
     never one a symlink leads to elsewhere), else, for a closure without Nix, one on
     PATH, else a clear error (InstallError)."""
-    base = manifest.nix_store.partition("/")[0] if manifest.nix_store else ""
+    nix_store = manifest.nix_store or ""
+    base = nix_store.partition("/")[0]
     # (Its store path gone, as late in an uninstall, the Nix on PATH does.)
     if base and os.path.lexists(os.path.join(prefix.store_dir, base)):
-        rel = "%s/bin/%s" % (manifest.nix_store.rpartition("/bin/")[0], tool)
+        rel = "%s/bin/%s" % (nix_store.rpartition("/bin/")[0], tool)
         if storepath.shipped_file(prefix.store_dir, prefix.store_dir,
                                   (p.name for p in manifest.paths), rel) is None:
             raise InstallError(

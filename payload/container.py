@@ -636,8 +636,9 @@ class InstallerFile(object):
             stream = codecs.open_reader(m.compression, reader)
             try:
                 # A chunk decodes to its tarSize, no more: a tampered one stops there.
-                archive.unpack(_Bounded(stream, chunk), chunk.paths, open_checked, chunk.start,
-                               m.end_of(index), last=index == len(m.chunks) - 1)
+                bounded = _Bounded(stream, chunk)  # type: Any
+                archive.unpack(bounded, chunk.paths, open_checked, chunk.start, m.end_of(index),
+                               last=index == len(m.chunks) - 1)
                 reader.drain()
             finally:
                 stream.close()
