@@ -182,6 +182,9 @@ def write_installer_file(out: Path, manifest: Manifest, compression: str, level:
             lambda: compressor(compression, level, manifest.system),
             lambda payload: write_payload(payload) or manifest,
             check_out=lambda path: check_output(Path(path)), signer=KeySigner(sign_keys))
+    except container.ManifestTooLarge as e:
+        raise BuildError(str(e), "make installers of smaller closures (an installer's "
+                                 "reader refuses a larger manifest)") from None
     except OSError as e:  # writing the file: a full disk, a quota, a vanished directory
         full = e.errno in (errno.ENOSPC, errno.EDQUOT)
         raise BuildError(f"cannot write {out} ({e.strerror})",

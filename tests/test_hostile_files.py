@@ -26,6 +26,7 @@ from typing import IO
 import pytest
 from nacl.signing import SigningKey
 
+from nix_prefix.builder.errors import BuildError
 from nix_prefix.payload import container, nix32
 from nix_prefix.payload.container import CorruptInstaller, InstallerFile
 from nix_prefix.payload.manifest import Chunk, Manifest, PathEntry
@@ -148,6 +149,14 @@ def test_a_manifest_larger_than_the_bound_is_refused_unread(
     monkeypatch.setattr(container, "MAX_MANIFEST", MiB)
     with pytest.raises(CorruptInstaller, match="manifest.json is .* bytes, more than"):
         InstallerFile(str(out))
+
+
+def test_build_refuses_a_manifest_no_reader_would_take(
+        world_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(container, "MAX_MANIFEST", 1000)
+    with pytest.raises(BuildError, match="the manifest would be .* bytes, more than the 1000"):
+        installer_of(world_dir / "big.sh", STORE_DIR, [entry(TOP), file(TOP + "/a")], [TOP])
+    assert not (world_dir / "big.sh").exists()
 
 
 # -- 2. a tampered chunk is bounded by the sizes the manifest announces --------------------------
