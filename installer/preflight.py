@@ -246,16 +246,18 @@ def _check_conf_file(path, prefix, depth):
     if depth > _MAX_INCLUDES:
         raise EnvironmentProblem("%s includes files more than %d deep" % (path, _MAX_INCLUDES),
                                  "flatten the includes of %s" % prefix.nix_conf)
+    if not stat.S_ISREG(st.st_mode):  # told before it is opened: a FIFO would hang
+        raise EnvironmentProblem("%s is not a nix.conf (not a regular file)" % path,
+                                 "remove it")
     try:
         with open(path, "rb") as f:
             text = f.read(MAX_NIX_CONF + 1)
     except OSError as e:
         raise EnvironmentProblem("cannot read %s (%s)" % (path, e.strerror),
                                  "make it readable, or remove it")
-    if len(text) > MAX_NIX_CONF or not stat.S_ISREG(st.st_mode):
-        raise EnvironmentProblem("%s is not a nix.conf (%s)" % (
-            path, "longer than %d bytes" % MAX_NIX_CONF if stat.S_ISREG(st.st_mode)
-            else "not a regular file"), "remove it")
+    if len(text) > MAX_NIX_CONF:
+        raise EnvironmentProblem("%s is not a nix.conf (longer than %d bytes)"
+                                 % (path, MAX_NIX_CONF), "remove it")
     # The syntax of src/libutil/config.cc applyConfig: '#' starts a comment, then
     # "include FILE", "!include FILE" (relative to the file's dir) or "NAME = VALUE".
     for number, line in enumerate(text.decode("utf-8", "replace").splitlines(), 1):
@@ -268,9 +270,10 @@ def _check_conf_file(path, prefix, depth):
         elif words[0] in REDIRECTING_SETTINGS and len(words) >= 3 and words[1] == "=":
             # The value is not shown: a store URL may carry credentials.
             raise EnvironmentProblem(
-                "%s line %d sets %s, which would send this prefix's Nix %s"
-                % (path, number, words[0], "to another store and database"
-                   if words[0] == "store" else "code from outside the prefix"), hint)
+                "%s line %d sets %s, which would %s" % (
+                    path, number, words[0], "move this prefix's Nix to another store and "
+                    "database" if words[0] == "store" else "load plugins into this "
+                    "prefix's Nix"), hint)
 
 
 def check_space(prefix, needed):

@@ -122,6 +122,32 @@ def test_a_clean_install_with_the_pin_still_works(world_dir: Path) -> None:
     assert (prefix / "var/nix/profiles/default/a").read_text() == "hello"
 
 
+def test_which_nix_conf_lines_are_refused(tmp_path: Path) -> None:
+    """Without running anything: what the preflight reads in a kept nix.conf."""
+    from nix_prefix.installer.envfiles import nix_conf
+    from nix_prefix.installer.errors import EnvironmentProblem
+    from nix_prefix.installer.preflight import check_nix_conf
+    prefix = Prefix(str(tmp_path / "p"))
+    conf = Path(prefix.nix_conf)
+    conf.parent.mkdir(parents=True)
+    check_nix_conf(prefix)  # none at all
+    for fine in (nix_conf(prefix), "# store = local?state=/elsewhere\nsandbox = false\n",
+                 "store =\n", "substituters = https://store.example.org\n"):
+        conf.write_text(fine)
+        check_nix_conf(prefix)
+    for refused, found in (("store = daemon\n", "line 1 sets store"),
+                           ("a = b\nextra-plugin-files = /x.so\n", "line 2 sets extra-plugin"),
+                           ("include missing.conf\n!include loop.conf\n", "more than 8 deep")):
+        conf.write_text(refused)
+        (conf.parent / "loop.conf").write_text("include loop.conf\n")
+        with pytest.raises(EnvironmentProblem, match=found):
+            check_nix_conf(prefix)
+    conf.unlink()
+    os.mkfifo(conf)  # not opened: it would wait for a writer
+    with pytest.raises(EnvironmentProblem, match="not a regular file"):
+        check_nix_conf(prefix)
+
+
 # -- 6. the closure's Nix is its own files ------------------------------------------------------
 
 
