@@ -28,6 +28,7 @@ import hashlib
 import importlib.util
 import os
 import stat
+import struct
 import tempfile
 import threading
 import zipfile
@@ -79,6 +80,9 @@ MAX_MANIFEST = 64 << 20
 MAX_SIGNATURES = 1 << 20
 MAX_CODE = 16 << 20
 MAX_PREAMBLE = 1 << 20  # the sh preamble is seal.HEAD_SIZE (64 KiB)
+# zipfile reads the central directory whole, an object per member: ~100 bytes a
+# member here, so 16 MiB is some 160,000 members (a 1 TiB payload has 16,384 chunks).
+MAX_DIRECTORY = 16 << 20
 
 
 class CorruptInstaller(OneLineError):
@@ -451,6 +455,7 @@ class InstallerFile(object):
         except OSError as e:
             raise CorruptInstaller("cannot read %s (%s)" % (self.name, e.strerror))
         try:
+            _check_directory(path)
             self._zip = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
             raise CorruptInstaller("%s is not a readable installer (%s)" % (self.name, e))
@@ -782,6 +787,32 @@ def _run_parallel(path, indexes, jobs, stop, work):
         raise
     if errors:
         raise errors[0]
+
+
+def _check_directory(path):
+    # type: (str) -> None
+    """Refuse a zip central directory larger than MAX_DIRECTORY before zipfile reads it.
+
+    An installer's zip has no comment (docs/format.md), so its end record is the
+    file's last 22 bytes; a zip64 end record, when there is one, sits right before
+    its 20-byte locator before that, and zipfile takes the size from it
+    (APPNOTE.TXT 4.3.14-4.3.16; zipfile ``_EndRecData64``).
+    """
+    with open(path, "rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end < 22:
+            raise zipfile.BadZipFile("too short for a zip")
+        f.seek(max(0, end - 22 - 20 - 56))
+        tail = f.read()
+    record, locator, record64 = tail[-22:], tail[-42:-22], tail[-98:-42]
+    if record[:4] != b"PK\x05\x06":
+        raise zipfile.BadZipFile("it does not end with a zip end record (a zip comment?)")
+    size = struct.unpack("<I", record[12:16])[0]
+    if locator[:4] == b"PK\x06\x07" and record64[:4] == b"PK\x06\x06":
+        size = struct.unpack("<Q", record64[40:48])[0]
+    if size > MAX_DIRECTORY:
+        raise CorruptInstaller("the installer's zip directory is %d bytes, more than the %d "
+                               "an installer's may have" % (size, MAX_DIRECTORY))
 
 
 def _check_members(zf):

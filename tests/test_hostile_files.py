@@ -151,6 +151,15 @@ def test_a_manifest_larger_than_the_bound_is_refused_unread(
         InstallerFile(str(out))
 
 
+def test_a_zip_directory_larger_than_the_bound_is_refused_unread(
+        signed: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """zipfile reads the central directory whole (an object per member): its size is
+    checked from the end record first (lowered here: the real one is 16 MiB)."""
+    monkeypatch.setattr(container, "MAX_DIRECTORY", 1000)
+    with pytest.raises(CorruptInstaller, match="zip directory is .* bytes, more than the 1000"):
+        InstallerFile(str(signed[0]))
+
+
 def test_build_refuses_a_manifest_no_reader_would_take(
         world_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(container, "MAX_MANIFEST", 1000)
