@@ -4,7 +4,8 @@ the file is verified.
 Every file here is a real installer changed the way an attacker would change it
 and sealed again, so only the deeper checks stand in the way; every bound is
 asserted on what the kernel measured of the process (peak RSS, bytes written or
-read), not on a mock.
+read), not on a mock.  The runs over large bombs (hundreds of MiB decoded, an
+8 GiB sparse file) are marked slow.
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ BOMB_RUNS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", sorted(BOMB_RUNS))
 def test_a_compressed_manifest_is_refused_in_bounded_memory(
         run: str, bomb: Path, signed: tuple[Path, str]) -> None:
@@ -133,6 +135,7 @@ def test_a_compressed_manifest_is_refused_in_bounded_memory(
     assert m.max_rss < RSS_BOUND, f"peak RSS {m.max_rss / MiB:.0f} MiB"
 
 
+@pytest.mark.slow
 def test_members_stored_as_they_are_are_read_whole(signed: tuple[Path, str]) -> None:
     """The intact file opens: what the bounds let through (the baseline of the above)."""
     m = measured(["/bin/sh", str(signed[0]), "--check", "--trusted-key", signed[1]])
@@ -205,6 +208,7 @@ def _chunk_name(installer: Path) -> str:
         return next(n for n in zf.namelist() if n.startswith("payload/"))
 
 
+@pytest.mark.slow
 def test_a_tampered_chunk_writes_no_more_than_announced(
         tampered: Path, signed: tuple[Path, str], world_dir: Path) -> None:
     """On a disk with room for the announced sizes (and the installer's margin) but not
@@ -223,6 +227,7 @@ def test_a_tampered_chunk_writes_no_more_than_announced(
     assert left == [], left
 
 
+@pytest.mark.slow
 def test_cache_and_retarget_stop_at_the_announced_size(
         tampered: Path, world_dir: Path) -> None:
     """``cache`` (uncompressed NARs) writes nothing of the oversized path, ``retarget``
@@ -343,6 +348,7 @@ def test_dev_zero_is_named_for_what_it_is(command: str, world_dir: Path) -> None
     assert not (world_dir / "cache").exists()
 
 
+@pytest.mark.slow
 def test_a_file_longer_than_its_seal_is_refused_unread(signed: tuple[Path, str],
                                                        world_dir: Path) -> None:
     """8 GiB, sparse: refused from its size, not after hashing it all."""
