@@ -6,6 +6,7 @@ import stat
 
 from ..payload import storepath
 from ..payload.machine import available_memory, host_system, human_size, usable_cpus
+from . import nixconf
 from .errors import BadUsage, EnvironmentProblem, UsageProblem
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
@@ -211,9 +212,6 @@ def check_store_is_nix(prefix, staging_prefix):
             "empty or a Nix store)")
 
 
-# nix.conf settings that send the prefix's Nix elsewhere (the store and with it the
-# state: src/libstore/globals.hh `store`) or load code into it (`plugin-files`).
-REDIRECTING_SETTINGS = ("store", "plugin-files", "extra-plugin-files")
 MAX_NIX_CONF = 1 << 20
 _MAX_INCLUDES = 8
 
@@ -258,22 +256,26 @@ def _check_conf_file(path, prefix, depth):
     if len(text) > MAX_NIX_CONF:
         raise EnvironmentProblem("%s is not a nix.conf (longer than %d bytes)"
                                  % (path, MAX_NIX_CONF), "remove it")
-    # The syntax of src/libutil/config.cc applyConfig: '#' starts a comment, then
-    # "include FILE", "!include FILE" (relative to the file's dir) or "NAME = VALUE".
+    # Read as Nix reads it (nixconf.py); the values are never shown: a store URL
+    # may carry credentials.
     for number, line in enumerate(text.decode("utf-8", "replace").splitlines(), 1):
-        words = line.partition("#")[0].split()
-        if not words:
+        try:
+            parsed = nixconf.parse_line(line)
+        except nixconf.ConfError as e:
+            raise EnvironmentProblem("%s line %d: %s" % (path, number, e),
+                                     "fix or remove that line")
+        if parsed is None:
             continue
-        if words[0] in ("include", "!include") and len(words) == 2:
-            _check_conf_file(os.path.join(os.path.dirname(path), words[1]), prefix,
-                             depth + 1)
-        elif words[0] in REDIRECTING_SETTINGS and len(words) >= 3 and words[1] == "=":
-            # The value is not shown: a store URL may carry credentials.
-            raise EnvironmentProblem(
-                "%s line %d sets %s, which would %s" % (
-                    path, number, words[0], "move this prefix's Nix to another store and "
-                    "database" if words[0] == "store" else "load plugins into this "
-                    "prefix's Nix"), hint)
+        name, value = parsed
+        base = name[len("extra-"):] if name.startswith("extra-") else name
+        if name in ("include", "!include"):
+            _check_conf_file(os.path.join(os.path.dirname(path), value), prefix, depth + 1)
+        elif base == "store":
+            raise EnvironmentProblem("%s line %d: %s" % (path, number,
+                                                         nixconf.problem(name, value)), hint)
+        elif base == "plugin-files":
+            raise EnvironmentProblem("%s line %d: `%s` would load plugins into this prefix's "
+                                     "Nix" % (path, number, name), hint)
 
 
 def check_space(prefix, needed):

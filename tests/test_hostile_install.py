@@ -59,7 +59,7 @@ def test_a_kept_nix_conf_that_moves_the_store_is_refused(world_dir: Path) -> Non
     (prefix / "etc/nix").mkdir(parents=True)
     (prefix / "etc/nix/nix.conf").write_text(_store_conf(prefix, elsewhere))
     proc = run_installer(installer, "-y")
-    _assert_refused_before_writing(proc, prefix, elsewhere, "nix.conf line 3 sets store")
+    _assert_refused_before_writing(proc, prefix, elsewhere, "nix.conf line 3: `store` would point")
     assert str(elsewhere) not in proc.stderr  # the store URL is not echoed
 
 
@@ -90,7 +90,7 @@ def test_an_included_file_that_moves_the_store_is_refused(world_dir: Path) -> No
     proc = run_installer(installer, "-y")
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 4 and len(lines) == 1, proc.stderr
-    assert "more.conf line 3 sets store" in lines[0]
+    assert "more.conf line 3: `store` would point" in lines[0]
     assert not elsewhere.exists()
 
 
@@ -132,11 +132,12 @@ def test_which_nix_conf_lines_are_refused(tmp_path: Path) -> None:
     conf.parent.mkdir(parents=True)
     check_nix_conf(prefix)  # none at all
     for fine in (nix_conf(prefix), "# store = local?state=/elsewhere\nsandbox = false\n",
-                 "store =\n", "substituters = https://store.example.org\n"):
+                 "substituters = https://store.example.org\n"):
         conf.write_text(fine)
         check_nix_conf(prefix)
-    for refused, found in (("store = daemon\n", "line 1 sets store"),
-                           ("a = b\nextra-plugin-files = /x.so\n", "line 2 sets extra-plugin"),
+    for refused, found in (("store = daemon\n", "line 1: `store` would point"),
+                           ("a = b\nextra-plugin-files = /x.so\n", "line 2: `extra-plugin"),
+                           ("sandbox=false\n", "line 1: a line is not a nix.conf line"),
                            ("include missing.conf\n!include loop.conf\n", "more than 8 deep")):
         conf.write_text(refused)
         (conf.parent / "loop.conf").write_text("include loop.conf\n")
