@@ -28,8 +28,9 @@ def _source(name: str) -> str:
     return text.decode("ascii")
 
 
-def _bundle(head: str, names: tuple[str, ...], entry: str) -> str:
-    return bundle.pack(head + _source("bundle"), [(n, _source(n)) for n in names], entry)
+def _bundle(head: str, names: tuple[str, ...], entry: str, quote: str = bundle.APOSTROPHE) -> str:
+    return bundle.pack(head + _source("bundle"), [(n, _source(n)) for n in names], entry,
+                       quote)
 
 
 def boot_text() -> bytes:
@@ -37,8 +38,8 @@ def boot_text() -> bytes:
     return _bundle("# The Python the sh preamble runs: payload/bundle.py, then the modules\n"
                    "# it loads (payload/seal.py, trust.py and what they import).\n",
                    BOOT_MODULES,
-                   "bootstrap = load(sys.argv[4], \"nix_prefix_boot\").seal.bootstrap\n"
-                   ).encode("ascii")
+                   "bootstrap = load(sys.argv[4], \"nix_prefix_boot\", QUOTE).seal.bootstrap\n",
+                   bundle.QUOTE).encode("ascii")
 
 
 def verifier_text() -> str:

@@ -41,7 +41,7 @@ from .compress import compressor, default_jobs
 from .errors import BuildError
 from .leftovers import remove_stale
 from .pack import same_length, thread_safe
-from .retarget import looks_like_installer, target_store_dir, with_installer
+from .retarget import check_source, looks_like_installer, target_store_dir, with_installer
 from .signer import sign
 from .sources import ClosureSource, InstallerSource, Source
 
@@ -424,6 +424,8 @@ def write_cache(sources: Sequence[Path], prefix: str, out: Path, options: CacheO
     store_dir = target_store_dir(prefix)
     if not sources:
         raise BuildError("no SOURCE given", "name an installer or a closureInfo dir")
+    for source in sources:
+        check_source(source)  # a FIFO or a device: refused before -o is made
     cache = _CacheDir(out, store_dir, options)
     report = thread_safe(progress) if progress else None
     try:

@@ -24,7 +24,7 @@ import typer
 from tqdm import tqdm
 
 from ..payload import __version__, codecs, publisher, seal, signing
-from ..payload.container import CorruptInstaller
+from ..payload.container import CorruptInstaller, not_a_file
 from ..payload.machine import human_size
 from ..payload.manifest import Manifest
 from .errors import BuildError, Terminated, UsageError
@@ -149,8 +149,8 @@ def _input(path: Path, what: str, directory_too: bool = False) -> None:
         raise BuildError(f"cannot read {path}: {e.strerror}") from None
     if not (stat.S_ISREG(mode) or directory_too and stat.S_ISDIR(mode)):
         raise UsageError(f"{path} is not a regular file" + (" or directory" if directory_too
-                                                             else ""),
-                         f"give the path of {what}")
+                                                             else "")
+                         + f" (it is {not_a_file(str(path))})", f"give the path of {what}")
 
 
 def _not_an_input(output: Path, inputs: list[Path]) -> None:

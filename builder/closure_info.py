@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..payload import registration, storepath
+from ..payload.container import not_a_file
 from ..payload.registration import ValidPathInfo
 from .errors import BuildError
 
@@ -47,7 +48,8 @@ def read_closure(source: Path) -> Closure:
         store_paths = None
         total = None
     else:
-        raise BuildError(f"{source} does not exist",
+        what = not_a_file(str(source))
+        raise BuildError(f"{source} {'is ' + what if what else 'does not exist'}",
                          "pass a closureInfo directory or a `nix-store --dump-db` file")
 
     by_path: dict[str, ValidPathInfo] = {}

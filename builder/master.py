@@ -48,7 +48,7 @@ from .closure_info import check_acyclic
 from .compress import compressor
 from .errors import BuildError
 from .fromcache import BinaryCache
-from .retarget import looks_like_installer
+from .retarget import check_source, looks_like_installer
 from .signer import sign
 from .sources import ClosureSource, InstallerSource
 
@@ -279,9 +279,7 @@ class Master:
         self.options = options
         self.sources: list[_Installer | _Closure | _Cache] = []
         for path in sources:
-            if not path.exists():
-                raise BuildError(f"{path} does not exist", "name an installer or a "
-                                 "closureInfo dir")
+            check_source(path)
             if (path / narinfo.CACHE_INFO).is_file():
                 self.sources.append(_Cache(path))
             elif path.is_dir() or not looks_like_installer(path):

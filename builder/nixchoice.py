@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..payload.storepath import split_drv_name
+from ..payload.storepath import shipped_file, split_drv_name
 from .errors import BuildError
 
 
@@ -48,17 +48,36 @@ def _store_name(entry_name: str) -> str:
     return entry_name.partition("-")[2]  # drop the hash part
 
 
+def _check_shipped(names: list[str], name: str, store_root: Path, store_dir: str) -> None:
+    """Refuse a Nix whose tools are not regular files of the closure: a store path that
+    is a symlink to /usr would have the installer run the machine's own Nix."""
+    for tool in ("nix-store", "nix-env"):
+        rel = f"{name}/bin/{tool}"
+        if tool != "nix-store" and not os.path.lexists(store_root / rel):
+            continue
+        if shipped_file(str(store_root), store_dir, names, rel) is None:
+            where = os.path.realpath(store_root / rel)
+            raise BuildError(f"{store_dir}/{rel} is not a file of the closure (it leads to "
+                             f"{where}): the installer must ship Nix's own files",
+                             "pack a closure whose Nix is a real build of Nix (not a symlink "
+                             "to the machine's), or leave that path out")
+
+
 def choose(names: list[str], roots: list[str], store_root: Path, wanted: str | None,
-           roots_given: bool) -> NixChoice:
+           roots_given: bool, store_dir: str | None = None) -> NixChoice:
     """Pick the Nix among ``names`` (store path base names) that have ``bin/nix-store``.
 
     ``wanted`` (a store path, its base name, or a path inside it) picks one;
     else the newest of the Nixes among ``roots``, or of all if none is a root.
     Other Nixes among the automatic roots are left out of the profile (they
     stay in the closure); explicitly given roots holding two Nixes are
-    refused, since their profile would collide.
+    refused, since their profile would collide.  Every Nix's ``bin/nix-store`` (and
+    ``bin/nix-env``) must be a regular file of the closure, symlinks followed at
+    ``store_dir`` (default: ``store_root``, where the store physically is).
     """
     nixes = [n for n in names if os.path.lexists(store_root / n / "bin" / "nix-store")]
+    for n in nixes:
+        _check_shipped(names, n, store_root, store_dir or str(store_root))
     if wanted is not None:
         base = wanted.rstrip("/")
         base = base[len(str(store_root)) + 1:] if base.startswith(str(store_root) + "/") else base

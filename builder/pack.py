@@ -102,7 +102,8 @@ def build_installer(
                 "build or copy the closure into the store first, or pass --store-root")
     nix = nixchoice.choose([e.name for e in entries],
                            _roots(entries, options.roots, closure.store_dir), store_root,
-                           options.nix_store, roots_given=bool(options.roots))
+                           options.nix_store, roots_given=bool(options.roots),
+                           store_dir=closure.store_dir)
     roots = nix.roots
     built = Manifest(
         store_dir=closure.store_dir,
@@ -182,6 +183,9 @@ def write_installer_file(out: Path, manifest: Manifest, compression: str, level:
             lambda: compressor(compression, level, manifest.system),
             lambda payload: write_payload(payload) or manifest,
             check_out=lambda path: check_output(Path(path)), signer=KeySigner(sign_keys))
+    except container.ManifestTooLarge as e:
+        raise BuildError(str(e), "make installers of smaller closures (an installer's "
+                                 "reader refuses a larger manifest)") from None
     except OSError as e:  # writing the file: a full disk, a quota, a vanished directory
         full = e.errno in (errno.ENOSPC, errno.EDQUOT)
         raise BuildError(f"cannot write {out} ({e.strerror})",

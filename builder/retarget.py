@@ -29,7 +29,7 @@ from typing import TypeVar
 from .. import payload as payload_pkg
 from ..payload import codecs, exact, storepath
 from ..payload import retarget as retargets
-from ..payload.container import CorruptInstaller, InstallerFile, PayloadWriter
+from ..payload.container import CorruptInstaller, InstallerFile, PayloadWriter, not_a_file
 from ..payload.manifest import Manifest, has_derivations
 from ..payload.signing import SecretKey
 from ..payload.tree import Count, Sink, Tee
@@ -122,12 +122,30 @@ def with_installer(source: Path, run: Callable[[InstallerFile], T], hint: str) -
 
 
 def looks_like_installer(path: Path) -> bool:
-    """Whether ``path`` starts as an installer does (``#!``), not as a registration."""
+    """Whether ``path`` starts as an installer does (``#!``), not as a registration.
+
+    A FIFO, a device or a socket is refused before it is opened (a FIFO would
+    wait for a writer, ``/dev/zero`` never end): a BuildError naming what it is.
+    """
+    check_source(path)
     try:
         with open(path, "rb") as f:
             return f.read(2) == b"#!"
     except OSError as e:
         raise BuildError(f"cannot read {path}: {e.strerror}") from None
+
+
+def check_source(path: Path) -> None:
+    """Refuse a SOURCE that is neither a directory nor a regular file (or a missing one),
+    saying what it is; before anything is opened or written."""
+    what = not_a_file(str(path))
+    if what is not None and what != "a directory":
+        raise BuildError(f"{path} is {what}, not an installer, closureInfo dir or "
+                         "registration file", "pass the file itself (save a download or a "
+                         "pipe's output to a file first)")
+    if not path.exists():
+        raise BuildError(f"{path} does not exist",
+                         "name an installer, a closureInfo dir or a registration file")
 
 
 def _same_length(installer: InstallerFile, store_dir: str) -> retargets.Retarget:

@@ -15,7 +15,7 @@ only once every path is in place.
 import os
 import time
 
-from ..payload import exact, retarget
+from ..payload import exact, retarget, storepath
 from ..payload.machine import human_size
 from ..payload.tree import Count, Tee
 from . import crashpoints, envfiles, nixstore, plan, preflight, receipt, staging, steps, timings
@@ -59,6 +59,7 @@ def preflight_checks(manifest, prefix):
     preflight.check_owner(prefix)
     preflight.check_parents(prefix)
     preflight.check_store_is_nix(prefix, staging.STAGING_PREFIX)
+    preflight.check_nix_conf(prefix)
     preflight.check_path_length(manifest, prefix)
     missing = [p for p in manifest.paths
                if not os.path.lexists(os.path.join(prefix.store_dir, p.name))]
@@ -89,12 +90,24 @@ def check_update(manifest, prefix, update):
 
 def nix_tool(manifest, prefix, tool):
     # type: (Manifest, Prefix, str) -> str
-    """The closure's own Nix tool, else one on PATH, else a clear error."""
-    if manifest.nix_store:
-        path = os.path.join(prefix.store_dir, manifest.nix_store.rpartition("/bin/")[0],
-                            "bin", tool)
-        if os.path.exists(path):
-            return path
+    """The closure's own Nix tool (a regular file of the closure in the prefix's store,
+    never one a symlink leads to elsewhere), else, for a closure without Nix, one on
+    PATH, else a clear error (InstallError)."""
+    nix_store = manifest.nix_store or ""
+    base = nix_store.partition("/")[0]
+    # (Its store path gone, as late in an uninstall, the Nix on PATH does.)
+    if base and os.path.lexists(os.path.join(prefix.store_dir, base)):
+        rel = "%s/bin/%s" % (nix_store.rpartition("/bin/")[0], tool)
+        if storepath.shipped_file(prefix.store_dir, prefix.store_dir,
+                                  (p.name for p in manifest.paths), rel) is None:
+            raise InstallError(
+                "the installer's Nix, %s/%s, is not a file of its closure (a symlink out of "
+                "it, or missing): it would run a Nix nothing verified"
+                % (prefix.store_dir, rel),
+                "use an installer whose closure holds Nix itself (nix-prefix build refuses "
+                "this one now)")
+        # Run by its own name: Nix's tools are one program that reads its argv[0].
+        return os.path.join(prefix.store_dir, rel)
     for d in os.environ.get("PATH", "").split(os.pathsep):
         candidate = os.path.join(d, tool)
         if d and os.access(candidate, os.X_OK):

@@ -15,6 +15,12 @@ if MYPY:
 # user's, for their own builds, must not stop the install).
 INSTALL_NIX_CONFIG = ("build-users-group =\nsandbox = false\nsubstituters =\n"
                       "max-jobs = 1\nbuilders =\n")
+# ... and act on this prefix whatever a nix.conf says: NIX_CONFIG is applied after
+# every nix.conf (loadConfFile, src/libstore/globals.cc), so its store (a local
+# store with this prefix's dirs, src/libstore/local-fs-store.hh) wins over a
+# `store = ...` there, and no plugin a nix.conf names is loaded into our Nix.
+# The prefix's characters need no URL quoting (preflight.resolve_prefix).
+PINNED_NIX_CONFIG = "store = local?store={store}&state={state}&log={log}\nplugin-files =\n"
 
 
 class Prefix(object):
@@ -64,7 +70,8 @@ class Prefix(object):
             NIX_STATE_DIR=self.state_dir,
             NIX_LOG_DIR=self.log_dir,
             NIX_CONF_DIR=self.conf_dir,
-            NIX_CONFIG=INSTALL_NIX_CONFIG,
+            NIX_CONFIG=INSTALL_NIX_CONFIG + PINNED_NIX_CONFIG.format(
+                store=self.store_dir, state=self.state_dir, log=self.log_dir),
             HOME=self.home,
             XDG_CONFIG_HOME=os.path.join(self.home, ".config"),
             XDG_CONFIG_DIRS=os.path.join(self.home, ".config"),

@@ -7,6 +7,7 @@ import stat
 
 from ..payload import storepath
 from ..payload.machine import available_memory, host_system, human_size, usable_cpus
+from . import nixconf
 from .errors import BadUsage, EnvironmentProblem, UsageProblem
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
@@ -309,6 +310,72 @@ def check_store_is_nix(prefix, staging_prefix):
             % (prefix.store_dir, os.path.join(prefix.store_dir, strangers[0]), more),
             "move your files out of it, or choose another --prefix (PREFIX/store must be "
             "empty or a Nix store)")
+
+
+MAX_NIX_CONF = 1 << 20
+_MAX_INCLUDES = 8
+
+
+def check_nix_conf(prefix):
+    # type: (Prefix) -> None
+    """Refuse a kept ``P/etc/nix/nix.conf`` that sends the prefix's Nix to another store
+    (or loads plugins), in it or in a file it includes, or that another user can
+    change (a symlink to their file): the installed Nix would register, and keep,
+    the prefix's paths elsewhere.  The installer's own Nix runs are pinned to the
+    prefix anyway (prefix.py); this says so before anything is written."""
+    _check_conf_file(prefix.nix_conf, prefix, 0)
+
+
+def _check_conf_file(path, prefix, depth):
+    # type: (str, Prefix, int) -> None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # none (an !include of a missing file is no error to Nix either)
+    hint = "remove that line, or choose another --prefix (this prefix's store is %s)" \
+        % prefix.store_dir
+    if st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o002:
+        raise EnvironmentProblem(
+            "%s%s can be changed by another user (%s), and it sets what the prefix's Nix "
+            "does" % (path, " (through a symlink)" if os.path.islink(path) else "",
+                      "writable by all" if st.st_mode & 0o002 else "owned by %s"
+                      % _user(st.st_uid)),
+            "replace it with a file of your own, or remove it")
+    if depth > _MAX_INCLUDES:
+        raise EnvironmentProblem("%s includes files more than %d deep" % (path, _MAX_INCLUDES),
+                                 "flatten the includes of %s" % prefix.nix_conf)
+    if not stat.S_ISREG(st.st_mode):  # told before it is opened: a FIFO would hang
+        raise EnvironmentProblem("%s is not a nix.conf (not a regular file)" % path,
+                                 "remove it")
+    try:
+        with open(path, "rb") as f:
+            text = f.read(MAX_NIX_CONF + 1)
+    except OSError as e:
+        raise EnvironmentProblem("cannot read %s (%s)" % (path, e.strerror),
+                                 "make it readable, or remove it")
+    if len(text) > MAX_NIX_CONF:
+        raise EnvironmentProblem("%s is not a nix.conf (longer than %d bytes)"
+                                 % (path, MAX_NIX_CONF), "remove it")
+    # Read as Nix reads it (nixconf.py); the values are never shown: a store URL
+    # may carry credentials.
+    for number, line in enumerate(text.decode("utf-8", "replace").splitlines(), 1):
+        try:
+            parsed = nixconf.parse_line(line)
+        except nixconf.ConfError as e:
+            raise EnvironmentProblem("%s line %d: %s" % (path, number, e),
+                                     "fix or remove that line")
+        if parsed is None:
+            continue
+        name, value = parsed
+        base = name[len("extra-"):] if name.startswith("extra-") else name
+        if name in ("include", "!include"):
+            _check_conf_file(os.path.join(os.path.dirname(path), value), prefix, depth + 1)
+        elif base == "store":
+            raise EnvironmentProblem("%s line %d: %s" % (path, number,
+                                                         nixconf.problem(name, value)), hint)
+        elif base == "plugin-files":
+            raise EnvironmentProblem("%s line %d: `%s` would load plugins into this prefix's "
+                                     "Nix" % (path, number, name), hint)
 
 
 def check_space(prefix, needed):

@@ -78,6 +78,8 @@ class Run(object):
         The build log of each derivation among them that is gone goes too, also
         of one an earlier, killed run deleted."""
         paths = deletion.own_store_paths(self.prefix, paths)
+        if not paths:
+            return  # no Nix needed (nor, for a refused one, run)
         socket_dir = os.path.join(self.prefix.state_dir, "gc-socket")
         had_socket = os.path.lexists(socket_dir)
         removed, kept = deletion.delete_store_paths(self.prefix, self.nix_tool("nix-store"),
@@ -605,6 +607,9 @@ class Register(Step):
         valid = nixstore.valid_paths(run.prefix, run.paths())
         entries = [p for p in run.manifest.paths if run.manifest.store_path(p.name) not in valid]
         if entries:
+            # Before anything is recorded: a Nix that is not the closure's own is refused
+            # with nothing to undo here.
+            nix_store = run.nix_tool("nix-store")
             self.owned["registered"] = sorted(
                 set(self.owned.get("registered", [])) |
                 set(run.manifest.store_path(p.name) for p in entries))
@@ -612,8 +617,7 @@ class Register(Step):
             run.ui.say("registering %d paths with nix-store --load-db" % len(entries))
             crashpoints.reached("before-load-db")
             with timings.phase("load-db"):
-                nixstore.load_db(run.prefix, run.nix_tool("nix-store"),
-                                 registration_text(run.manifest, entries))
+                nixstore.load_db(run.prefix, nix_store, registration_text(run.manifest, entries))
             crashpoints.reached("after-load-db")
         record_signatures(run)
 

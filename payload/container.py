@@ -27,6 +27,7 @@ cover the manifest.
 import hashlib
 import importlib.util
 import os
+import stat
 import tempfile
 import threading
 import zipfile
@@ -36,8 +37,18 @@ from contextlib import contextmanager
 
 from . import archive, codecs, hashes, nar, publisher, seal, split
 from .manifest import Chunk, Manifest, ManifestError
-from .tree import Count, Sink, Tee
-from .trust import MANIFEST, Refused, code_digest, code_members
+from .tree import Count, Sink
+from .trust import (
+    MANIFEST,
+    MAX_CODE,
+    MAX_MANIFEST,
+    MAX_SIGNATURES,
+    Refused,
+    check_directory,
+    check_members,
+    code_digest,
+    read_member,
+)
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
@@ -69,6 +80,10 @@ main(sys.argv[0], sys.argv[1:])
 EMBEDDED_PACKAGES = ("nix_prefix.installer", "nix_prefix.payload")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _READ_SIZE = 1 << 20
+# The bounds on what is read before anything vouches for it are trust.py's
+# (MAX_MANIFEST, MAX_SIGNATURES, MAX_CODE, MAX_DIRECTORY): the preamble's check
+# reads the same members first.
+MAX_PREAMBLE = 1 << 20  # the sh preamble is seal.HEAD_SIZE (128 KiB)
 
 
 class CorruptInstaller(Refused):
@@ -77,6 +92,29 @@ class CorruptInstaller(Refused):
 
 class UntrustedInstaller(CorruptInstaller):
     """Trusted keys were given and none of them signed the installer (exit code 3)."""
+
+
+class ManifestTooLarge(ValueError):
+    """The closure's manifest is larger than any installer may carry (MAX_MANIFEST)."""
+
+
+def not_a_file(path):
+    # type: (str) -> Optional[str]
+    """What ``path`` is when it is not a regular file ("a FIFO (named pipe)", "a character
+    device", ...), without opening it (opening a FIFO waits for a writer); None for a
+    regular file or one that does not exist (opening it says so)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return "not a regular file"
 
 
 def chunk_file(index, compression):
@@ -155,6 +193,10 @@ def write_installer(out, preamble, code, compression, compressor, write_payload,
                 manifest = signer.sign_paths(payload.finished(write_payload(payload)).replaced(
                     code_sha256=code_digest(code)))
                 manifest_json = manifest.to_json()
+                if len(manifest_json) > MAX_MANIFEST:
+                    raise ManifestTooLarge(
+                        "the manifest would be %d bytes, more than the %d an installer may "
+                        "hold" % (len(manifest_json), MAX_MANIFEST))
                 zf.writestr(_zip_info(MANIFEST), manifest_json)
                 endorsements = signer.endorse(manifest_json)
                 if endorsements:
@@ -381,6 +423,12 @@ class InstallerFile(object):
         already checked the seal over this very file (payload/seal.py)."""
         self.path = path
         self.name = name or path
+        what = not_a_file(path)
+        if what is not None:
+            # Refused before it is opened: a FIFO would hang here, a device never end.
+            raise CorruptInstaller("%s is %s, not an installer file" % (self.name, what),
+                                   "pass the installer file itself (save a download to a "
+                                   "file first)")
         try:
             if not sealed:
                 seal.check(path)
@@ -389,31 +437,34 @@ class InstallerFile(object):
         except OSError as e:
             raise CorruptInstaller("cannot read %s (%s)" % (self.name, e.strerror))
         try:
+            with open(path, "rb") as f:
+                check_directory(f, CorruptInstaller)
             self._zip = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
             raise CorruptInstaller("%s is not a readable installer (%s)" % (self.name, e))
-        self.manifest = self._read_manifest()
-        self._check_preamble()
-        self._check_code()
-        self.endorsements = self._read_endorsements()
+        try:
+            check_members(self._zip, CorruptInstaller)
+            self.manifest = self._read_manifest()
+            self._check_preamble()
+            self._check_code()
+            self.endorsements = self._read_endorsements()
+        except BaseException:
+            self._zip.close()
+            raise
 
     def close(self):
         # type: () -> None
         self._zip.close()
 
-    def _read_member(self, name):
-        # type: (str) -> bytes
-        try:
-            return self._zip.read(name)
-        except KeyError:
-            raise CorruptInstaller("the installer has no %s" % name)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-            raise CorruptInstaller("%s in the installer is damaged (%s)" % (name, e))
+    def _read_member(self, name, limit):
+        # type: (str, int) -> bytes
+        """The bytes of member ``name``, refused when it holds more than ``limit``."""
+        return read_member(self._zip, name, limit, CorruptInstaller)
 
     def _read_manifest(self):
         # type: () -> Manifest
         # The bytes are kept: the publisher's signatures are made over them.
-        self.manifest_json = self._read_member(MANIFEST)
+        self.manifest_json = self._read_member(MANIFEST, MAX_MANIFEST)
         try:
             return Manifest.from_json(self.manifest_json)
         except ManifestError as e:
@@ -425,10 +476,15 @@ class InstallerFile(object):
         be what the manifest's codeSha256 names (so a signature covers the code too)."""
         if not self.manifest.code_sha256:
             return  # built before codeSha256 existed
-        try:
-            code = code_members(self._zip, [c.file for c in self.manifest.chunks])
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-            raise CorruptInstaller("the installer's code is damaged (%s)" % e)
+        data = set(c.file for c in self.manifest.chunks)
+        data.update((MANIFEST, publisher.MEMBER))
+        infos = [info for info in self._zip.infolist() if info.filename not in data]
+        total = sum(info.file_size for info in infos)
+        if total > MAX_CODE:
+            raise CorruptInstaller("the installer's code members hold %d bytes, more than the "
+                                   "%d an installer's may have" % (total, MAX_CODE))
+        code = [(info.filename, self._read_member(info.filename, MAX_CODE))
+                for info in infos]
         if code_digest(code) != self.manifest.code_sha256:
             raise CorruptInstaller("the installer's code does not match its sha256 in the "
                                    "manifest")
@@ -441,7 +497,7 @@ class InstallerFile(object):
         except KeyError:
             return []
         try:
-            return publisher.from_json(self._read_member(publisher.MEMBER))
+            return publisher.from_json(self._read_member(publisher.MEMBER, MAX_SIGNATURES))
         except publisher.PublisherError as e:
             raise CorruptInstaller("the installer's %s" % e)
 
@@ -468,8 +524,11 @@ class InstallerFile(object):
         # type: () -> None
         # The zip does not cover the sh preamble in front of it; the manifest does
         # (with the seal as its placeholder: the seal is written after the manifest).
+        start = _zip_start(self._zip)
+        if start > MAX_PREAMBLE:
+            raise CorruptInstaller("the installer's zip starts %d bytes in; its sh preamble "
+                                   "is never longer than %d" % (start, MAX_PREAMBLE))
         with open(self.path, "rb") as f:
-            start = _zip_start(self._zip)
             head = seal.masked(f.read(start))
         if hashlib.sha256(head).hexdigest() != self.manifest.preamble_sha256:
             raise CorruptInstaller("the installer's sh preamble does not match its checksum")
@@ -497,26 +556,27 @@ class InstallerFile(object):
                 raise _Stopped()
 
         spans = m.chunk_spans()
+        reading = set(indexes)
+        by_name = dict((p.name, p) for p in m.paths)
         splits = {}  # type: Dict[str, split.SplitPath]
         for p in m.paths:
             span = spans[p.name]
-            if len(span) > 1 and set(span) <= set(indexes):
+            if len(span) > 1 and reading.issuperset(span):
                 splits[p.name] = split.SplitPath(
                     span[0], span[-1], lambda p=p: _Verified(p, open_path(p.name)),  # type: ignore[misc]
                     check_stop)
         if jobs <= 1 or len(indexes) <= 1:
             for index in indexes:
-                self._unpack_chunk(self._zip, index, open_path, splits, spans, None)
+                self._unpack_chunk(self._zip, index, open_path, splits, spans, by_name, None)
             return
         _run_parallel(self.path, indexes, jobs, stop,
                       lambda zf, index: self._unpack_chunk(zf, index, open_path, splits, spans,
-                                                           stop))
+                                                           by_name, stop))
 
-    def _unpack_chunk(self, zf, index, open_path, splits, spans, stop):
-        # type: (zipfile.ZipFile, int, Callable[[str], Any], Dict[str, split.SplitPath], Dict[str, List[int]], Optional[threading.Event]) -> None
+    def _unpack_chunk(self, zf, index, open_path, splits, spans, by_name, stop):
+        # type: (zipfile.ZipFile, int, Callable[[str], Any], Dict[str, split.SplitPath], Dict[str, List[int]], Dict[str, PathEntry], Optional[threading.Event]) -> None
         m = self.manifest
         chunk = m.chunks[index]
-        by_name = dict((p.name, p) for p in m.paths_in_chunk(index))
 
         def open_checked(name):
             # type: (str) -> Sink
@@ -536,7 +596,9 @@ class InstallerFile(object):
         try:
             stream = codecs.open_reader(m.compression, reader)
             try:
-                archive.unpack(stream, chunk.paths, open_checked, chunk.start, m.end_of(index),
+                # A chunk decodes to its tarSize, no more: a tampered one stops there.
+                bounded = _Bounded(stream, chunk)  # type: Any
+                archive.unpack(bounded, chunk.paths, open_checked, chunk.start, m.end_of(index),
                                last=index == len(m.chunks) - 1)
                 reader.drain()
             finally:
@@ -546,6 +608,14 @@ class InstallerFile(object):
         except (codecs.CorruptData, zipfile.BadZipFile, EOFError) as e:
             # zipfile's CRC check, the decoders' "corrupt input" and short reads.
             raise CorruptInstaller("%s is damaged (%s)" % (chunk.file, e))
+        except OSError:
+            # A write failed while the chunk streamed (a full disk?): if the chunk
+            # is not the one the manifest names, that is the cause to report.
+            member.close()
+            if not _member_matches(zf, chunk, stop):
+                raise CorruptInstaller("%s does not match its sha256 in the manifest"
+                                       % chunk.file)
+            raise
         finally:
             member.close()
         if reader.size != chunk.size or reader.sha256.hexdigest() != chunk.sha256:
@@ -580,6 +650,43 @@ class InstallerFile(object):
                 raise CorruptInstaller("%s is damaged (%s)" % (chunk.file, e))
         if size != self.manifest.payload_size or total.hexdigest() != self.manifest.payload_sha256:
             raise CorruptInstaller("the payload does not match its sha256 in the manifest")
+
+
+class _Bounded(object):
+    """A chunk's decoded (tar) stream, refused once it goes past the chunk's tarSize."""
+
+    def __init__(self, stream, chunk):
+        # type: (Any, Chunk) -> None
+        self._stream = stream
+        self._chunk = chunk
+        self.size = 0
+
+    def read(self, n=-1):
+        # type: (int) -> bytes
+        room = self._chunk.tar_size - self.size + 1  # one byte more tells "too long"
+        data = self._stream.read(room if n is None or n < 0 else min(n, room))
+        self.size += len(data)
+        if self.size > self._chunk.tar_size:
+            raise CorruptInstaller("%s decodes to more than its %d bytes (tarSize in the "
+                                   "manifest)" % (self._chunk.file, self._chunk.tar_size))
+        return data
+
+    def readable(self):
+        # type: () -> bool
+        return True
+
+
+def _member_matches(zf, chunk, stop):
+    # type: (zipfile.ZipFile, Chunk, Optional[threading.Event]) -> bool
+    """Whether chunk's zip member has the size and sha256 the manifest names (read
+    afresh, stored bytes only: bounded by the file); True if that cannot be told."""
+    try:
+        with zf.open(chunk.file) as member:
+            reader = _HashingReader(member, stop)
+            reader.drain()
+    except (_Stopped, KeyError, zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return True
+    return reader.size == chunk.size and reader.sha256.hexdigest() == chunk.sha256
 
 
 def _run_parallel(path, indexes, jobs, stop, work):
@@ -649,16 +756,75 @@ def _zip_start(zf):
     return min(i.header_offset for i in infos)
 
 
-class _Verified(Tee):
-    """Sends a path's events to the caller's sink and a NAR hasher; on ``finish``
-    checks the hash and size against the manifest before the caller's sink finishes."""
+class _Verified(Sink):
+    """Sends a path's events to a NAR hasher, then to the caller's sink; stops the
+    path as soon as it grows past its narSize (nothing more reaches the caller's
+    sink), and on ``finish`` checks the hash and size against the manifest before
+    the caller's sink finishes."""
 
     def __init__(self, entry, inner):
         # type: (PathEntry, Sink) -> None
         self._entry = entry
         self._inner = inner
         self._hasher = nar.NarHasher()
-        Tee.__init__(self, inner, self._hasher)
+
+    def _bounded(self, more=0):
+        # type: (int) -> None
+        if self._hasher.size + more > self._entry.nar_size:
+            raise CorruptInstaller(
+                "store path %s in the payload is larger than its narSize of %d bytes in the "
+                "manifest" % (self._entry.name, self._entry.nar_size))
+
+    def begin_directory(self, rel=b""):
+        # type: (bytes) -> None
+        self._hasher.begin_directory(rel)
+        self._bounded()
+        self._inner.begin_directory(rel)
+
+    def begin_entry(self, name):
+        # type: (bytes) -> None
+        self._hasher.begin_entry(name)
+        self._bounded()
+        self._inner.begin_entry(name)
+
+    def end_entry(self):
+        # type: () -> None
+        self._hasher.end_entry()
+        self._bounded()
+        self._inner.end_entry()
+
+    def end_directory(self):
+        # type: () -> None
+        self._hasher.end_directory()
+        self._bounded()
+        self._inner.end_directory()
+
+    def regular(self, rel, executable, size):
+        # type: (bytes, bool, int) -> None
+        self._hasher.regular(rel, executable, size)
+        self._bounded(size)  # the whole file must fit, before a byte of it is written
+        self._inner.regular(rel, executable, size)
+
+    def contents(self, data):
+        # type: (bytes) -> None
+        self._hasher.contents(data)
+        self._inner.contents(data)
+
+    def end_regular(self):
+        # type: () -> None
+        self._hasher.end_regular()
+        self._bounded()
+        self._inner.end_regular()
+
+    def symlink(self, rel, target):
+        # type: (bytes, bytes) -> None
+        self._hasher.symlink(rel, target)
+        self._bounded()
+        self._inner.symlink(rel, target)
+
+    def end_part(self):
+        # type: () -> None
+        self._inner.end_part()
 
     def finish(self):
         # type: () -> None

@@ -22,6 +22,9 @@ def loads(data, format_name, version, what, error):
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise error("%s is not valid JSON (%s)" % (what, e))
+    except RecursionError:
+        # Python's parser recurses once per level; no document of ours nests past a few.
+        raise error("%s is nested too deeply to be one" % what)
     if not isinstance(doc, dict) or doc.get("format") != format_name:
         raise error("not a nix-prefix %s" % what)
     found = doc.get("version")

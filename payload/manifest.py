@@ -296,6 +296,8 @@ class Manifest(object):
         if len(set(c.file for c in chunks)) != len(chunks):
             raise ManifestError("two chunks share one file name")
         order = _stream_order(chunks)
+        # Sets, not the chunks' lists: a lookup per path stays linear in the paths.
+        held = [set(c.paths) for c in chunks]
         paths = []
         names = set()
         for p in doc["paths"]:
@@ -313,7 +315,7 @@ class Manifest(object):
             index = _count(p["chunk"], "chunk")
             if index >= len(chunks):
                 raise ManifestError("%s is in chunk %d, which does not exist" % (name, index))
-            if name not in chunks[index].paths or (index > 0 and name in chunks[index - 1].paths):
+            if name not in held[index] or (index > 0 and name in held[index - 1]):
                 raise ManifestError("%s begins in chunk %d, which does not begin it"
                                     % (name, index))
             sigs = p.get("sigs", [])

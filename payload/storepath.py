@@ -5,13 +5,15 @@ a dash, and a name of at most 211 characters from ``[A-Za-z0-9+-._?=]``
 that does not start with a dot (path.cc ``checkName``).
 """
 
+import os
 import re
+import stat
 
 from . import nix32
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import Tuple  # noqa: F401
+    from typing import Iterable, List, Optional, Tuple  # noqa: F401
 
 HASH_LENGTH = 32
 MAX_NAME_LENGTH = 211
@@ -92,3 +94,60 @@ def split_drv_name(name):
         if c == "-" and i + 1 < len(name) and not name[i + 1].isalpha():
             return name[:i], name[i + 1:]
     return name, ""
+
+
+MAX_SYMLINKS = 40  # as Linux's path resolution (MAXSYMLINKS)
+
+
+def shipped_file(store_root, store_dir, names, rel):
+    # type: (str, str, Iterable[str], str) -> Optional[str]
+    """Where ``rel`` (``<base name>/bin/nix-store``) leads inside the store, symlinks
+    followed as the kernel would at ``store_dir`` (read at ``store_root``, where that
+    store physically is): ``<base name>/<path>`` of a regular file in one of the
+    store paths ``names``, or None when it leads anywhere else (out of the store,
+    into a path not among ``names``, to something that is not a regular file).
+
+    What the installer runs as the closure's Nix must be the closure's own bytes:
+    a store path that is a symlink to ``/usr`` is not a Nix.
+    """
+    closure = set(names)
+    todo = [part for part in rel.split("/") if part]
+    done = []  # type: List[str]  # components below the store dir, resolved
+    links = 0
+    while todo:
+        part = todo.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if not done:
+                return None  # above the store dir
+            done.pop()
+            continue
+        where = os.path.join(store_root, *(done + [part]))
+        try:
+            st = os.lstat(where)
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > MAX_SYMLINKS:
+                return None
+            target = os.readlink(where)
+            if target.startswith("/"):
+                if not target.startswith(store_dir + "/"):
+                    return None  # out of the store
+                done = []
+                target = target[len(store_dir) + 1:]
+            todo = [p for p in target.split("/") if p] + todo
+            continue
+        done.append(part)
+        if todo and not stat.S_ISDIR(st.st_mode):
+            return None
+    if not done or done[0] not in closure:
+        return None
+    try:
+        if not stat.S_ISREG(os.stat(os.path.join(store_root, *done)).st_mode):
+            return None
+    except OSError:
+        return None
+    return "/".join(done)

@@ -20,6 +20,8 @@ checks all of it, is the installer's and too big to come along).
 
 import hashlib
 import json
+import os
+import struct
 import zipfile
 
 from . import publisher, seal, signing
@@ -27,7 +29,7 @@ from .errors import OneLineError
 
 MYPY = False  # mypy reads the imports below; Python never runs them
 if MYPY:
-    from typing import BinaryIO, Iterable, List, Mapping, Sequence, Set, Tuple  # noqa: F401
+    from typing import BinaryIO, Iterable, List, Mapping, Optional, Sequence, Set, Tuple  # noqa: F401
 
     from .signing import PublicKey  # noqa: F401
 
@@ -36,6 +38,16 @@ OPTION = "--trusted-key"
 KEY_HINT = ("give the publisher's public key as NAME:BASE64, the line nix-store "
             "--generate-binary-cache-key writes to its public key file")
 _READ_SIZE = 1 << 20
+# What is read whole, before anything vouches for it (docs/reliability.md): the
+# manifest (one line of JSON per field, a few hundred bytes a store path: 64 MiB
+# is some 100,000 paths; the builder refuses to write a larger one), the
+# publisher's signatures, and the code all together (the stub is ~0.5 MiB).
+MAX_MANIFEST = 64 << 20
+MAX_SIGNATURES = 1 << 20
+MAX_CODE = 16 << 20
+# zipfile reads the central directory whole, an object per member: ~100 bytes a
+# member here, so 16 MiB is some 160,000 members (a 1 TiB payload has 16,384 chunks).
+MAX_DIRECTORY = 16 << 20
 
 
 class Refused(OneLineError):
@@ -103,11 +115,96 @@ def code_members(zf, chunk_files):
     # type: (zipfile.ZipFile, Iterable[str]) -> List[Tuple[str, bytes]]
     """(name, bytes) of every member of ``zf`` that is code: all but the chunks, the
     manifest and the signatures, each entry in file order (a second entry of one
-    name counts too)."""
+    name counts too); MAX_CODE bytes in all at most."""
     data = set(chunk_files)
     data.update((MANIFEST, publisher.MEMBER))
-    return [(info.filename, zf.read(info)) for info in zf.infolist()
-            if info.filename not in data]
+    infos = [info for info in zf.infolist() if info.filename not in data]
+    total = sum(info.file_size for info in infos)
+    if total > MAX_CODE:
+        raise Refused("the installer's code members hold %d bytes, more than the %d an "
+                      "installer's may have" % (total, MAX_CODE))
+    return [(info.filename, _read_info(zf, info, MAX_CODE, Refused)) for info in infos]
+
+
+def check_directory(f, error=None):
+    # type: (BinaryIO, Optional[type]) -> None
+    """Refuse (``error``, else Refused) a zip central directory larger than
+    MAX_DIRECTORY in the open file ``f``, before zipfile reads it whole.
+
+    An installer's zip has no comment (docs/format.md), so its end record is the
+    file's last 22 bytes; a zip64 end record, when there is one, sits right before
+    its 20-byte locator before that, and zipfile takes the size from it
+    (APPNOTE.TXT 4.3.14-4.3.16; zipfile ``_EndRecData64``).
+    """
+    end = f.seek(0, os.SEEK_END)
+    if end < 22:
+        raise zipfile.BadZipFile("too short for a zip")
+    f.seek(max(0, end - 22 - 20 - 56))
+    tail = f.read()
+    record, locator, record64 = tail[-22:], tail[-42:-22], tail[-98:-42]
+    if record[:4] != b"PK\x05\x06":
+        raise zipfile.BadZipFile("it does not end with a zip end record (a zip comment?)")
+    size = struct.unpack("<I", record[12:16])[0]
+    if locator[:4] == b"PK\x06\x07" and record64[:4] == b"PK\x06\x06":
+        size = struct.unpack("<Q", record64[40:48])[0]
+    if size > MAX_DIRECTORY:
+        raise (error or Refused)("the installer's zip directory is %d bytes, more than the "
+                                 "%d an installer's may have" % (size, MAX_DIRECTORY))
+
+
+def check_members(zf, error=None):
+    # type: (zipfile.ZipFile, Optional[type]) -> None
+    """Every member is stored as it is (docs/format.md), so that what a member holds
+    is what the file holds: a compressed one could unpack to any size before the
+    checks that follow have seen it.  Refused with ``error`` (else Refused)."""
+    refuse = error or Refused
+    for info in zf.infolist():
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise refuse(
+                "the installer's %s is compressed (zip method %d), but an installer's "
+                "members are stored: this file was not written by nix-prefix"
+                % (info.filename, info.compress_type))
+        if info.flag_bits & 0x1:
+            raise refuse("the installer's %s is encrypted" % info.filename)
+        if info.file_size != info.compress_size:
+            raise refuse("the installer's %s says %d bytes stored as %d"
+                         % (info.filename, info.file_size, info.compress_size))
+
+
+def read_member(zf, name, limit, error=None):
+    # type: (zipfile.ZipFile, str, int, Optional[type]) -> bytes
+    """The bytes of member ``name``, refused (``error``, else Refused) when it is
+    missing or holds more than ``limit``."""
+    try:
+        info = zf.getinfo(name)
+    except KeyError:
+        raise (error or Refused)("the installer has no %s" % name)
+    return _read_info(zf, info, limit, error or Refused)
+
+
+def _read_info(zf, info, limit, error):
+    # type: (zipfile.ZipFile, zipfile.ZipInfo, int, type) -> bytes
+    name = info.filename
+    if info.file_size > limit:
+        raise error("the installer's %s is %d bytes, more than the %d an installer's may "
+                    "have" % (name, info.file_size, limit))
+    pieces = []  # type: List[bytes]
+    got = 0
+    try:
+        with zf.open(info) as member:
+            # In pieces, counted: the zip's own size fields are not trusted.
+            while True:
+                data = member.read(min(_READ_SIZE, limit + 1 - got))
+                if not data:
+                    break
+                pieces.append(data)
+                got += len(data)
+                if got > limit:
+                    raise error("the installer's %s holds more than the %d bytes an "
+                                "installer's may have" % (name, limit))
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise error("%s in the installer is damaged (%s)" % (name, e))
+    return b"".join(pieces)
 
 
 def check_code(f, trusted):
@@ -144,15 +241,18 @@ def check_file(f, trusted):
 def _checked_code(f, trusted):
     # type: (BinaryIO, Sequence[PublicKey]) -> Tuple[zipfile.ZipFile, publisher.Verdict, dict]
     try:
+        check_directory(f)
         zf = zipfile.ZipFile(f)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise Refused("it is not a readable installer (%s)" % e)
     try:
-        manifest_json = _read(zf, MANIFEST)
+        check_members(zf)
+        manifest_json = read_member(zf, MANIFEST, MAX_MANIFEST)
         doc = _document(manifest_json)
         try:
             names = zf.namelist()
-            endorsements = (publisher.from_json(_read(zf, publisher.MEMBER))
+            endorsements = (publisher.from_json(read_member(zf, publisher.MEMBER,
+                                                            MAX_SIGNATURES))
                             if publisher.MEMBER in names else [])
             verdict = publisher.check(manifest_json, endorsements, trusted)
         except publisher.PublisherError as e:
@@ -173,22 +273,15 @@ def _checked_code(f, trusted):
     return zf, verdict, doc
 
 
-def _read(zf, name):
-    # type: (zipfile.ZipFile, str) -> bytes
-    try:
-        return zf.read(name)
-    except KeyError:
-        raise Refused("the installer has no %s" % name)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        raise Refused("%s in the installer is damaged (%s)" % (name, e))
-
-
 def _document(manifest_json):
     # type: (bytes) -> dict
     try:
         doc = json.loads(manifest_json.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise Refused("the installer's manifest is not valid JSON (%s)" % e)
+    except RecursionError:
+        # Python's parser recurses once per level; no manifest nests past a few.
+        raise Refused("the installer's manifest is nested too deeply to be one")
     if not isinstance(doc, dict):
         raise Refused("the installer's manifest is not a nix-prefix manifest")
     return doc

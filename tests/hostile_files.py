@@ -1,0 +1,133 @@
+"""Crafting hostile installer files, and measuring what a process did with one.
+
+An installer is made from tar entries (``installer_of``: real NAR hashes, real
+seal, signed if keys are given), then changed member by member and sealed
+again (``rezip``), as an attacker would who hands over a file: only the deeper
+checks stand in the way.  ``measured`` runs a command and reports its peak RSS
+and the bytes it wrote, from the kernel (``wait4``'s rusage, ``/proc/PID/io``
+of the exited child before it is reaped).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from nix_prefix.builder.pack import PayloadWriter, preamble_sha256, write_installer_file
+from nix_prefix.payload import archive, hashes, nar, seal
+from nix_prefix.payload.machine import host_system
+from nix_prefix.payload.manifest import Manifest, PathEntry
+from nix_prefix.payload.signing import SecretKey
+
+from .test_archive import tar_of
+
+Entry = tuple  # (tarfile.TarInfo, bytes | None), as test_archive makes them
+NIX_PREFIX = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "nix-prefix"
+
+
+def installer_of(out: Path, store_dir: str, entries: Sequence[Entry], names: list[str], *,
+                 keys: Sequence[SecretKey] = (), nix_store: str | None = None,
+                 nar_sizes: dict[str, int] | None = None) -> Manifest:
+    """A complete, sealed installer whose one chunk is the tar of ``entries`` (store paths
+    ``names``), each path's NAR hash and size computed from those entries (or the size
+    given in ``nar_sizes``)."""
+    tar = tar_of(*entries)
+    hashers: dict[str, nar.NarHasher] = {}
+
+    def opened(name: str) -> nar.NarHasher:
+        hashers[name] = nar.NarHasher()
+        return hashers[name]
+
+    archive.unpack(io.BytesIO(tar), names, opened)
+    paths = [PathEntry(n, hashes.format_sha256(hashers[n].digest()),
+                       (nar_sizes or {}).get(n, hashers[n].size), []) for n in names]
+    manifest = Manifest(store_dir, host_system(), "xz", paths, [], names, nix_store=nix_store,
+                        preamble_sha256=preamble_sha256())
+
+    def write_payload(payload: PayloadWriter) -> None:
+        payload.write_chunk(tar, names)
+
+    return write_installer_file(out, manifest, "xz", 0, write_payload, sign_keys=keys)
+
+
+def _copy(src: IO[bytes], dst: IO[bytes]) -> None:
+    while data := src.read(1 << 20):
+        dst.write(data)
+
+
+def rezip(src: Path, out: Path, *, writers: dict[str, Callable[[IO[bytes]], None]] | None = None,
+          methods: dict[str, int] | None = None) -> None:
+    """``src`` with members rewritten by ``writers`` (name -> write the new bytes) or stored
+    with another zip method (``methods``), the rest copied as they are; sealed again."""
+    writers, methods = writers or {}, methods or {}
+    with open(src, "rb") as f:
+        head = f.read(seal.HEAD_SIZE)
+    with zipfile.ZipFile(src) as zin, open(out, "wb") as f:
+        f.write(seal.masked(head))
+        with zipfile.ZipFile(f, "w") as zout:
+            for info in zin.infolist():
+                new = zipfile.ZipInfo(info.filename, date_time=info.date_time)
+                new.compress_type = methods.get(info.filename, zipfile.ZIP_STORED)
+                new.external_attr = info.external_attr
+                with zout.open(new, "w", force_zip64=True) as member:
+                    if info.filename in writers:
+                        writers[info.filename](member)
+                    else:
+                        with zin.open(info) as old:
+                            _copy(old, member)
+    seal.seal(str(out))
+    os.chmod(out, 0o755)
+
+
+@dataclass
+class Measured:
+    """How a process ended, and what the kernel counted for it."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    max_rss: int  # bytes, the peak resident set (its reaped children included)
+    written: int  # bytes passed to write(2) and the like (/proc/PID/io wchar)
+    read: int  # bytes read (rchar)
+    timed_out: bool
+
+    def lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.strip()]
+
+
+def measured(cmd: Sequence[str], *, env: dict[str, str] | None = None,
+             timeout: float = 120) -> Measured:
+    """Run ``cmd``, killed after ``timeout`` seconds, and measure it (see the module doc)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                env=env)
+        deadline = time.monotonic() + timeout
+        timed_out = False
+        # WNOWAIT: the exited child stays a zombie, whose /proc/PID/io is still there.
+        while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
+            if time.monotonic() > deadline:
+                timed_out = True
+                proc.kill()
+                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+                break
+            time.sleep(0.05)
+        io_counts = {}
+        with open(f"/proc/{proc.pid}/io") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                io_counts[key] = int(value)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return Measured(proc.returncode, out.read().decode(errors="replace"),
+                        err.read().decode(errors="replace"), usage.ru_maxrss * 1024,
+                        io_counts["wchar"], io_counts["rchar"], timed_out)
