@@ -18,7 +18,7 @@ mkdir -p "$dest/lists/partial" "$dest/archives/partial" "$dest/root"
 echo "deb http://deb.debian.org/debian $suite main" > "$dest/sources.list"
 apt_opts="-o Dir::Etc::SourceList=$dest/sources.list -o Dir::Etc::SourceParts=/dev/null
  -o Dir::State::Lists=$dest/lists -o Dir::Cache::Archives=$dest/archives
- -o Dir::State::status=/dev/null -o APT::Sandbox::User=root -o APT::Architecture=amd64 -o Debug::NoLocking=1"
+ -o Dir::State::status=/dev/null -o APT::Sandbox::User=root -o APT::Architecture=${ARCH:-amd64} -o Debug::NoLocking=1"
 # shellcheck disable=SC2086
 apt-get $apt_opts update -qq
 # Every package PKG needs, recursively (virtual names, in <>, are left out:

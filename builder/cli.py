@@ -251,7 +251,13 @@ def build(
         help="store path for the installed profile (repeatable); default: the roots given, "
              "or the paths nothing else references")] = None,
     system: Annotated[str | None, typer.Option(
-        help="Nix system of the closure (default: this machine's)")] = None,
+        help="Nix system of the closure (default: that of the ELF of its Nix, else this "
+             "machine's)")] = None,
+    allow_mixed_systems: Annotated[bool, typer.Option(
+        "--allow-mixed-systems",
+        help="pack ELF programs and libraries of other machines than the closure's system "
+             "(refused by default: a closure for one machine holds only its programs)")]
+    = False,
     no_verify: Annotated[bool, typer.Option(
         "--no-verify", help="do not recompute NAR hashes against the registration")] = False,
     with_derivations: Annotated[bool, typer.Option(
@@ -359,7 +365,7 @@ def build(
                                system=system, jobs=jobs,
                                chunk_size=chunk_mb << 20 if chunk_mb else None,
                                derivations=with_derivations, nix_store=nix_store,
-                               sign_keys=sign_keys)
+                               sign_keys=sign_keys, mixed_systems=allow_mixed_systems)
         with _bar("hashing, packing and compressing", closure.total_nar_size,
                   quiet) as bar:
             result = build_installer(closure, output, options, progress=bar.update)

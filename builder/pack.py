@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import payload as payload_pkg
-from ..payload import archive, codecs, container, hashes, nar, retarget, seal
+from ..payload import archive, codecs, container, elf, hashes, nar, retarget, seal
 from ..payload.container import PayloadWriter
 from ..payload.machine import host_system
 from ..payload.manifest import Manifest, PathEntry
@@ -69,6 +69,8 @@ class BuildOptions:
     nix_store: str | None = None
     # The publisher's Nix secret keys (--sign-key): they sign the installer and every path.
     sign_keys: list[SecretKey] = field(default_factory=list)
+    # Pack ELF files of other machines than the closure's system (--allow-mixed-systems).
+    mixed_systems: bool = False
 
 
 @dataclass
@@ -105,9 +107,10 @@ def build_installer(
                            options.nix_store, roots_given=bool(options.roots),
                            store_dir=closure.store_dir)
     roots = nix.roots
+    system = closure_system(store_root, nix.nix_store, options.system)
     built = Manifest(
         store_dir=closure.store_dir,
-        system=options.system or host_system(),
+        system=system,
         compression=options.compression,
         paths=entries,
         chunks=[],
@@ -130,7 +133,8 @@ def build_installer(
         with payload.stream(chunk_size, payload_jobs(options, chunk_size)) as tar:
             for entry in entries:
                 p = _pack_path(tar, entry, target, store_root, options.verify,
-                               closure.store_dir, progress)
+                               closure.store_dir, progress,
+                               None if options.mixed_systems else system)
                 hidden += p.hidden_refs
                 if p.nar_info is not None:
                     infos[p.name] = p.nar_info
@@ -141,6 +145,26 @@ def build_installer(
     manifest = write_installer_file(out, built, options.compression, options.level,
                                     write_payload, options.sign_keys)
     return BuildResult(manifest, out.stat().st_size, nix.notes)
+
+
+def closure_system(store_root: Path, nix_store: str | None, given: str | None) -> str:
+    """The Nix system of a closure: that of the ELF of its Nix (``nix_store``, a
+    ``<base name>/bin/nix-store`` inside ``store_root``), else ``given`` (--system), else
+    this machine's.  A --system that contradicts the closure's Nix is refused."""
+    cpu = None
+    if nix_store is not None:
+        try:
+            with open(os.path.realpath(store_root / nix_store), "rb") as f:
+                cpu = elf.machine_of(f.read(elf.HEADER_SIZE))
+        except OSError:
+            cpu = None  # nixchoice and the packing itself name an unreadable Nix
+    if cpu is None:
+        return given or host_system()
+    found = cpu + "-linux"
+    if given is not None and given != found:
+        raise BuildError(f"--system {given}, but the closure's Nix ({nix_store}) is for {found}",
+                         "leave --system out: the closure's Nix tells")
+    return found
 
 
 def same_length(manifest: Manifest, store_dir: str) -> retarget.SameLength:
@@ -266,18 +290,24 @@ class _Packed:
 
 def _pack_path(tar: archive.TarWriter, entry: PathEntry, target: retarget.Retarget,
                store_root: Path, verify: bool, store_dir: str,
-               progress: Callable[[int], object] | None) -> _Packed:
-    """Pack one store path; verify it, retarget it; say what was found."""
+               progress: Callable[[int], object] | None, system: str | None = None) -> _Packed:
+    """Pack one store path; verify it, retarget it; say what was found.  With ``system``,
+    an ELF program or library for another machine stops the build."""
     hasher = nar.NarHasher() if verify else None
     scanner = HiddenReferenceScanner(store_dir.encode())
     tar.top = target.name(entry.name)
     packed = retarget.Retargeted(target, entry.name, tar)
-    sink = Tee(packed, hasher, scanner, Count(progress) if progress else None)
+    machines = elf.Machines(system.partition("-")[0]) if system else None
+    sink = Tee(packed, hasher, scanner, machines, Count(progress) if progress else None)
     try:
         nar.dump_path(os.fsencode(store_root / entry.name), sink)
         sink.finish()
     except nar.NarError as e:
         raise BuildError(f"{store_dir}/{entry.name}: {e}") from None
+    except elf.MachineMismatch as e:
+        raise BuildError(f"{store_dir}/{entry.name}: {e}: the closure mixes systems",
+                         "build it from one system's paths, or pass --allow-mixed-systems "
+                         "if that is meant") from None
     except OSError as e:
         raise BuildError(f"{store_dir}/{entry.name}: cannot read {e.filename} ({e.strerror})",
                          "check the store's permissions") from None

@@ -14,6 +14,7 @@ Two kinds, both made by real Nix from the expressions in ``builder/nix/``:
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import shutil
@@ -21,6 +22,9 @@ import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..payload import elf
+from ..payload.machine import host_system
+from . import elflibs
 from .errors import BuildError
 from .localnix import Nix
 
@@ -99,6 +103,8 @@ def find_host_nix(nix: Path | None = None) -> HostNix:
         candidate = binary.parent.parent.parent
         if binary.parent.name == "bin" and (candidate / _TREE_LOADER).exists():
             tree = candidate
+    if tree is not None and _foreign(binary):
+        return _foreign_tree_nix(binary, tree)
     if tree is not None:
         loader = tree / _TREE_LOADER
         if not loader.exists():
@@ -113,6 +119,51 @@ def find_host_nix(nix: Path | None = None) -> HostNix:
     version = _run([*lister, str(binary), "--version"], binary)
     libs = group_libraries(binary, out, loader=Path(lister[0]))
     return replace(libs, version=nix_version(version))
+
+
+def _foreign(binary: Path) -> bool:
+    """Whether ``binary`` is an ELF program for another machine than this one."""
+    with open(binary, "rb") as f:
+        cpu = elf.machine_of(f.read(elf.HEADER_SIZE))
+    return cpu is not None and cpu != host_system().partition("-")[0]
+
+
+# A Debian tree's library dirs, for any machine (its multiarch triplet's dirs).
+_MULTIARCH = ("x86_64-linux-gnu", "aarch64-linux-gnu", "riscv64-linux-gnu")
+_ANY_LIB_DIRS = tuple(f"{top}/{t}" for t in _MULTIARCH for top in ("usr/lib", "lib")) + (
+    "usr/lib/nix", "usr/lib64", "lib64", "usr/lib", "lib")
+
+
+def _foreign_tree_nix(binary: Path, tree: Path) -> HostNix:
+    """A Nix of another machine in a Debian tree: its libraries listed by reading
+    the ELF files (builder/elflibs.py), since this machine cannot run its loader,
+    and its version from the package's changelog."""
+    try:
+        loader, found = elflibs.list_libraries(binary, tree, list(_ANY_LIB_DIRS))
+    except (OSError, elflibs.ElfError) as e:
+        raise BuildError(f"cannot list the libraries of {binary}: {e}",
+                         "unpack nix-bin with every package it depends on into the tree "
+                         "(.ci/debian-fetch.sh does)") from None
+    out = "".join(f"\t{name} => {path} (0x0)\n" for name, path in found)
+    libs = group_libraries(binary, f"\t{loader} (0x0)\n" + out, loader=loader)
+    return replace(libs, version=_packaged_version(tree))
+
+
+def _packaged_version(tree: Path) -> str:
+    """The upstream version of the tree's nix-bin, from its Debian changelog's first line
+    (``nix (2.8.0-1.1) unstable; urgency=medium``)."""
+    changelog = tree / "usr/share/doc/nix-bin/changelog.Debian.gz"
+    try:
+        with gzip.open(changelog, "rt", encoding="utf-8", errors="replace") as f:
+            first = f.readline()
+    except OSError as e:
+        raise BuildError(f"cannot tell the version of the Nix in {tree}: {e}",
+                         "unpack Debian's nix-bin package into the tree") from None
+    match = re.match(r"^\S+ \((?:\d+:)?(\d+(?:\.\d+)*)", first)
+    if not match:
+        raise BuildError(f"cannot tell the Nix version from {changelog}",
+                         "unpack Debian's nix-bin package into the tree")
+    return match.group(1)
 
 
 def _elf_interpreter(binary: Path) -> str:

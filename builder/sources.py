@@ -13,12 +13,13 @@ from typing import Protocol
 from ..payload import hashes, nar
 from ..payload import retarget as retargets
 from ..payload.container import InstallerFile
-from ..payload.machine import host_system
 from ..payload.manifest import Manifest, PathEntry
 from ..payload.tree import Sink, Tee
+from . import nixchoice
 from .closure_info import read_closure
 from .derivations import read_store_contents
 from .errors import BuildError
+from .pack import closure_system
 
 
 class Source(Protocol):
@@ -44,7 +45,9 @@ class ClosureSource:
             if not os.path.lexists(self.root / e.name):
                 raise BuildError(f"store path {closure.store_dir}/{e.name} is missing from "
                                  f"{self.root}", "pass --store-root if the store is elsewhere")
-        self.manifest = Manifest(closure.store_dir, host_system(), "xz", entries, [], [])
+        nix = nixchoice.choose([e.name for e in entries], [], self.root, None, False)
+        system = closure_system(self.root, nix.nix_store, None)
+        self.manifest = Manifest(closure.store_dir, system, "xz", entries, [], [])
 
     def contents(self) -> dict[str, bytes]:
         return read_store_contents(self.manifest.paths, self.root)
