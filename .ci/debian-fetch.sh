@@ -6,13 +6,14 @@
 # that the tests run (see ../shared/docs/confirmed-here.md).
 #
 #   sh .ci/debian-fetch.sh SUITE DEST PKG...      e.g. trixie ~/.cache/x nix-bin
+#   ARCH=arm64 sh .ci/debian-fetch.sh ...         another machine's packages (default amd64)
 #
-# Idempotent: a DEST/root/.done-PKG... stamp skips the work next time.
+# Idempotent: a DEST/root/.done-[ARCH-]PKG... stamp skips the work next time.
 set -eu
 [ $# -ge 3 ] || { echo "usage: $0 SUITE DEST PKG..." >&2; exit 2; }
 suite=$1 dest=$2
 shift 2
-stamp="$dest/root/.done-$(echo "$*" | tr ' ' '+')"
+stamp="$dest/root/.done-${ARCH:+$ARCH-}$(echo "$*" | tr ' ' '+')"
 [ -e "$stamp" ] && exit 0
 mkdir -p "$dest/lists/partial" "$dest/archives/partial" "$dest/root"
 echo "deb http://deb.debian.org/debian $suite main" > "$dest/sources.list"

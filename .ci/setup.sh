@@ -62,4 +62,10 @@ fi
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/nix-prefix-ci
 sh .ci/debian-fetch.sh sid "$cache/python3.14" python3.14 ||
     echo "setup: could not fetch Debian sid python3.14 into $cache (tests/test_pythons.py skips 3.14)"
+# aarch64 and riscv64 under qemu-user emulation (tests/test_machines.py): as root,
+# qemu-user-static registered with binfmt_misc, and those machines' nix-bin and
+# Python from Debian's archive, into the same cache.  Where it cannot (not root, no
+# binfmt_misc) it says why, and those tests skip saying so.
+sh .ci/emulation.sh ||
+    echo "setup: the emulation set-up failed (tests/test_machines.py skips aarch64 and riscv64)"
 echo "setup: done (.venv/bin/nix-prefix is ready)"

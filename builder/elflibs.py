@@ -119,8 +119,8 @@ def list_libraries(binary: Path, tree: Path,
     while queue:
         obj, dyn = queue.pop(0)
         for name in dyn.needed:
-            if name in found:
-                continue
+            if name in found or name == os.path.basename(top.interpreter):
+                continue  # loaded already (the loader itself: libc needs it by name)
             origin = str(obj.parent)
             dirs = [d.replace("$ORIGIN", origin).replace("${ORIGIN}", origin)
                     for d in dyn.runpath] + ["/" + d for d in lib_dirs]
