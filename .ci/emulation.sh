@@ -45,4 +45,9 @@ ARCH=arm64 sh .ci/debian-fetch.sh bookworm "$cache/aarch64/python" \
 ARCH=riscv64 sh .ci/debian-fetch.sh trixie "$cache/riscv64/nix-2.26" nix-bin
 ARCH=riscv64 sh .ci/debian-fetch.sh trixie "$cache/riscv64/python" \
     python3.13-minimal libpython3.13-stdlib
+# trixie's packages are merged-/usr (the loader is /usr/lib/ld-linux-*.so.1, asked for as
+# /lib/...): link /lib as base-files would on such a system.
+for tree in "$cache/riscv64/python/root" "$cache/aarch64/nix-2.34/root" "$cache/riscv64/nix-2.26/root"; do
+    [ -e "$tree/lib" ] || ln -s usr/lib "$tree/lib"
+done
 say "qemu-user for aarch64 and riscv64 registered; their nix-bin and Python are in $cache"

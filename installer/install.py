@@ -122,7 +122,9 @@ def at_prefix(source, prefix, ui, jobs=1):
     the manifest as installed there (``.manifest``): as it is at the store dir it was
     built for, recomputed exactly when the payload holds the derivations, else the
     store dir rewritten in place.  An exact retarget reads part of the payload first
-    (``jobs`` chunks at once)."""
+    (``jobs`` chunks at once).  An installer for another machine is refused first,
+    before whether the prefix suits it."""
+    preflight.check_system(source.manifest)
     found = exact_retarget(source, prefix, ui, jobs)
     if found is not None:
         return found
