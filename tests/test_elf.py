@@ -140,3 +140,23 @@ def test_the_version_of_a_tree_comes_from_its_changelog(tmp_path: Path) -> None:
         _packaged_version(tmp_path)
     with pytest.raises(BuildError, match="cannot tell the version of the Nix in"):
         _packaged_version(tmp_path / "nothing")
+
+
+def test_the_closure_system_is_that_of_its_nix(tmp_path: Path) -> None:
+    """build's system: the ELF of the closure's Nix tells; a --system that contradicts
+    it is refused; a closure without an ELF Nix takes --system, else this machine's."""
+    from nix_prefix.builder.pack import closure_system
+
+    bin_dir = tmp_path / "aaaa-nix-2.34/bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "nix").write_bytes(header(183) + bytes(100))
+    (bin_dir / "nix-store").symlink_to("nix")
+    nix_store = "aaaa-nix-2.34/bin/nix-store"
+    assert closure_system(tmp_path, nix_store, None) == "aarch64-linux"
+    assert closure_system(tmp_path, nix_store, "aarch64-linux") == "aarch64-linux"
+    with pytest.raises(BuildError, match=r"--system x86_64-linux, but the closure's Nix .* is "
+                                         r"for aarch64-linux"):
+        closure_system(tmp_path, nix_store, "x86_64-linux")
+    (bin_dir / "nix").write_bytes(b"#!/bin/sh\nexec something else entirely\n")
+    assert closure_system(tmp_path, nix_store, "riscv64-linux") == "riscv64-linux"
+    assert closure_system(tmp_path, None, None) == host_system()
