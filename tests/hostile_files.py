@@ -3,21 +3,16 @@
 An installer is made from tar entries (``installer_of``: real NAR hashes, real
 seal, signed if keys are given), then changed member by member and sealed
 again (``rezip``), as an attacker would who hands over a file: only the deeper
-checks stand in the way.  ``measured`` runs a command and reports its peak RSS
-and the bytes it wrote, from the kernel (``wait4``'s rusage, ``/proc/PID/io``
-of the exited child before it is reaped).
+checks stand in the way.  ``measured`` (tests/support.py) runs a command and
+reports its peak RSS and the bytes it wrote, from the kernel.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import subprocess
-import tempfile
-import time
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -27,6 +22,7 @@ from nix_prefix.payload.machine import host_system
 from nix_prefix.payload.manifest import Manifest, PathEntry
 from nix_prefix.payload.signing import SecretKey
 
+from .support import Measured, measured  # noqa: F401 (the hostile tests' measure)
 from .test_archive import tar_of
 
 Entry = tuple  # (tarfile.TarInfo, bytes | None), as test_archive makes them
@@ -87,47 +83,3 @@ def rezip(src: Path, out: Path, *, writers: dict[str, Callable[[IO[bytes]], None
     os.chmod(out, 0o755)
 
 
-@dataclass
-class Measured:
-    """How a process ended, and what the kernel counted for it."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-    max_rss: int  # bytes, the peak resident set (its reaped children included)
-    written: int  # bytes passed to write(2) and the like (/proc/PID/io wchar)
-    read: int  # bytes read (rchar)
-    timed_out: bool
-
-    def lines(self) -> list[str]:
-        return [line for line in self.stderr.splitlines() if line.strip()]
-
-
-def measured(cmd: Sequence[str], *, env: dict[str, str] | None = None,
-             timeout: float = 120) -> Measured:
-    """Run ``cmd``, killed after ``timeout`` seconds, and measure it (see the module doc)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                env=env)
-        deadline = time.monotonic() + timeout
-        timed_out = False
-        # WNOWAIT: the exited child stays a zombie, whose /proc/PID/io is still there.
-        while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
-            if time.monotonic() > deadline:
-                timed_out = True
-                proc.kill()
-                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-                break
-            time.sleep(0.05)
-        io_counts = {}
-        with open(f"/proc/{proc.pid}/io") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                io_counts[key] = int(value)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return Measured(proc.returncode, out.read().decode(errors="replace"),
-                        err.read().decode(errors="replace"), usage.ru_maxrss * 1024,
-                        io_counts["wchar"], io_counts["rchar"], timed_out)

@@ -4,7 +4,7 @@ Each cache is a small ``http.server`` app on 127.0.0.1 in a thread of the test
 process, whose handlers end by themselves (a drip stops after DRIP_FOR
 seconds, or when the test is over).  The fetcher must stop at its bound with
 one line naming the bound, and leave nothing behind; the memory bound is the
-peak RSS of a real ``nix-prefix closure --from-cache`` child (support.run_measuring_peak).
+peak RSS of a real ``nix-prefix closure --from-cache`` child (support.measured).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from nix_prefix.payload.machine import host_system
 from nix_prefix.payload.manifest import Chunk, Manifest, ManifestError, PathEntry
 from nix_prefix.payload.registration import ValidPathInfo
 
-from .support import run_installer, run_measuring_peak
+from .support import measured, run_installer
 from .test_hostile import FAKE_HASH, TOP, TWO, good_entries, tar_of
 
 STORE = "/p/store"
@@ -195,9 +195,9 @@ def test_an_endless_closure_stops_at_max_paths(tmp_path: Path) -> None:
 def run_measured(args: list[str], timeout: float) -> tuple[int, str, int]:
     """Run the builder's command line; its exit code, stderr and peak RSS in bytes."""
     code = "from nix_prefix.builder.cli import main; main()"
-    done = run_measuring_peak([sys.executable, "-c", code, *args], timeout,
-                              env={**os.environ, "NO_COLOR": "1"})
-    return done.returncode, done.stderr.decode(errors="replace"), done.peak_rss
+    done = measured([sys.executable, "-c", code, *args], timeout=timeout,
+                    env={**os.environ, "NO_COLOR": "1"})
+    return done.returncode, done.stderr, done.max_rss
 
 
 def test_the_walk_stays_small_in_memory(tmp_path: Path) -> None:
