@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import payload as payload_pkg
-from ..payload import archive, codecs, container, elf, hashes, nar, retarget, seal
+from ..payload import archive, codecs, container, elf, hashes, nar, retarget, seal, storepath
 from ..payload.container import PayloadWriter
 from ..payload.machine import host_system
 from ..payload.manifest import Manifest, PathEntry
@@ -107,7 +107,8 @@ def build_installer(
                            options.nix_store, roots_given=bool(options.roots),
                            store_dir=closure.store_dir)
     roots = nix.roots
-    system = closure_system(store_root, nix.nix_store, options.system)
+    system = closure_system(store_root, closure.store_dir, [e.name for e in entries],
+                            nix.nix_store, options.system)
     built = Manifest(
         store_dir=closure.store_dir,
         system=system,
@@ -147,14 +148,19 @@ def build_installer(
     return BuildResult(manifest, out.stat().st_size, nix.notes)
 
 
-def closure_system(store_root: Path, nix_store: str | None, given: str | None) -> str:
-    """The Nix system of a closure: that of the ELF of its Nix (``nix_store``, a
-    ``<base name>/bin/nix-store`` inside ``store_root``), else ``given`` (--system), else
-    this machine's.  A --system that contradicts the closure's Nix is refused."""
+def closure_system(store_root: Path, store_dir: str, names: Sequence[str],
+                   nix_store: str | None, given: str | None) -> str:
+    """The Nix system of a closure (the store paths ``names`` of ``store_dir``, read at
+    ``store_root``): that of the ELF of its Nix (``nix_store``, a
+    ``<base name>/bin/nix-store``, resolved inside the closure as the installer resolves
+    it), else ``given`` (--system), else this machine's.  A --system that contradicts
+    the closure's Nix is refused."""
     cpu = None
-    if nix_store is not None:
+    found_file = (storepath.shipped_file(str(store_root), store_dir, names, nix_store)
+                  if nix_store is not None else None)
+    if found_file is not None:
         try:
-            with open(os.path.realpath(store_root / nix_store), "rb") as f:
+            with open(store_root / found_file, "rb") as f:
                 cpu = elf.machine_of(f.read(elf.HEADER_SIZE))
         except OSError:
             cpu = None  # nixchoice and the packing itself name an unreadable Nix

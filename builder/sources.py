@@ -45,8 +45,9 @@ class ClosureSource:
             if not os.path.lexists(self.root / e.name):
                 raise BuildError(f"store path {closure.store_dir}/{e.name} is missing from "
                                  f"{self.root}", "pass --store-root if the store is elsewhere")
-        nix = nixchoice.choose([e.name for e in entries], [], self.root, None, False)
-        system = closure_system(self.root, nix.nix_store, None)
+        names = [e.name for e in entries]
+        nix = nixchoice.choose(names, [], self.root, None, False)
+        system = closure_system(self.root, closure.store_dir, names, nix.nix_store, None)
         self.manifest = Manifest(closure.store_dir, system, "xz", entries, [], [])
 
     def contents(self) -> dict[str, bytes]:

@@ -152,11 +152,20 @@ def test_the_closure_system_is_that_of_its_nix(tmp_path: Path) -> None:
     (bin_dir / "nix").write_bytes(header(183) + bytes(100))
     (bin_dir / "nix-store").symlink_to("nix")
     nix_store = "aaaa-nix-2.34/bin/nix-store"
-    assert closure_system(tmp_path, nix_store, None) == "aarch64-linux"
-    assert closure_system(tmp_path, nix_store, "aarch64-linux") == "aarch64-linux"
+
+    def system(nix: str | None, given: str | None) -> str:
+        # The store dir as the closure names it; its paths physically at tmp_path.
+        return closure_system(tmp_path, "/elsewhere/store", ["aaaa-nix-2.34"], nix, given)
+
+    assert system(nix_store, None) == "aarch64-linux"
+    assert system(nix_store, "aarch64-linux") == "aarch64-linux"
     with pytest.raises(BuildError, match=r"--system x86_64-linux, but the closure's Nix .* is "
                                          r"for aarch64-linux"):
-        closure_system(tmp_path, nix_store, "x86_64-linux")
+        system(nix_store, "x86_64-linux")
+    # An absolute link names the store dir, not where the store physically is.
+    (bin_dir / "nix-store").unlink()
+    (bin_dir / "nix-store").symlink_to("/elsewhere/store/aaaa-nix-2.34/bin/nix")
+    assert system(nix_store, None) == "aarch64-linux"
     (bin_dir / "nix").write_bytes(b"#!/bin/sh\nexec something else entirely\n")
-    assert closure_system(tmp_path, nix_store, "riscv64-linux") == "riscv64-linux"
-    assert closure_system(tmp_path, None, None) == host_system()
+    assert system(nix_store, "riscv64-linux") == "riscv64-linux"
+    assert system(None, None) == host_system()
