@@ -23,7 +23,7 @@ from nix_prefix.payload.manifest import Manifest, PathEntry
 from nix_prefix.payload.signing import SecretKey
 
 from .support import Measured, measured  # noqa: F401 (the hostile tests' measure)
-from .test_archive import tar_of
+from tests.unit.payload.test_archive import tar_of
 
 Entry = tuple  # (tarfile.TarInfo, bytes | None), as test_archive makes them
 NIX_PREFIX = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "nix-prefix"

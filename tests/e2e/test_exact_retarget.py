@@ -1,0 +1,280 @@
+"""Exact retarget: the relocated store is what a native build at the new prefix gives."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nix_prefix.builder.closure_info import read_closure
+from nix_prefix.builder.derivations import with_derivations
+from nix_prefix.builder.errors import BuildError
+from nix_prefix.builder.localnix import LocalNix, prefix_env
+from nix_prefix.builder.pack import BuildOptions, build_installer
+from nix_prefix.builder.retarget import retarget_exact
+from nix_prefix.payload import derivation, exact, rewrite, storepaths_ca
+from nix_prefix.payload.container import InstallerFile
+from nix_prefix.payload.manifest import PathEntry
+
+from tests.support import feed_in_pieces, run_installer
+
+# Several builtins.derivation depending on each other, builtins.toFile inputs
+# (one referring to the other), a flat fixed-output derivation and a
+# multi-output one; every derivation's output is in the runtime closure.
+EXPR = r'''
+let
+  mk = attrs: builtins.derivation ({ system = builtins.currentSystem; builder = "/bin/sh";
+                                     PATH = "/usr/bin:/bin"; } // attrs);
+  cfg = builtins.toFile "config.txt" "greeting=hello\ttab \"quoted\" back\\slash\n";
+  script = builtins.toFile "script.sh" ''
+    echo "configured by ${cfg}"
+  '';
+  fod = mk {
+    name = "fixed.txt";
+    args = [ "-c" "printf 'fixed content\\n' > $out" ];
+    outputHashMode = "flat"; outputHashAlgo = "sha256";
+    outputHash = "adcf791ae2803c0c10f0dab9c430c39ac580bf95d6a834a248f4dedd72c69665";
+  };
+  multi = mk {
+    name = "multi";
+    outputs = [ "out" "dev" ];
+    args = [ "-c" ("mkdir -p $out $dev; echo lib > $out/lib; echo ${cfg} > $dev/include; "
+                   + "ln -s $out/lib $dev/lib-link") ];
+  };
+  a = mk {
+    name = "a";
+    args = [ "-c" ("mkdir $out; ln -s ${fod} $out/fixed; echo ${multi.dev} > $out/dev-ref; "
+                   + ". ${script} > $out/msg") ];
+  };
+  b = mk {
+    name = "b";
+    args = [ "-c" ("mkdir -p $out/bin; echo '#!/bin/sh' > $out/bin/b; "
+                   + "echo 'cat ${a}/msg ${multi}/lib' >> $out/bin/b; chmod +x $out/bin/b") ];
+  };
+in { inherit a b multi fod; }
+'''
+ATTRS = ["-A", "b", "-A", "multi"]
+
+
+def nix_at(prefix: Path, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = prefix_env(prefix, home=prefix / "home")
+    (prefix / "home").mkdir(exist_ok=True)
+    return subprocess.run([tool, *args], capture_output=True, text=True, env=env, check=False)
+
+
+def assert_nothing_to_build(store: Path, expr: Path,
+                            outs: list[str]) -> subprocess.CompletedProcess[str]:
+    """nix-build of EXPR at STORE builds and fetches nothing and gives exactly the
+    root outputs among OUTS (store paths at STORE); returns that nix-build."""
+    dry = nix_at(store, "nix-build", "--dry-run", "--no-out-link", str(expr), *ATTRS)
+    assert dry.returncode == 0, dry.stderr
+    assert "will be built" not in dry.stderr and "will be fetched" not in dry.stderr
+    real = nix_at(store, "nix-build", "--no-out-link", str(expr), *ATTRS)
+    assert real.returncode == 0, real.stderr
+    assert "building" not in real.stderr
+    assert sorted(real.stdout.split()) == sorted(o for o in outs if o.endswith(("-b", "-multi")))
+    return real
+
+
+def build_at_s1(base: Path, s1_name: str) -> tuple:
+    """Build EXPR's ATTRS with real Nix at BASE/S1_NAME; return the expression file,
+    the store prefix, its Nix, the outputs, the closureInfo dir, and the closure
+    with its derivations and their roots."""
+    expr = base / "expr.nix"
+    expr.write_text(EXPR)
+    s1 = base / s1_name
+    nix = LocalNix(s1)
+    outs = nix.run("nix-build", ["--no-out-link", str(expr), *ATTRS]).stdout.decode().split()
+    info = nix.write_closure_info(outs, base / "closure-info")
+    closure, roots = with_derivations(read_closure(info), nix)
+    return expr, s1, nix, outs, info, closure, roots
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    base = tmp_path_factory.mktemp("exact")
+    expr, s1, nix, outs, _, closure, roots = build_at_s1(
+        base, "s1-a-build-prefix-longer-than-the-target")
+    installer = base / "with-drvs.sh"
+    build_installer(closure, installer, BuildOptions(compression="xz", level=1, roots=roots))
+    return {"base": base, "expr": expr, "s1": s1, "nix": nix, "outs": outs,
+            "installer": installer, "roots": roots}
+
+
+def test_derivation_round_trip_and_self_check(built: dict) -> None:
+    store = built["s1"] / "store"
+    drvs = sorted(store.glob("*.drv"))
+    assert len(drvs) == 4  # a, b, multi, fixed.txt
+    for drv in drvs:
+        data = drv.read_bytes()
+        assert derivation.parse(data).unparse() == data
+    f = InstallerFile(str(built["installer"]))
+    try:
+        names = {p.name for p in f.manifest.paths}
+    finally:
+        f.close()
+    assert {d.name for d in drvs} <= names
+    # --with-derivations keeps the profile roots to the outputs (b; multi is b's).
+    assert [r.rpartition("/")[2] for r in built["roots"]] == [
+        o.rpartition("/")[2] for o in built["outs"] if o.endswith("-b")]
+
+
+def test_exact_retarget_installs_what_a_native_build_gives(built: dict) -> None:
+    base = built["base"]
+    s2 = base / "s2"  # shorter than s1
+    out = base / "exact.sh"
+    result = retarget_exact(built["installer"], str(s2), out, level=1)
+    again = base / "exact-again.sh"
+    retarget_exact(built["installer"], str(s2), again, level=1)
+    assert out.read_bytes() == again.read_bytes()
+    new_names = {p.name for p in result.manifest.paths}
+    # Still the derivations of its paths: installing it elsewhere recomputes them again.
+    assert result.manifest.derivations
+
+    done = run_installer(out, "-y", "-p", str(s2))
+    assert done.returncode == 0, done.stderr
+
+    # nix-instantiate at S2 gives the retargeted .drv and output paths.
+    inst = nix_at(s2, "nix-instantiate", str(built["expr"]), *ATTRS)
+    assert inst.returncode == 0, inst.stderr
+    drvs = inst.stdout.split()
+    outs = nix_at(s2, "nix-store", "-q", "--outputs", *drvs).stdout.split()
+    for path in drvs + outs:
+        assert path.startswith(f"{s2}/store/")
+        assert path.rpartition("/")[2] in new_names, path
+    every_drv = nix_at(s2, "nix-store", "-qR", *drvs).stdout.split()
+    assert len(every_drv) == 6  # 4 .drv and 2 toFile texts
+    for path in every_drv:
+        assert path.rpartition("/")[2] in new_names, path
+
+    # Nothing to build.
+    real = assert_nothing_to_build(s2, built["expr"], outs)
+    run = subprocess.run([f"{real.stdout.split()[0]}/bin/b"], capture_output=True, text=True,
+                         check=False)
+    assert run.returncode == 0 and "lib" in run.stdout and "configured by" in run.stdout
+
+    # The installed store verifies, contents included, with the derivers registered.
+    verify = nix_at(s2, "nix-store", "--verify", "--check-contents")
+    assert verify.returncode == 0, verify.stderr
+    assert all(line.startswith(("reading the Nix store", "checking "))
+               for line in verify.stderr.splitlines()), verify.stderr
+    for o in outs:
+        deriver = nix_at(s2, "nix-store", "-q", "--deriver", o).stdout.strip()
+        assert deriver in drvs or deriver in every_drv
+
+
+def test_exact_retarget_to_the_same_store_dir_changes_no_path(built: dict) -> None:
+    out = built["base"] / "same.sh"
+    result = retarget_exact(built["installer"], str(built["s1"]), out, level=1)
+    f = InstallerFile(str(built["installer"]))
+    try:
+        assert [(p.name, p.nar_hash, p.references, p.deriver) for p in f.manifest.paths] == [
+            (p.name, p.nar_hash, p.references, p.deriver) for p in result.manifest.paths]
+    finally:
+        f.close()
+
+
+def test_exact_retarget_refuses_an_installer_without_derivations(built: dict) -> None:
+    base = built["base"]
+    plain = base / "plain.sh"
+    build_installer(read_closure(base / "closure-info"), plain,
+                    BuildOptions(compression="xz", level=1))
+    with pytest.raises(BuildError, match="no .drv files") as e:
+        retarget_exact(plain, str(base / "s3"), base / "never.sh")
+    assert "--with-derivations" in e.value.hint
+    assert not (base / "never.sh").exists()
+
+
+def test_unknown_path_is_refused_with_a_hint() -> None:
+    name = "0" * 32 + "-mystery"
+    with pytest.raises(exact.ExactError, match="cannot tell how") as e:
+        exact.plan([PathEntry(name, "sha256:" + "1" * 52, 0, [])], "/a/store", "/b/store",
+                   {name: b"x"})
+    assert "--with-derivations" in e.value.hint
+
+
+def test_a_path_named_without_a_reference_is_planned_before_the_text_naming_it() -> None:
+    # builtins.readFile or import of a built output gives strings whose context
+    # need not carry every store path in them: a text can name a path it does
+    # not reference.  Whatever the order of the names, its new contents hold
+    # the new hash part.
+    old_dir, new_dir = "/old-long/store", "/new/store"
+    a_path = storepaths_ca.make_text_path(old_dir, "a.txt", b"a\n", [])
+    a = PathEntry(a_path.rpartition("/")[2], "sha256:" + "1" * 52, 0, [])
+    orders = set()
+    for i in range(12):
+        text = f"see {a_path} ({i})\n".encode()
+        b_path = storepaths_ca.make_text_path(old_dir, "b.txt", text, [])
+        b = PathEntry(b_path.rpartition("/")[2], "sha256:" + "1" * 52, 0, [])
+        p = exact.plan([a, b], old_dir, new_dir, {a.name: b"a\n", b.name: text})
+        new_a = new_dir + "/" + p.names[a.name]
+        assert p.texts[b.name] == f"see {new_a} ({i})\n".encode()
+        orders.add(b.name < a.name)
+    assert orders == {True, False}
+
+
+def test_store_path_formulas_match_nix_add() -> None:
+    # `nix-store --add` of a file is a "source" path over its NAR hash;
+    # builtins.toFile a "text" path over its contents.
+    text = b"hello\n"
+    path = storepaths_ca.make_text_path("/nix/store", "hello.txt", text, [])
+    assert path.startswith("/nix/store/") and len(path.rpartition("/")[2]) == 32 + 10
+    assert storepaths_ca.compress_hash(bytes(range(32)), 20)[0] == 0 ^ 20
+
+
+@settings(max_examples=200)
+@given(st.lists(st.sampled_from([b"x", b"/old/store", b"/old/st", b"ore/", b"/",
+                                 b"a" * 20, b"a" * 12, b"q" * 32, b"0123"]), max_size=30),
+       st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=10))
+def test_rewriter_in_pieces_equals_whole(parts: list[bytes], cuts: list[int]) -> None:
+    data = b"".join(parts)
+    hashes = {b"a" * 32: b"b" * 32, b"q" * 32: b"r" * 32}
+    whole = rewrite.Rewriter(b"/old/store", b"/new//////", hashes).whole(data)
+    rw = rewrite.Rewriter(b"/old/store", b"/new//////", hashes)
+    assert feed_in_pieces(rw, data, cuts) == whole
+    assert len(whole) == len(data)
+    if b"a" * 20 not in data and b"q" * 32 not in data:
+        assert whole == data.replace(b"/old/store", b"/new//////")
+
+
+def test_rewriter_examples() -> None:
+    hashes = {b"a" * 32: b"b" * 32}
+    rw = rewrite.Rewriter(b"/old/store", b"/new", hashes)
+    assert rw.whole(b"#!/old/store/" + b"a" * 32 + b"-sh/bin/sh /old/store") == (
+        b"#!/new/" + b"b" * 32 + b"-sh/bin/sh /new")
+    # Inside a longer nix32 run every 32-char window is looked at, as Nix scans.
+    assert rw.whole(b"x" + b"a" * 32 + b"c") == b"x" + b"b" * 32 + b"c"
+    assert rw.whole(b"zz" + b"a" * 32) == b"zz" + b"b" * 32
+
+
+def test_cli_build_with_derivations_and_retarget_exact(built: dict) -> None:
+    from typer.testing import CliRunner
+
+    from nix_prefix.builder.cli import app
+
+    base = built["base"]
+    runner = CliRunner()
+    inst = base / "cli.sh"
+    res = runner.invoke(app, ["build", str(base / "closure-info"), "-o", str(inst),
+                              "--with-derivations", "--level", "1", "-q"])
+    assert res.exit_code == 0, res.output
+    out = base / "cli-exact.sh"
+    res = runner.invoke(app, ["retarget", str(inst), "-p", str(base / "s4"), "-o", str(out),
+                              "--exact", "-q"])
+    assert res.exit_code == 0, res.output
+    f = InstallerFile(str(out))
+    try:
+        assert any(p.name.endswith("-b.drv") for p in f.manifest.paths)
+        assert f.manifest.store_dir == f"{base}/s4/store"
+    finally:
+        f.close()
+    # A closure without derivations: a one-line error with a hint, no traceback.
+    plain = base / "cli-plain.sh"
+    runner.invoke(app, ["build", str(base / "closure-info"), "-o", str(plain), "-q"])
+    res = runner.invoke(app, ["retarget", str(plain), "-p", str(base / "s5"), "-o",
+                              str(base / "cli-never.sh"), "--exact", "-q"])
+    assert res.exit_code == 1
+    assert "no .drv files" in res.output and "Traceback" not in res.output

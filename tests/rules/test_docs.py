@@ -1,0 +1,127 @@
+"""The docs cannot rot: their tested shell blocks run, their links resolve, the
+nix-prefix commands and options they name exist.
+
+A block fenced as ```` ```sh test ```` is run; plain ```` ```sh ```` blocks are
+examples that need what CI lacks (nixpkgs, hours of building, a feature still
+to come).  The pages run in the order docs/README.md lists them, each as one
+``sh -e`` script, in one fresh home directory shared by all pages (so a page
+may use what an earlier one made, as a reader following them would), with
+nix-prefix and the machine's Nix on PATH and nothing else of the host's Nix
+set-up.  ``NIX_PREFIX_LEVEL=0`` keeps the builds quick, as the docs say.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nix_prefix.builder.cli import app
+
+from tests.support import REPO
+
+DOCS = REPO / "docs"
+FENCE = re.compile(r"^```(?P<info>[^\n]*)\n(?P<code>.*?)^```[ \t]*$", re.M | re.S)
+LINK = re.compile(r"\]\((?P<target>[^)#\s]+)(#[^)]*)?\)")
+# Pages linked before they are written (none now); the link check skips them.
+PENDING: set[str] = set()
+
+
+def pages_in_order() -> list[str]:
+    """The pages docs/README.md links to, in its order."""
+    seen: list[str] = []
+    for m in LINK.finditer((DOCS / "README.md").read_text()):
+        name = m.group("target")
+        if name.endswith(".md") and "/" not in name and name not in seen:
+            seen.append(name)
+    return seen
+
+
+def blocks(page: Path) -> list[tuple[int, str, str]]:
+    """(line, info string, code) of every fenced block of ``page``."""
+    text = page.read_text()
+    return [(text.count("\n", 0, m.start()) + 1, m.group("info").strip(), m.group("code"))
+            for m in FENCE.finditer(text)]
+
+
+def runnable_blocks(page: Path) -> list[tuple[int, str]]:
+    return [(line, code) for line, info, code in blocks(page) if info == "sh test"]
+
+
+def test_every_page_is_in_the_index_and_every_link_resolves() -> None:
+    listed = pages_in_order()
+    on_disk = {p.name for p in DOCS.glob("*.md")} - {"README.md"}
+    assert on_disk - set(listed) == set(), "pages missing from docs/README.md"
+    broken = []
+    for page in [*DOCS.glob("*.md"), REPO / "README.md"]:
+        for m in LINK.finditer(page.read_text()):
+            target = m.group("target")
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if Path(target).name in PENDING:
+                continue
+            if not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(REPO)}: {target}")
+    assert broken == []
+
+
+def test_the_walkthrough_pages_have_runnable_blocks() -> None:
+    """Guards the fence marker: if it changed, the slow test would run nothing."""
+    for name in ("getting-started.md", "building.md", "installing.md"):
+        assert len(runnable_blocks(DOCS / name)) >= 2, name
+
+
+def _commands() -> dict[str, set[str]]:
+    import typer
+
+    group = typer.main.get_command(app)
+    return {name: {opt for p in cmd.params for opt in p.opts + p.secondary_opts}
+            for name, cmd in group.commands.items()}
+
+
+def test_the_nix_prefix_commands_in_the_docs_exist() -> None:
+    """Every block, tested or not: `nix-prefix CMD --option` must be real."""
+    commands = _commands()
+    wrong = []
+    for page in [*DOCS.glob("*.md"), REPO / "README.md"]:
+        for line, _info, code in blocks(page):
+            joined = code.replace("\\\n", " ")
+            for m in re.finditer(r"nix-prefix (?P<cmd>[a-z][a-z-]*)(?P<rest>[^\n|;&)]*)", joined):
+                cmd = m.group("cmd")
+                if cmd not in commands:
+                    wrong.append(f"{page.name}:{line}: nix-prefix {cmd}")
+                    continue
+                for opt in re.findall(r"(?<!\S)(--?[a-zA-Z][\w-]*)", m.group("rest")):
+                    if opt not in commands[cmd] | {"--help"}:
+                        wrong.append(f"{page.name}:{line}: nix-prefix {cmd} {opt}")
+    assert wrong == []
+
+
+@pytest.mark.slow
+def test_the_docs_commands_run(world_dir: Path) -> None:
+    home = world_dir / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("NIX_", "XDG_")) and k not in ("PATH", "HOME")}
+    env.update(HOME=str(home), PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin",
+               NIX_PREFIX_LEVEL="0", NO_COLOR="1")
+    ran = 0
+    for name in pages_in_order():
+        if name in PENDING and not (DOCS / name).exists():
+            continue
+        page_blocks = runnable_blocks(DOCS / name)
+        if not page_blocks:
+            continue
+        script = "set -e\n" + "".join(
+            f"echo '>>> docs/{name}:{line}' >&2\n{code}\n" for line, code in page_blocks)
+        proc = subprocess.run(["sh", "-c", script], cwd=home, env=env, capture_output=True,
+                              text=True, timeout=900, check=False)
+        assert proc.returncode == 0, (
+            f"a tested block of docs/{name} failed (exit {proc.returncode}); the last "
+            f"'>>>' line names it:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        ran += len(page_blocks)
+    assert ran >= 10

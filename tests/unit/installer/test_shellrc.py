@@ -1,0 +1,73 @@
+"""--modify-profile and --unmodify-profile own their marked block and no other byte:
+CRLF files, a lone carriage return, no final newline and bytes that are not UTF-8
+come back exactly as they were (issue 23, item 3)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from nix_prefix.installer import shellrc
+
+from tests.support import build_small, run_installer
+
+ROOT = "/tmp/mine"
+
+ORIGINALS = {
+    "crlf": b"# my bashrc\r\nalias ll='ls -l'\r\nexport EDITOR=vi\r\n",
+    "crlf, no final newline": b"# my bashrc\r\nalias ll='ls -l'",
+    "lone carriage return in a quoted PS1": b"PS1='\\u@\\h\r$ '\nexport PS1\n",
+    "no final newline": b"export A=1",
+    "not UTF-8": b"# caf\xe9 \xff\xfe latin-1\nexport B='\xe9'\n",
+    "empty": b"",
+    "only a newline": b"\n",
+    "another prefix's block": (b"x\r\n" + shellrc.block("/opt/other").encode() + b"y"),
+}
+
+
+@pytest.mark.parametrize("original", ORIGINALS.values(), ids=list(ORIGINALS))
+def test_the_block_comes_and_goes_leaving_every_other_byte(tmp_path: Path,
+                                                             original: bytes) -> None:
+    rc = tmp_path / ".bashrc"
+    rc.write_bytes(original)
+    (tmp_path / ".profile").write_bytes(original)
+
+    assert shellrc.add_block(ROOT, home=str(tmp_path)) == [str(tmp_path / ".profile"),
+                                                          str(rc)]
+    added = rc.read_bytes()
+    # What was there is still there, first, unchanged; the block follows on its own lines.
+    assert added.startswith(original)
+    assert shellrc.block(ROOT).encode().rstrip(b"\n") in added
+    assert shellrc.holds_block(str(rc), ROOT)
+    # Adding again changes nothing.
+    shellrc.add_block(ROOT, home=str(tmp_path))
+    assert rc.read_bytes() == added
+
+    shellrc.remove_block(ROOT, home=str(tmp_path))
+    assert rc.read_bytes() == original
+    assert (tmp_path / ".profile").read_bytes() == original
+    assert not shellrc.holds_block(str(rc), ROOT)
+
+
+def test_installer_modify_and_unmodify_profile_keep_crlf_bytes(world_dir: Path) -> None:
+    """The same through the installer's own command line."""
+    built = build_small(world_dir)
+    built.move_build_away()
+    home = world_dir / "home"
+    home.mkdir()
+    files = {".bashrc": ORIGINALS["crlf"],
+             ".profile": ORIGINALS["lone carriage return in a quoted PS1"],
+             ".zshrc": ORIGINALS["not UTF-8"] + ORIGINALS["no final newline"]}
+    for name, data in files.items():
+        (home / name).write_bytes(data)
+    env = dict(os.environ, HOME=str(home))
+
+    proc = run_installer(built.installer, "-y", "--modify-profile", env=env)
+    assert proc.returncode == 0, proc.stderr
+    for name, data in files.items():
+        assert (home / name).read_bytes().startswith(data), name
+    undo = run_installer(built.installer, "--unmodify-profile", env=env)
+    assert undo.returncode == 0, undo.stderr
+    assert {n: (home / n).read_bytes() for n in files} == files
