@@ -1,4 +1,7 @@
-"""Shared test set-up: the --slow switch and real-Nix fixtures."""
+"""Shared test set-up: the --slow switch, hypothesis' profile and dirs other users can reach.
+
+Nothing here needs Nix: ``pytest tests/unit`` runs on a machine without it.  The
+real-Nix check and fixtures are in tests/e2e/conftest.py."""
 
 from __future__ import annotations
 
@@ -11,8 +14,6 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
-
-from nix_prefix.builder.localnix import LocalNix
 
 NOBODY = 65534
 
@@ -40,12 +41,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    if shutil.which("nix-store") is None:
-        raise pytest.UsageError(
-            "these tests drive a real Nix: run .ci/setup.sh (installs Debian's nix-bin)")
 
 
 @contextmanager
@@ -82,8 +77,3 @@ def _force_remove(path: Path) -> None:
                 os.chmod(full, 0o755)
     shutil.rmtree(path, ignore_errors=True)
 
-
-@pytest.fixture
-def local_nix(world_dir: Path) -> LocalNix:
-    """The machine's Nix bound to a fresh store at WORLD_DIR/build/store."""
-    return LocalNix(world_dir / "build")
