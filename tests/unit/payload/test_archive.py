@@ -1,8 +1,10 @@
 """payload.archive: canonical tar chunks written by TarWriter and replayed by unpack().
 
-The trees are added to a private store with the real ``nix-store --add``; the
-NAR hashes computed while packing and while unpacking must equal the store's
-narHash.  Hostile streams are built with the standard ``tarfile`` module.
+The trees are put at the paths the real ``nix-store --add`` gives them in a private
+store, without Nix (tests/e2e/test_archive_against_nix.py adds them with Nix and checks
+that paths and NAR hashes agree); the NAR hashes computed while packing and while
+unpacking must equal the store's narHash.  Hostile streams are built with the standard
+``tarfile`` module.
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from nix_prefix.builder.localnix import LocalNix
-from nix_prefix.payload import archive, hashes, nar, nix32, tree
+from nix_prefix.payload import archive, hashes, nar, nix32, storepaths_ca, tree
 from nix_prefix.payload.archive import ArchiveError
 
 # -- recording visitors -------------------------------------------------------------------------
@@ -113,22 +114,36 @@ MAKERS = {"tree": _tree, "hello.txt": _file, "run.sh": _exe, "link": _link}
 class StorePath:
     base: str
     path: str
-    nar_hash: str  # from nix-store -q --hash
+    nar_hash: str  # as nix-store -q --hash prints it
 
 
 @pytest.fixture(scope="module")
 def store_paths(tmp_path_factory: pytest.TempPathFactory) -> list[StorePath]:
     work = tmp_path_factory.mktemp("archive")
-    nix = LocalNix(work / "p")
+    return made_store_paths(work / "src", work / "p" / "store")
+
+
+def made_store_paths(src_dir: Path, store: Path) -> list[StorePath]:
+    """MAKERS' trees, made in SRC_DIR, moved to the paths ``nix-store --add`` gives them
+    in STORE."""
+    store.mkdir(parents=True)
+    src_dir.mkdir()
     out = []
     for name, make in MAKERS.items():
-        src = work / "src" / name
-        src.parent.mkdir(exist_ok=True)
+        src = src_dir / name
         make(src)
-        path = nix.run("nix-store", ["--add", str(src)]).stdout.decode().strip()
-        (nar_hash,) = nix.run("nix-store", ["-q", "--hash", path]).stdout.decode().split()
-        out.append(StorePath(path.rpartition("/")[2], path, nar_hash))
+        sp = as_added(src, store)
+        os.rename(src, sp.path)
+        out.append(sp)
     return out
+
+
+def as_added(src: Path, store: Path) -> StorePath:
+    """The store path and NAR hash ``nix-store --add SRC`` gives in STORE: a source path
+    over the NAR hash, as Nix's addToStore makes it."""
+    digest, _ = nar.hash_path(str(src))
+    path = storepaths_ca.make_source_path(str(store), src.name, digest)
+    return StorePath(path.rpartition("/")[2], path, hashes.format_sha256(digest))
 
 
 def pack(paths: list[StorePath]) -> tuple[bytes, list[Recorder], archive.TarWriter]:
