@@ -1,4 +1,5 @@
-"""Property tests: the NAR serialiser, the registration parser and the manifest reader.
+"""Property tests: the registration parser and the manifest reader; the strategies
+of the NAR serialiser's property test (tests/e2e/test_fuzz_nar.py, against Nix).
 
 * NAR: random trees (nested dirs, files of random bytes, executables, symlinks,
   odd names) serialised by payload.nar are byte-identical to what
@@ -15,22 +16,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nix_prefix.builder.localnix import LocalNix
-from nix_prefix.payload import hashes, nar, registration
+from nix_prefix.payload import registration
 from nix_prefix.payload.manifest import Manifest, ManifestError
 
 from .test_manifest import sample
 
-NAR_CASES = 120
 PARSER_CASES = 600
 COUNTS: dict[str, int] = {}
 
@@ -64,36 +61,6 @@ def report_counts() -> Iterator[None]:
     """Print how many cases each property saw (run with -s to see it)."""
     yield
     print(f"\nfuzz cases: {COUNTS}")
-
-
-@pytest.fixture(scope="module")
-def nix() -> Iterator[LocalNix]:
-    base = Path(tempfile.mkdtemp(prefix="np-fuzz-", dir="/tmp"))
-    try:
-        yield LocalNix(base / "s")
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.mark.slow
-@settings(max_examples=NAR_CASES, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(tree=trees)
-def test_nar_serialiser_equals_nix_store_dump(nix: LocalNix, tree: tuple) -> None:
-    work = Path(tempfile.mkdtemp(prefix="np-fuzz-tree-", dir="/tmp"))
-    try:
-        root = work / "t"
-        materialise(tree, root)
-        ours = nar.nar_bytes(os.fsencode(root))
-        added = nix.run("nix-store", ["--add", str(root)]).stdout.decode().strip()
-        assert nix.run("nix-store", ["--dump", added]).stdout == ours
-        (recorded,) = nix.run("nix-store", ["-q", "--hash", added]).stdout.decode().split()
-        digest, size = nar.hash_path(os.fsencode(root))
-        assert hashes.format_sha256(digest) == hashes.normalise_sha256(recorded)
-        assert size == len(ours)
-    finally:
-        shutil.rmtree(work)
-    COUNTS["nar"] = COUNTS.get("nar", 0) + 1
 
 
 VALID_REGISTRATION = (
@@ -178,3 +145,4 @@ def test_manifest_reader_fails_only_with_its_own_error(data: st.DataObject) -> N
     except ManifestError:
         pass
     COUNTS["manifest"] = COUNTS.get("manifest", 0) + 1
+

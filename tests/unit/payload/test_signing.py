@@ -3,14 +3,14 @@
 Checked three ways: RFC 8032's test vectors, signatures made by PyNaCl
 (libsodium) for random keys and messages, and keys and path signatures made
 by the machine's Nix itself (``nix-store --generate-binary-cache-key``,
-``nix store sign``, ``nix path-info --sigs``).
+``nix store sign``, ``nix path-info --sigs``): those are in
+tests/e2e/test_signing_against_nix.py.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +22,7 @@ from hypothesis import strategies as st
 
 from nix_prefix.builder import signer
 from nix_prefix.builder.errors import BuildError
-from nix_prefix.builder.localnix import LocalNix
-from nix_prefix.builder.samples import NIX_DIR, build_small_closure
+from nix_prefix.builder.samples import NIX_DIR
 from nix_prefix.payload import ed25519, publisher, signing
 
 REPO = Path(__file__).resolve().parents[3]
@@ -277,22 +276,6 @@ def test_verify_looks_only_at_keys_of_the_signatures_name() -> None:
 
 # --- the signer and the key files -----------------------------------------------------------
 
-def _generate(nix: LocalNix, where: Path, name: str, stem: str = "key") -> tuple[Path, Path]:
-    secret, public = where / f"{stem}.sec", where / f"{stem}.pub"
-    nix.run("nix-store", ["--generate-binary-cache-key", name, str(secret), str(public)])
-    return secret, public
-
-
-def test_keys_generated_by_nix(local_nix: LocalNix, tmp_path: Path) -> None:
-    secret_file, public_file = _generate(local_nix, tmp_path, "pub.example.org-1")
-    secret = signer.load_secret_key(secret_file)
-    public = signing.parse_public_key(public_file.read_text())
-    assert secret.name == public.name == "pub.example.org-1"
-    assert secret.public_key == public
-    sig = signer.sign(secret, "hello")
-    assert signing.verify("hello", sig, [public])
-    assert str(sig).startswith("pub.example.org-1:")
-
 
 @pytest.mark.parametrize(("content", "says"), [
     (None, "cannot read the secret key file"),
@@ -307,45 +290,6 @@ def test_bad_key_files_are_one_line(tmp_path: Path, content: bytes | None, says:
     with pytest.raises(BuildError, match=says) as e:
         signer.load_secret_key(path)
     assert "\n" not in str(e.value) and "generate-binary-cache-key" in str(e.value)
-
-
-def test_public_key_file_given_as_secret(local_nix: LocalNix, tmp_path: Path) -> None:
-    _, public_file = _generate(local_nix, tmp_path, "k")
-    with pytest.raises(BuildError, match="it is a public key, not the secret one"):
-        signer.load_secret_key(public_file)
-
-
-def test_signatures_made_by_nix_verify_and_ours_are_the_same(
-        local_nix: LocalNix, tmp_path: Path) -> None:
-    """Every path of the small closure signed by ``nix store sign``: our fingerprint of
-    what ``nix path-info`` says, checked with our ed25519, accepts Nix's signature, and
-    our signer makes the very same bytes (ed25519 is deterministic)."""
-    roots = build_small_closure(local_nix)
-    # A path with several references, itself among them: sorting and commas count.
-    roots += local_nix.build_expr(
-        f"let s = import {SMALL_NIX} {{}}; in "
-        'derivation { name = "refs"; system = builtins.currentSystem; builder = "/bin/sh";'
-        ' args = [ "-c" "echo ${s.lonely} ${s.hello} $out > $out" ]; }')
-    paths = local_nix.closure(roots)
-    secret_file, public_file = _generate(local_nix, tmp_path, "nix-made-1")
-    _, other_file = _generate(local_nix, tmp_path, "nix-made-1", "other")  # same name
-    local_nix.run("nix", ["store", "sign", "--key-file", str(secret_file), *paths])
-    infos = json.loads(local_nix.run("nix", ["path-info", "--json", "--sigs", *paths]).stdout)
-    public = signing.parse_public_key(public_file.read_text())
-    other = signing.parse_public_key(other_file.read_text())
-    secret = signer.load_secret_key(secret_file)
-    assert len(infos) == len(paths)
-    with_refs = 0
-    for info in infos:
-        text = signing.fingerprint(info["path"], info["narHash"], info["narSize"],
-                                   info["references"])
-        sigs = [signing.parse_signature(s) for s in info["signatures"]]
-        assert [s.key_name for s in sigs] == ["nix-made-1"]
-        assert signing.verify(text, sigs[0], [public])
-        assert not signing.verify(text, sigs[0], [other])
-        assert signer.sign(secret, text) == sigs[0]
-        with_refs += len(info["references"]) > 2
-    assert with_refs == 1
 
 
 # --- the publisher's signatures over a manifest (payload/publisher.py) ----------------------
@@ -407,3 +351,4 @@ def test_trusted_keys_from_options_and_environment() -> None:
         publisher.trusted_keys([], {"NIX_PREFIX_TRUSTED_KEYS": "x"})
     with pytest.raises(signing.SigningError, match="^--trusted-key: "):
         publisher.trusted_keys(["x"], {})
+
