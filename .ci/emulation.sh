@@ -1,5 +1,5 @@
 #!/bin/sh
-# Other machines under emulation, for tests/test_machines.py: from Debian's
+# Other machines under emulation, for tests/e2e/test_machines.py: from Debian's
 # archive into a cache outside the repository (never installed), trixie's
 # qemu-user-static (qemu 10: bookworm's 7.2 cannot run Nix 2.34's builds, whose
 # glibc asks for the terminal with an ioctl 7.2 lacks), registered with

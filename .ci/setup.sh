@@ -24,10 +24,10 @@ command -v readelf >/dev/null 2>&1 || missing="$missing binutils"
 command -v xz >/dev/null 2>&1 || missing="$missing xz-utils"
 command -v zstd >/dev/null 2>&1 || missing="$missing zstd"
 command -v fish >/dev/null 2>&1 || missing="$missing fish"  # nix.fish is tested with it
-# A real browser for serve's page (tests/test_serve_page.py, driven by selenium).
+# A real browser for serve's page (tests/e2e/test_serve_page.py, driven by selenium).
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium-driver"
-# The cache tier in front of nix-prefix serve (docs/serving.md, tests/test_serve_nginx.py);
+# The cache tier in front of nix-prefix serve (docs/serving.md, tests/e2e/test_serve_nginx.py);
 # Debian starts no service for it here: the test runs it from a temporary dir.
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$missing nginx-light"
 [ -x /usr/bin/python3 ] || missing="$missing python3"
@@ -61,11 +61,11 @@ fi
 # are pyenv builds).  Without network the 3.14 test says it is skipped.
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/nix-prefix-ci
 sh .ci/debian-fetch.sh sid "$cache/python3.14" python3.14 ||
-    echo "setup: could not fetch Debian sid python3.14 into $cache (tests/test_pythons.py skips 3.14)"
-# aarch64 and riscv64 under qemu-user emulation (tests/test_machines.py): as root,
+    echo "setup: could not fetch Debian sid python3.14 into $cache (tests/e2e/test_pythons.py skips 3.14)"
+# aarch64 and riscv64 under qemu-user emulation (tests/e2e/test_machines.py): as root,
 # qemu-user-static registered with binfmt_misc, and those machines' nix-bin and
 # Python from Debian's archive, into the same cache.  Where it cannot (not root, no
 # binfmt_misc) it says why, and those tests skip saying so.
 sh .ci/emulation.sh ||
-    echo "setup: the emulation set-up failed (tests/test_machines.py skips aarch64 and riscv64)"
+    echo "setup: the emulation set-up failed (tests/e2e/test_machines.py skips aarch64 and riscv64)"
 echo "setup: done (.venv/bin/nix-prefix is ready)"

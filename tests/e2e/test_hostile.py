@@ -1,6 +1,7 @@
 """Hostile payloads inside real installer files never write outside the staging dir.
 
-Each crafted chunk (the archive-level corpus of test_archive.py plus attacks
+Each crafted chunk (the archive-level corpus of
+tests/unit/payload/test_archive.py plus attacks
 that aim at the file system: a symlink out of the store followed by an entry
 written through it, a hard link to a file outside, names with NUL) is
 packed through the payload writer into a complete, correctly sealed

@@ -2,7 +2,7 @@
 
 The cold-work scheduler is driven directly on an event loop; the rest runs the
 server (in this process or as ``nix-prefix serve``) on 127.0.0.1 over the
-small sample closure and one 24 MiB path.  tests/test_serve_load.py has the
+small sample closure and one 24 MiB path.  tests/e2e/test_serve_load.py has the
 attacks at full size (slow).
 """
 

@@ -1,6 +1,6 @@
 """``nix-prefix serve``'s page at ``/`` and its installers at ``/installers/NAME.sh``.
 
-Fast tests run the server (tests/test_serve.py's ``Running``, on 127.0.0.1)
+Fast tests run the server (tests/e2e/test_serve.py's ``Running``, on 127.0.0.1)
 over the small sample closure, offering a signed and an unsigned installer,
 and fetch the page and the installers over HTTP: the page says the key, the
 limit and the installers; the lines filled in for two prefixes are the

@@ -1,5 +1,6 @@
-"""The docs cannot rot: their tested shell blocks run, their links resolve, the
-nix-prefix commands and options they name exist.
+"""The docs cannot rot: their tested shell blocks run (tests/e2e/test_docs_run.py, with
+the machine's Nix), their links resolve, the nix-prefix commands and options they name
+exist.
 
 A block fenced as ```` ```sh test ```` is run; plain ```` ```sh ```` blocks are
 examples that need what CI lacks (nixpkgs, hours of building, a feature still
@@ -12,13 +13,8 @@ set-up.  ``NIX_PREFIX_LEVEL=0`` keeps the builds quick, as the docs say.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
-
-import pytest
 
 from nix_prefix.builder.cli import app
 
@@ -69,6 +65,21 @@ def test_every_page_is_in_the_index_and_every_link_resolves() -> None:
     assert broken == []
 
 
+TEST_FILE = re.compile(r"\btests/[\w/]+\.(?:py|nix)\b")
+
+
+def test_the_test_files_the_docs_name_exist() -> None:
+    """Docs, README, CI scripts and pyproject cite tests by path; the tests move (into
+    tests/unit/<room>/ and tests/e2e/), so every path cited must still be a file."""
+    texts = [*DOCS.glob("*.md"), REPO / "README.md", REPO / "tests" / "README.md",
+             *(REPO / ".ci").iterdir(), REPO / "pyproject.toml"]
+    missing = [f"{path.relative_to(REPO)}: {m.group(0)}"
+               for path in texts if path.is_file()
+               for m in TEST_FILE.finditer(path.read_text())
+               if not (REPO / m.group(0)).is_file()]
+    assert missing == []
+
+
 def test_the_walkthrough_pages_have_runnable_blocks() -> None:
     """Guards the fence marker: if it changed, the slow test would run nothing."""
     for name in ("getting-started.md", "building.md", "installing.md"):
@@ -100,28 +111,3 @@ def test_the_nix_prefix_commands_in_the_docs_exist() -> None:
                         wrong.append(f"{page.name}:{line}: nix-prefix {cmd} {opt}")
     assert wrong == []
 
-
-@pytest.mark.slow
-def test_the_docs_commands_run(world_dir: Path) -> None:
-    home = world_dir / "home"
-    home.mkdir()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("NIX_", "XDG_")) and k not in ("PATH", "HOME")}
-    env.update(HOME=str(home), PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin",
-               NIX_PREFIX_LEVEL="0", NO_COLOR="1")
-    ran = 0
-    for name in pages_in_order():
-        if name in PENDING and not (DOCS / name).exists():
-            continue
-        page_blocks = runnable_blocks(DOCS / name)
-        if not page_blocks:
-            continue
-        script = "set -e\n" + "".join(
-            f"echo '>>> docs/{name}:{line}' >&2\n{code}\n" for line, code in page_blocks)
-        proc = subprocess.run(["sh", "-c", script], cwd=home, env=env, capture_output=True,
-                              text=True, timeout=900, check=False)
-        assert proc.returncode == 0, (
-            f"a tested block of docs/{name} failed (exit {proc.returncode}); the last "
-            f"'>>>' line names it:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-        ran += len(page_blocks)
-    assert ran >= 10
