@@ -11,11 +11,9 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from nix_prefix.builder.cli import app
 from nix_prefix.builder.localnix import store_path_of
@@ -24,13 +22,7 @@ from nix_prefix.builder.samples import NIX_DIR
 from .test_build import assert_one_line_error
 from tests.nix_versions import nix_source
 from tests.support import build_small
-
-runner = CliRunner()
-NIX_PREFIX = Path(sys.executable).parent / "nix-prefix"
-
-
-def nix_prefix(*args: object, env: dict[str, str] | None = None):
-    return runner.invoke(app, [str(a) for a in args], env=env)
+from tests.unit.builder.test_cli import nix_prefix, runner
 
 
 @pytest.fixture
@@ -191,57 +183,6 @@ def test_verify_passes_and_catches_damage(small, world_dir: Path) -> None:
     assert result.exit_code == 2  # no such file: usage, not a damaged installer
 
 
-def test_debug_shows_the_traceback(world_dir: Path) -> None:
-    result = nix_prefix("inspect", world_dir / "nope.sh", "--debug")
-    assert result.exit_code == 2
-    assert "Traceback" in result.output
-    assert result.output.splitlines()[-1].startswith("nix-prefix: error: ")
-
-
-def test_every_command_has_help() -> None:
-    names = [c.name or c.callback.__name__ for c in app.registered_commands]
-    assert {"closure", "build", "inspect", "verify", "retarget", "sample", "demo"} <= set(names)
-    for name in names:
-        result = nix_prefix(name, "--help")
-        assert result.exit_code == 0, (name, result.output)
-        assert "Usage:" in result.output
-    result = nix_prefix("--help")
-    assert "Exit codes" in result.output
-
-
-def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
-    full.update(env)
-    return subprocess.run([str(NIX_PREFIX), *args], capture_output=True, text=True, env=full,
-                          check=False)
-
-
-def test_no_color_is_respected() -> None:
-    # A terminal that has colours: under the caller's TERM=dumb (Emacs, some CI
-    # runners) rich rightly gives none even with FORCE_COLOR.
-    coloured = _run("build", "--help", FORCE_COLOR="1", TERM="xterm-256color")
-    assert coloured.returncode == 0
-    assert "\x1b[" in coloured.stdout  # the check below is not vacuous
-    plain = _run("build", "--help", FORCE_COLOR="1", NO_COLOR="1", TERM="xterm-256color")
-    assert plain.returncode == 0
-    assert "\x1b[" not in plain.stdout + plain.stderr
-    assert "--roots" in plain.stdout
-
-
-def test_shell_completion() -> None:
-    # Typer guesses the shell from the parent processes (shellingham): a run with
-    # no shell above it (a detached CI job) finds none; name it instead.
-    script = _run("--show-completion", "bash", _TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION="1")
-    assert script.returncode == 0, script.stderr
-    assert "_NIX_PREFIX_COMPLETE" in script.stdout
-    words = _run(_NIX_PREFIX_COMPLETE="complete_bash", COMP_WORDS="nix-prefix ins",
-                 COMP_CWORD="1")
-    assert words.stdout.split() == ["inspect"]
-    options = _run(_NIX_PREFIX_COMPLETE="complete_bash", COMP_WORDS="nix-prefix build --ro",
-                   COMP_CWORD="2")
-    assert "--roots" in options.stdout.split()
-
-
 def test_sample_builds_into_a_new_store(world_dir: Path) -> None:
     store = world_dir / "s" / "store"
     result = runner.invoke(app, ["sample", "--store-dir", str(store)])
@@ -291,3 +232,4 @@ def test_demo_runs_end_to_end(world_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "Demo done" in result.output
     assert (world_dir / "demo" / "nix" / "var/nix/profiles/default/bin/nix-store").exists()
+

@@ -6,8 +6,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from nix_prefix.builder.closure_info import read_closure
 from nix_prefix.builder.derivations import with_derivations
@@ -15,11 +13,10 @@ from nix_prefix.builder.errors import BuildError
 from nix_prefix.builder.localnix import LocalNix, prefix_env
 from nix_prefix.builder.pack import BuildOptions, build_installer
 from nix_prefix.builder.retarget import retarget_exact
-from nix_prefix.payload import derivation, exact, rewrite, storepaths_ca
+from nix_prefix.payload import derivation
 from nix_prefix.payload.container import InstallerFile
-from nix_prefix.payload.manifest import PathEntry
 
-from tests.support import feed_in_pieces, run_installer
+from tests.support import run_installer
 
 # Several builtins.derivation depending on each other, builtins.toFile inputs
 # (one referring to the other), a flat fixed-output derivation and a
@@ -188,68 +185,6 @@ def test_exact_retarget_refuses_an_installer_without_derivations(built: dict) ->
     assert not (base / "never.sh").exists()
 
 
-def test_unknown_path_is_refused_with_a_hint() -> None:
-    name = "0" * 32 + "-mystery"
-    with pytest.raises(exact.ExactError, match="cannot tell how") as e:
-        exact.plan([PathEntry(name, "sha256:" + "1" * 52, 0, [])], "/a/store", "/b/store",
-                   {name: b"x"})
-    assert "--with-derivations" in e.value.hint
-
-
-def test_a_path_named_without_a_reference_is_planned_before_the_text_naming_it() -> None:
-    # builtins.readFile or import of a built output gives strings whose context
-    # need not carry every store path in them: a text can name a path it does
-    # not reference.  Whatever the order of the names, its new contents hold
-    # the new hash part.
-    old_dir, new_dir = "/old-long/store", "/new/store"
-    a_path = storepaths_ca.make_text_path(old_dir, "a.txt", b"a\n", [])
-    a = PathEntry(a_path.rpartition("/")[2], "sha256:" + "1" * 52, 0, [])
-    orders = set()
-    for i in range(12):
-        text = f"see {a_path} ({i})\n".encode()
-        b_path = storepaths_ca.make_text_path(old_dir, "b.txt", text, [])
-        b = PathEntry(b_path.rpartition("/")[2], "sha256:" + "1" * 52, 0, [])
-        p = exact.plan([a, b], old_dir, new_dir, {a.name: b"a\n", b.name: text})
-        new_a = new_dir + "/" + p.names[a.name]
-        assert p.texts[b.name] == f"see {new_a} ({i})\n".encode()
-        orders.add(b.name < a.name)
-    assert orders == {True, False}
-
-
-def test_store_path_formulas_match_nix_add() -> None:
-    # `nix-store --add` of a file is a "source" path over its NAR hash;
-    # builtins.toFile a "text" path over its contents.
-    text = b"hello\n"
-    path = storepaths_ca.make_text_path("/nix/store", "hello.txt", text, [])
-    assert path.startswith("/nix/store/") and len(path.rpartition("/")[2]) == 32 + 10
-    assert storepaths_ca.compress_hash(bytes(range(32)), 20)[0] == 0 ^ 20
-
-
-@settings(max_examples=200)
-@given(st.lists(st.sampled_from([b"x", b"/old/store", b"/old/st", b"ore/", b"/",
-                                 b"a" * 20, b"a" * 12, b"q" * 32, b"0123"]), max_size=30),
-       st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=10))
-def test_rewriter_in_pieces_equals_whole(parts: list[bytes], cuts: list[int]) -> None:
-    data = b"".join(parts)
-    hashes = {b"a" * 32: b"b" * 32, b"q" * 32: b"r" * 32}
-    whole = rewrite.Rewriter(b"/old/store", b"/new//////", hashes).whole(data)
-    rw = rewrite.Rewriter(b"/old/store", b"/new//////", hashes)
-    assert feed_in_pieces(rw, data, cuts) == whole
-    assert len(whole) == len(data)
-    if b"a" * 20 not in data and b"q" * 32 not in data:
-        assert whole == data.replace(b"/old/store", b"/new//////")
-
-
-def test_rewriter_examples() -> None:
-    hashes = {b"a" * 32: b"b" * 32}
-    rw = rewrite.Rewriter(b"/old/store", b"/new", hashes)
-    assert rw.whole(b"#!/old/store/" + b"a" * 32 + b"-sh/bin/sh /old/store") == (
-        b"#!/new/" + b"b" * 32 + b"-sh/bin/sh /new")
-    # Inside a longer nix32 run every 32-char window is looked at, as Nix scans.
-    assert rw.whole(b"x" + b"a" * 32 + b"c") == b"x" + b"b" * 32 + b"c"
-    assert rw.whole(b"zz" + b"a" * 32) == b"zz" + b"b" * 32
-
-
 def test_cli_build_with_derivations_and_retarget_exact(built: dict) -> None:
     from typer.testing import CliRunner
 
@@ -278,3 +213,4 @@ def test_cli_build_with_derivations_and_retarget_exact(built: dict) -> None:
                               str(base / "cli-never.sh"), "--exact", "-q"])
     assert res.exit_code == 1
     assert "no .drv files" in res.output and "Traceback" not in res.output
+

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import subprocess
 import threading
 import zipfile
@@ -11,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from nix_prefix.builder.closure_info import read_closure
-from nix_prefix.builder.compress import compressor
 from nix_prefix.builder.localnix import prefix_env
 from nix_prefix.builder.pack import BuildOptions, build_installer
-from nix_prefix.payload import codecs, seal
+from nix_prefix.payload import seal
 from nix_prefix.payload.container import CorruptInstaller, InstallerFile
 
 from tests.support import Built, build_small, run_installer, tree_snapshot
@@ -132,12 +130,3 @@ def test_bad_jobs_value_is_a_usage_error(chunked: Built) -> None:
     proc = run_installer(chunked.installer, "--list", "-j", "0")
     assert proc.returncode == 2 and "not a positive number" in proc.stderr
 
-
-@pytest.mark.parametrize("system", ["x86_64-linux", "aarch64-linux"])
-def test_xz_chunks_decode_with_or_without_the_branch_filter(system: str) -> None:
-    data = b"".join(bytes([0xE8, i, i, 0, 0, 0x90]) for i in range(256)) * 64
-    c = compressor("xz", 1, system)
-    packed = c.compress(data) + c.flush()
-    assert codecs.open_reader("xz", io.BytesIO(packed)).read() == data
-    plain = compressor("xz", 1, "aarch64-linux")
-    assert (packed != plain.compress(data) + plain.flush()) == system.startswith("x86_64")

@@ -149,11 +149,6 @@ def test_closure_info_in_batches_is_the_same(closure: Closure, tmp_path: Path,
     assert closure.nix.closure(closure.paths) == closure.paths
 
 
-def test_empty_registration() -> None:
-    assert registration.parse("") == []
-    assert registration.format([]) == ""
-
-
 # -- what format() writes, nix-store --load-db reads ------------------------------------------
 
 @pytest.mark.parametrize("source", ["dump-db", "closure-info"])
@@ -297,12 +292,6 @@ def test_truncated_at_every_line(closure: Closure) -> None:
         assert caught.value.line == keep + 1, keep
 
 
-def test_missing_newline_on_first_line() -> None:
-    with pytest.raises(RegistrationError) as caught:
-        registration.parse("/nix/store/" + "0" * 32 + "-x")
-    assert caught.value.line == 1
-
-
 def test_nar_size_beyond_uint64(closure: Closure, tmp_path: Path) -> None:
     lines = lines_of(closure)
     second = record_starts(lines)[1]
@@ -319,3 +308,4 @@ def test_nar_size_beyond_uint64(closure: Closure, tmp_path: Path) -> None:
             with pytest.raises(RegistrationError) as caught:
                 registration.parse(text)
             assert caught.value.line == second + 3
+

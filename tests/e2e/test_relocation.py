@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import gzip
-import io
 import os
 import re
 import subprocess
-import zipfile
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from nix_prefix.builder.closure_info import read_closure
 from nix_prefix.builder.localnix import LocalNix, prefix_env
 from nix_prefix.builder.pack import BuildOptions, build_installer
 from nix_prefix.builder.retarget import retarget
 from nix_prefix.builder.samples import NIX_DIR, build_c_program
-from nix_prefix.payload import hashes, nar, registration, rewrite
-from nix_prefix.payload.manifest import Manifest, ManifestError
-from nix_prefix.payload.retarget import RetargetError, padded_store_dir
+from nix_prefix.payload import hashes, nar, registration
 
-from tests.support import Built, build_small, feed_in_pieces, run_installer
+from tests.support import Built, build_small, run_installer
 
 LONG = "a-build-prefix-long-enough-to-relocate-from"
 
@@ -33,89 +26,6 @@ def canonical(path: str) -> str:
 
 
 # -- the rewrite itself ---------------------------------------------------------------------
-
-def test_padded_store_dir_keeps_length_and_shape() -> None:
-    padded = padded_store_dir("/tmp/nix-build-longprefix/store", "/home/u/n/store")
-    assert padded == "/home/u/n/////////////////store"
-    assert len(padded) == len("/tmp/nix-build-longprefix/store")
-    with pytest.raises(RetargetError, match="longer"):
-        padded_store_dir("/a/store", "/abc/store")
-
-
-@settings(max_examples=300)
-@given(st.lists(st.sampled_from([b"x", b"/old/store", b"/old/st", b"ore/", b"\0", b"/old"]),
-                max_size=30),
-       st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=10))
-def test_stream_rewriter_equals_a_whole_replace(parts: list[bytes], cuts: list[int]) -> None:
-    data = b"".join(parts)
-    rw = rewrite.Rewriter(b"/old/store", b"/new//////")
-    assert feed_in_pieces(rw, data, cuts) == data.replace(b"/old/store", b"/new//////")
-    assert rw.count == data.count(b"/old/store")
-
-
-def test_rewriter_writes_the_canonical_store_dir_into_text_and_pads_binaries(
-        tmp_path: Path) -> None:
-    tree = tmp_path / "t"
-    tree.mkdir()
-    (tree / "script").write_bytes(b"#!/old/store/abc-sh/bin/sh\n")
-    (tree / "lib.so").write_bytes(b"\x7fELF\x00RUNPATH=/old/store/abc-x/lib\x00")
-    (tree / "lib.jar").write_bytes(b"PK /old/store inside a stored member")
-    os.symlink("/old/store/abc-x/y", tree / "link")
-    expected = tmp_path / "e"
-    expected.mkdir()
-    (expected / "script").write_bytes(b"#!/n/store/abc-sh/bin/sh\n")
-    (expected / "lib.so").write_bytes(b"\x7fELF\x00RUNPATH=/n///store/abc-x/lib\x00")
-    (expected / "lib.jar").write_bytes(b"PK /old/store inside a stored member")
-    os.symlink("/n/store/abc-x/y", expected / "link")
-    hasher = nar.NarHasher()
-    relocator = rewrite.PathRewriter(hasher, b"/old/store", b"/n///store")
-    nar.dump_path(os.fsencode(tree), relocator)
-    assert relocator.count == 3
-    assert hasher.digest() == nar.hash_path(os.fsencode(expected))[0]
-
-
-def test_a_retargeted_payload_is_retargeted_again_in_both_forms(tmp_path: Path) -> None:
-    # Retargeted before to /a/store (padded /a/////store in binaries): text holds
-    # the canonical form, binaries the padded one; both become the new store dir.
-    tree = tmp_path / "t"
-    tree.mkdir()
-    (tree / "conf").write_bytes(b"dir=/a/store/abc-x and /a/////store/abc-y\n")
-    (tree / "bin").write_bytes(b"\x00/a/////store/abc-x\x00")
-    expected = tmp_path / "e"
-    expected.mkdir()
-    (expected / "conf").write_bytes(b"dir=/bb/store/abc-x and /bb/store/abc-y\n")
-    (expected / "bin").write_bytes(b"\x00/bb////store/abc-x\x00")
-    hasher = nar.NarHasher()
-    nar.dump_path(os.fsencode(tree), rewrite.PathRewriter(hasher, b"/a/////store",
-                                                          b"/bb////store"))
-    assert hasher.digest() == nar.hash_path(os.fsencode(expected))[0]
-    assert rewrite.canonical(b"/a/b////store") == b"/a/b/store"
-
-
-def test_hidden_references_are_found_in_compressed_and_checksummed_files() -> None:
-    needle = b"/old/store"
-    zipped = io.BytesIO()
-    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("a.txt", b"see /old/store/abc-x " * 50)
-    cases = {
-        "gzip": gzip.compress(b"path: /old/store/abc-x\n"),
-        "archive": zipped.getvalue(),
-        "pyc": b"\x00\x00co_filename /old/store/abc-x/lib.py",
-    }
-    for kind, data in cases.items():
-        assert rewrite.hidden_reference(kind, data, needle), kind
-    assert rewrite.hidden_reference("gzip", gzip.compress(b"nothing here"), needle) is None
-    assert rewrite.hidden_reference("gzip", b"not gzip at all", needle) is None
-
-
-def test_manifest_embedded_store_dir_must_be_a_padding_of_the_store_dir() -> None:
-    m = Manifest("/a/b/store", "x86_64-linux", "xz", [], [], [],
-                 embedded_store_dir="/a/b////store")
-    assert Manifest.from_json(m.to_json()).max_store_dir_length == len("/a/b////store")
-    bad = Manifest("/a/b/store", "x86_64-linux", "xz", [], [], [],
-                   embedded_store_dir="/a/c////store")
-    with pytest.raises(ManifestError, match="embeddedStoreDir"):
-        Manifest.from_json(bad.to_json())
 
 
 # -- real closures, real installs ------------------------------------------------------------
@@ -257,3 +167,4 @@ def test_nixpkgs_recipe_parses_and_walks_stdenv_stages(local_nix: LocalNix) -> N
             "in [ (map (x: x.n) (s st3)) (map (x: x.n) (s alone)) ]")
     out = local_nix.run("nix-instantiate", ["--eval", "--strict", "--json", "-E", expr])
     assert out.stdout.strip() == b"[[3,2,1],[9]]"
+

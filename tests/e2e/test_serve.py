@@ -31,7 +31,7 @@ import zstandard
 
 from nix_prefix.builder.limits import Limits
 from nix_prefix.builder.master import Master, PrefixPlan, ServeOptions
-from nix_prefix.builder.serve import Server, split_request
+from nix_prefix.builder.serve import Server
 from nix_prefix.builder.signer import load_secret_key
 from nix_prefix.payload import hashes, nar, narinfo, signing
 
@@ -289,15 +289,6 @@ def test_malformed_requests_get_a_4xx(server: Running, request_bytes: bytes) -> 
     assert b"Traceback" not in answer
     # And the server still answers.
     assert get(server.port, "/q/store/nix-cache-info")[0] == 200
-
-
-def test_split_request() -> None:
-    assert split_request("/a/store/nix-cache-info", 20) == ("/a/store", "nix-cache-info")
-    assert split_request("/a/store/nar/x.nar.zst", 20) == ("/a/store", "nar/x.nar.zst")
-    for bad in ("/a/store/../x", "/a//x", "/a/%2e/x", "relative/x"):
-        with pytest.raises(Exception) as e:
-            split_request(bad, 20)
-        assert 400 <= e.value.status < 500
 
 
 def _open_fds() -> int:
@@ -559,3 +550,4 @@ def test_a_cache_built_at_a_long_prefix_serves_shorter_ones(world: dict) -> None
         q = base / "serve-from-cache"
         test_cache.set_up_prefix(world, q, f"{url}{q}/store", world["keys"]["publisher"])
         test_cache.assert_substitutes_everything(world, q, f"{url}{q}/store")
+

@@ -8,7 +8,6 @@ attacks at full size (slow).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import http.client
 import os
@@ -23,14 +22,8 @@ import pytest
 import zstandard
 
 from nix_prefix.builder.closure_info import read_closure
-from nix_prefix.builder.errors import BuildError
 from nix_prefix.builder.limits import (
-    Busy,
-    ColdScheduler,
     Limits,
-    MemoryBudget,
-    buffer_budget,
-    parse_size,
 )
 from nix_prefix.builder.master import Master, ServeOptions
 from nix_prefix.builder.offer import load_all
@@ -39,66 +32,6 @@ from nix_prefix.payload import hashes, narinfo
 
 from .test_serve import get, running, server_process
 from tests.support import build_small
-
-
-def test_cold_work_is_fair_bounded_and_shared() -> None:
-    limits = Limits(cold=1, cold_per_client=1, cold_queue=5, cold_queue_per_client=4)
-    order: list[str] = []
-
-    async def scenario() -> tuple[list[str], int, int]:
-        scheduler = ColdScheduler(limits)
-        gate = asyncio.Event()
-        made = 0
-
-        def job(name: str):
-            async def work() -> str:
-                nonlocal made
-                made += 1
-                await gate.wait()
-                order.append(name)
-                return name
-            return work
-
-        # A floods: one runs, four wait, the sixth is refused (its own bound).
-        a = [asyncio.create_task(scheduler.run("10.0.0.1", f"a{i}", job(f"a{i}")))
-             for i in range(5)]
-        await asyncio.sleep(0)
-        with pytest.raises(Busy):
-            await scheduler.run("10.0.0.1", "a5", job("a5"))
-        # B comes later, with one job: it runs second, not sixth.
-        b = asyncio.create_task(scheduler.run("10.0.0.2", "b0", job("b0")))
-        await asyncio.sleep(0)
-        # The total bound (5 waiting) is reached: C is refused.
-        with pytest.raises(Busy):
-            await scheduler.run("10.0.0.3", "c0", job("c0"))
-        # The same key as a job under way: shared, not run twice.
-        again = asyncio.create_task(scheduler.run("10.0.0.4", "a0", job("never")))
-        await asyncio.sleep(0)
-        assert (scheduler.running, scheduler.waiting) == (1, 5)
-        gate.set()
-        results = await asyncio.gather(*a, b, again)
-        assert results[-1] == "a0"
-        return order, made, scheduler.refused
-
-    order, made, refused = asyncio.run(scenario())
-    assert order[:2] == ["a0", "b0"] and sorted(order) == sorted(
-        [f"a{i}" for i in range(5)] + ["b0"])
-    assert made == 6 and refused == 2
-
-
-def test_memory_budget_and_sizes() -> None:
-    budget = MemoryBudget(100)
-    assert budget.try_take(60) and not budget.try_take(41)
-    assert not budget.take(41, 0.05)
-    budget.give(60)
-    assert budget.take(100, 0) and budget.used == 100
-    assert [parse_size(t) for t in ("4K", "512M", "2G", "100", "1MiB")] == \
-        [4096, 512 << 20, 2 << 30, 100, 1 << 20]
-    with pytest.raises(BuildError):
-        parse_size("lots")
-    with pytest.raises(BuildError) as e:
-        buffer_budget(Limits(max_memory=100 << 20), resident=80 << 20)
-    assert "--max-memory 100M is too little" in str(e.value)
 
 
 @pytest.fixture(scope="module")
@@ -257,3 +190,4 @@ def test_too_little_memory_is_one_line(big: dict) -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode != 0 and "--max-memory 20M is too little" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 2
+

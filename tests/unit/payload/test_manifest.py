@@ -506,3 +506,13 @@ def test_rejects_chunks_that_do_not_join_up(case: str) -> None:
     d = split_doc()
     mutation(d)
     reject(encode(d), match)
+
+
+def test_manifest_embedded_store_dir_must_be_a_padding_of_the_store_dir() -> None:
+    m = Manifest("/a/b/store", "x86_64-linux", "xz", [], [], [],
+                 embedded_store_dir="/a/b////store")
+    assert Manifest.from_json(m.to_json()).max_store_dir_length == len("/a/b////store")
+    bad = Manifest("/a/b/store", "x86_64-linux", "xz", [], [], [],
+                   embedded_store_dir="/a/c////store")
+    with pytest.raises(ManifestError, match="embeddedStoreDir"):
+        Manifest.from_json(bad.to_json())
