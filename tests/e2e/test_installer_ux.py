@@ -11,7 +11,7 @@ import pytest
 
 from nix_prefix.builder.closure_info import read_closure
 from nix_prefix.builder.pack import BuildOptions, build_installer
-from nix_prefix.installer import nixstore, shellrc
+from nix_prefix.installer import nixstore
 from nix_prefix.installer.prefix import Prefix
 
 from .test_install import _run_on_terminal, machine_nix, one_error_line
@@ -205,19 +205,3 @@ def test_default_leaves_start_up_files_alone(small, world_dir: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         assert os.listdir(home) == []
 
-
-def test_blocks_of_other_prefixes_and_half_blocks_are_left_alone(tmp_path: Path) -> None:
-    rc = tmp_path / ".profile"
-    other = shellrc.block("/opt/other")
-    rc.write_text("before\n" + other + "after\n")
-    assert shellrc.add_block("/tmp/mine", home=str(tmp_path)) == [str(rc)]
-    assert rc.read_text() == "before\n" + other + "after\n" + shellrc.block("/tmp/mine")
-    assert shellrc.remove_block("/tmp/mine", home=str(tmp_path)) == [str(rc)]
-    assert rc.read_text() == "before\n" + other + "after\n"
-    assert shellrc.remove_block("/tmp/mine", home=str(tmp_path)) == []
-
-    # A begin marker whose end was deleted by hand: nothing is removed.
-    broken = "x\n" + shellrc.begin_marker("/tmp/mine") + "\nkeep me\n"
-    rc.write_text(broken)
-    assert shellrc.remove_block("/tmp/mine", home=str(tmp_path)) == []
-    assert rc.read_text() == broken

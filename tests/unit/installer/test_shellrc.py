@@ -48,3 +48,19 @@ def test_the_block_comes_and_goes_leaving_every_other_byte(tmp_path: Path,
     assert (tmp_path / ".profile").read_bytes() == original
     assert not shellrc.holds_block(str(rc), ROOT)
 
+
+def test_blocks_of_other_prefixes_and_half_blocks_are_left_alone(tmp_path: Path) -> None:
+    rc = tmp_path / ".profile"
+    other = shellrc.block("/opt/other")
+    rc.write_text("before\n" + other + "after\n")
+    assert shellrc.add_block("/tmp/mine", home=str(tmp_path)) == [str(rc)]
+    assert rc.read_text() == "before\n" + other + "after\n" + shellrc.block("/tmp/mine")
+    assert shellrc.remove_block("/tmp/mine", home=str(tmp_path)) == [str(rc)]
+    assert rc.read_text() == "before\n" + other + "after\n"
+    assert shellrc.remove_block("/tmp/mine", home=str(tmp_path)) == []
+
+    # A begin marker whose end was deleted by hand: nothing is removed.
+    broken = "x\n" + shellrc.begin_marker("/tmp/mine") + "\nkeep me\n"
+    rc.write_text(broken)
+    assert shellrc.remove_block("/tmp/mine", home=str(tmp_path)) == []
+    assert rc.read_text() == broken
