@@ -7,8 +7,6 @@ import pytest
 
 from nix_prefix.builder.serve import split_request
 
-from tests.e2e.test_cache import world  # noqa: F401 - the binary-cache tests' closure, for the slow tests
-
 
 def test_split_request() -> None:
     assert split_request("/a/store/nix-cache-info", 20) == ("/a/store", "nix-cache-info")
