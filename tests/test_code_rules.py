@@ -18,6 +18,55 @@ REPO = Path(__file__).resolve().parent.parent
 TARGET_SIDE = [REPO / "installer", REPO / "payload"]
 BIN = Path(sys.executable).parent
 
+# Issue 24's rules of shape: no import cycle inside a room, no function over 60
+# lines, no dead code shipped; and docs/design.md's glossary naming code that
+# exists.  Their known offenders are being fixed in the rooms as this is written;
+# each is listed once here, and the list may only shrink: a listed offender that
+# no longer offends fails test_known_offenders_still_offend, so it is taken off
+# the list at once.
+KNOWN_OFFENDERS_TO_FIX_IN_ISSUE_24 = {
+    # import cycles (h32: installer; h35: payload)
+    "import cycle: installer.deletion installer.nixstore installer.plan installer.receipt "
+    "installer.receipt_v1 installer.steps",
+    "import cycle: payload.manifest payload.publisher",
+    "import cycle: payload.seal payload.trust",
+    # functions over 60 lines (h33/h34: builder; h32: installer; h35: payload)
+    "long: builder/cli.py:build",
+    "long: builder/pack.py:build_installer",
+    "long: installer/install.py:_unpack_and_place",
+    "long: installer/install.py:receipt_plan",
+    "long: installer/main.py:_parser",
+    "long: installer/main.py:run",
+    "long: installer/uninstall.py:uninstall",
+    "long: payload/archive.py:unpack",
+    "long: payload/exact.py:_Planner._derivation",
+    "long: payload/manifest.py:Manifest._from_doc",
+    "long: payload/narinfo.py:parse",
+    # dead code: used by tests only, or not at all (h32: installer; h35: payload)
+    "dead: installer/ui.py:UI.warn",
+    "dead: payload/container.py:PayloadWriter.write_chunk",
+    "dead: payload/elf.py:Machines.cpus",
+    "dead: payload/manifest.py:Manifest.paths_in_chunk",
+    "dead: payload/nar.py:nar_bytes",
+    "dead: payload/signing.py:parse_public_keys",
+    # names docs/design.md's glossary gives that the code takes in this issue (h32: installer;
+    # h33: builder CLI; h34: sources and master; h35: payload; h36: issue 25's reference map)
+    "glossary: `Receipt`",
+    "glossary: `--cache-key`",
+    "glossary: `open_source`",
+    "glossary: `PrefixView`",
+    "glossary: `exact.Renaming`",
+    "glossary: `exact.renaming`",
+    "glossary: `payload/refmap.py`",
+    # docs/relocation.md is docs/retargeting.md now (h32: installer; h33/h34: builder;
+    # h35: payload)
+    "doc link: builder/master.py names docs/relocation.md",
+    "doc link: builder/pack.py names docs/relocation.md",
+    "doc link: builder/retarget.py names docs/relocation.md",
+    "doc link: installer/preflight.py names docs/relocation.md",
+    "doc link: payload/textfile.py names docs/relocation.md",
+}
+
 
 def _sources(folder: Path) -> list[Path]:
     """Every module of a room, its packages' modules included (installer/steps/...)."""
@@ -181,39 +230,6 @@ def test_mypy_finds_no_error(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "no issues found in" in proc.stdout
 
-
-# ---------------------------------------------------------------------------
-# Issue 24's rules of shape: no import cycle inside a room, no function over 60
-# lines, no dead code shipped.  Their known offenders are being fixed in the
-# rooms as this is written; each is listed once here, and the list may only
-# shrink: a listed offender that no longer offends fails
-# test_known_offenders_still_offend, so it is taken off the list at once.
-KNOWN_OFFENDERS_TO_FIX_IN_ISSUE_24 = {
-    # import cycles (h32: installer; h35: payload)
-    "import cycle: installer.deletion installer.nixstore installer.plan installer.receipt "
-    "installer.receipt_v1 installer.steps",
-    "import cycle: payload.manifest payload.publisher",
-    "import cycle: payload.seal payload.trust",
-    # functions over 60 lines (h33/h34: builder; h32: installer; h35: payload)
-    "long: builder/cli.py:build",
-    "long: builder/pack.py:build_installer",
-    "long: installer/install.py:_unpack_and_place",
-    "long: installer/install.py:receipt_plan",
-    "long: installer/main.py:_parser",
-    "long: installer/main.py:run",
-    "long: installer/uninstall.py:uninstall",
-    "long: payload/archive.py:unpack",
-    "long: payload/exact.py:_Planner._derivation",
-    "long: payload/manifest.py:Manifest._from_doc",
-    "long: payload/narinfo.py:parse",
-    # dead code: used by tests only, or not at all (h32: installer; h35: payload)
-    "dead: installer/ui.py:UI.warn",
-    "dead: payload/container.py:PayloadWriter.write_chunk",
-    "dead: payload/elf.py:Machines.cpus",
-    "dead: payload/manifest.py:Manifest.paths_in_chunk",
-    "dead: payload/nar.py:nar_bytes",
-    "dead: payload/signing.py:parse_public_keys",
-}
 
 MAX_FUNCTION_LINES = 60
 
@@ -388,8 +404,25 @@ def _dead_code(root: Path = REPO) -> dict[str, str]:
     return found
 
 
+def _doc_links(root: Path = REPO) -> dict[str, str]:
+    """offender -> where, for every docs/NAME.md a room's file names (a message's
+    "see docs/...", a comment) that is not in docs/."""
+    found = {}
+    for room in ROOMS:
+        for src in sorted((root / room).rglob("*")):
+            if not src.is_file() or "__pycache__" in src.parts:
+                continue
+            text = src.read_text(errors="replace")
+            for m in re.finditer(r"(?<![\w/.])docs/[\w.-]+\.md", text):  # not ../shared/docs/
+                if not (root / m.group()).exists():
+                    where = f"{src.relative_to(root)}:{text.count(chr(10), 0, m.start()) + 1}"
+                    found[f"doc link: {src.relative_to(root)} names {m.group()}"] = where
+    return found
+
+
 def _offenders(root: Path = REPO) -> dict[str, str]:
-    return {**_cycle_offenders(root), **_long_functions(root), **_dead_code(root)}
+    return {**_cycle_offenders(root), **_long_functions(root), **_dead_code(root),
+            **_glossary_offenders(root), **_doc_links(root)}
 
 
 def _new(found: dict[str, str]) -> list[str]:
@@ -411,6 +444,22 @@ def test_no_function_over_60_lines() -> None:
 def test_no_dead_code_in_payload_and_installer() -> None:
     """Every installer ships payload/ and installer/: nothing there is only for tests."""
     assert _new(_dead_code()) == []
+
+
+def test_the_docs_the_code_names_exist() -> None:
+    """A message that says "see docs/X.md" sends the user to a page that is there."""
+    assert _new(_doc_links()) == []
+
+
+def test_the_doc_link_rule_sees_messages_and_comments(tmp_path: Path) -> None:
+    """Not vacuous: a missing page offends, in Python and in other files of a room."""
+    root = _room(tmp_path, {"docs/retargeting.md": "",
+                            "installer/p.py": "E = 'see docs/retargeting.md'\n'docs/gone.md'\n"
+                                              "# ../shared/docs/nix-formats.md\n",
+                            "builder/nix/n.nix": "# see\n# docs/old-name.md\n"})
+    assert _doc_links(root) == {"doc link: installer/p.py names docs/gone.md": "installer/p.py:2",
+                                "doc link: builder/nix/n.nix names docs/old-name.md":
+                                    "builder/nix/n.nix:2"}
 
 
 def test_known_offenders_still_offend() -> None:
@@ -534,3 +583,104 @@ def test_the_table_rule_sees_packages(tmp_path: Path) -> None:
     assert _modules_on_disk(tmp_path / "installer") == ["plan.py", "steps/", "steps/place.py"]
     assert _listed_modules("| `plan.py` | x |\n| `steps/` | y |\n| `steps/place.py` | z |\n"
                            "| module | what |\n") == ["plan.py", "steps/", "steps/place.py"]
+
+
+def _glossary(text: str) -> list[tuple[str, list[str]]]:
+    """(word, the names in backticks of its last column) of each row of design.md's
+    glossary table."""
+    assert "\n## Glossary\n" in text, "docs/design.md has no section ## Glossary"
+    section = text.split("\n## Glossary\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        if not line.startswith("| ") or line.startswith(("| word ", "| --- ")):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        assert len(cells) == 3, f"a glossary row of three cells, no | inside: {line}"
+        rows.append((cells[0], re.findall(r"`([^`]+)`", cells[2])))
+    return rows
+
+
+def _code_names(root: Path = REPO) -> set[str]:
+    """Every name the rooms define, as ``Name``, ``Class.member`` and prefixed with its
+    module (``retarget.Exact``, ``steps.place.PlacePaths``): functions, classes,
+    assignments, class members and ``self.x`` attributes; and every string constant
+    that is an identifier or an option (a JSON key such as ``embeddedStoreDir``,
+    ``--trusted-key``)."""
+    names: set[str] = set()
+    for room in ROOMS:
+        for src in _sources(root / room):
+            module = _module_name(src, root)[0].split(".", 1)[-1]
+            tree = ast.parse(src.read_text())
+            found = []
+            for node in tree.body:
+                found += [(target, "") for target in _defined(node)]
+                if isinstance(node, ast.ClassDef):
+                    for member in ast.walk(node):
+                        found += [(f"{node.name}.{target}", "") for target in _defined(member)
+                                  if member is not node]
+                        if (isinstance(member, ast.Attribute) and isinstance(member.ctx, ast.Store)
+                                and isinstance(member.value, ast.Name)
+                                and member.value.id == "self"):
+                            found.append((f"{node.name}.{member.attr}", ""))
+            for name, _ in found:
+                names.update({name, f"{module}.{name}"})
+            names.update(node.value for node in ast.walk(tree)
+                         if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                         and re.fullmatch(r"(--)?[A-Za-z_][\w-]*", node.value))
+    return names
+
+
+def _defined(node: ast.AST) -> list[str]:
+    """The names a statement defines at its own level."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [node.name]
+    if isinstance(node, (ast.Assign, ast.AnnAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        return [n.id for target in targets for n in ast.walk(target) if isinstance(n, ast.Name)]
+    return []
+
+
+def _glossary_offenders(root: Path = REPO) -> dict[str, str]:
+    """offender -> why, for each glossary word given twice and each name in its code
+    column that names nothing: a path (with a /) that is not in the repository, an
+    option or a code name the rooms do not define."""
+    rows = _glossary((root / "docs" / "design.md").read_text())
+    words = [word for word, _ in rows]
+    found = {f"glossary: {word} twice": "one row per word"
+             for word in sorted({w for w in words if words.count(w) > 1})}
+    names = _code_names(root)
+    for word, code in rows:
+        for name in code:
+            exists = (root / name).exists() if "/" in name else name in names
+            if not exists:
+                found[f"glossary: `{name}`"] = f"the code of {word!r}, found nowhere"
+    return found
+
+
+def test_the_glossary_names_code_that_exists() -> None:
+    """docs/design.md's glossary: one row per word, and the code it names is there."""
+    assert _new(_glossary_offenders()) == []
+
+
+def test_the_glossary_rule_sees_each_kind_of_name(tmp_path: Path) -> None:
+    """Not vacuous: paths, options, names and module.Class.member names are looked up;
+    a word given twice offends."""
+    root = _room(tmp_path, {
+        "payload/retarget.py": "class Exact(object):\n    KIND = 1\n"
+                               "    def __init__(self):\n        self.store_dir = ''\n"
+                               "def key():\n    return {'embeddedStoreDir': 1}\n",
+        "installer/main.py": "OPTIONS = ['--trusted-key']\n",
+        "docs/design.md": "# D\n\n## Glossary\n\n| word | what | in the code |\n"
+                          "| --- | --- | --- |\n"
+                          "| a | x | `payload/retarget.py`, `payload/nothere.py` |\n"
+                          "| b | x | `Exact`, `retarget.Exact.KIND`, `Exact.store_dir`, `key` |\n"
+                          "| c | x | `embeddedStoreDir`, `--trusted-key`, `--cache-key` |\n"
+                          "| a | x | `Inexact`, `exact.Exact` |\n\n## Next\n\n| `x` | y | `z` |\n",
+    })
+    assert _glossary_offenders(root) == {
+        "glossary: a twice": "one row per word",
+        "glossary: `payload/nothere.py`": "the code of 'a', found nowhere",
+        "glossary: `--cache-key`": "the code of 'c', found nowhere",
+        "glossary: `Inexact`": "the code of 'a', found nowhere",
+        "glossary: `exact.Exact`": "the code of 'a', found nowhere",
+    }
