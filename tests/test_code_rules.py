@@ -50,14 +50,16 @@ KNOWN_OFFENDERS_TO_FIX_IN_ISSUE_24 = {
     "dead: payload/manifest.py:Manifest.paths_in_chunk",
     "dead: payload/nar.py:nar_bytes",
     "dead: payload/signing.py:parse_public_keys",
-    # names docs/design.md's glossary gives that the code takes in this issue (h32: installer;
-    # h33: builder CLI; h34: sources and master; h35: payload; h36: issue 25's reference map)
+    # names docs/design.md's glossary gives that the code takes in this issue (h32: Receipt;
+    # h33: --cache-key; h34: open_source, PrefixView, retarget.choose; h35: exact.Renaming,
+    # exact.renaming; h36: issue 25's payload/refmap.py)
     "glossary: `Receipt`",
     "glossary: `--cache-key`",
     "glossary: `open_source`",
     "glossary: `PrefixView`",
     "glossary: `exact.Renaming`",
     "glossary: `exact.renaming`",
+    "glossary: `retarget.choose`",
     "glossary: `payload/refmap.py`",
     # docs/relocation.md is docs/retargeting.md now (h32: installer; h33/h34: builder;
     # h35: payload)
