@@ -2,7 +2,7 @@
 # Installs everything nix-prefix needs on a fresh Debian/Ubuntu machine:
 # Debian's nix-bin (the real Nix the tests and the demo drive), patchelf (to
 # make the self-contained Nix sample closure), gcc and binutils (the C sample
-# for relocation), xz-utils and zstd (bench/), nginx-light (the cache tier
+# for retargeting), xz-utils and zstd (bench/), nginx-light (the cache tier
 # tested in front of nix-prefix serve), python3-venv, then a virtual
 # environment in .venv with nix-prefix and its test tools.  Newer Nix
 # (trixie's 2.26, sid's 2.34) is fetched from Debian's archive into a cache

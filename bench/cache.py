@@ -8,7 +8,7 @@ derivations) with the machine's Nix at a long store dir S1, then measures:
 * ``nix copy --to file://DIR?secret-key=K ROOT`` at S1: the binary cache Nix
   itself writes, for S1's store (the only store it can write one for);
 * ``nix-prefix cache`` for a new, shorter prefix Q, signed with the same key:
-  from the closureInfo (same-length relocation, hash parts kept) and from an
+  from the closureInfo (same-length retarget, hash parts kept) and from an
   installer built ``--with-derivations`` (exact retarget: the paths a Nix at
   Q computes), and a re-run of the latter into the same dir (nothing to add);
 * then checks the exact cache with real Nix: a fresh store at Q trusting the

@@ -11,7 +11,7 @@ For each size, with the machine's real Nix against a private store:
 * writes its closureInfo (top root) and times ``nix-prefix build CLOSURE_INFO
   -o OUT`` (xz by default), with its peak RSS;
 * moves the build store away and times ``sh OUT -y -q -p PREFIX`` into a fresh
-  prefix at the same place (no relocation), with its peak RSS;
+  prefix at the same place (an identity retarget), with its peak RSS;
 * checks the install with Nix: ``nix-store --verify --check-contents`` on the
   prefix, and the root's closure (``nix-store -qR``) has every path.
 

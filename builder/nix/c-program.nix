@@ -1,7 +1,7 @@
 # A C program compiled with the build machine's gcc whose ELF interpreter
 # and RUNPATH point into the store (glibc copied into its own store path),
 # and which prints a path of another store path compiled into its data:
-# after relocation it must still start, load its libc from the new store
+# after a retarget it must still start, load its libc from the new store
 # and print the rewritten path.
 { system ? builtins.currentSystem
 , interpreter          # e.g. /lib64/ld-linux-x86-64.so.2

@@ -6,8 +6,8 @@
 #   nix-prefix build closure-info -o nix-installer.sh
 #
 # Run it on a machine with nixpkgs (channel or -I nixpkgs=...).  Choose a long
-# prefix if the installer is to be relocated (docs/relocation.md): relocation
-# can only shorten the store dir.
+# prefix if the installer is to be retargeted to other prefixes
+# (docs/retargeting.md): a retarget can only shorten the store dir.
 { nixpkgs ? <nixpkgs>
 , pkgs ? import nixpkgs { }
 , prefix ? "/tmp/nix"

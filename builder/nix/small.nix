@@ -32,7 +32,7 @@ let
     ln -s $out/share/message $out/share/self-link
     ln -s ../nowhere $out/share/dangling-link
     ln -s ../share $out/lib/to-share-dir
-    # The store dir hidden in compressed bytes: relocation must report it.
+    # The store dir hidden in compressed bytes: a retarget must report it.
     printf '%s\n' "$out" | gzip -n > $out/share/where.gz
   '' "nix-prefix-sample-data" { };
 

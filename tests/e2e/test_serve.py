@@ -181,8 +181,8 @@ def test_the_nar_is_the_master_path_relocated(small: dict, server: Running) -> N
     old = nar.nar_bytes(os.fsencode(root))
     old_dir = str(built.prefix / "store").encode()
     padded = b"/q" + b"/" * (len(old_dir) - len(store_dir)) + b"/store"
-    # Every occurrence relocated: padded in binaries (no offset moves), canonical in
-    # text (docs/relocation.md).
+    # Every occurrence retargeted: padded in binaries (no offset moves), canonical in
+    # text (docs/retargeting.md).
     assert old_dir not in plain and old.count(old_dir) > 0
     assert plain.count(padded) + plain.count(store_dir.encode() + b"/") == old.count(old_dir)
     assert info.references == sorted(r.rpartition("/")[2] for r in built.nix.run(

@@ -48,6 +48,30 @@ def runnable_blocks(page: Path) -> list[tuple[int, str]]:
     return [(line, code) for line, info, code in blocks(page) if info == "sh test"]
 
 
+CODE_SPAN = re.compile(r"(`+).+?\1", re.S)
+
+
+def prose(text: str) -> str:
+    """A page less its code blocks and code spans: what it says in its own words (a
+    message quoted, a JSON key or a file named is the code's word, not the page's)."""
+    return CODE_SPAN.sub("", FENCE.sub("", text))
+
+
+def test_relocation_is_the_users_word_defined_once() -> None:
+    """Issue 24's vocabulary: the docs say retarget (kinds identity, same-length,
+    exact); "relocation" is the user's word, defined once; "plain relocation", "plain
+    retarget" and "relocated in place" are gone, from code blocks too."""
+    said = []
+    for page in sorted([*DOCS.glob("*.md"), REPO / "README.md"]):
+        text = page.read_text()
+        said += [f"{page.name}: {text[m.start():m.start() + 50]}"
+                 for m in re.finditer(r"plain (relocat|retarget)|relocated in place", text, re.I)]
+        words = prose(text)
+        said += [f"{page.name}: {words[m.start():m.start() + 50]}"
+                 for m in re.finditer(r"relocat", words, re.I)]
+    assert said == ["retargeting.md: Relocation, which nix-prefix calls **retargeting**"]
+
+
 def test_every_page_is_in_the_index_and_every_link_resolves() -> None:
     listed = pages_in_order()
     on_disk = {p.name for p in DOCS.glob("*.md")} - {"README.md"}
