@@ -37,7 +37,7 @@ from ..payload import retarget as retargets
 from ..payload.manifest import Manifest, PathEntry, has_derivations
 from ..payload.signing import SecretKey
 from ..payload.tree import Count, Filter, Sink
-from .compress import compressor, default_jobs
+from .compress import check_nar_compression, compressor, default_jobs
 from .errors import BuildError
 from .leftovers import remove_stale
 from .pack import same_length, thread_safe
@@ -45,7 +45,6 @@ from .retarget import check_source, looks_like_installer, target_store_dir, with
 from .signer import sign
 from .sources import ClosureSource, InstallerSource, Source
 
-COMPRESSIONS = ("xz", "zstd", "none")
 # Without --level, what nix copy uses: xz's preset 6 (compress.py's default too)
 # and libzstd's default level 3 (compression.cc: level -1 is the library's own).
 ZSTD_LEVEL = 3
@@ -418,9 +417,7 @@ def write_cache(sources: Sequence[Path], prefix: str, out: Path, options: CacheO
                 progress: Callable[[int], object] | None = None) -> CacheResult:
     """Write (or complete) the binary cache ``out`` for ``prefix``'s store from ``sources``
     (installers or closureInfo dirs, merged)."""
-    if options.compression not in COMPRESSIONS:
-        raise BuildError(f"unknown compression {options.compression!r}",
-                         f"use one of {', '.join(COMPRESSIONS)}")
+    check_nar_compression(options.compression)
     store_dir = target_store_dir(prefix)
     if not sources:
         raise BuildError("no SOURCE given", "name an installer or a closureInfo dir")

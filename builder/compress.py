@@ -11,6 +11,7 @@ import zstandard
 
 from ..payload import codecs
 from ..payload.machine import usable_cpus
+from .errors import BuildError
 
 XZ_PRESET = 6  # as `xz -6`, the official tarball's default
 ZSTD_LEVEL = 19
@@ -26,6 +27,9 @@ _XZ_MEMORY = {0: 3, 1: 10, 2: 18, 3: 33, 4: 48, 5: 95, 6: 95, 7: 187, 8: 371, 9:
 _ZSTD_MEMORY = 160
 MEMORY_BUDGET = 800  # MiB, under the 1 GiB the builder may use
 MAX_JOBS = 8
+# How a binary cache's NARs may be compressed (``cache`` and ``serve``): what Nix reads
+# (src/libutil/compression.cc), "none" for a cache on a fast network.
+NAR_COMPRESSIONS = ("xz", "zstd", "none")
 
 
 def compressor(name: str, level: int | None = None, system: str | None = None):
@@ -57,3 +61,10 @@ def default_jobs(name: str, level: int | None = None, chunk_size: int = 0) -> in
         each = _ZSTD_MEMORY
     each += chunk_size >> 20
     return max(1, min(usable_cpus(), MAX_JOBS, MEMORY_BUDGET // each))
+
+
+def check_nar_compression(name: str) -> None:
+    """Refuse a NAR compression not in NAR_COMPRESSIONS, naming those that are."""
+    if name not in NAR_COMPRESSIONS:
+        raise BuildError(f"unknown compression {name!r}",
+                         f"use one of {', '.join(NAR_COMPRESSIONS)}")

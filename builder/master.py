@@ -45,14 +45,13 @@ from ..payload.signing import SecretKey
 from ..payload.tree import Sink
 from .cache import RetargetedSource, TargetPath
 from .closure_info import check_acyclic
-from .compress import compressor
+from .compress import check_nar_compression, compressor
 from .errors import BuildError
 from .fromcache import BinaryCache
 from .retarget import check_source, looks_like_installer
 from .signer import sign
 from .sources import ClosureSource, InstallerSource
 
-COMPRESSIONS = ("zstd", "xz", "none")
 # Streaming compression levels: fast enough to keep up with a network link.
 DEFAULT_LEVELS = {"zstd": 3, "xz": 1}
 PLANS = 32  # store dirs whose plans are kept
@@ -271,9 +270,7 @@ class Master:
 
     def __init__(self, sources: Sequence[Path], options: ServeOptions,
                  store_root: Path | None = None) -> None:
-        if options.compression not in COMPRESSIONS:
-            raise BuildError(f"unknown compression {options.compression!r}",
-                             f"use one of {', '.join(COMPRESSIONS)}")
+        check_nar_compression(options.compression)
         if not sources:
             raise BuildError("no SOURCE given", "name an installer or a closureInfo dir")
         self.options = options
