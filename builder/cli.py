@@ -1,39 +1,36 @@
 """The ``nix-prefix`` command (build side).
 
-Each command is a thin typer function: it parses options, calls one module
-that does the work (inputs, pack, inspect, retarget, demo) and reports.
-Errors go through ``reporting``: one line with a hint, a documented exit
-code, and the traceback only with ``--debug``.
+Each command is a thin typer function: it parses options and calls the one
+function of the module that does the work (pack, inputs, inspect, retarget,
+cache, serve, demo), then prints its summary.  Every command runs inside
+``reporting``: a failure ends as one line with a hint and the exit code of
+errors.outcome (the builder's one table), the traceback only with ``--debug``.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import stat
 import sys
-import tempfile
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from tqdm import tqdm
 
-from ..payload import __version__, codecs, publisher, seal, signing
-from ..payload.container import CorruptInstaller, not_a_file
+from ..payload import __version__, seal
 from ..payload.machine import human_size
 from ..payload.manifest import Manifest
-from .errors import BuildError, Terminated, UsageError
+from .errors import EXIT_FAILED, Terminated, internal_error, outcome
 from .fromcache import FetchLimits
-from .leftovers import remove_stale
+from .inputs import Bar
 from .limits import Limits
-from .localnix import NixCommandError, store_nix
-from .pack import BuildOptions, BuildResult, build_installer, check_output
-from .retarget import looks_like_installer
+from .localnix import store_nix
+from .pack import BuildOptions, BuildResult
 from .signer import load_secret_keys
 
 EXIT_CODES = """\
@@ -41,7 +38,8 @@ Exit codes: 0 done; 1 failed (bad input, Nix failed, nothing written); 2 bad usa
 3 the installer file is damaged, or not signed by a --trusted-key (verify, inspect);
 130 interrupted (Ctrl-C); 143 stopped by SIGTERM, 129 by SIGHUP.
 """
-FETCH_PREFIX = ".nix-prefix-fetch-"  # + pid: build --from-cache's store beside -o
+OLD_CACHE_KEY = ("warning: --trusted-key with --from-cache is now --cache-key (--trusted-key "
+                 "pins an installer's publisher); the old spelling goes in a later release")
 
 app = typer.Typer(
     help="Turn a Nix store closure into one self-extracting installer that needs no root.",
@@ -66,16 +64,19 @@ SignKey = Annotated[list[Path] | None, typer.Option(
          "nix-store --generate-binary-cache-key NAME SECRET PUBLIC (repeatable)")]
 PinnedKey = Annotated[list[str] | None, typer.Option(
     "--trusted-key", metavar="NAME:BASE64",
-    help="require a signature by this Nix public key (repeatable; also "
+    help="pin the publisher: require a signature by this Nix public key (repeatable; also "
          "NIX_PREFIX_TRUSTED_KEYS, space-separated)")]
 StoreDir = Annotated[Path | None, typer.Option(
     "--store-dir", metavar="DIR",
     help="use the store DIR laid out as a prefix (DIR/../var/nix, DIR/../etc/nix) instead "
          "of the one the machine's Nix is set up for (NIX_STORE_DIR and friends count)")]
-TrustedKeys = Annotated[list[str] | None, typer.Option(
-    "--trusted-key", metavar="NAME:BASE64",
+CacheKeys = Annotated[list[str] | None, typer.Option(
+    "--cache-key", metavar="NAME:BASE64",
     help="with --from-cache: take only paths whose narinfo is signed by this Nix public key "
          "(repeatable; the .pub file nix-store --generate-binary-cache-key writes)")]
+# --cache-key's old spelling, accepted for a release (it now only pins a publisher).
+OldCacheKeys = Annotated[list[str] | None, typer.Option(
+    "--trusted-key", metavar="NAME:BASE64", hidden=True)]
 FromCache = Annotated[str | None, typer.Option(
     "--from-cache", metavar="URL",
     help="take the ROOTs' closure from the Nix binary cache at URL (file://, http://, "
@@ -94,87 +95,50 @@ Deadline = Annotated[float, typer.Option(
          "(default 6 hours; each request also has its own, see docs/caches.md)")]
 
 
-def _limits(max_paths: int, max_bytes: int, deadline: float) -> FetchLimits:
-    return FetchLimits(max_paths=max_paths, max_bytes=max_bytes, deadline=deadline)
-
-
 @contextmanager
 def reporting(debug: bool) -> Iterator[None]:
-    """Turn every failure into one line on stderr and its exit code."""
+    """Every command runs in this: any failure ends it with one line on stderr and the
+    exit code of errors.outcome; --debug adds the traceback."""
     try:
         yield
     except (typer.Exit, typer.Abort):
         raise
-    except Terminated as e:
-        _error(f"stopped by {e}; nothing half-written is left", 128 + e.signum, debug)
-    except KeyboardInterrupt:
-        _error("interrupted; nothing half-written is left", 130, debug)
-    except (BuildError, CorruptInstaller) as e:
-        _error(str(e), e.exit_code, debug)
-    except (NixCommandError, codecs.CodecError) as e:
-        _error(str(e), 1, debug)
-    except Exception as e:  # a bug: still one line, with the way to see more
+    except (KeyboardInterrupt, Exception) as e:  # Terminated is a KeyboardInterrupt
+        said = outcome(e)
+        if said is None and debug:
+            raise  # a bug: Python's own traceback
         if debug:
-            raise
-        _error(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the "
-               "traceback, and report it)", 1, debug)
+            traceback.print_exc()
+        line, code = said or (internal_error(e), EXIT_FAILED)
+        typer.echo(f"nix-prefix: error: {line}", err=True)
+        raise typer.Exit(code) from None
 
 
-def _error(message: str, code: int, debug: bool) -> None:
-    if debug:
-        traceback.print_exc()
-    typer.echo(f"nix-prefix: error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _pinned_keys(given: list[str] | None) -> list[signing.PublicKey]:
-    """``verify`` and ``inspect``: --trusted-key and NIX_PREFIX_TRUSTED_KEYS, as the
-    installer reads them."""
-    try:
-        return publisher.trusted_keys(given or [], os.environ)
-    except signing.SigningError as e:
-        raise UsageError(str(e), "give the public key as NAME:BASE64, the line "
-                                 "nix-store --generate-binary-cache-key writes to its "
-                                 "public key file") from None
-
-
-def _input(path: Path, what: str, directory_too: bool = False) -> None:
-    """Refuse a file argument that is not there (exit 2, not "damaged"), or that is not
-    a regular file (a FIFO would block the read forever), before it is opened."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file", f"give the path of {what}") from None
-    except OSError as e:
-        raise BuildError(f"cannot read {path}: {e.strerror}") from None
-    if not (stat.S_ISREG(mode) or directory_too and stat.S_ISDIR(mode)):
-        raise UsageError(f"{path} is not a regular file" + (" or directory" if directory_too
-                                                             else "")
-                         + f" (it is {not_a_file(str(path))})", f"give the path of {what}")
-
-
-def _not_an_input(output: Path, inputs: list[Path]) -> None:
-    """Refuse an -o that is one of the inputs, or inside an input dir: the output
-    replaces it once the build is done (``build ./ci -o ci/registration``)."""
-    out = output.resolve()
-    for given in inputs:
-        source = given.resolve()
-        if out == source or source in out.parents:
-            raise UsageError(f"-o {output} would overwrite the input {given}",
-                             "write the output elsewhere")
-
-
-def _say(quiet: bool):
+def _say(quiet: bool) -> Callable[[str], None]:
     def say(message: str) -> None:
         if not quiet:
             typer.echo(message, err=True)
     return say
 
 
-def _bar(desc: str, total: int | None, quiet: bool) -> tqdm:
-    """A byte progress bar on stderr (hidden when quiet or not on a terminal)."""
-    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=quiet or None,
-                file=sys.stderr)
+def _bars(quiet: bool) -> Bar:
+    """Byte progress bars on stderr (hidden when quiet or not on a terminal):
+    ``bar(description, total)`` gives a context whose value counts bytes done."""
+    @contextmanager
+    def bar(desc: str, total: int | None) -> Iterator[Callable[[int], object]]:
+        with tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=quiet or None,
+                  file=sys.stderr) as drawn:
+            yield drawn.update
+    return bar
+
+
+def _cache_keys(cache_key: list[str] | None, old_spelling: list[str] | None) -> list[str]:
+    """``--cache-key`` and its old spelling, ``--trusted-key`` (build and closure)."""
+    return [*(cache_key or []), *(old_spelling or [])]
+
+
+def _fetch_limits(max_paths: int, max_bytes: int, deadline: float) -> FetchLimits:
+    return FetchLimits(max_paths=max_paths, max_bytes=max_bytes, deadline=deadline)
 
 
 @app.command()
@@ -184,7 +148,8 @@ def closure(
     output: Annotated[Path, typer.Option("-o", "--output", help="directory to write")],
     store_dir: StoreDir = None,
     from_cache: FromCache = None,
-    trusted_key: TrustedKeys = None,
+    cache_key: CacheKeys = None,
+    trusted_key: OldCacheKeys = None,
     max_paths: MaxPaths = FetchLimits.max_paths,
     max_bytes: MaxBytes = FetchLimits.max_bytes,
     deadline: Deadline = FetchLimits.deadline,
@@ -198,25 +163,20 @@ def closure(
     --from-cache URL the paths come from a binary cache instead, verified, into
     DIR/store: `nix-prefix build DIR --store-root DIR/store` packs them.
     """
-    from .inputs import from_closure_info, write_closure_info
+    from .inputs import Request, write_closure_dir
 
+    request = Request(sources=roots, store_dir=store_dir, from_cache=from_cache,
+                      cache_keys=_cache_keys(cache_key, trusted_key),
+                      limits=_fetch_limits(max_paths, max_bytes, deadline))
     say = _say(quiet)
     with reporting(debug):
-        keys = _trusted_keys(trusted_key, from_cache)
-        if from_cache is not None:
-            from .fromcache import write_closure_dir
-
-            with _bar("fetching and verifying", None, quiet) as bar:
-                closure = write_closure_dir(from_cache, roots, output, keys, say, bar.update,
-                                            _limits(max_paths, max_bytes, deadline))
-        else:
-            nix = store_nix(store_dir)
-            write_closure_info(nix, roots, output)
-            closure = from_closure_info(output).closure
-    say(f"wrote {output}: {len(closure.infos)} store paths, "
-        f"{human_size(closure.total_nar_size)} NAR, store dir {closure.store_dir}")
+        written = write_closure_dir(request, output, say, _bars(quiet))
+    say(f"wrote {output}: {len(written.infos)} store paths, "
+        f"{human_size(written.total_nar_size)} NAR, store dir {written.store_dir}")
     if from_cache is not None:
         say(f"pack it with: nix-prefix build {output} --store-root {output / 'store'}")
+    if trusted_key:
+        typer.echo(OLD_CACHE_KEY, err=True)
 
 
 @app.command()
@@ -239,7 +199,8 @@ def build(
                                                "NAME VALUE (repeatable)")] = None,
     store_dir: StoreDir = None,
     from_cache: FromCache = None,
-    trusted_key: TrustedKeys = None,
+    cache_key: CacheKeys = None,
+    trusted_key: OldCacheKeys = None,
     compression: Annotated[str, typer.Option(
         help="payload codec: xz (any Python can install it) or zstd (faster)")] = "xz",
     level: Level = None,
@@ -292,99 +253,26 @@ def build(
       nix-prefix build --roots ./result /nix/store/...-hello -o hello.sh
       nix-prefix build -f default.nix -A nix --argstr prefix=/tmp/nix -o nix.sh
     """
-    from . import inputs
+    from .inputs import Request
+    from .pack import build as run_build
 
+    request = Request(sources=sources or [], roots=roots, file=file, attrs=attr or [],
+                      argstrs=argstr or [], store_dir=store_dir, from_cache=from_cache,
+                      cache_keys=_cache_keys(cache_key, trusted_key),
+                      limits=_fetch_limits(max_paths, max_bytes, deadline),
+                      with_derivations=with_derivations)
+    options = BuildOptions(compression=compression, level=level, store_root=store_root,
+                           verify=not no_verify, roots=profile_root, system=system, jobs=jobs,
+                           chunk_size=chunk_mb << 20 if chunk_mb else None,
+                           nix_store=nix_store, mixed_systems=allow_mixed_systems)
     say = _say(quiet)
     started = time.time()
-    with reporting(debug), ExitStack() as stack:
-        try:
-            codecs.check_name(compression)
-        except codecs.CodecError as e:
-            raise UsageError(str(e)) from None
-        if file is not None and (sources or roots):
-            raise UsageError("-f builds its own roots: give no CLOSURE_INFO or --roots")
-        if (attr or argstr) and file is None:
-            raise UsageError("-A and --argstr go with -f FILE.nix")
-        check_output(output)  # before any work: -o /dev/null is refused at once
-        _not_an_input(output, [Path(p) for p in (sources or []) if not roots]
-                      + ([file] if file is not None else []) + list(sign_key or []))
-        remove_stale(output.resolve().parent, FETCH_PREFIX)  # of runs that were killed
-        store_root_used = store_root
-        # Read first too: a bad key file stops the build before any work.
-        sign_keys = load_secret_keys(sign_key or [])
-        keys = _trusted_keys(trusted_key, from_cache)
-        if from_cache is not None and (file is not None or roots or with_derivations):
-            raise UsageError("--from-cache takes root store paths: no -f, --roots or "
-                             "--with-derivations")
-        if from_cache is not None:
-            from .fromcache import fetch_closure
-
-            if not sources:
-                raise UsageError("--from-cache needs at least one store path",
-                                 "nix-prefix build --from-cache URL /prefix/store/HASH-NAME")
-            fetched = stack.enter_context(tempfile.TemporaryDirectory(
-                prefix=f"{FETCH_PREFIX}{os.getpid()}-", dir=output.resolve().parent))
-            with _bar("fetching and verifying", None, quiet) as bar:
-                fetched_closure, fetched_roots = fetch_closure(
-                    from_cache, sources, Path(fetched), keys, say, bar.update,
-                    _limits(max_paths, max_bytes, deadline))
-            source = inputs.Input(fetched_closure, fetched_roots)
-            store_root_used = Path(fetched)
-        elif file is not None:
-            source = inputs.from_nix_file(store_nix(store_dir, create=True), file, attr or [],
-                                          argstr or [], say)
-        elif roots:
-            if not sources:
-                raise UsageError("--roots needs at least one store path")
-            say(f"querying the closure of {len(sources)} root(s) with nix-store -qR")
-            source = inputs.from_roots(store_nix(store_dir), sources)
-        elif sources and len(sources) == 1:
-            given = Path(sources[0])
-            if given.exists():  # a missing one: read_closure says so
-                _input(given, "a closureInfo dir or a nix-store --dump-db file",
-                       directory_too=True)
-            if given.is_file() and looks_like_installer(given):
-                raise UsageError(f"{given} is an installer, not a closureInfo dir",
-                                 f"nix-prefix retarget {given} -p PREFIX -o NEW.sh makes one "
-                                 "for another prefix; nix-prefix inspect shows what it holds")
-            source = inputs.from_closure_info(given)
-        else:
-            raise UsageError("give one CLOSURE_INFO dir, --roots ROOT..., or -f FILE.nix",
-                             "see nix-prefix build --help")
-        closure, default_roots = source.closure, source.roots
-        if with_derivations:
-            from .derivations import check_exact
-            from .derivations import with_derivations as add_derivations
-
-            closure, drv_roots = add_derivations(
-                closure, store_nix(store_dir) if store_dir is not None else None)
-            default_roots = default_roots or drv_roots
-            check_exact(closure, store_root)
-        options = BuildOptions(compression=compression, level=level, store_root=store_root_used,
-                               verify=not no_verify, roots=profile_root or default_roots,
-                               system=system, jobs=jobs,
-                               chunk_size=chunk_mb << 20 if chunk_mb else None,
-                               derivations=with_derivations, nix_store=nix_store,
-                               sign_keys=sign_keys, mixed_systems=allow_mixed_systems)
-        with _bar("hashing, packing and compressing", closure.total_nar_size,
-                  quiet) as bar:
-            result = build_installer(closure, output, options, progress=bar.update)
+    with reporting(debug):
+        result = run_build(request, output, options, sign_key or [], say, _bars(quiet))
     for line in result.notes + build_summary(result, output, time.time() - started):
         say(line)
-
-
-def _trusted_keys(texts: list[str] | None, from_cache: str | None) -> list:
-    """The ``--trusted-key`` values, parsed; they only make sense with --from-cache."""
-    from ..payload import signing
-
-    if texts and from_cache is None:
-        raise UsageError("--trusted-key checks the narinfos of --from-cache URL",
-                         "add --from-cache, or drop --trusted-key")
-    try:
-        return [signing.parse_public_key(t) for t in texts or []]
-    except signing.SigningError as e:
-        raise UsageError(f"--trusted-key: {e}",
-                         "give the NAME:BASE64 line of the cache's public key file") from None
+    if trusted_key:
+        typer.echo(OLD_CACHE_KEY, err=True)
 
 
 def build_summary(result: BuildResult, output: Path, seconds: float) -> list[str]:
@@ -416,34 +304,21 @@ def signature_lines(manifest: Manifest) -> list[str]:
 def inspect(
     installer: Annotated[Path, typer.Argument(help="an installer made by nix-prefix")],
     json_output: Annotated[bool, typer.Option(
-        "--json", help="print one JSON document: the manifest, sizes, relocation limits")]
+        "--json", help="print one JSON document: the manifest, sizes, retarget limits")]
     = False,
     trusted_key: PinnedKey = None,
     debug: Debug = False,
 ) -> None:
-    """Show what an installer holds: store dir, paths and sizes, compression, relocation limits.
+    """Show what an installer holds: store dir, paths and sizes, compression, retarget limits.
 
     Checks the file's seal and reads its manifest; `nix-prefix verify` also checks
     every chunk and NAR hash.
     """
-    import json
-
-    from .inspect import describe, open_installer, render
+    from .inspect import inspect as describe_installer
 
     with reporting(debug):
-        trusted = _pinned_keys(trusted_key)
-        if not installer.exists():
-            _input(installer, "an installer")  # missing: exit 2, not "damaged"
-        source = open_installer(installer)
-        try:
-            verdict = source.verdict(trusted)
-            if json_output:
-                typer.echo(json.dumps(describe(installer, source.manifest, verdict), indent=1,
-                                      sort_keys=True))
-            else:
-                typer.echo(render(installer, source.manifest, verdict), nl=False)
-        finally:
-            source.close()
+        text = describe_installer(installer, trusted_key or [], json_output)
+    typer.echo(text, nl=False)
 
 
 @app.command()
@@ -458,26 +333,12 @@ def verify(
 
     With --trusted-key it fails (exit 3) unless one of those keys signed it.
     """
-    from .inspect import check_signatures, open_installer
+    from .inspect import verify as verify_installer
 
     with reporting(debug):
-        trusted = _pinned_keys(trusted_key)
-        _input(installer, "an installer")
-        source = open_installer(installer)
-        try:
-            manifest = source.manifest
-            verdict = check_signatures(source, trusted)
-            with _bar("verifying", manifest.total_nar_size, quiet) as bar:
-                source.check(bar.update)
-        finally:
-            source.close()
-    say = _say(quiet)
-    say(f"OK: {installer} is intact: {len(manifest.paths)} store paths, "
-        f"{human_size(manifest.total_nar_size)} of NAR verified")
-    for line in verdict.lines():
-        say(f"  {line}")
-    if verdict.signed_by:
-        say(f"  every store path's Nix signature holds for {manifest.store_dir}")
+        verified = verify_installer(installer, trusted_key or [], _bars(quiet))
+    for line in verified.lines(installer):
+        _say(quiet)(line)
 
 
 @app.command()
@@ -505,36 +366,42 @@ def retarget(
     The source's signatures cannot carry over (every path and the manifest change):
     give --sign-key to sign the new installer.
     """
-    from .retarget import retarget as run_retarget
-
     started = time.time()
     with reporting(debug):
         sign_keys = load_secret_keys(sign_key or [])
-        with _bar("verifying and relocating", None, quiet) as bar:
-            if exact:
-                from .retarget import retarget_exact
-
-                result = retarget_exact(source, prefix, output, compression=compression,
-                                        level=level, progress=bar.update, sign_keys=sign_keys)
-            else:
-                result = run_retarget(source, prefix, output, compression=compression,
-                                      level=level, store_root=store_root, progress=bar.update,
-                                      sign_keys=sign_keys)
-    m = result.manifest
+        with _bars(quiet)("verifying and retargeting", None) as progress:
+            result = _retarget(source, prefix, output, exact, compression, level, store_root,
+                               progress, sign_keys)
     if result.source_signed_by and not sign_keys:
         # Said even with --quiet: the publisher may not expect it.
         typer.echo(f"warning: {source} is signed by "
                    f"{', '.join(k.name for k in result.source_signed_by)}, but {output} is "
                    "unsigned: its paths and manifest changed, so no old signature holds "
                    "(pass --sign-key FILE to sign it)", err=True)
-    if not quiet:
-        typer.echo(f"wrote {output}: {len(m.paths)} store paths for {m.store_dir} "
-                   f"(embedded as {m.embedded_store_dir}) in {time.time() - started:.1f} s",
-                   err=True)
-        for line in signature_lines(m):
-            typer.echo(line, err=True)
-        for line in m.hidden_refs:
-            typer.echo(f"warning: the old store dir stays hidden in {line}", err=True)
+    for line in retarget_summary(result, output, time.time() - started):
+        _say(quiet)(line)
+
+
+def _retarget(source: Path, prefix: str, output: Path, exact: bool, compression: str | None,
+              level: int | None, store_root: Path | None, progress: Callable[[int], object],
+              sign_keys: list) -> BuildResult:
+    """The retarget --exact asks for (retarget.py)."""
+    from .retarget import retarget, retarget_exact
+
+    if exact:
+        return retarget_exact(source, prefix, output, compression=compression, level=level,
+                              progress=progress, sign_keys=sign_keys)
+    return retarget(source, prefix, output, compression=compression, level=level,
+                    store_root=store_root, progress=progress, sign_keys=sign_keys)
+
+
+def retarget_summary(result: BuildResult, output: Path, seconds: float) -> list[str]:
+    """What ``retarget`` prints at the end: what it wrote, who signed it, what stays."""
+    m = result.manifest
+    return [f"wrote {output}: {len(m.paths)} store paths for {m.store_dir} "
+            f"(embedded as {m.embedded_store_dir}) in {seconds:.1f} s",
+            *signature_lines(m),
+            *(f"warning: the old store dir stays hidden in {line}" for line in m.hidden_refs)]
 
 
 @app.command()
@@ -568,8 +435,8 @@ def cache(
     """Write a Nix binary cache for another prefix's store, from installers or closures.
 
     Every store path is recomputed for PREFIX/store exactly as a Nix there computes it
-    when the sources hold their derivations (build --with-derivations), and relocated
-    in place otherwise.  The layout is nix copy --to file://DIR's: serve DIR over HTTP
+    when the sources hold their derivations (build --with-derivations), and given a
+    same-length retarget otherwise.  The layout is nix copy --to file://DIR's: serve DIR over HTTP
     or use it as file://DIR.  A re-run adds what is missing.
 
     \b
@@ -579,30 +446,19 @@ def cache(
 
     started = time.time()
     with reporting(debug):
-        from .signer import load_secret_keys
-
         keys = load_secret_keys(sign_key or [])
         options = CacheOptions(compression=compression, level=level, sign_keys=keys, jobs=jobs)
-        with _bar("verifying, retargeting and compressing", None, quiet) as bar:
+        with _bars(quiet)("verifying, retargeting and compressing", None) as progress:
             result = write_cache(sources, prefix, output, options, store_root=store_root,
-                                 progress=bar.update)
-    say = _say(quiet)
-    for line in cache_summary(result, output, time.time() - started):
-        say(line)
-    if keys:
-        say("  signed by " + ", ".join(k.name for k in keys) + "; users trust it with "
-            "trusted-public-keys = " + " ".join(str(k.public_key) for k in keys))
-    else:
-        say("  unsigned: a Nix with require-sigs (the default) will not use it; "
-            "sign with --sign-key FILE")
-    for line in result.hidden_refs:
-        say(f"warning: the old store dir stays hidden in {line}")
+                                 progress=progress)
+    for line in cache_summary(result, output, time.time() - started, keys):
+        _say(quiet)(line)
 
 
-def cache_summary(result, output: Path, seconds: float) -> list[str]:
+def cache_summary(result, output: Path, seconds: float, keys: list) -> list[str]:
     """What ``cache`` prints at the end: what was added, how, and how to use it."""
     how = ("every store path recomputed exactly" if result.exact
-           else "relocated in place, hash parts kept")
+           else "a same-length retarget, hash parts kept")
     ratio = result.file_size / max(result.nar_size, 1)
     lines = [
         f"wrote {output}: {len(result.written)} store paths added "
@@ -613,6 +469,11 @@ def cache_summary(result, output: Path, seconds: float) -> list[str]:
         f"  a binary cache for {result.store_dir} ({how})",
         f"use it with: substituters = file://{output.resolve()} (or the URL you serve "
         "it at), in the prefix's nix.conf",
+        "  signed by " + ", ".join(k.name for k in keys) + "; users trust it with "
+        "trusted-public-keys = " + " ".join(str(k.public_key) for k in keys) if keys
+        else "  unsigned: a Nix with require-sigs (the default) will not use it; "
+             "sign with --sign-key FILE",
+        *(f"warning: the old store dir stays hidden in {line}" for line in result.hidden_refs),
     ]
     return lines
 
@@ -688,44 +549,19 @@ def serve(
           --installer nix-installer.sh
       # a user at ~/.nix: substituters = http://HOST:8080/home/alice/.nix/store
     """
-    with reporting(debug):
-        from .limits import parse_size
-        from .master import Master, ServeOptions
-        from .offer import load_all
-        from .serve import run
-        from .signer import load_secret_keys
+    from .limits import parse_size
+    from .serve import Setup
+    from .serve import serve as run_server
 
-        host, colon, port = listen.rpartition(":")
-        if not colon or not host or not port.isdigit() or int(port) > 65535:
-            raise BuildError(f"--listen {listen!r} is not HOST:PORT",
-                             "e.g. --listen 127.0.0.1:8080")
+    with reporting(debug):
         limits = Limits(max_memory=parse_size(max_memory), producers=producers,
                         streams_per_client=streams_per_client,
                         stream_buffer=parse_size(stream_buffer), send_timeout=send_timeout,
                         min_rate=max(1, parse_size(min_rate)), cold=cold,
                         cold_per_client=cold_per_client, cold_queue=cold_queue,
                         cold_queue_per_client=cold_queue_per_client)
-        keys = load_secret_keys(sign_key or [])
-        options = ServeOptions(compression=compression, level=level, sign_keys=keys)
-        master = Master(sources, options, store_root=store_root)
-        offered = load_all(installer or [])
-
-        def ready(url: str) -> None:
-            signed = "signed by " + ", ".join(k.name for k in keys) if keys else "unsigned"
-            typer.echo(f"serving a binary cache for every store dir of at most "
-                       f"{master.max_store_dir} bytes at {url}/STORE/DIR ({signed})", err=True)
-            typer.echo(f"  e.g. substituters = {url}/home/alice/.nix/store", err=True)
-            typer.echo(f"  a page for people at {url}/ offering "
-                       + (", ".join(f"/installers/{o.file_name}" for o in offered.values())
-                          or "no installer (--installer FILE)"), err=True)
-
-        try:
-            run(master, host.strip("[]"), int(port), ready, installers=list(offered.values()),
-                limits=limits, reload=lambda: Master(sources, options, store_root=store_root),
-                access_log=access_log, client_header=client_header)
-        except OSError as e:
-            raise BuildError(f"cannot listen on {listen}: {e.strerror}",
-                             "choose another --listen address or port") from None
+        run_server(Setup(sources, listen, sign_key or [], compression, level, store_root,
+                         installer or [], limits, access_log, client_header), _say(False))
 
 
 @app.command()
@@ -743,16 +579,10 @@ def verifier(
     private copy and only then runs it.  The same as the `nix-prefix-verify` that
     pip installs.  Keep it where nobody else can change it.
     """
-    from .bundles import write_verifier
-    from .pack import check_output
+    from .pack import write_verifier
 
     with reporting(debug):
-        check_output(output)
-        try:
-            write_verifier(output)
-        except OSError as e:
-            raise BuildError(f"cannot write {output} ({e.strerror})",
-                             "choose another -o") from None
+        write_verifier(output)
     typer.echo(f"wrote {output}: run python3 {output} --trusted-key NAME:BASE64 INSTALLER",
                err=True)
 

@@ -7,7 +7,7 @@ over ``file://`` and ``http(s)://``: ``nix-cache-info`` names the store dir,
 here", and the NAR comes from the narinfo's URL.  The closure is followed
 through References.  Each NAR is checked as a substituting Nix checks it: its
 FileHash and FileSize, then its NarHash and NarSize (substitution-goal.cc,
-``LocalStore::addToStore``); with trusted keys, every narinfo needs a ``Sig``
+``LocalStore::addToStore``); with cache keys (``--cache-key``), every narinfo needs a ``Sig``
 that verifies under one of them first (``ValidPathInfo::checkSignatures``;
 the keys and signatures are payload/signing.py's).
 The paths are unpacked under a directory of the caller's, as a store root.
@@ -36,13 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ..payload import codecs, hashes, nar, narinfo, registration, storepath
+from ..payload import codecs, hashes, nar, narinfo, registration, signing, storepath
 from ..payload.machine import human_size
 from ..payload.registration import ValidPathInfo
 from ..payload.signing import PublicKey
 from ..payload.tree import Count, Sink, Tee
 from .closure_info import Closure, check_acyclic
-from .errors import BuildError
+from .errors import BuildError, UsageError
 from .leftovers import remove_stale
 
 TIMEOUT = 60  # seconds without a byte before a request is given up
@@ -146,6 +146,15 @@ _OPENER = urllib.request.build_opener(_Redirects)
 
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
+
+
+def parse_cache_keys(texts: Sequence[str]) -> list[PublicKey]:
+    """The ``--cache-key`` values (Nix public keys, ``NAME:BASE64``), parsed."""
+    try:
+        return [signing.parse_public_key(t) for t in texts]
+    except signing.SigningError as e:
+        raise UsageError(f"--cache-key: {e}",
+                         "give the NAME:BASE64 line of the cache's public key file") from None
 
 
 def signature_problem(info: narinfo.NarInfo, keys: Sequence[PublicKey]) -> str | None:
@@ -420,7 +429,7 @@ class _DiskWriter(Sink):
 
 
 def fetch_closure(url: str, roots: Sequence[str], dest: Path,
-                  trusted_keys: Sequence[PublicKey] = (),
+                  cache_keys: Sequence[PublicKey] = (),
                   say: Callable[[str], object] = print,
                   progress: Callable[[int], object] | None = None,
                   limits: FetchLimits | None = None) -> tuple[Closure, list[str]]:
@@ -433,7 +442,7 @@ def fetch_closure(url: str, roots: Sequence[str], dest: Path,
     wanted = [_root_base(r, store_dir, url) for r in roots]
     if not wanted:
         raise BuildError("no store paths given", "name at least one root path in the cache")
-    infos = _walk(cache, store_dir, wanted, trusted_keys, limits)
+    infos = _walk(cache, store_dir, wanted, cache_keys, limits)
     closure = Closure(store_dir, [
         ValidPathInfo(i.store_path, i.nar_hash, i.nar_size,
                       f"{store_dir}/{i.deriver}" if i.deriver else "",
@@ -462,7 +471,7 @@ def fetch_closure(url: str, roots: Sequence[str], dest: Path,
 
 
 def _walk(cache: BinaryCache, store_dir: str, wanted: list[str],
-          trusted_keys: Sequence[PublicKey], limits: FetchLimits) -> dict[str, narinfo.NarInfo]:
+          cache_keys: Sequence[PublicKey], limits: FetchLimits) -> dict[str, narinfo.NarInfo]:
     """The narinfos of ``wanted`` and everything they reference, within ``limits``."""
     url = cache.url
     infos: dict[str, narinfo.NarInfo] = {}
@@ -477,11 +486,11 @@ def _walk(cache: BinaryCache, store_dir: str, wanted: list[str],
             why = "is not in the cache" if base in wanted else "(a reference) is missing"
             raise BuildError(f"{store_dir}/{base} {why} at {url}",
                              "name a store path the cache holds (its narinfo must exist)")
-        if trusted_keys:
-            problem = signature_problem(info, trusted_keys)
+        if cache_keys:
+            problem = signature_problem(info, cache_keys)
             if problem:
                 raise BuildError(f"{info.store_path} from {url}: {problem}",
-                                 "trust the key the cache is signed with (--trusted-key)")
+                                 "trust the key the cache is signed with (--cache-key)")
         total += info.nar_size
         if total > limits.max_bytes:
             raise BuildError(f"stopped: the closure at {url} holds more than "
@@ -540,7 +549,7 @@ def _remove(path: Path) -> None:
 
 
 def write_closure_dir(url: str, roots: Sequence[str], out_dir: Path,
-                      trusted_keys: Sequence[PublicKey] = (),
+                      cache_keys: Sequence[PublicKey] = (),
                       say: Callable[[str], object] = print,
                       progress: Callable[[int], object] | None = None,
                       limits: FetchLimits | None = None) -> Closure:
@@ -560,7 +569,7 @@ def write_closure_dir(url: str, roots: Sequence[str], out_dir: Path,
     tmp = out_dir / f".store.tmp-{os.getpid()}"
     try:
         tmp.mkdir()
-        closure, _ = fetch_closure(url, roots, tmp, trusted_keys, say, progress, limits)
+        closure, _ = fetch_closure(url, roots, tmp, cache_keys, say, progress, limits)
         (out_dir / "store-paths").write_text("".join(i.path + "\n" for i in closure.infos))
         (out_dir / "registration").write_text(registration.format(closure.infos))
         (out_dir / "total-nar-size").write_text(f"{closure.total_nar_size}\n")

@@ -1,21 +1,34 @@
-"""What ``nix-prefix build`` packs: a closureInfo dir, store paths, or a Nix file.
+"""What ``nix-prefix build`` packs: a closureInfo dir, store paths, a Nix file, or
+the closure of store paths in a binary cache.
 
-Each input ends as the same ``Closure`` (closure_info.py checks it); roots
-given by the user also become the profile's default roots.  Store paths and
-Nix files go through the machine's Nix (localnix.py): ``nix-build`` for a
-file, then ``nix-store -qR`` and ``--dump-db`` into a closureInfo-style dir.
+``Request`` is what the command line asked for; ``open_input`` checks it and
+chooses the source.  Each input ends as the same ``Closure`` (closure_info.py
+checks it); roots given by the user also become the profile's default roots.
+Store paths and Nix files go through the machine's Nix (localnix.py):
+``nix-build`` for a file, then ``nix-store -qR`` and ``--dump-db`` into a
+closureInfo-style dir; ``--from-cache`` fetches and verifies (fromcache.py).
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..payload.container import not_a_file
 from .closure_info import Closure, read_closure
 from .errors import BuildError, UsageError
-from .localnix import Nix, NixCommandError, store_path_of
+from .fromcache import FetchLimits
+from .localnix import Nix, NixCommandError, store_nix, store_path_of
+
+FETCH_PREFIX = ".nix-prefix-fetch-"  # + pid: build --from-cache's store beside -o
+# A progress bar: ``bar(description, total)`` gives a context whose value is called
+# with the bytes done since the last call (cli.py draws it with tqdm).
+Bar = Callable[[str, "int | None"], AbstractContextManager[Callable[[int], object]]]
 
 NOT_IN_STORE_HINT = ("build it first, or point at its store with --store-dir or "
                      "NIX_STORE_DIR")
@@ -27,6 +40,137 @@ class Input:
 
     closure: Closure
     roots: list[str] | None
+    # Where the closure's store dir physically is (None: the store dir itself, or
+    # --store-root): the fetched store of --from-cache.
+    store_root: Path | None = None
+
+
+@dataclass
+class Request:
+    """What ``nix-prefix build`` was asked to pack, as the command line gave it."""
+
+    sources: list[str] = field(default_factory=list)  # a closureInfo, or with roots: ROOTs
+    roots: bool = False  # --roots: the sources are store paths
+    file: Path | None = None  # -f FILE.nix
+    attrs: list[str] = field(default_factory=list)  # -A
+    argstrs: list[str] = field(default_factory=list)  # --argstr NAME=VALUE
+    store_dir: Path | None = None  # --store-dir
+    from_cache: str | None = None  # --from-cache URL
+    cache_keys: list[str] = field(default_factory=list)  # --cache-key NAME:BASE64
+    limits: FetchLimits = field(default_factory=FetchLimits)
+    with_derivations: bool = False
+
+    def check(self) -> None:
+        """Refuse options that do not go together, before any work (exit 2)."""
+        if self.file is not None and (self.sources or self.roots):
+            raise UsageError("-f builds its own roots: give no CLOSURE_INFO or --roots")
+        if (self.attrs or self.argstrs) and self.file is None:
+            raise UsageError("-A and --argstr go with -f FILE.nix")
+        if self.from_cache is not None and (self.file is not None or self.roots
+                                            or self.with_derivations):
+            raise UsageError("--from-cache takes root store paths: no -f, --roots or "
+                             "--with-derivations")
+        if self.cache_keys and self.from_cache is None:
+            raise UsageError("--cache-key checks the narinfos of --from-cache URL",
+                             "add --from-cache, or drop --cache-key")
+
+    def given_files(self) -> list[Path]:
+        """The files and dirs read as input (an output must not replace one)."""
+        return ([Path(p) for p in self.sources if not self.roots]
+                + ([self.file] if self.file is not None else []))
+
+
+def open_input(request: Request, fetch_dir: Callable[[], Path], say: Callable[[str], object],
+               bar: Bar) -> Input:
+    """The closure ``request`` names, checked; ``fetch_dir()`` makes the directory a
+    --from-cache fetch goes to (the caller removes it after the build)."""
+    if request.from_cache is not None:
+        return _from_cache(request, fetch_dir(), say, bar)
+    if request.file is not None:
+        return from_nix_file(store_nix(request.store_dir, create=True), request.file,
+                             request.attrs, request.argstrs, say)
+    if request.roots:
+        if not request.sources:
+            raise UsageError("--roots needs at least one store path")
+        say(f"querying the closure of {len(request.sources)} root(s) with nix-store -qR")
+        return from_roots(store_nix(request.store_dir), request.sources)
+    if len(request.sources) == 1:
+        return from_closure_info_arg(Path(request.sources[0]))
+    raise UsageError("give one CLOSURE_INFO dir, --roots ROOT..., or -f FILE.nix",
+                     "see nix-prefix build --help")
+
+
+def _from_cache(request: Request, dest: Path, say: Callable[[str], object],
+                bar: Bar) -> Input:
+    from .fromcache import fetch_closure, parse_cache_keys
+
+    assert request.from_cache is not None
+    keys = parse_cache_keys(request.cache_keys)
+    if not request.sources:
+        raise UsageError("--from-cache needs at least one store path",
+                         "nix-prefix build --from-cache URL /prefix/store/HASH-NAME")
+    with bar("fetching and verifying", None) as progress:
+        closure, roots = fetch_closure(request.from_cache, request.sources, dest, keys, say,
+                                       progress, request.limits)
+    return Input(closure, roots, store_root=dest)
+
+
+def write_closure_dir(request: Request, out_dir: Path, say: Callable[[str], object],
+                      bar: Bar) -> Closure:
+    """``nix-prefix closure``: a closureInfo dir for the roots ``request.sources``, from
+    the local Nix or, with --from-cache, fetched into ``out_dir/store``."""
+    request.check()
+    if request.from_cache is None:
+        write_closure_info(store_nix(request.store_dir), request.sources, out_dir)
+        return from_closure_info(out_dir).closure
+    from .fromcache import parse_cache_keys
+    from .fromcache import write_closure_dir as fetch_closure_dir
+
+    keys = parse_cache_keys(request.cache_keys)
+    with bar("fetching and verifying", None) as progress:
+        return fetch_closure_dir(request.from_cache, request.sources, out_dir, keys, say,
+                                 progress, request.limits)
+
+
+def from_closure_info_arg(given: Path) -> Input:
+    """The CLOSURE_INFO argument: a dir or a dump file, and not an installer."""
+    from .retarget import looks_like_installer
+
+    if given.exists():  # a missing one: read_closure says so
+        check_given(given, "a closureInfo dir or a nix-store --dump-db file",
+                    directory_too=True)
+    if given.is_file() and looks_like_installer(given):
+        raise UsageError(f"{given} is an installer, not a closureInfo dir",
+                         f"nix-prefix retarget {given} -p PREFIX -o NEW.sh makes one "
+                         "for another prefix; nix-prefix inspect shows what it holds")
+    return from_closure_info(given)
+
+
+def with_derivations(given: Input, request: Request, store_root: Path | None) -> Input:
+    """``build --with-derivations``: ``given`` plus the .drv closure of its derivers,
+    checked to be one exact retarget can plan."""
+    from .derivations import check_exact
+    from .derivations import with_derivations as add_derivations
+
+    closure, drv_roots = add_derivations(
+        given.closure, store_nix(request.store_dir) if request.store_dir is not None else None)
+    check_exact(closure, store_root)
+    return Input(closure, given.roots or drv_roots, given.store_root)
+
+
+def check_given(path: Path, what: str, directory_too: bool = False) -> None:
+    """Refuse a file argument that is not there (exit 2, not "damaged"), or that is not
+    a regular file (a FIFO would block the read forever), before it is opened."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file", f"give the path of {what}") from None
+    except OSError as e:
+        raise BuildError(f"cannot read {path}: {e.strerror}") from None
+    if not (stat.S_ISREG(mode) or directory_too and stat.S_ISDIR(mode)):
+        raise UsageError(f"{path} is not a regular file"
+                         + (" or directory" if directory_too else "")
+                         + f" (it is {not_a_file(os.fspath(path))})", f"give the path of {what}")
 
 
 def from_closure_info(path: Path) -> Input:

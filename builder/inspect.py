@@ -10,16 +10,83 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..payload import publisher, signing
 from ..payload.container import CorruptInstaller, InstallerFile
 from ..payload.machine import human_size
 from ..payload.manifest import Manifest, info_text
 from ..payload.publisher import Verdict
 from ..payload.signing import PublicKey
+from .errors import UsageError
+from .inputs import Bar, check_given
 from .signer import unsigned_paths
 
 STORE_SUFFIX = "/store"
+
+
+def inspect(path: Path, given_keys: Sequence[str], as_json: bool,
+            environ: Mapping[str, str] = os.environ) -> str:
+    """``nix-prefix inspect``: what the installer at ``path`` holds, as text or JSON;
+    with trusted keys (``--trusted-key``, NIX_PREFIX_TRUSTED_KEYS), whether one signed it."""
+    trusted = pinned_keys(given_keys, environ)
+    if not path.exists():
+        check_given(path, "an installer")  # missing: exit 2, not "damaged"
+    installer = open_installer(path)
+    try:
+        verdict = installer.verdict(trusted)
+        if as_json:
+            return json.dumps(describe(path, installer.manifest, verdict), indent=1,
+                              sort_keys=True) + "\n"
+        return render(path, installer.manifest, verdict)
+    finally:
+        installer.close()
+
+
+@dataclass
+class Verified:
+    """What ``verify`` found: the manifest, and who signed the installer."""
+
+    manifest: Manifest
+    verdict: Verdict
+
+    def lines(self, path: Path) -> list[str]:
+        """The summary ``verify`` prints."""
+        m = self.manifest
+        return [f"OK: {path} is intact: {len(m.paths)} store paths, "
+                f"{human_size(m.total_nar_size)} of NAR verified",
+                *(f"  {line}" for line in self.verdict.lines()),
+                *([f"  every store path's Nix signature holds for {m.store_dir}"]
+                  if self.verdict.signed_by else [])]
+
+
+def verify(path: Path, given_keys: Sequence[str], bar: Bar,
+           environ: Mapping[str, str] = os.environ) -> Verified:
+    """``nix-prefix verify``: check the installer at ``path`` wholly, as its ``--check``
+    does, the NAR bytes checked shown on ``bar``."""
+    trusted = pinned_keys(given_keys, environ)
+    check_given(path, "an installer")
+    installer = open_installer(path)
+    try:
+        verdict = check_signatures(installer, trusted)
+        with bar("verifying", installer.manifest.total_nar_size) as progress:
+            installer.check(progress)
+        return Verified(installer.manifest, verdict)
+    finally:
+        installer.close()
+
+
+def pinned_keys(given: Sequence[str], environ: Mapping[str, str]) -> list[PublicKey]:
+    """The publisher's keys ``verify`` and ``inspect`` pin: --trusted-key and
+    NIX_PREFIX_TRUSTED_KEYS, as the installer reads them."""
+    try:
+        return publisher.trusted_keys(list(given), environ)
+    except signing.SigningError as e:
+        raise UsageError(str(e), "give the public key as NAME:BASE64, the line "
+                                 "nix-store --generate-binary-cache-key writes to its "
+                                 "public key file") from None
 
 
 def open_installer(path: Path) -> InstallerFile:
@@ -42,6 +109,8 @@ def describe(path: Path, manifest: Manifest, verdict: Verdict) -> dict:
         "size": size,
         "compressionRatio": round(manifest.payload_size / max(manifest.total_nar_size, 1), 4),
         "defaultPrefix": manifest.prefix,
+        "retarget": retarget_limits(manifest),
+        # The old name of "retarget", still written for one release (docs/building.md).
         "relocation": retarget_limits(manifest),
         "signatures": {"signedBy": [str(k) for k in verdict.signed_by],
                        "trustedBy": [str(k) for k in verdict.trusted_by],
@@ -57,7 +126,7 @@ def render(path: Path, manifest: Manifest, verdict: Verdict) -> str:
         info_text(manifest, verdict).rstrip("\n"),
         f"file:          {path} ({human_size(os.path.getsize(path))}, payload "
         f"{_ratio(manifest.payload_size, manifest.total_nar_size)} of the NAR size)",
-        f"relocation:    any prefix P with len(P/store) <= {limits['maxStoreDirLength']}, "
+        f"retarget:      to any prefix P with len(P/store) <= {limits['maxStoreDirLength']}, "
         f"i.e. len(P) <= {limits['maxPrefixLength']} bytes",
         "",
         f"chunks ({len(manifest.chunks)}, {manifest.compression}):",
@@ -74,7 +143,7 @@ def render(path: Path, manifest: Manifest, verdict: Verdict) -> str:
         lines.append(f"  {human_size(entry.nar_size):>10}  {entry.chunk:>4}  "
                      f"{manifest.store_path(entry.name)}{mark}")
     if manifest.hidden_refs:
-        lines += ["", "files where relocation cannot rewrite the store dir:"]
+        lines += ["", "files where a retarget cannot rewrite the store dir:"]
         lines += [f"  {ref}" for ref in manifest.hidden_refs]
     return "\n".join(lines) + "\n"
 

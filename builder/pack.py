@@ -16,9 +16,11 @@ import errno
 import hashlib
 import os
 import stat
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import payload as payload_pkg
@@ -29,12 +31,12 @@ from ..payload.manifest import Manifest, PathEntry
 from ..payload.rewrite import HiddenReferenceScanner
 from ..payload.signing import PublicKey, SecretKey
 from ..payload.tree import Count, Tee
-from . import bundles, nixchoice
+from . import bundles, inputs, nixchoice
 from .closure_info import Closure
 from .compress import compressor, default_jobs
-from .errors import BuildError
+from .errors import BuildError, UsageError
 from .leftovers import remove_stale
-from .signer import KeySigner
+from .signer import KeySigner, load_secret_keys
 
 PREAMBLE_SH = Path(__file__).with_name("preamble.sh")
 # Tar bytes per chunk: the closure cut into CHUNKS_PER_PAYLOAD chunks, so that
@@ -84,6 +86,54 @@ class BuildResult:
     source_signed_by: list[PublicKey] = field(default_factory=list)
 
 
+def build(request: inputs.Request, out: Path, options: BuildOptions, sign_key_files: Sequence[Path],
+          say: Callable[[str], object], bar: inputs.Bar) -> BuildResult:
+    """``nix-prefix build``: check the request, open its input, pack it into ``out``.
+
+    Everything the command line got wrong is refused before any work; a --from-cache
+    fetch goes to a directory beside ``out``, removed when the build ends.
+    """
+    check_codec(options.compression)
+    request.check()
+    check_output(out)  # before any work: -o /dev/null is refused at once
+    refuse_output_over_input(out, request.given_files() + list(sign_key_files))
+    remove_stale(out.resolve().parent, inputs.FETCH_PREFIX)  # of runs that were killed
+    # Read first too: a bad key file stops the build before any work.
+    options = replace(options, sign_keys=load_secret_keys(list(sign_key_files)))
+    with ExitStack() as stack:
+        def fetch_dir() -> Path:
+            return Path(stack.enter_context(tempfile.TemporaryDirectory(
+                prefix=f"{inputs.FETCH_PREFIX}{os.getpid()}-", dir=out.resolve().parent)))
+
+        given = inputs.open_input(request, fetch_dir, say, bar)
+        if request.with_derivations:
+            given = inputs.with_derivations(given, request, options.store_root)
+        options = replace(options, store_root=given.store_root or options.store_root,
+                          roots=options.roots or given.roots,
+                          derivations=request.with_derivations)
+        with bar("hashing, packing and compressing", given.closure.total_nar_size) as progress:
+            return build_installer(given.closure, out, options, progress=progress)
+
+
+def check_codec(name: str) -> None:
+    """Refuse a payload codec the installer cannot read (exit 2)."""
+    try:
+        codecs.check_name(name)
+    except codecs.CodecError as e:
+        raise UsageError(str(e)) from None
+
+
+def refuse_output_over_input(output: Path, given: Sequence[Path]) -> None:
+    """Refuse an -o that is one of the inputs, or inside an input dir: the output
+    replaces it once the build is done (``build ./ci -o ci/registration``)."""
+    out = output.resolve()
+    for path in given:
+        source = path.resolve()
+        if out == source or source in out.parents:
+            raise UsageError(f"-o {output} would overwrite the input {path}",
+                             "write the output elsewhere")
+
+
 def build_installer(
     closure: Closure,
     out: Path,
@@ -96,31 +146,8 @@ def build_installer(
     """
     codecs.check_name(options.compression)
     store_root = Path(options.store_root or closure.store_dir)
-    entries = [PathEntry.from_registration(info) for info in closure.infos]
-    for entry in entries:
-        if not os.path.lexists(store_root / entry.name):
-            raise BuildError(
-                f"store path {closure.store_dir}/{entry.name} is missing from {store_root}",
-                "build or copy the closure into the store first, or pass --store-root")
-    nix = nixchoice.choose([e.name for e in entries],
-                           _roots(entries, options.roots, closure.store_dir), store_root,
-                           options.nix_store, roots_given=bool(options.roots),
-                           store_dir=closure.store_dir)
-    roots = nix.roots
-    system = closure_system(store_root, closure.store_dir, [e.name for e in entries],
-                            nix.nix_store, options.system)
-    built = Manifest(
-        store_dir=closure.store_dir,
-        system=system,
-        compression=options.compression,
-        paths=entries,
-        chunks=[],
-        roots=roots,
-        nix_store=nix.nix_store,
-        preamble_sha256=preamble_sha256(),
-        tool_version=payload_pkg.__version__,
-        derivations=options.derivations,
-    )
+    built, notes = _manifest(closure, store_root, options)
+    entries = built.paths
     target: retarget.Retarget = retarget.Identity(built)
     if options.retarget_to and options.retarget_to != closure.store_dir:
         target = same_length(built, options.retarget_to)
@@ -135,17 +162,47 @@ def build_installer(
             for entry in entries:
                 p = _pack_path(tar, entry, target, store_root, options.verify,
                                closure.store_dir, progress,
-                               None if options.mixed_systems else system)
+                               None if options.mixed_systems else built.system)
                 hidden += p.hidden_refs
                 if p.nar_info is not None:
                     infos[p.name] = p.nar_info
-        # An installer retargeted in place cannot have its paths recomputed exactly.
+        # After a same-length retarget the paths cannot be recomputed exactly.
         return target.manifest.with_nar_info(infos).replaced(
             hidden_refs=hidden, derivations=options.derivations and not target.rewrites)
 
     manifest = write_installer_file(out, built, options.compression, options.level,
                                     write_payload, options.sign_keys)
-    return BuildResult(manifest, out.stat().st_size, nix.notes)
+    return BuildResult(manifest, out.stat().st_size, notes)
+
+
+def _manifest(closure: Closure, store_root: Path, options: BuildOptions
+              ) -> tuple[Manifest, list[str]]:
+    """The manifest of ``closure`` before packing (no chunks yet), every path found at
+    ``store_root``; and what choosing its Nix has to say (nixchoice.py)."""
+    entries = [PathEntry.from_registration(info) for info in closure.infos]
+    for entry in entries:
+        if not os.path.lexists(store_root / entry.name):
+            raise BuildError(
+                f"store path {closure.store_dir}/{entry.name} is missing from {store_root}",
+                "build or copy the closure into the store first, or pass --store-root")
+    nix = nixchoice.choose([e.name for e in entries],
+                           _roots(entries, options.roots, closure.store_dir), store_root,
+                           options.nix_store, roots_given=bool(options.roots),
+                           store_dir=closure.store_dir)
+    system = closure_system(store_root, closure.store_dir, [e.name for e in entries],
+                            nix.nix_store, options.system)
+    return Manifest(
+        store_dir=closure.store_dir,
+        system=system,
+        compression=options.compression,
+        paths=entries,
+        chunks=[],
+        roots=nix.roots,
+        nix_store=nix.nix_store,
+        preamble_sha256=preamble_sha256(),
+        tool_version=payload_pkg.__version__,
+        derivations=options.derivations,
+    ), nix.notes
 
 
 def closure_system(store_root: Path, store_dir: str, names: Sequence[str],
@@ -221,6 +278,16 @@ def write_installer_file(out: Path, manifest: Manifest, compression: str, level:
         raise BuildError(f"cannot write {out} ({e.strerror})",
                          "free some space there, or choose another -o" if full
                          else "choose another -o") from None
+
+
+def write_verifier(out: Path) -> None:
+    """``nix-prefix verifier``: the standalone verifier (bundles.py), written to ``out``
+    only over a regular file."""
+    check_output(out)
+    try:
+        bundles.write_verifier(out)
+    except OSError as e:
+        raise BuildError(f"cannot write {out} ({e.strerror})", "choose another -o") from None
 
 
 def payload_jobs(options: BuildOptions, chunk_size: int) -> int:

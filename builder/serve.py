@@ -32,6 +32,8 @@ import re
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import http_exceptions, web
@@ -448,3 +450,63 @@ def run(master: Master, host: str, port: int, ready: Callable[[str], None] | Non
         asyncio.run(main())
     except (KeyboardInterrupt, web.GracefulExit):  # Ctrl-C, SIGINT, SIGTERM: a clean stop
         pass
+
+
+# The command's set-up: what ``nix-prefix serve`` runs, from its options.
+
+@dataclass
+class Setup:
+    """What ``nix-prefix serve`` was asked to serve, and how (its options)."""
+
+    sources: list[Path]
+    listen: str = "127.0.0.1:8080"
+    sign_key_files: list[Path] = field(default_factory=list)
+    compression: str = "zstd"
+    level: int | None = None
+    store_root: Path | None = None
+    installers: list[Path] = field(default_factory=list)
+    limits: Limits = field(default_factory=Limits)
+    access_log: bool = True
+    client_header: str | None = None
+
+
+def serve(setup: Setup, say: Callable[[str], object]) -> None:
+    """``nix-prefix serve``: read the master and the installers offered, then serve
+    until stopped, saying where once the socket listens."""
+    from .master import ServeOptions
+    from .offer import load_all
+    from .signer import load_secret_keys
+
+    host, port = parse_listen(setup.listen)
+    keys = load_secret_keys(setup.sign_key_files)
+    options = ServeOptions(compression=setup.compression, level=setup.level, sign_keys=keys)
+
+    def read_master() -> Master:
+        return Master(setup.sources, options, store_root=setup.store_root)
+
+    master = read_master()
+    offered = list(load_all(setup.installers).values())
+
+    def ready(url: str) -> None:
+        signed = "signed by " + ", ".join(k.name for k in keys) if keys else "unsigned"
+        say(f"serving a binary cache for every store dir of at most "
+            f"{master.max_store_dir} bytes at {url}/STORE/DIR ({signed})")
+        say(f"  e.g. substituters = {url}/home/alice/.nix/store")
+        say(f"  a page for people at {url}/ offering "
+            + (", ".join(f"/installers/{o.file_name}" for o in offered)
+               or "no installer (--installer FILE)"))
+
+    try:
+        run(master, host, port, ready, installers=offered, limits=setup.limits,
+            reload=read_master, access_log=setup.access_log, client_header=setup.client_header)
+    except OSError as e:
+        raise BuildError(f"cannot listen on {setup.listen}: {e.strerror}",
+                         "choose another --listen address or port") from None
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` too) as the host and port to bind."""
+    host, colon, port = listen.rpartition(":")
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise BuildError(f"--listen {listen!r} is not HOST:PORT", "e.g. --listen 127.0.0.1:8080")
+    return host.strip("[]"), int(port)

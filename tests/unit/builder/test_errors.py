@@ -7,8 +7,7 @@ import signal
 
 import pytest
 
-from nix_prefix.builder.errors import (BuildError, Terminated, UsageError, internal_error,
-                                       outcome)
+from nix_prefix.builder.errors import BuildError, Terminated, UsageError, internal_error, outcome
 from nix_prefix.builder.localnix import NixCommandError
 from nix_prefix.payload.codecs import CodecError
 from nix_prefix.payload.container import CorruptInstaller, UntrustedInstaller

@@ -116,7 +116,7 @@ def test_signatures_are_checked_when_keys_are_given(cache, tmp_path: Path) -> No
     out, _ = cache
     key = signing.parse_public_key("k:" + "A" * 43 + "=")
     with pytest.raises(BuildError, match="signed by nobody"):
-        _fetch(out, tmp_path / "got", trusted_keys=[key])
+        _fetch(out, tmp_path / "got", cache_keys=[key])
     assert not (tmp_path / "got").exists()
 
 
