@@ -21,15 +21,14 @@ class InstallError(OneLineError):
 
 
 class UsageProblem(InstallError):
-    """The command line cannot be carried out as given (exit 2)."""
+    """Bad usage, the one idea behind exit 2: the command line (or an environment
+    variable standing for it) is malformed, or cannot be carried out as given."""
 
     exit_code = EXIT_USAGE
 
 
-class UpdateNeeded(InstallError):
+class UpdateNeeded(UsageProblem):
     """The prefix holds another install; replacing its profile needs -u."""
-
-    exit_code = EXIT_USAGE
 
 
 class EnvironmentProblem(InstallError):
@@ -38,7 +37,5 @@ class EnvironmentProblem(InstallError):
     exit_code = EXIT_ENVIRONMENT
 
 
-class BadUsage(InstallError):
-    """The command line (or an environment variable standing for it) is malformed."""
-
-    exit_code = EXIT_USAGE
+# The name callers use for a malformed argument: the same bad usage.
+BadUsage = UsageProblem
