@@ -152,13 +152,13 @@ def _ratio(part: int, whole: int) -> str:
     return f"{part / max(whole, 1):.1%}"
 
 
-def check_signatures(source: InstallerFile, trusted: list[PublicKey]) -> Verdict:
+def check_signatures(installer: InstallerFile, trusted: list[PublicKey]) -> Verdict:
     """The publisher's signatures as ``verify`` checks them: the installer's (refused
     unless a trusted key made one, when keys are given) and every store path's, with
     libsodium.  Raises CorruptInstaller (exit 3) on the first that does not hold."""
-    verdict = source.check_publisher(trusted)
+    verdict = installer.check_publisher(trusted)
     if verdict.signed_by:
-        missing = unsigned_paths(source.manifest, verdict.signed_by)
+        missing = unsigned_paths(installer.manifest, verdict.signed_by)
         if missing:
             raise CorruptInstaller(
                 f"{len(missing)} store path(s) lack a signature by "

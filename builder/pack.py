@@ -128,8 +128,8 @@ def refuse_output_over_input(output: Path, given: Sequence[Path]) -> None:
     replaces it once the build is done (``build ./ci -o ci/registration``)."""
     out = output.resolve()
     for path in given:
-        source = path.resolve()
-        if out == source or source in out.parents:
+        read = path.resolve()
+        if out == read or read in out.parents:
             raise UsageError(f"-o {output} would overwrite the input {path}",
                              "write the output elsewhere")
 
