@@ -1,7 +1,7 @@
 """The ``nix-prefix`` command (build side).
 
 Each command is a thin typer function: it parses options and calls the one
-function of the module that does the work (pack, inputs, inspect, retarget,
+function of the module that does the work (inputs, pack, inspect, retarget,
 cache, serve, demo), then prints its summary.  Every command runs inside
 ``reporting``: a failure ends as one line with a hint and the exit code of
 errors.outcome (the builder's one table), the traceback only with ``--debug``.
@@ -254,7 +254,7 @@ def build(
       nix-prefix build -f default.nix -A nix --argstr prefix=/tmp/nix -o nix.sh
     """
     from .inputs import Request
-    from .pack import build as run_build
+    from .inputs import build as run_build
 
     request = Request(sources=sources or [], roots=roots, file=file, attrs=attr or [],
                       argstrs=argstr or [], store_dir=store_dir, from_cache=from_cache,

@@ -1,12 +1,13 @@
 """What ``nix-prefix build`` packs: a closureInfo dir, store paths, a Nix file, or
-the closure of store paths in a binary cache.
+the closure of store paths in a binary cache; and ``build``, the command's one call.
 
-``Request`` is what the command line asked for; ``open_input`` checks it and
-chooses the source.  Each input ends as the same ``Closure`` (closure_info.py
-checks it); roots given by the user also become the profile's default roots.
-Store paths and Nix files go through the machine's Nix (localnix.py):
-``nix-build`` for a file, then ``nix-store -qR`` and ``--dump-db`` into a
-closureInfo-style dir; ``--from-cache`` fetches and verifies (fromcache.py).
+``Request`` is what the command line asked for; ``build`` checks it, and
+``open_input`` chooses the source before pack.py packs it.  Each input ends as
+the same ``Closure`` (closure_info.py checks it); roots given by the user also
+become the profile's default roots.  Store paths and Nix files go through the
+machine's Nix (localnix.py): ``nix-build`` for a file, then ``nix-store -qR``
+and ``--dump-db`` into a closureInfo-style dir; ``--from-cache`` fetches and
+verifies (fromcache.py).
 """
 
 from __future__ import annotations
@@ -15,15 +16,19 @@ import os
 import stat
 import tempfile
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..payload import codecs
 from ..payload.container import not_a_file
 from .closure_info import Closure, read_closure
 from .errors import BuildError, UsageError
 from .fromcache import FetchLimits
+from .leftovers import remove_stale
 from .localnix import Nix, NixCommandError, store_nix, store_path_of
+from .pack import BuildOptions, BuildResult, build_installer, check_output
+from .signer import load_secret_keys
 
 FETCH_PREFIX = ".nix-prefix-fetch-"  # + pid: build --from-cache's store beside -o
 # A progress bar: ``bar(description, total)`` gives a context whose value is called
@@ -78,6 +83,54 @@ class Request:
         """The files and dirs read as input (an output must not replace one)."""
         return ([Path(p) for p in self.sources if not self.roots]
                 + ([self.file] if self.file is not None else []))
+
+
+def build(request: Request, out: Path, options: BuildOptions, sign_key_files: Sequence[Path],
+          say: Callable[[str], object], bar: Bar) -> BuildResult:
+    """``nix-prefix build``: check the request, open its input, pack it into ``out``.
+
+    Everything the command line got wrong is refused before any work; a --from-cache
+    fetch goes to a directory beside ``out``, removed when the build ends.
+    """
+    check_codec(options.compression)
+    request.check()
+    check_output(out)  # before any work: -o /dev/null is refused at once
+    refuse_output_over_input(out, request.given_files() + list(sign_key_files))
+    remove_stale(out.resolve().parent, FETCH_PREFIX)  # of runs that were killed
+    # Read first too: a bad key file stops the build before any work.
+    options = replace(options, sign_keys=load_secret_keys(list(sign_key_files)))
+    with ExitStack() as stack:
+        def fetch_dir() -> Path:
+            return Path(stack.enter_context(tempfile.TemporaryDirectory(
+                prefix=f"{FETCH_PREFIX}{os.getpid()}-", dir=out.resolve().parent)))
+
+        given = open_input(request, fetch_dir, say, bar)
+        if request.with_derivations:
+            given = with_derivations(given, request, options.store_root)
+        options = replace(options, store_root=given.store_root or options.store_root,
+                          roots=options.roots or given.roots,
+                          derivations=request.with_derivations)
+        with bar("hashing, packing and compressing", given.closure.total_nar_size) as progress:
+            return build_installer(given.closure, out, options, progress=progress)
+
+
+def check_codec(name: str) -> None:
+    """Refuse a payload codec the installer cannot read (exit 2)."""
+    try:
+        codecs.check_name(name)
+    except codecs.CodecError as e:
+        raise UsageError(str(e)) from None
+
+
+def refuse_output_over_input(output: Path, given: Sequence[Path]) -> None:
+    """Refuse an -o that is one of the inputs, or inside an input dir: the output
+    replaces it once the build is done (``build ./ci -o ci/registration``)."""
+    out = output.resolve()
+    for path in given:
+        read = path.resolve()
+        if out == read or read in out.parents:
+            raise UsageError(f"-o {output} would overwrite the input {path}",
+                             "write the output elsewhere")
 
 
 def open_input(request: Request, fetch_dir: Callable[[], Path], say: Callable[[str], object],

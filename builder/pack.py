@@ -16,11 +16,9 @@ import errno
 import hashlib
 import os
 import stat
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import payload as payload_pkg
@@ -31,12 +29,12 @@ from ..payload.manifest import Manifest, PathEntry
 from ..payload.rewrite import HiddenReferenceScanner
 from ..payload.signing import PublicKey, SecretKey
 from ..payload.tree import Count, Tee
-from . import bundles, inputs, nixchoice
+from . import bundles, nixchoice
 from .closure_info import Closure
 from .compress import compressor, default_jobs
-from .errors import BuildError, UsageError
+from .errors import BuildError
 from .leftovers import remove_stale
-from .signer import KeySigner, load_secret_keys
+from .signer import KeySigner
 
 PREAMBLE_SH = Path(__file__).with_name("preamble.sh")
 # Tar bytes per chunk: the closure cut into CHUNKS_PER_PAYLOAD chunks, so that
@@ -84,54 +82,6 @@ class BuildResult:
     notes: list[str] = field(default_factory=list)
     # retarget: the keys whose signatures the source installer carried.
     source_signed_by: list[PublicKey] = field(default_factory=list)
-
-
-def build(request: inputs.Request, out: Path, options: BuildOptions, sign_key_files: Sequence[Path],
-          say: Callable[[str], object], bar: inputs.Bar) -> BuildResult:
-    """``nix-prefix build``: check the request, open its input, pack it into ``out``.
-
-    Everything the command line got wrong is refused before any work; a --from-cache
-    fetch goes to a directory beside ``out``, removed when the build ends.
-    """
-    check_codec(options.compression)
-    request.check()
-    check_output(out)  # before any work: -o /dev/null is refused at once
-    refuse_output_over_input(out, request.given_files() + list(sign_key_files))
-    remove_stale(out.resolve().parent, inputs.FETCH_PREFIX)  # of runs that were killed
-    # Read first too: a bad key file stops the build before any work.
-    options = replace(options, sign_keys=load_secret_keys(list(sign_key_files)))
-    with ExitStack() as stack:
-        def fetch_dir() -> Path:
-            return Path(stack.enter_context(tempfile.TemporaryDirectory(
-                prefix=f"{inputs.FETCH_PREFIX}{os.getpid()}-", dir=out.resolve().parent)))
-
-        given = inputs.open_input(request, fetch_dir, say, bar)
-        if request.with_derivations:
-            given = inputs.with_derivations(given, request, options.store_root)
-        options = replace(options, store_root=given.store_root or options.store_root,
-                          roots=options.roots or given.roots,
-                          derivations=request.with_derivations)
-        with bar("hashing, packing and compressing", given.closure.total_nar_size) as progress:
-            return build_installer(given.closure, out, options, progress=progress)
-
-
-def check_codec(name: str) -> None:
-    """Refuse a payload codec the installer cannot read (exit 2)."""
-    try:
-        codecs.check_name(name)
-    except codecs.CodecError as e:
-        raise UsageError(str(e)) from None
-
-
-def refuse_output_over_input(output: Path, given: Sequence[Path]) -> None:
-    """Refuse an -o that is one of the inputs, or inside an input dir: the output
-    replaces it once the build is done (``build ./ci -o ci/registration``)."""
-    out = output.resolve()
-    for path in given:
-        read = path.resolve()
-        if out == read or read in out.parents:
-            raise UsageError(f"-o {output} would overwrite the input {path}",
-                             "write the output elsewhere")
 
 
 def build_installer(
@@ -236,7 +186,7 @@ def same_length(manifest: Manifest, store_dir: str) -> retarget.SameLength:
         return retarget.SameLength(manifest, store_dir)
     except retarget.RetargetError as e:
         raise BuildError(str(e), "build the closure with a store dir at least as long as the "
-                         "target's (see docs/relocation.md)") from None
+                         "target's (see docs/retargeting.md)") from None
 
 
 def preamble() -> bytes:

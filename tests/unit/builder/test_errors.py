@@ -8,7 +8,6 @@ import signal
 import pytest
 
 from nix_prefix.builder.errors import BuildError, Terminated, UsageError, internal_error, outcome
-from nix_prefix.builder.localnix import NixCommandError
 from nix_prefix.payload.codecs import CodecError
 from nix_prefix.payload.container import CorruptInstaller, UntrustedInstaller
 from nix_prefix.payload.errors import OneLineError
@@ -28,7 +27,6 @@ def test_build_error_is_the_shared_one_line_error() -> None:
     (BadKey("--trusted-key: not NAME:BASE64"), 2),  # bad usage, from payload/
     (CorruptInstaller("x.sh is damaged"), 3),
     (UntrustedInstaller("x.sh is not signed by k"), 3),
-    (NixCommandError("nix-build failed"), 1),
     (CodecError("unknown compression 'lz4'"), 1),
     (KeyboardInterrupt(), 130),
     (Terminated(signal.SIGTERM), 143),
