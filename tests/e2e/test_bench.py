@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.measure import measured
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -212,3 +214,14 @@ def test_verify_bench_measures_each_python(tmp_path: Path) -> None:
     (row,) = json.loads(out.read_text())["pythons"]
     assert row["python"] == sys.executable and 0 < row["mean_ms"] <= row["max_ms"]
     assert f"Python {sys.version.split()[0]}" in proc.stdout
+
+
+def test_a_measured_command_past_its_timeout_is_killed_and_says_so() -> None:
+    """tests/measure.py, which the benches and the hostile tests share: the command is
+    killed at its timeout (exit 137, timed_out), and its own time and RSS are reported."""
+    m = measured(["sleep", "60"], timeout=1)
+    assert m.timed_out and m.returncode == 137, m
+    done = measured([sys.executable, "-c", "import sys; sys.stderr.write('said')"],
+                    input=b"", cwd=REPO)
+    assert not done.timed_out and done.returncode == 0 and done.stderr == "said"
+    assert done.seconds > 0 and done.started_at > 0 and done.max_rss > 0
