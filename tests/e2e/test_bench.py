@@ -126,6 +126,7 @@ def test_scale_runs_on_tiny_closures(tmp_path: Path) -> None:
                       "builder_rss_mb", "installer_rss_mb"):
             assert s[field] > 0, (s["paths"], field)
     assert set(r["linearity"]) == {"build_per_file_ratio", "install_per_file_ratio"}
+    assert_targets(r, {"build_per_file_ratio", "install_per_file_ratio"})
     assert "linearity" in proc.stdout and "pass" in proc.stdout
 
 
