@@ -34,15 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (  # first: nix_prefix = this checkout
-    CLI,
-    Run,
-    Target,
-    load,
-    machine,
-    remove,
-    targets_block,
-)
+# first: nix_prefix = this checkout
+from common import CLI, Run, Target, load, machine, remove, targets_block
 from synthetic import make_closure
 
 import nix_prefix.builder as builder_pkg
