@@ -34,7 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import CLI, Run, machine, remove  # first: nix_prefix = this checkout
+# first: nix_prefix = this checkout
+from common import CLI, Run, Target, load, machine, remove, targets_block
 from synthetic import make_closure
 
 import nix_prefix.builder as builder_pkg
@@ -65,7 +66,7 @@ def main() -> None:
     base.mkdir(parents=True, exist_ok=True)
     r: dict = {"machine": machine(), "code": str(Path(builder_pkg.__file__).parent.parent),
                "compression": args.compression, "level": args.level,
-               "files_per_path": args.files_per_path, "sizes": []}
+               "files_per_path": args.files_per_path, "sizes": [], "load_start": load()}
     try:
         for n in sizes:
             r["sizes"].append(bench_size(base / f"n{n:07d}", n, args))
@@ -75,7 +76,11 @@ def main() -> None:
         if not args.keep:
             remove(base)
     r["linearity"] = linearity(r["sizes"])
+    r["load_end"] = load()
+    text, r["targets"] = targets_block([Target(k, v, LINEAR) for k, v in r["linearity"].items()],
+                                       r["load_start"], r["load_end"])
     print_table(r)
+    print(text)
     if args.json:
         args.json.write_text(json.dumps(r, indent=1) + "\n")
     if not all(s["verified"] for s in r["sizes"]):
@@ -89,7 +94,7 @@ def say(text: str) -> None:
 def bench_size(work: Path, n: int, args: argparse.Namespace) -> dict:
     """Make, build, install and verify the closure of ``n`` paths under ``work``."""
     work.mkdir(parents=True)
-    load = os.getloadavg()[0]  # others' work on the machine shows in the times
+    load_before = os.getloadavg()[0]  # others' work on the machine shows in the times
     prefix = work / "nix"  # the build store first, then the installed prefix
     nix = LocalNix(prefix)
     closure = make_closure(nix, n, args.files_per_path, args.seed)
@@ -118,7 +123,7 @@ def bench_size(work: Path, n: int, args: argparse.Namespace) -> dict:
     verified, verify_s, problem = check_install(prefix, closure.root, n, work / "home")
     say(f"{n} paths: nix-store --verify --check-contents "
         f"{'passed' if verified else 'FAILED: ' + problem} in {verify_s:.1f} s")
-    return {"paths": n, "files": closure.files, "nar_bytes": nar, "load_before": load,
+    return {"paths": n, "files": closure.files, "nar_bytes": nar, "load_before": load_before,
             "make_closure_s": closure.seconds, "closure_info_s": info_s,
             "build_s": build.seconds, "builder_rss_mb": build.rss_mb,
             "size_bytes": out.stat().st_size,

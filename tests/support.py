@@ -17,6 +17,9 @@ from nix_prefix.builder.localnix import LocalNix, prefix_env
 from nix_prefix.builder.pack import BuildOptions, build_installer
 from nix_prefix.builder.samples import build_small_closure
 
+# The one measure of a command (wall time, peak RSS, bytes), shared with bench/common.py.
+from .measure import Measured, measured  # noqa: F401
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -150,75 +153,3 @@ def tmpfs(path: Path, options: str) -> Iterator[Path]:
     finally:
         subprocess.run(["umount", str(path)], check=True)
 
-
-# The child that measures: started by the test process, it starts the command itself,
-# waits for it to exit, reads what the kernel counted (/proc/PID/io of the exited child
-# before it is reaped: WNOWAIT; then wait4's ru_maxrss), and reports it.  Linux counts in
-# a process's peak RSS the RSS of the memory it had before its exec, i.e. of the process
-# it was forked (or vforked) from: measured straight from pytest, whose RSS grows over a
-# session to hundreds of MiB, any child would seem that large (a ``python -c pass`` of a
-# 400 MiB parent read 411 MiB).  Forked from this small process, a command's figure is
-# its own (11 MiB).
-_MEASURER = """
-import json, os, subprocess, sys, time
-report, seconds, cmd = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
-proc = subprocess.Popen(cmd)
-deadline = time.monotonic() + seconds
-timed_out = False
-while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
-    if time.monotonic() > deadline:
-        timed_out = True
-        proc.kill()
-        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-        break
-    time.sleep(0.02)
-counts = {}
-with open("/proc/%d/io" % proc.pid) as f:
-    for line in f:
-        key, _, value = line.partition(":")
-        counts[key] = int(value)
-_, status, usage = os.wait4(proc.pid, 0)
-with open(report, "w") as f:
-    json.dump({"max_rss": usage.ru_maxrss * 1024, "written": counts["wchar"],
-               "read": counts["rchar"], "timed_out": timed_out}, f)
-code = os.waitstatus_to_exitcode(status)
-sys.exit(128 - code if code < 0 else code)
-"""
-
-
-@dataclass
-class Measured:
-    """How a process ended, and what the kernel counted for it."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-    max_rss: int  # bytes, the peak resident set (its reaped children included)
-    written: int  # bytes passed to write(2) and the like (/proc/PID/io wchar)
-    read: int  # bytes read (rchar)
-    timed_out: bool
-
-    def lines(self) -> list[str]:
-        return [line for line in self.stderr.splitlines() if line.strip()]
-
-
-def measured(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float = 120,
-             stdin: int | None = subprocess.DEVNULL) -> Measured:
-    """Run ``cmd``, killed after ``timeout`` seconds (exit 137, ``timed_out``), and
-    measure it for real (see _MEASURER)."""
-    import json
-    import sys
-    import tempfile
-
-    with tempfile.NamedTemporaryFile(prefix="np-measured-") as report:
-        proc = subprocess.run([sys.executable, "-I", "-c", _MEASURER, report.name,
-                               str(timeout), *cmd],
-                              capture_output=True, env=env, stdin=stdin,
-                              timeout=timeout + 120, check=False)
-        with open(report.name) as f:
-            text = f.read()
-    assert text, f"nothing was measured: {proc.stderr!r}"
-    counts = json.loads(text)
-    return Measured(proc.returncode, proc.stdout.decode(errors="replace"),
-                    proc.stderr.decode(errors="replace"), counts["max_rss"],
-                    counts["written"], counts["read"], counts["timed_out"])
