@@ -16,8 +16,9 @@ from pathlib import Path
 
 from ..payload import publisher, signing
 from ..payload.container import CorruptInstaller, InstallerFile
+from ..payload.display import info_text, verdict_lines
 from ..payload.machine import human_size
-from ..payload.manifest import Manifest, info_text
+from ..payload.manifest import Manifest
 from ..payload.publisher import Verdict
 from ..payload.signing import PublicKey
 from .errors import UsageError
@@ -57,7 +58,7 @@ class Verified:
         m = self.manifest
         return [f"OK: {path} is intact: {len(m.paths)} store paths, "
                 f"{human_size(m.total_nar_size)} of NAR verified",
-                *(f"  {line}" for line in self.verdict.lines()),
+                *(f"  {line}" for line in verdict_lines(self.verdict)),
                 *([f"  every store path's Nix signature holds for {m.store_dir}"]
                   if self.verdict.signed_by else [])]
 

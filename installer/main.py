@@ -9,9 +9,9 @@ import sys
 from ..payload import __version__, publisher, seal, signing
 from ..payload.codecs import CodecError
 from ..payload.container import InstallerFile
+from ..payload.display import info_text, verdict_lines
 from ..payload.errors import OneLineError
 from ..payload.machine import human_size
-from ..payload.manifest import info_text
 from . import (
     envfiles,
     nixconf,
@@ -322,7 +322,7 @@ def run(path, args, ui, name=None, sealed=False):
             ui.say("OK: %s is intact: %d store paths, %s of NAR verified"
                    % (source.name, len(manifest.paths),
                       human_size(manifest.total_nar_size)))
-            for line in verdict.lines():
+            for line in verdict_lines(verdict):
                 ui.say("  " + line)
             return 0
         caches = _caches(args, trusted)
@@ -353,7 +353,7 @@ def run(path, args, ui, name=None, sealed=False):
             home = shellrc.home_dir()
             shellrc.check_writable(home)
         if verdict.signed_by:
-            for line in verdict.lines():
+            for line in verdict_lines(verdict):
                 ui.say(line)
         the_run = install_mod.new_run(source, prefix, ui, target, args.update, args.jobs,
                                       caches, verdict.key_names)

@@ -17,13 +17,10 @@ import re
 
 from . import hashes, jsondoc, registration, signing, storepath
 from .archive import Cut
-from .machine import human_size
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import Dict, Iterable, List, Optional, Sequence, Tuple  # noqa: F401
-
-    from .publisher import Verdict  # noqa: F401
+    from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple  # noqa: F401
 
 FORMAT = "nix-prefix-manifest"
 # 3: the payload is one tar stream cut into chunks anywhere (inside store paths
@@ -77,9 +74,37 @@ class PathEntry(object):
 
     def to_dict(self):
         # type: () -> dict
+        """The entry as the manifest's JSON has it (``from_dict`` reads it back)."""
         return {"name": self.name, "narHash": self.nar_hash, "narSize": self.nar_size,
                 "references": self.references, "deriver": self.deriver, "chunk": self.chunk,
                 "sigs": self.sigs}
+
+    @classmethod
+    def from_dict(cls, doc):
+        # type: (dict) -> PathEntry
+        """The entry ``to_dict`` wrote, each field checked on its own; raise
+        ManifestError (KeyError or TypeError for a field missing or not a container,
+        which ``Manifest.from_json`` words).  How entries fit together, the manifest
+        checks (``Manifest.from_json``)."""
+        name = _base_name(doc["name"])
+        try:
+            nar_hash = hashes.normalise_sha256(_string(doc["narHash"], "narHash"))
+        except ValueError as e:
+            raise ManifestError("%s: %s" % (name, e))
+        deriver = _string(doc["deriver"], "deriver")
+        if deriver:
+            _base_name(deriver)
+        chunk = _count(doc["chunk"], "chunk")
+        sigs = doc.get("sigs", [])
+        if not isinstance(sigs, list):
+            raise ManifestError("%s: sigs must be a list" % name)
+        for sig in sigs:
+            try:
+                signing.parse_signature(sig)
+            except signing.SigningError as e:
+                raise ManifestError("%s: %s" % (name, e))
+        return cls(name, nar_hash, _count(doc["narSize"], "narSize"),
+                   [_base_name(r) for r in doc["references"]], deriver, chunk, sigs)
 
 
 class Chunk(object):
@@ -101,6 +126,7 @@ class Chunk(object):
 
     def to_dict(self):
         # type: () -> dict
+        """The chunk as the manifest's JSON has it (``from_dict`` reads it back)."""
         start = None  # type: Optional[Dict[str, object]]
         if self.start is not None:
             start = {"path": self.start.path, "entry": self.start.entry,
@@ -109,6 +135,19 @@ class Chunk(object):
                 start.update(offset=self.start.offset, size=self.start.size)
         return {"file": self.file, "size": self.size, "sha256": self.sha256,
                 "tarSize": self.tar_size, "paths": self.paths, "start": start}
+
+    @classmethod
+    def from_dict(cls, doc, index):
+        # type: (dict, int) -> Chunk
+        """Chunk number ``index`` as ``to_dict`` wrote it, each field checked on its
+        own (errors as ``PathEntry.from_dict``)."""
+        chunk = cls(_string(doc["file"], "chunks.file"), _count(doc["size"], "chunks.size"),
+                    _string(doc["sha256"], "chunks.sha256"),
+                    _count(doc["tarSize"], "chunks.tarSize"),
+                    [_base_name(n) for n in doc["paths"]], _cut(doc["start"], index))
+        if not _CHUNK_FILE.match(chunk.file) or not _HEX64.match(chunk.sha256):
+            raise ManifestError("chunk %d has a bad file name or sha256" % index)
+        return chunk
 
 
 class Manifest(object):
@@ -275,6 +314,7 @@ class Manifest(object):
     @classmethod
     def _from_doc(cls, doc):
         # type: (dict) -> Manifest
+        """The records of ``doc``, each checked by itself, then how they fit together."""
         store_dir = _string(doc["storeDir"], "storeDir")
         try:
             storepath.check_store_dir(store_dir)
@@ -283,101 +323,112 @@ class Manifest(object):
         system = _string(doc["system"], "system")
         if not _SYSTEM.match(system):
             raise ManifestError("system %r is not of the form <cpu>-<os>" % system)
-        compression = _string(doc["compression"], "compression")
-        chunks = []
-        for i, c in enumerate(doc["chunks"]):
-            chunk = Chunk(_string(c["file"], "chunks.file"), _count(c["size"], "chunks.size"),
-                          _string(c["sha256"], "chunks.sha256"),
-                          _count(c["tarSize"], "chunks.tarSize"),
-                          [_base_name(n) for n in c["paths"]], _cut(c["start"], i))
-            if not _CHUNK_FILE.match(chunk.file) or not _HEX64.match(chunk.sha256):
-                raise ManifestError("chunk %d has a bad file name or sha256" % i)
-            chunks.append(chunk)
-        if len(set(c.file for c in chunks)) != len(chunks):
-            raise ManifestError("two chunks share one file name")
-        order = _stream_order(chunks)
-        # Sets, not the chunks' lists: a lookup per path stays linear in the paths.
-        held = [set(c.paths) for c in chunks]
-        paths = []
-        names = set()
-        for p in doc["paths"]:
-            name = _base_name(p["name"])
-            if name in names:
-                raise ManifestError("store path %s is listed twice" % name)
-            names.add(name)
-            try:
-                nar_hash = hashes.normalise_sha256(_string(p["narHash"], "narHash"))
-            except ValueError as e:
-                raise ManifestError("%s: %s" % (name, e))
-            deriver = _string(p["deriver"], "deriver")
-            if deriver:
-                _base_name(deriver)
-            index = _count(p["chunk"], "chunk")
-            if index >= len(chunks):
-                raise ManifestError("%s is in chunk %d, which does not exist" % (name, index))
-            if name not in held[index] or (index > 0 and name in held[index - 1]):
-                raise ManifestError("%s begins in chunk %d, which does not begin it"
-                                    % (name, index))
-            sigs = p.get("sigs", [])
-            if not isinstance(sigs, list):
-                raise ManifestError("%s: sigs must be a list" % name)
-            for sig in sigs:
-                try:
-                    signing.parse_signature(sig)
-                except signing.SigningError as e:
-                    raise ManifestError("%s: %s" % (name, e))
-            paths.append(PathEntry(name, nar_hash, _count(p["narSize"], "narSize"),
-                                   [_base_name(r) for r in p["references"]], deriver, index,
-                                   sigs))
-        if order != [p.name for p in paths]:
-            raise ManifestError("the chunks do not hold the store paths once each, in order")
-        for p in paths:
-            for r in p.references:
-                if r not in names:
-                    raise ManifestError("%s references %s, which is not in the closure"
-                                        % (p.name, r))
-        _refuse_cycle(paths)
+        chunks = [Chunk.from_dict(c, i) for i, c in enumerate(doc["chunks"])]
+        paths = [PathEntry.from_dict(p) for p in doc["paths"]]
+        _check_layout(chunks, paths)
+        names = set(p.name for p in paths)
         roots = [_base_name(r) for r in doc["roots"]]
         for r in roots:
             if r not in names:
                 raise ManifestError("root %s is not in the closure" % r)
-        nix_store = doc.get("nixStore")
-        if nix_store is not None:
-            nix_store = _string(nix_store, "nixStore")
-            base, _, rest = nix_store.partition("/")
-            if base not in names or not _REL_PATH.match(rest):
-                raise ManifestError("nixStore %r is not inside the closure" % nix_store)
         payload = doc["payload"]
-        embedded = _string(doc.get("embeddedStoreDir", store_dir), "embeddedStoreDir")
-        if re.sub("/+", "/", embedded) != store_dir:
-            raise ManifestError("embeddedStoreDir %r is not a slash-padded form of storeDir %r"
-                                % (embedded, store_dir))
-        hidden_refs = doc.get("hiddenStoreDirRefs", [])
-        if not isinstance(hidden_refs, list):
-            raise ManifestError("hiddenStoreDirRefs must be a list")
-        for ref in hidden_refs:
-            if "\n" in _string(ref, "hiddenStoreDirRefs") or "\0" in ref:
-                raise ManifestError("hiddenStoreDirRefs holds a line break or NUL")
-        derivations = doc.get("derivations", False)
-        if not isinstance(derivations, bool):
-            raise ManifestError("derivations must be true or false")
-        if derivations and not has_derivations(paths):
-            raise ManifestError("derivations is true but the closure holds no .drv file")
-        code_sha256 = _string(doc.get("codeSha256", ""), "codeSha256")
-        if code_sha256 and not _HEX64.match(code_sha256):
-            raise ManifestError("codeSha256 is not a sha256 in hex")
-        manifest = cls(store_dir, system, compression, paths, chunks, roots, nix_store,
+        derivations = _derivations(doc.get("derivations", False), paths)
+        manifest = cls(store_dir, system, _string(doc["compression"], "compression"), paths,
+                       chunks, roots, _nix_store(doc.get("nixStore"), names),
                        _count(payload["size"], "payload.size"),
                        _string(payload["sha256"], "payload.sha256"),
                        _count(doc["longestPath"], "longestPath"),
                        _string(doc["preambleSha256"], "preambleSha256"),
                        _string(doc["toolVersion"], "toolVersion"),
-                       embedded, hidden_refs, derivations, code_sha256)
+                       _embedded(doc.get("embeddedStoreDir", store_dir), store_dir),
+                       _hidden_refs(doc.get("hiddenStoreDirRefs", [])), derivations,
+                       _code_sha256(doc.get("codeSha256", "")))
         if _count(doc["totalNarSize"], "totalNarSize") != manifest.total_nar_size:
             raise ManifestError("totalNarSize does not match the sum of the paths' narSize")
         if sum(c.size for c in chunks) != manifest.payload_size:
             raise ManifestError("payload size does not match the sum of the chunk sizes")
         return manifest
+
+
+def _check_layout(chunks, paths):
+    # type: (List[Chunk], List[PathEntry]) -> None
+    """The chunks hold the store paths once each, in order, each beginning in the
+    chunk it names; every reference is in the closure, and none loops."""
+    if len(set(c.file for c in chunks)) != len(chunks):
+        raise ManifestError("two chunks share one file name")
+    order = _stream_order(chunks)
+    # Sets, not the chunks' lists: a lookup per path stays linear in the paths.
+    held = [set(c.paths) for c in chunks]
+    names = set()  # type: Set[str]
+    for p in paths:
+        if p.name in names:
+            raise ManifestError("store path %s is listed twice" % p.name)
+        names.add(p.name)
+        if p.chunk >= len(chunks):
+            raise ManifestError("%s is in chunk %d, which does not exist" % (p.name, p.chunk))
+        if p.name not in held[p.chunk] or (p.chunk > 0 and p.name in held[p.chunk - 1]):
+            raise ManifestError("%s begins in chunk %d, which does not begin it"
+                                % (p.name, p.chunk))
+    if order != [p.name for p in paths]:
+        raise ManifestError("the chunks do not hold the store paths once each, in order")
+    for p in paths:
+        for r in p.references:
+            if r not in names:
+                raise ManifestError("%s references %s, which is not in the closure"
+                                    % (p.name, r))
+    _refuse_cycle(paths)
+
+
+def _nix_store(value, names):
+    # type: (object, Set[str]) -> Optional[str]
+    """``nixStore``: null, or a file inside one of the store paths ``names``."""
+    if value is None:
+        return None
+    nix_store = _string(value, "nixStore")
+    base, _, rest = nix_store.partition("/")
+    if base not in names or not _REL_PATH.match(rest):
+        raise ManifestError("nixStore %r is not inside the closure" % nix_store)
+    return nix_store
+
+
+def _embedded(value, store_dir):
+    # type: (object, str) -> str
+    """``embeddedStoreDir``: ``store_dir``, or a slash-padded form of it."""
+    embedded = _string(value, "embeddedStoreDir")
+    if re.sub("/+", "/", embedded) != store_dir:
+        raise ManifestError("embeddedStoreDir %r is not a slash-padded form of storeDir %r"
+                            % (embedded, store_dir))
+    return embedded
+
+
+def _hidden_refs(value):
+    # type: (object) -> List[str]
+    """``hiddenStoreDirRefs``: one line each."""
+    if not isinstance(value, list):
+        raise ManifestError("hiddenStoreDirRefs must be a list")
+    for ref in value:
+        if "\n" in _string(ref, "hiddenStoreDirRefs") or "\0" in ref:
+            raise ManifestError("hiddenStoreDirRefs holds a line break or NUL")
+    return value
+
+
+def _derivations(value, paths):
+    # type: (object, List[PathEntry]) -> bool
+    """``derivations``: a bool, true only if some path is a ``.drv`` file."""
+    if not isinstance(value, bool):
+        raise ManifestError("derivations must be true or false")
+    if value and not has_derivations(paths):
+        raise ManifestError("derivations is true but the closure holds no .drv file")
+    return value
+
+
+def _code_sha256(value):
+    # type: (object) -> str
+    """``codeSha256``: empty (older files) or a sha256 in hex."""
+    code_sha256 = _string(value, "codeSha256")
+    if code_sha256 and not _HEX64.match(code_sha256):
+        raise ManifestError("codeSha256 is not a sha256 in hex")
+    return code_sha256
 
 
 def _refuse_cycle(paths):
@@ -466,34 +517,3 @@ def _base_name(value):
         return storepath.check_base_name(_string(value, "store path name"))
     except storepath.StorePathError as e:
         raise ManifestError(str(e))
-
-
-def info_text(manifest, verdict):
-    # type: (Manifest, Verdict) -> str
-    """The summary ``--info`` prints (``nix-prefix inspect`` shows it too)."""
-    lines = [
-        "nix-prefix installer (format %d, built by nix-prefix %s)"
-        % (VERSION, manifest.tool_version),
-        "store dir:     %s" % manifest.store_dir,
-        "prefix:        %s" % manifest.prefix,
-        "relocatable:   to any prefix of at most %d bytes (--prefix)"
-        % (manifest.max_store_dir_length - len("/store")),
-        "derivations:   %s" % ("yes (another --prefix gets every store path recomputed "
-                               "exactly)" if manifest.derivations else "no"),
-        "system:        %s" % manifest.system,
-        "store paths:   %d (%s NAR)" % (len(manifest.paths),
-                                        human_size(manifest.total_nar_size)),
-        "payload:       %s, %d chunk(s), %s, sha256 %s" % (
-            manifest.compression, len(manifest.chunks),
-            human_size(manifest.payload_size), manifest.payload_sha256),
-        "roots:         %s" % ", ".join(manifest.store_path(r) for r in manifest.roots),
-        "nix-store:     %s" % (manifest.store_dir + "/" + manifest.nix_store
-                               if manifest.nix_store else "(none in the closure)"),
-    ]
-    signed = sum(1 for p in manifest.paths if p.sigs)
-    for i, line in enumerate(verdict.lines()):
-        lines.append(("signatures:    " if i == 0 else "               ") + line)
-    if verdict.signed_by:
-        lines.append("               %d of %d store paths carry their Nix signature for %s"
-                     % (signed, len(manifest.paths), manifest.store_dir))
-    return "\n".join(lines) + "\n"

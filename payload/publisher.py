@@ -164,21 +164,6 @@ class Verdict(object):
         return ("ask its publisher for a signed one (nix-prefix build --sign-key), or give "
                 "no trusted key to install it unsigned")
 
-    def lines(self):
-        # type: () -> List[str]
-        """What ``--check``, ``--info`` and ``nix-prefix inspect`` say about the signatures."""
-        if not self.signed_by:
-            return ["unsigned (the publisher gave no --sign-key)"]
-        out = []
-        for key in self.signed_by:
-            trusted = key in self.trusted_by
-            out.append("signed by %s%s" % (key, " (trusted)" if trusted else ""))
-        if not self.trusted_keys:
-            out.append("no key is pinned, so this says only who signed: if that is the key "
-                       "its publisher publishes, pass --trusted-key %s (or put it in "
-                       "NIX_PREFIX_TRUSTED_KEYS) to refuse any other" % str(self.signed_by[0]))
-        return out
-
 
 def check(manifest_json, endorsements, trusted_keys):
     # type: (bytes, Iterable[Endorsement], Iterable[PublicKey]) -> Verdict

@@ -24,6 +24,7 @@ from nix_prefix.builder import signer
 from nix_prefix.builder.errors import BuildError
 from nix_prefix.builder.samples import NIX_DIR
 from nix_prefix.payload import ed25519, publisher, signing
+from nix_prefix.payload.display import verdict_lines
 
 REPO = Path(__file__).resolve().parents[3]
 SMALL_NIX = NIX_DIR / "small.nix"
@@ -309,15 +310,17 @@ def test_publisher_round_trip_and_verdicts() -> None:
     assert publisher.message(manifest).startswith("nix-prefix-installer-1;sha256:")
     unpinned = publisher.check(manifest, parsed, [])
     assert unpinned.accepted and unpinned.signed_by == [mine.public_key, theirs.public_key]
-    assert unpinned.key_names == ["me", "them"] and "--trusted-key me:" in unpinned.lines()[-1]
+    assert unpinned.key_names == ["me", "them"]
+    assert "--trusted-key me:" in verdict_lines(unpinned)[-1]
     pinned = publisher.check(manifest, parsed, [theirs.public_key])
     assert pinned.accepted and pinned.key_names == ["them"] and pinned.refusal() == ""
-    assert "(trusted)" in pinned.lines()[1] and "(trusted)" not in pinned.lines()[0]
+    assert "(trusted)" in verdict_lines(pinned)[1]
+    assert "(trusted)" not in verdict_lines(pinned)[0]
     stranger = _endorsement(3, "me", manifest).public_key  # my name, another key
     refused = publisher.check(manifest, parsed, [stranger])
     assert not refused.accepted and str(mine.public_key) in refused.refusal()
     unsigned = publisher.check(manifest, [], [stranger])
-    assert "not signed" in unsigned.refusal() and unsigned.lines() == [
+    assert "not signed" in unsigned.refusal() and verdict_lines(unsigned) == [
         "unsigned (the publisher gave no --sign-key)"]
     with pytest.raises(publisher.PublisherError, match="does not match the manifest"):
         publisher.check(manifest + b" ", parsed, [])
