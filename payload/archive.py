@@ -106,7 +106,7 @@ def _header(name, kind, mode, size=0, linkname=""):
 class TarWriter(Sink):
     """A tree sink (see tree.py) that writes canonical tar entries.
 
-    ``sink`` receives the tar bytes; ``top`` is the store path's base name.
+    ``write`` receives the tar bytes; ``top`` is the store path's base name.
     Call ``close`` once after the last store path to write the end marker.
 
     With a ``chunk_size``, the stream is cut once a chunk holds that many
@@ -116,9 +116,9 @@ class TarWriter(Sink):
     finished chunk holds, and the bytes after it belong to the next chunk.
     """
 
-    def __init__(self, sink, chunk_size=0, on_cut=None):
+    def __init__(self, write, chunk_size=0, on_cut=None):
         # type: (Callable[[bytes], object], int, Optional[Callable[[Optional[Cut], List[str]], object]]) -> None
-        self._sink = sink
+        self._write = write
         self.top = ""
         self._pending = 0
         self.longest = 0  # longest member name in bytes, for the prefix length check
@@ -138,7 +138,7 @@ class TarWriter(Sink):
     def _emit(self, data):
         # type: (bytes) -> None
         self._filled += len(data)
-        self._sink(data)
+        self._write(data)
 
     def _cut(self, cut):
         # type: (Optional[Cut]) -> None
@@ -155,11 +155,6 @@ class TarWriter(Sink):
         if not rel:
             self.paths.append(self.top)
         self._entry = (rel.decode(ENCODING, ERRORS), kind)
-        self._emit(data)
-
-    def raw(self, data):
-        # type: (bytes) -> None
-        """Write bytes as they are: the low level for crafted (e.g. hostile) test payloads."""
         self._emit(data)
 
     def begin_directory(self, rel=b""):
@@ -241,28 +236,41 @@ def unpack(fileobj, expected, open_path, start=None, end=None, last=True):
     that cut.  Only the ``last`` chunk ends with the end-of-archive marker.
     Raises ArchiveError for anything that a canonical payload never holds.
     """
-    remaining = list(expected)
-    sink = Sink()  # replaced by open_path(top) at each store path's first entry
-    opened = False
-    stack = []  # type: List[List[Any]]  # open directories: [parts, last entry name seen]
-    stream = _Input(fileobj)
-    entry = ("", "")  # (name inside the path, kind) of the last entry begun
     try:
-        if start is not None:
-            if not remaining or remaining[0] != start.path:
-                raise ArchiveError("the chunk starts inside %s, which it does not list first"
-                                   % start.path)
-            remaining.pop(0)
-            sink = open_path(start.path)
-            opened = True
-            if end is not None and start.offset is not None and start.size is not None \
-                    and end.offset is not None and (start.path, start.entry) == (end.path,
-                                                                                  end.entry):
-                # The whole chunk is a piece from inside one file.
-                _cut_inside(stream, start, end, sink, start.size, start.offset)
-                return
-            entry = _resume(stream, start, sink, stack)
-        for member in _members(stream, last):
+        _Reader(_Input(fileobj), expected, open_path, end, last).read(start)
+    except nar.NarError as e:
+        raise ArchiveError(str(e))
+
+
+class _Reader(object):
+    """One chunk's tar stream replayed as tree events (``unpack``).
+
+    ``read`` takes the headers one by one and hands each to the method for
+    its type (``_directory``, ``_file``, ``_symlink``), as CPython's tarfile
+    ``_proc_member`` does.  Between two entries the reader knows where it
+    stands: the paths still to come, the sink of the current one, the
+    directories open in it and the last entry begun (what a cut names).
+    """
+
+    def __init__(self, stream, expected, open_path, end, last):
+        # type: (_Input, Sequence[str], Callable[[str], Sink], Optional[Cut], bool) -> None
+        self._stream = stream
+        self._expected = list(expected)
+        self._remaining = list(expected)
+        self._open_path = open_path
+        self._end = end
+        self._last = last
+        self._sink = Sink()  # replaced by open_path(top) at each store path's first entry
+        self._opened = False
+        self._stack = []  # type: List[List[Any]]  # open directories: [parts, last entry name]
+        self._entry = ("", "")  # (name inside the path, kind) of the last entry begun
+
+    def read(self, start):
+        # type: (Optional[Cut]) -> None
+        """Replay the chunk, from ``start`` inside its first path if given."""
+        if start is not None and self._resume(start):
+            return
+        for member in _members(self._stream, self._last):
             kind = _KIND.get(member.type)
             if kind is None:
                 what = _FOREIGN.get(member.type, "an entry of unknown type %r" % member.type)
@@ -270,93 +278,144 @@ def unpack(fileobj, expected, open_path, start=None, end=None, last=True):
                                    "and symlinks" % (member.name, what))
             parts = _split_name(member.name)
             _check_mode(member, kind)
-            # Close the directories this entry is not inside of.
-            while stack and stack[-1][0] != parts[:-1]:
-                stack.pop()
-                sink.end_directory()
-                if stack:
-                    sink.end_entry()
-            if len(parts) == 1:
-                if stack:
-                    raise ArchiveError("entry %r is out of order" % member.name)
-                if opened:
-                    sink.finish()
-                top = parts[0].decode(ENCODING, ERRORS)
-                if not remaining or remaining[0] != top:
-                    raise ArchiveError("entry %r is not the next store path of this chunk "
-                                       "(expected %s)" % (member.name,
-                                                          remaining[0] if remaining else "none"))
-                remaining.pop(0)
-                sink = open_path(top)
-                opened = True
-            else:
-                if not stack:
-                    raise ArchiveError("entry %r is not inside a directory of the payload"
-                                       % member.name)
-                last_name = stack[-1][1]
-                if last_name is not None and parts[-1] <= last_name:
-                    raise ArchiveError("entry %r is duplicated or out of order" % member.name)
-                stack[-1][1] = parts[-1]
-                sink.begin_entry(parts[-1])
+            self._close_directories(parts[:-1])
+            self._begin(member.name, parts)
             rel = b"/".join(parts[1:])
-            entry = (rel.decode(ENCODING, ERRORS), _CUT_KIND[kind])
+            self._entry = (rel.decode(ENCODING, ERRORS), _CUT_KIND[kind])
             if kind == "directory":
-                sink.begin_directory(rel)
-                stack.append([parts, None])
-                continue
-            if kind == "symlink":
-                sink.symlink(rel, member.linkname.encode(ENCODING, ERRORS))
-            else:
-                sink.regular(rel, bool(member.mode & stat.S_IXUSR), member.size)
-                if end is not None and end.offset is not None and not remaining and \
-                        end.path == _top_name(parts) and end.entry == entry[0]:
-                    # The chunk ends inside this file: its first end.offset bytes are here.
-                    _cut_inside(stream, Cut(end.path, entry[0], "regular"), end, sink,
-                                member.size)
-                    return
-                for data in stream.pieces(member.size, member.name):
-                    sink.contents(data)
-                sink.end_regular()
-                stream.skip(-member.size % BLOCK, member.name)
-            if len(parts) > 1:
-                sink.end_entry()
-        if end is not None:
-            # The stream stopped between two entries of a path that the next chunk goes on with.
-            if not opened or remaining or end.offset is not None or \
-                    (end.path, end.entry, end.kind) != (_current(expected, opened),) + entry:
-                raise ArchiveError("the chunk ends %s, but the next chunk starts %r"
-                                   % (_where(expected, opened, entry), end))
-            sink.end_part()
+                self._directory(rel, parts)
+            elif kind == "symlink":
+                self._symlink(member, rel, parts)
+            elif self._file(member, rel, parts):
+                return  # the chunk ends inside this file
+        self._stop()
+
+    def _resume(self, start):
+        # type: (Cut) -> bool
+        """Open the first path where ``start`` left it; True if the whole chunk is a
+        piece from inside one file (and has been read)."""
+        if not self._remaining or self._remaining[0] != start.path:
+            raise ArchiveError("the chunk starts inside %s, which it does not list first"
+                               % start.path)
+        self._remaining.pop(0)
+        self._sink = self._open_path(start.path)
+        self._opened = True
+        end = self._end
+        if end is not None and start.offset is not None and start.size is not None \
+                and end.offset is not None and (start.path, start.entry) == (end.path,
+                                                                              end.entry):
+            _cut_inside(self._stream, start, end, self._sink, start.size, start.offset)
+            return True
+        self._entry = _resume(self._stream, start, self._sink, self._stack)
+        return False
+
+    def _close_directories(self, parent):
+        # type: (List[bytes]) -> None
+        """End the open directories the next entry (inside ``parent``) is not inside of."""
+        while self._stack and self._stack[-1][0] != parent:
+            self._close_directory()
+
+    def _close_directory(self):
+        # type: () -> None
+        self._stack.pop()
+        self._sink.end_directory()
+        if self._stack:
+            self._sink.end_entry()
+
+    def _begin(self, name, parts):
+        # type: (str, List[bytes]) -> None
+        """An entry begins: a store path's top (the next one expected), or an entry
+        of the open directory, after the one before it in NAR order."""
+        if len(parts) == 1:
+            if self._stack:
+                raise ArchiveError("entry %r is out of order" % name)
+            if self._opened:
+                self._sink.finish()
+            top = parts[0].decode(ENCODING, ERRORS)
+            if not self._remaining or self._remaining[0] != top:
+                raise ArchiveError("entry %r is not the next store path of this chunk "
+                                   "(expected %s)" % (name, self._remaining[0]
+                                                      if self._remaining else "none"))
+            self._remaining.pop(0)
+            self._sink = self._open_path(top)
+            self._opened = True
             return
-        while stack:
-            stack.pop()
-            sink.end_directory()
-            if stack:
-                sink.end_entry()
+        if not self._stack:
+            raise ArchiveError("entry %r is not inside a directory of the payload" % name)
+        last_name = self._stack[-1][1]
+        if last_name is not None and parts[-1] <= last_name:
+            raise ArchiveError("entry %r is duplicated or out of order" % name)
+        self._stack[-1][1] = parts[-1]
+        self._sink.begin_entry(parts[-1])
+
+    def _end_entry(self, parts):
+        # type: (List[bytes]) -> None
+        if len(parts) > 1:
+            self._sink.end_entry()
+
+    def _directory(self, rel, parts):
+        # type: (bytes, List[bytes]) -> None
+        """A directory stays open until an entry outside it (``_close_directories``)."""
+        self._sink.begin_directory(rel)
+        self._stack.append([parts, None])
+
+    def _symlink(self, member, rel, parts):
+        # type: (tarfile.TarInfo, bytes, List[bytes]) -> None
+        self._sink.symlink(rel, member.linkname.encode(ENCODING, ERRORS))
+        self._end_entry(parts)
+
+    def _file(self, member, rel, parts):
+        # type: (tarfile.TarInfo, bytes, List[bytes]) -> bool
+        """A regular file, its contents and padding; True if the chunk ends inside it."""
+        self._sink.regular(rel, bool(member.mode & stat.S_IXUSR), member.size)
+        end = self._end
+        if end is not None and end.offset is not None and not self._remaining and \
+                end.path == _top_name(parts) and end.entry == self._entry[0]:
+            # The chunk ends inside this file: its first end.offset bytes are here.
+            _cut_inside(self._stream, Cut(end.path, self._entry[0], "regular"), end,
+                        self._sink, member.size)
+            return True
+        for data in self._stream.pieces(member.size, member.name):
+            self._sink.contents(data)
+        self._sink.end_regular()
+        self._stream.skip(-member.size % BLOCK, member.name)
+        self._end_entry(parts)
+        return False
+
+    def _stop(self):
+        # type: () -> None
+        """The stream has ended between two entries: where the next chunk goes on
+        (``end``), or, in the last chunk, after the last path, which finishes."""
+        end = self._end
+        if end is not None:
+            if not self._opened or self._remaining or end.offset is not None or \
+                    (end.path, end.entry, end.kind) != (self._current(),) + self._entry:
+                raise ArchiveError("the chunk ends %s, but the next chunk starts %r"
+                                   % (self._where(), end))
+            self._sink.end_part()
+            return
+        while self._stack:
+            self._close_directory()
         # Only a clean end (see _members) lets the last path finish.
-        if opened:
-            sink.finish()
-    except nar.NarError as e:
-        raise ArchiveError(str(e))
-    if remaining:
-        raise ArchiveError("payload chunk lacks store path %s" % remaining[0])
+        if self._opened:
+            self._sink.finish()
+        if self._remaining:
+            raise ArchiveError("payload chunk lacks store path %s" % self._remaining[0])
+
+    def _current(self):
+        # type: () -> str
+        return self._expected[-1] if self._expected and self._opened else ""
+
+    def _where(self):
+        # type: () -> str
+        if not self._opened:
+            return "before any store path"
+        return "after %s %s/%s" % (self._entry[1], self._current(), self._entry[0])
 
 
 def _top_name(parts):
     # type: (List[bytes]) -> str
     return parts[0].decode(ENCODING, ERRORS)
-
-
-def _current(expected, opened):
-    # type: (Sequence[str], bool) -> str
-    return expected[-1] if expected and opened else ""
-
-
-def _where(expected, opened, entry):
-    # type: (Sequence[str], bool, Tuple[str, str]) -> str
-    if not opened:
-        return "before any store path"
-    return "after %s %s/%s" % (entry[1], _current(expected, opened), entry[0])
 
 
 def _resume(stream, start, sink, stack):
