@@ -216,7 +216,7 @@ def write_installer(out, preamble, code, compression, compressor, write_payload,
     return manifest
 
 
-class _ChunkSink(object):
+class _ChunkCompressor(object):
     """Buffers tar bytes, compresses them into a file, hashes the result."""
 
     def __init__(self, member, compressor):
@@ -312,29 +312,23 @@ class PayloadWriter(object):
                             pass
         self._longest = max(self._longest, tar.longest)
 
-    def write_chunk(self, data, paths, start=None):
-        # type: (bytes, List[str], Optional[archive.Cut]) -> None
-        """One chunk of tar bytes as they are, holding ``paths`` from ``start``:
-        the low level for crafted (e.g. hostile) test payloads."""
-        self._add_compressed(*self._compress(bytearray(data), paths, start))
-
     def _compress(self, data, paths, start):
-        # type: (bytearray, List[str], Optional[archive.Cut]) -> Tuple[BinaryIO, _ChunkSink, int, List[str], Optional[archive.Cut]]
+        # type: (bytearray, List[str], Optional[archive.Cut]) -> Tuple[BinaryIO, _ChunkCompressor, int, List[str], Optional[archive.Cut]]
         """Compress one chunk's tar bytes into an anonymous temporary file."""
         spool = tempfile.TemporaryFile(dir=self._tmp_dir)
         try:
-            sink = _ChunkSink(spool, self._compressor())
+            compressed = _ChunkCompressor(spool, self._compressor())
             view = memoryview(data)
             for offset in range(0, len(view), _READ_SIZE):
-                sink(view[offset:offset + _READ_SIZE])
-            sink.finish()
+                compressed(view[offset:offset + _READ_SIZE])
+            compressed.finish()
         except BaseException:
             spool.close()
             raise
-        return spool, sink, len(data), paths, start
+        return spool, compressed, len(data), paths, start
 
-    def _add_compressed(self, spool, sink, tar_size, paths, start):
-        # type: (BinaryIO, _ChunkSink, int, List[str], Optional[archive.Cut]) -> None
+    def _add_compressed(self, spool, compressed, tar_size, paths, start):
+        # type: (BinaryIO, _ChunkCompressor, int, List[str], Optional[archive.Cut]) -> None
         info = _zip_info(chunk_file(len(self._written), self._compression))
         with spool, self._zf.open(info, "w", force_zip64=True) as member:
             spool.seek(0)
@@ -344,8 +338,8 @@ class PayloadWriter(object):
                     break
                 member.write(data)
                 self._hash.update(data)
-        self._written.append((info.filename, sink.size, sink.sha256.hexdigest(), tar_size,
-                              paths, start))
+        self._written.append((info.filename, compressed.size, compressed.sha256.hexdigest(),
+                              tar_size, paths, start))
 
     def finished(self, manifest):
         # type: (Manifest) -> Manifest

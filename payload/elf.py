@@ -13,7 +13,7 @@ from .tree import Sink
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import Dict, Optional, Set, Tuple  # noqa: F401
+    from typing import Dict, Optional, Tuple  # noqa: F401
 
 # What an ELF header needs for machine_of: e_ident (16), e_type (2), e_machine (2).
 HEADER_SIZE = 20
@@ -88,8 +88,3 @@ class Machines(Sink):
             raise MachineMismatch(
                 "%s is for %s, but the closure is for %s"
                 % (self._rel.decode("utf-8", "replace") or "its top file", cpu, self.expected))
-
-    def cpus(self):
-        # type: () -> Set[str]
-        """The machines seen so far."""
-        return set(self.found)

@@ -244,12 +244,6 @@ class Manifest(object):
         return signing.fingerprint(self.store_path(entry.name), entry.nar_hash, entry.nar_size,
                                    [self.store_path(r) for r in entry.references])
 
-    def paths_in_chunk(self, index):
-        # type: (int) -> List[PathEntry]
-        """The store paths chunk ``index`` holds bytes of (whole or in part), in order."""
-        names = set(self.chunks[index].paths)
-        return [p for p in self.paths if p.name in names]
-
     def chunk_spans(self):
         # type: () -> Dict[str, List[int]]
         """The indexes of the chunks holding bytes of each store path, by name.

@@ -59,16 +59,16 @@ _SYMLINK = _OPEN + _TYPE + _str(b"symlink") + _str(b"target")
 
 
 class NarWriter(Sink):
-    """Turn tree events into NAR bytes passed to ``sink``; counts the size.
+    """Turn tree events into NAR bytes passed to ``write``; counts the size.
 
     Events must come in NAR order: a directory's entries sorted by name as
     bytes, each entry's node complete before the next entry starts.  The
     callers (``dump_path`` and the archive reader) guarantee that order.
     """
 
-    def __init__(self, sink):
+    def __init__(self, write):
         # type: (Callable[[bytes], object]) -> None
-        self._sink = sink
+        self._out = write
         self.size = 0
         self._remaining = 0
         self._file_size = 0
@@ -77,7 +77,7 @@ class NarWriter(Sink):
     def _write(self, data):
         # type: (bytes) -> None
         self.size += len(data)
-        self._sink(data)
+        self._out(data)
 
     def begin_directory(self, rel=b""):
         # type: (bytes) -> None

@@ -137,12 +137,6 @@ def parse_public_key(text):
     return PublicKey(name, key)
 
 
-def parse_public_keys(text):
-    # type: (str) -> List[PublicKey]
-    """A space-separated list of public keys, like Nix's ``trusted-public-keys``."""
-    return [parse_public_key(word) for word in text.split()]
-
-
 def parse_secret_key(text):
     # type: (str) -> SecretKey
     """Parse a secret key file's text, ``NAME:BASE64`` of 64 bytes (crypto.cc ``SecretKey``).

@@ -29,6 +29,14 @@ Entry = tuple  # (tarfile.TarInfo, bytes | None), as test_archive makes them
 NIX_PREFIX = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "nix-prefix"
 
 
+def write_chunk(payload: PayloadWriter, data: bytes, paths: list[str],
+                start: archive.Cut | None = None) -> None:
+    """One chunk of tar bytes as they are, holding ``paths`` from ``start``, compressed
+    and added as ``PayloadWriter.stream`` adds each chunk it cuts: crafted (hostile)
+    payloads, which no installer needs to write."""
+    payload._add_compressed(*payload._compress(bytearray(data), paths, start))
+
+
 def installer_of(out: Path, store_dir: str, entries: Sequence[Entry], names: list[str], *,
                  keys: Sequence[SecretKey] = (), nix_store: str | None = None,
                  nar_sizes: dict[str, int] | None = None) -> Manifest:
@@ -49,7 +57,7 @@ def installer_of(out: Path, store_dir: str, entries: Sequence[Entry], names: lis
                         preamble_sha256=preamble_sha256())
 
     def write_payload(payload: PayloadWriter) -> None:
-        payload.write_chunk(tar, names)
+        write_chunk(payload, tar, names)
 
     return write_installer_file(out, manifest, "xz", 0, write_payload, sign_keys=keys)
 

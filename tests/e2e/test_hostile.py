@@ -23,6 +23,7 @@ from nix_prefix.payload import nix32
 from nix_prefix.payload.archive import Cut
 from nix_prefix.payload.manifest import Manifest, PathEntry
 
+from tests.hostile_files import write_chunk
 from tests.support import run_installer, tree_snapshot
 from tests.unit.payload.test_archive import (
     HOSTILE,
@@ -81,7 +82,7 @@ def hostile_installer(out: Path, prefix: Path, chunk: bytes) -> None:
                         preamble_sha256=preamble_sha256())
 
     def write_payload(payload: PayloadWriter) -> None:
-        payload.write_chunk(chunk, [TOP, TWO])
+        write_chunk(payload, chunk, [TOP, TWO])
 
     write_installer_file(out, manifest, "xz", 0, write_payload)
 
@@ -155,7 +156,7 @@ def test_split_pieces_that_do_not_join_up_change_nothing(case: str, world_dir: P
 
     def write_payload(payload: PayloadWriter) -> None:
         for data, names, start in chunks:
-            payload.write_chunk(data, names, start)
+            write_chunk(payload, data, names, start)
 
     installer = world_dir / "hostile.sh"
     write_installer_file(installer, manifest, "xz", 0, write_payload)

@@ -36,6 +36,7 @@ from nix_prefix.payload.manifest import Chunk, Manifest, ManifestError, PathEntr
 from nix_prefix.payload.registration import ValidPathInfo
 
 from .test_hostile import FAKE_HASH, TOP, TWO, good_entries, tar_of
+from tests.hostile_files import write_chunk
 from tests.support import measured, run_installer
 
 STORE = "/p/store"
@@ -406,7 +407,7 @@ def test_an_installer_whose_references_loop_is_refused_before_anything(tmp_path:
                         [TOP, TWO], preamble_sha256=preamble_sha256())
     installer = tmp_path / "cycle.sh"
     write_installer_file(installer, manifest, "xz", 0,
-                         lambda payload: payload.write_chunk(tar_of(*good_entries()), [TOP, TWO]))
+                         lambda payload: write_chunk(payload, tar_of(*good_entries()), [TOP, TWO]))
     code = "from nix_prefix.builder.cli import main; main()"
     for proc in (run_installer(installer, "--check"), run_installer(installer, "-y"),
                  subprocess.run([sys.executable, "-c", code, "verify", str(installer)],

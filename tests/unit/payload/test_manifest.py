@@ -75,8 +75,8 @@ def test_round_trip() -> None:
     assert parsed.total_nar_size == 5120
     assert parsed.prefix == "/tmp/nix"
     assert parsed.store_path(NIX) == "/tmp/nix/store/" + NIX
-    assert [p.name for p in parsed.paths_in_chunk(0)] == [LIBC, NIX]
-    assert [p.name for p in parsed.paths_in_chunk(1)] == [HELLO]
+    assert [p.name for p in parsed.paths if 0 in parsed.chunk_spans()[p.name]] == [LIBC, NIX]
+    assert [p.name for p in parsed.paths if 1 in parsed.chunk_spans()[p.name]] == [HELLO]
 
 
 def test_round_trip_without_nix_store() -> None:
@@ -450,7 +450,7 @@ def test_split_layout_round_trips() -> None:
     assert sample().chunk_spans() == {LIBC: [0], NIX: [0], HELLO: [1]}
     assert parsed.end_of(0) == Cut(NIX, "bin/nix-store", "regular")
     assert parsed.end_of(1) == Cut(HELLO, "", "regular", 60, 120) and parsed.end_of(2) is None
-    assert [p.name for p in parsed.paths_in_chunk(1)] == [NIX, HELLO]
+    assert [p.name for p in parsed.paths if 1 in parsed.chunk_spans()[p.name]] == [NIX, HELLO]
     assert parsed.to_json() == encode_manifest(split_doc())
 
 

@@ -163,7 +163,6 @@ def test_parse_public_key_and_back() -> None:
     key = signing.parse_public_key(PUBLIC + "\n")
     assert key.name == "k1" and len(key.key) == 32
     assert str(key) == PUBLIC
-    assert signing.parse_public_keys(f" {PUBLIC}  {PUBLIC}\n") == [key, key]
 
 
 @pytest.mark.parametrize(("text", "says"), [
@@ -214,10 +213,9 @@ def _shows_no_key_material(message: str, key_text: str) -> None:
 
 @pytest.mark.parametrize("parse", [
     signing.parse_public_key,
-    signing.parse_public_keys,
     lambda text: publisher.trusted_keys([text], {}),
     lambda text: publisher.trusted_keys([], {"NIX_PREFIX_TRUSTED_KEYS": text}),
-], ids=["public_key", "public_keys", "--trusted-key", "NIX_PREFIX_TRUSTED_KEYS"])
+], ids=["public_key", "--trusted-key", "NIX_PREFIX_TRUSTED_KEYS"])
 def test_a_secret_key_given_as_a_public_key_is_named_not_shown(parse) -> None:
     secret = _secret_key_text()
     with pytest.raises(signing.SigningError) as e:
