@@ -102,7 +102,7 @@ class RetargetedSource:
 
     def __init__(self, manifest: Manifest, store_dir: str, contents: dict[str, bytes] | None):
         self.manifest = manifest
-        self.plan: exact.Plan | None = None
+        self.plan: exact.Renaming | None = None
         self.target: retargets.Retarget
         if contents is not None:
             same_length(manifest, store_dir)  # a longer store dir: one line, with its hint

@@ -76,7 +76,7 @@ def check_exact(closure: Closure, store_root: Path | None = None) -> None:
         raise BuildError(f"the closure at {closure.store_dir} holds no .drv files",
                          "build with --with-derivations")
     try:
-        exact.plan(paths, closure.store_dir, closure.store_dir, contents)
+        exact.renaming(paths, closure.store_dir, closure.store_dir, contents)
     except exact.ExactError as e:
         raise BuildError(f"exact retarget could not recompute this closure: {e}",
-                         "build without --with-derivations (plain relocation only)") from None
+                         "build without --with-derivations (same-length retarget only)") from None

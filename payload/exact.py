@@ -13,12 +13,12 @@ recomputed bottom-up for the new store dir S2 (store-api.cc, derivations.cc;
 * fixed outputs: from their output hash (contents unchanged);
 * sources without references: from their NAR hash (contents unchanged).
 
-``plan`` classifies each path by which formula reproduces its original path
-(and checks that planning for the original store dir reproduces the closure
-exactly) before planning for S2.
+``renaming`` classifies each path by which formula reproduces its original path
+(and checks that renaming for the original store dir reproduces the closure
+exactly) before renaming for S2: a ``Renaming``, old name to new.
 
-This module is the planner only: retarget.Exact reads what it needs from a
-payload, plans with it and rewrites the paths, for ``nix-prefix retarget
+This module computes the renaming only: retarget.Exact reads what it needs from
+a payload, renames with it and rewrites the paths, for ``nix-prefix retarget
 --exact`` and for the installer alike.
 """
 
@@ -55,8 +55,9 @@ HASH_PART = re.compile("[" + nix32.ALPHABET + "]{%d}-" % HASH_LENGTH)
 _HASH_RUN = re.compile(("[" + nix32.ALPHABET + "]{%d,}" % HASH_LENGTH).encode())
 
 
-class Plan(object):
-    """The result: new base names, kinds, derivers and new text contents."""
+class Renaming(object):
+    """What an exact retarget renames: old base names to new ones, with each path's
+    kind, the derivers of outputs and the new contents of texts and ``.drv`` files."""
 
     def __init__(self):
         # type: () -> None
@@ -77,53 +78,53 @@ def _split(base):
     return base[:HASH_LENGTH], base[HASH_LENGTH + 1:]
 
 
-def plan(paths, old_dir, new_dir, contents):
-    # type: (Sequence[PathEntry], str, str, Dict[str, bytes]) -> Plan
-    """Plan the exact retarget of ``paths`` from ``old_dir`` to ``new_dir``.
+def renaming(paths, old_dir, new_dir, contents):
+    # type: (Sequence[PathEntry], str, str, Dict[str, bytes]) -> Renaming
+    """The renaming of the exact retarget of ``paths`` from ``old_dir`` to ``new_dir``.
 
     ``contents`` holds the bytes of the paths that are one regular file (at
     least every ``.drv`` and every path no derivation of the closure made:
-    see ``needs_contents``).  First plans for ``old_dir`` itself, which must
+    see ``needs_contents``).  First renames for ``old_dir`` itself, which must
     give back every path and every text unchanged (this is what checks the
     classification).
     """
-    same = _Planner(paths, old_dir, old_dir, contents).run()
+    same = _Renamer(paths, old_dir, old_dir, contents).run()
     for old, new in same.names.items():
         if old != new:
             raise ExactError("store path %s/%s is recomputed as %s/%s: this closure is not "
                              "reproducible the way Nix computes paths" % (old_dir, old, old_dir,
                                                                          new),
-                             "retarget without --exact (plain relocation)")
+                             "retarget without --exact (same-length retarget)")
     for old, text in same.texts.items():
         if text != contents.get(old):
             raise ExactError("%s/%s does not print back identically" % (old_dir, old),
-                             "retarget without --exact (plain relocation)")
+                             "retarget without --exact (same-length retarget)")
     if new_dir == old_dir:
         return same
-    return _Planner(paths, old_dir, new_dir, contents, same.kinds).run()
+    return _Renamer(paths, old_dir, new_dir, contents, same.kinds).run()
 
 
 def needs_contents(paths):
     # type: (Sequence[PathEntry]) -> Set[str]
-    """The paths whose contents ``plan`` may need: every ``.drv`` and every
+    """The paths whose contents ``renaming`` may need: every ``.drv`` and every
     path whose deriver is not in the closure (texts, sources, fixed outputs).
 
-    The outputs of the closure's derivations are planned from their ``.drv``
-    alone; should a deriver be wrong, the planner finds a path it cannot
-    classify and refuses, so this only saves reading, never changes a plan.
+    The outputs of the closure's derivations are renamed from their ``.drv``
+    alone; should a deriver be wrong, the renamer finds a path it cannot
+    classify and refuses, so this only saves reading, never changes a renaming.
     """
     names = set(p.name for p in paths)
     return set(p.name for p in paths if is_derivation(p.name) or p.deriver not in names)
 
 
-class _Planner(object):
+class _Renamer(object):
     def __init__(self, paths, old_dir, new_dir, contents, kinds=None):
         # type: (Sequence[PathEntry], str, str, Dict[str, bytes], Optional[Dict[str, str]]) -> None
         self.infos = dict((p.name, p) for p in paths)
         self.contents = contents
         self.old_dir = old_dir
         self.new_dir = new_dir
-        self.p = Plan()
+        self.renaming = Renaming()
         self.known_kinds = kinds
         self.drvs = {}  # type: Dict[str, Derivation]  # old drv base -> its derivation
         # old output base -> (old drv base, output id)
@@ -133,7 +134,7 @@ class _Planner(object):
         self.busy = set()  # type: Set[str]
 
     def run(self):
-        # type: () -> Plan
+        # type: () -> Renaming
         self.by_hash = dict((name[:HASH_LENGTH].encode(), name) for name in self.infos)
         for name in sorted(self.infos):
             if is_derivation(name):
@@ -148,13 +149,13 @@ class _Planner(object):
                     raise ExactError("%s/%s has floating content-addressed or deferred "
                                      "outputs, which exact retarget does not support"
                                      % (self.old_dir, name),
-                                     "retarget without --exact (plain relocation)")
+                                     "retarget without --exact (same-length retarget)")
                 self.drvs[name] = drv
                 for out_id, path, _, _ in drv.outputs:
                     self.output_of[self._base(path, name)] = (name, out_id)
         for name in sorted(self.infos):
             self.resolve(name)
-        return self.p
+        return self.renaming
 
     def _base(self, path, where):
         # type: (str, str) -> str
@@ -170,12 +171,12 @@ class _Planner(object):
     def _set(self, old, new_full):
         # type: (str, str) -> None
         new = new_full.rpartition("/")[2]
-        self.p.names[old] = new
-        self.p.hashes[old[:HASH_LENGTH].encode()] = new[:HASH_LENGTH].encode()
+        self.renaming.names[old] = new
+        self.renaming.hashes[old[:HASH_LENGTH].encode()] = new[:HASH_LENGTH].encode()
 
     def text_rewriter(self):
         # type: () -> Rewriter
-        return Rewriter(self.old_dir.encode(), self.new_dir.encode(), self.p.hashes)
+        return Rewriter(self.old_dir.encode(), self.new_dir.encode(), self.renaming.hashes)
 
     def rewrite_str(self, s):
         # type: (str) -> str
@@ -185,7 +186,7 @@ class _Planner(object):
     def resolve(self, name):
         # type: (str) -> str
         """The new base name of the old path ``name`` (computed once)."""
-        done = self.p.names.get(name)
+        done = self.renaming.names.get(name)
         if done is not None:
             return done
         if name in self.busy:
@@ -201,7 +202,7 @@ class _Planner(object):
                 self._content_addressed(name)
         finally:
             self.busy.discard(name)
-        return self.p.names[name]
+        return self.renaming.names[name]
 
     def _resolve_mentioned(self, name):
         # type: (str) -> None
@@ -238,7 +239,7 @@ class _Planner(object):
         self._resolve_mentioned(name)
         _, pname = _split(name)
         old_refs = [self.old_dir + "/" + r for r in refs]
-        new_refs = [self._full_new(self.p.names[r]) for r in refs]
+        new_refs = [self._full_new(self.renaming.names[r]) for r in refs]
         nar = parse_sha256(info.nar_hash)
         data = self.contents.get(name)
         kind = self.known_kinds.get(name) if self.known_kinds is not None else None
@@ -246,14 +247,14 @@ class _Planner(object):
             kind = self._classify(name, data, old_refs, self_ref, nar)
         if kind == TEXT and data is not None:
             text = self.text_rewriter().whole(data)
-            self.p.texts[name] = text
+            self.renaming.texts[name] = text
             new = storepaths_ca.make_text_path(self.new_dir, pname, text, new_refs)
         elif kind == SOURCE:
             new = storepaths_ca.make_source_path(self.new_dir, pname, nar)
         else:
             new = storepaths_ca.make_fixed_output_path(
                 self.new_dir, pname, False, "sha256", hashlib.sha256(data or b"").digest())
-        self.p.kinds[name] = kind
+        self.renaming.kinds[name] = kind
         self._set(name, new)
 
     def _classify(self, name, data, old_refs, self_ref, nar):
@@ -277,10 +278,38 @@ class _Planner(object):
 
     def _derivation(self, name):
         # type: (str) -> None
+        """Rename derivation ``name`` and its outputs: its inputs first, then the
+        ``.drv`` rewritten for the new store dir, its outputs computed from it."""
         if name in self.drv_hashes:
             return
         drv = self.drvs[name]
         info = self.infos[name]
+        self._resolve_inputs(name, drv)
+        drv_name = name[HASH_LENGTH + 1:-len(DRV_EXTENSION)]
+        rw = self.rewrite_str
+        new = derivation.Derivation(
+            drv.outputs,
+            sorted((rw(p), outs) for p, outs in drv.input_drvs),
+            sorted(rw(p) for p in drv.input_srcs),
+            rw(drv.platform), rw(drv.builder), [rw(a) for a in drv.args],
+            [(k, rw(v)) for k, v in drv.env])
+        outputs = self._outputs(name, drv, drv_name, new)
+        for out_id, old_path, _, _ in drv.outputs:
+            base = self._base(old_path, name)
+            self._set(base, outputs[out_id])
+            self.renaming.kinds[base] = FIXED if drv.is_fixed_output else OUTPUT
+            self.renaming.derivers[base] = name
+        text = new.unparse()
+        self.renaming.texts[name] = text
+        refs = [self._full_new(self.renaming.names[r]) for r in info.references if r != name]
+        self.renaming.kinds[name] = DRV
+        self._set(name, storepaths_ca.make_text_path(self.new_dir, drv_name + DRV_EXTENSION, text,
+                                                     refs))
+
+    def _resolve_inputs(self, name, drv):
+        # type: (str, Derivation) -> None
+        """Rename first what derivation ``name`` is made of: its input derivations and
+        sources, its references and the paths its text mentions."""
         for path, _ in drv.input_drvs:
             base = self._base(path, name)
             if base not in self.drvs:
@@ -290,19 +319,16 @@ class _Planner(object):
             self.resolve(base)
         for path in drv.input_srcs:
             self.resolve(self._base(path, name))
-        for r in info.references:
+        for r in self.infos[name].references:
             if r != name:
                 self.resolve(r)
         self._resolve_mentioned(name)
-        drv_name = name[HASH_LENGTH + 1:-len(DRV_EXTENSION)]
-        rw = self.rewrite_str
-        new = derivation.Derivation(
-            drv.outputs,
-            sorted((rw(p), outs) for p, outs in drv.input_drvs),
-            sorted(rw(p) for p in drv.input_srcs),
-            rw(drv.platform), rw(drv.builder), [rw(a) for a in drv.args],
-            [(k, rw(v)) for k, v in drv.env])
-        outputs = {}
+
+    def _outputs(self, name, drv, drv_name, new):
+        # type: (str, Derivation, str, Derivation) -> Dict[str, str]
+        """The new output paths of derivation ``name`` (by output id), put into ``new``
+        (its rewritten copy); its hashDerivationModulo kept for the derivations using it."""
+        outputs = {}  # type: Dict[str, str]
         if drv.is_fixed_output:
             out_id, _, algo, hex_hash = drv.outputs[0]
             recursive = algo.startswith("r:")
@@ -327,15 +353,5 @@ class _Planner(object):
         if not drv.is_fixed_output:
             unmasked = hashlib.sha256(new.unparse(False, inputs)).digest()
             modulo = dict((o, unmasked) for o in outputs)
-        for out_id, old_path, _, _ in drv.outputs:
-            base = self._base(old_path, name)
-            self._set(base, outputs[out_id])
-            self.p.kinds[base] = FIXED if drv.is_fixed_output else OUTPUT
-            self.p.derivers[base] = name
         self.drv_hashes[name] = modulo
-        text = new.unparse()
-        self.p.texts[name] = text
-        refs = [self._full_new(self.p.names[r]) for r in info.references if r != name]
-        self.p.kinds[name] = DRV
-        self._set(name, storepaths_ca.make_text_path(self.new_dir, drv_name + DRV_EXTENSION, text,
-                                                     refs))
+        return outputs

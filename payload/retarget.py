@@ -267,12 +267,13 @@ def read_contents(source, progress=None, jobs=1):
 
 
 def plan_manifest(manifest, contents, new_dir):
-    # type: (Manifest, Dict[str, bytes], str) -> exact.Plan
-    """``exact.plan`` for the paths of ``manifest`` (``contents``: what ``read_contents`` read)."""
+    # type: (Manifest, Dict[str, bytes], str) -> exact.Renaming
+    """``exact.renaming`` for the paths of ``manifest`` (``contents``: what
+    ``read_contents`` read)."""
     if not has_derivations(manifest.paths):
         raise exact.ExactError("the installer for %s holds no .drv files" % manifest.store_dir,
                                "build it with --with-derivations")
-    result = exact.plan(manifest.paths, manifest.store_dir, new_dir, contents)
+    result = exact.renaming(manifest.paths, manifest.store_dir, new_dir, contents)
     # Only the hash part may change (new names become file names in the store).
     for p in manifest.paths:
         new = result.names[p.name]
@@ -283,7 +284,7 @@ def plan_manifest(manifest, contents, new_dir):
 
 
 def retargeted_manifest(manifest, plan, store_dir, embedded_store_dir):
-    # type: (Manifest, exact.Plan, str, str) -> Manifest
+    # type: (Manifest, exact.Renaming, str, str) -> Manifest
     """A copy of ``manifest`` for ``store_dir`` under the names of ``plan``.
 
     Paths (in the same order), references, derivers, roots, ``nixStore`` and

@@ -12,7 +12,7 @@ from nix_prefix.payload.manifest import PathEntry
 def test_unknown_path_is_refused_with_a_hint() -> None:
     name = "0" * 32 + "-mystery"
     with pytest.raises(exact.ExactError, match="cannot tell how") as e:
-        exact.plan([PathEntry(name, "sha256:" + "1" * 52, 0, [])], "/a/store", "/b/store",
+        exact.renaming([PathEntry(name, "sha256:" + "1" * 52, 0, [])], "/a/store", "/b/store",
                    {name: b"x"})
     assert "--with-derivations" in e.value.hint
 
@@ -30,7 +30,7 @@ def test_a_path_named_without_a_reference_is_planned_before_the_text_naming_it()
         text = f"see {a_path} ({i})\n".encode()
         b_path = storepaths_ca.make_text_path(old_dir, "b.txt", text, [])
         b = PathEntry(b_path.rpartition("/")[2], "sha256:" + "1" * 52, 0, [])
-        p = exact.plan([a, b], old_dir, new_dir, {a.name: b"a\n", b.name: text})
+        p = exact.renaming([a, b], old_dir, new_dir, {a.name: b"a\n", b.name: text})
         new_a = new_dir + "/" + p.names[a.name]
         assert p.texts[b.name] == f"see {new_a} ({i})\n".encode()
         orders.add(b.name < a.name)
