@@ -28,7 +28,7 @@ from . import hashes, nix32, signing, storepath
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import Callable, Dict, Iterable, List, Optional, Sequence  # noqa: F401
+    from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple  # noqa: F401
 
 # Compression name -> the NAR file's extension (binary-cache-store.cc).
 NAR_EXTENSIONS = {"xz": ".xz", "bzip2": ".bz2", "zstd": ".zst", "lzip": ".lzip",
@@ -149,26 +149,7 @@ def parse(text, whence, store_dir=None):
         # type: (str) -> NarInfoError
         return NarInfoError("narinfo %s is corrupt: %s" % (whence, why))
 
-    fields = {}  # type: Dict[str, str]
-    sigs = []  # type: List[str]
-    pos = 0
-    while pos < len(text):
-        colon = text.find(":", pos)
-        if colon < 0:
-            raise corrupt("a line without 'Name: value'")
-        eol = text.find("\n", colon + 2)
-        if eol < 0:
-            raise corrupt("the last line has no newline")
-        name, value = text[pos:colon], text[colon + 2:eol]
-        if "\n" in name:
-            raise corrupt("a line without 'Name: value'")
-        if name == "Sig":
-            sigs.append(value)
-        elif name in ("References", "CA") and name in fields:
-            raise corrupt("%s given twice" % name)
-        else:
-            fields[name] = value  # Nix keeps the last of a repeated field
-        pos = eol + 1
+    fields, sigs = _fields(text, corrupt)
     for required in ("StorePath", "NarHash", "URL"):
         if not fields.get(required):
             raise corrupt("no %s" % required)
@@ -207,6 +188,33 @@ def parse(text, whence, store_dir=None):
     return NarInfo(fields["StorePath"], url, compression, file_hash,
                    _count(fields.get("FileSize", "0"), "FileSize", corrupt), nar_hash, nar_size,
                    refs, deriver, fields.get("System", ""), sigs, ca)
+
+
+def _fields(text, corrupt):
+    # type: (str, Callable[[str], NarInfoError]) -> Tuple[Dict[str, str], List[str]]
+    """The ``Name: value`` lines of a narinfo as ``NarInfo::NarInfo`` reads them: the
+    fields by name (the last of a repeated one), and the ``Sig:`` values in order."""
+    fields = {}  # type: Dict[str, str]
+    sigs = []  # type: List[str]
+    pos = 0
+    while pos < len(text):
+        colon = text.find(":", pos)
+        if colon < 0:
+            raise corrupt("a line without 'Name: value'")
+        eol = text.find("\n", colon + 2)
+        if eol < 0:
+            raise corrupt("the last line has no newline")
+        name, value = text[pos:colon], text[colon + 2:eol]
+        if "\n" in name:
+            raise corrupt("a line without 'Name: value'")
+        if name == "Sig":
+            sigs.append(value)
+        elif name in ("References", "CA") and name in fields:
+            raise corrupt("%s given twice" % name)
+        else:
+            fields[name] = value  # Nix keeps the last of a repeated field
+        pos = eol + 1
+    return fields, sigs
 
 
 def _count(text, what, corrupt):
