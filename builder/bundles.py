@@ -14,10 +14,10 @@ from pathlib import Path
 from .. import payload as payload_pkg
 from ..payload import bundle
 
-# What seal.bootstrap needs to check the signature before importing the installer,
+# What boot.bootstrap needs to check the signature before importing the installer,
 # in the order they load (each after what it imports).
 BOOT_MODULES = ("errors", "nix32", "hashes", "ed25519", "signing", "jsondoc", "publisher",
-                "seal", "trust")
+                "seal", "trust", "boot")
 VERIFIER_MODULES = (*BOOT_MODULES, "verifier")
 VERIFIER_NAME = "nix-prefix-verify"
 
@@ -38,7 +38,7 @@ def boot_text() -> bytes:
     return _bundle("# The Python the sh preamble runs: payload/bundle.py, then the modules\n"
                    "# it loads (payload/seal.py, trust.py and what they import).\n",
                    BOOT_MODULES,
-                   "bootstrap = load(sys.argv[4], \"nix_prefix_boot\", QUOTE).seal.bootstrap\n",
+                   "bootstrap = load(sys.argv[4], \"nix_prefix_boot\", QUOTE).boot.bootstrap\n",
                    bundle.QUOTE).encode("ascii")
 
 

@@ -16,15 +16,14 @@ the file is piped (sh has read that line before Python starts).
 
 This module is also among the first Python that runs: the sh preamble passes
 it to ``python3 -I``, bundled (bundle.py) with what trust.py needs (see
-head()), and ``bootstrap`` checks the seal over the bytes it is about to run,
-then the publisher's signature and the code's sha256 (trust.check_code),
-before importing anything from the zip.  So it imports only the standard
-library and the bundled modules, and runs on Python 3.6.
+head()), and boot.py ``bootstrap`` checks the seal over the bytes it is about
+to run (``verified``), then the publisher's signature and the code's sha256
+(trust.check_code), before importing anything from the zip.  So it imports
+only the standard library, and runs on Python 3.6.
 """
 
 import atexit
 import hashlib
-import importlib
 import os
 import shutil
 import signal
@@ -56,7 +55,6 @@ HEAD_SIZE = 1 << 17
 _READ_SIZE = 1 << 20
 _QUOTE = "\x27"
 EXIT_DAMAGED = 3
-ENTRY_POINT = "nix_prefix.installer.main"
 
 
 class SealError(ValueError):
@@ -243,28 +241,11 @@ def memory_advice():
                MEMORY_NEEDED_MIB << 10))
 
 
-def _fail(message, code=EXIT_DAMAGED):
+def fail(message, code=EXIT_DAMAGED):
     # type: (str, int) -> None
+    """Say ``message`` as the one error line and exit with ``code``."""
     sys.stderr.write("nix-prefix: error: %s\n" % message)
     sys.exit(code)
-
-
-def _run_from(path, name, args):
-    # type: (str, str, List[str]) -> None
-    """Import the installer from the verified file at ``path`` and run it."""
-    sys.path.insert(0, path)
-    try:
-        # The entry point the format names (docs/format.md), found in the zip
-        # just verified: a name, not an import of the installer by payload/.
-        main = importlib.import_module(ENTRY_POINT).main
-    except Exception as e:
-        if is_out_of_memory(e):
-            _fail("out of memory while loading the installer; nothing was changed; %s"
-                  % memory_advice(), EXIT_MACHINE)
-        _fail("%s passed its seal but its code does not load in Python %s at %s (%s: %s); "
-              "report this" % (name, sys.version.split()[0], sys.executable,
-                               type(e).__name__, e), 1)
-    main(path, args, name=name, sealed=True)
 
 
 def open_standard_streams():
@@ -290,56 +271,7 @@ def open_standard_streams():
             setattr(sys, name, open(fd, mode, closefd=False))
 
 
-def bootstrap(argv):
-    # type: (List[str]) -> None
-    """Entry point of the sh preamble: ``argv`` is ``[-c, SOURCE, SEAL, SHELL, BOOT, ARGS...]``.
-
-    SOURCE is the installer file sh runs.  The seal is checked over the exact
-    bytes the installer then runs from (an open descriptor of the file), so a
-    file replaced in between cannot slip in.
-    """
-    open_standard_streams()
-    try:
-        # ``opened`` stays referenced: closing it would close the path /proc shows.
-        opened, path, name, args = _verified(argv)
-    except Exception as e:  # this code itself damaged: still one line
-        if is_out_of_memory(e):
-            _fail("out of memory while checking the seal; nothing was changed; %s"
-                  % memory_advice(), EXIT_MACHINE)
-        _fail("%s is damaged (its seal checker fails: %s: %s); download it again"
-              % (argv[1], type(e).__name__, e))
-    _check_publisher(path, name, args)
-    _run_from(path, name, args)
-
-
-def _check_publisher(path, name, args):
-    # type: (str, str, List[str]) -> None
-    """Before any code of the file is imported: the publisher's signatures over the
-    manifest hold, one is by a key the user trusts (if they gave any), and the code
-    in the zip is what the manifest names (trust.py).  A damaged or swapped module
-    is refused here, before it runs; a replaced preamble is not (it is this code)."""
-    # Imported here, not at the top: trust.py imports this module.
-    from . import trust
-
-    try:
-        trusted = trust.trusted_keys(trust.given_keys(args), os.environ)
-        with open(path, "rb") as f:
-            trust.check_code(f, trusted)
-    except trust.BadKey as e:
-        _fail("%s (see --help)" % e, e.exit_code)
-    except trust.Refused as e:
-        _fail(str(e), e.exit_code)
-    except OSError as e:
-        _fail("cannot read the installer %s (%s)" % (name, e.strerror), 1)
-    except Exception as e:  # still one line
-        if is_out_of_memory(e):
-            _fail("out of memory while checking the signature; nothing was changed; %s"
-                  % memory_advice(), EXIT_MACHINE)
-        _fail("%s is damaged (its signature checker fails: %s: %s); download it again"
-              % (name, type(e).__name__, e))
-
-
-def _verified(argv):
+def verified(argv):
     # type: (List[str]) -> Tuple[BinaryIO, str, str, List[str]]
     """The verified file, the path to run from, its name for messages, and the
     installer arguments."""
@@ -348,7 +280,7 @@ def _verified(argv):
     try:
         fd = os.dup(0) if source == "-" else os.open(source, os.O_RDONLY)
     except OSError as e:
-        _fail("cannot read the installer %s (%s)" % (name, e.strerror), 1)
+        fail("cannot read the installer %s (%s)" % (name, e.strerror), 1)
     f = os.fdopen(fd, "rb")
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         # A pipe (curl URL | sh, bash <(curl URL)): sh has read the start.
@@ -357,9 +289,9 @@ def _verified(argv):
     try:
         check_file(f)
     except SealError as e:
-        _fail("%s is damaged: %s; download it again" % (name, e))
+        fail("%s is damaged: %s; download it again" % (name, e))
     except OSError as e:
-        _fail("cannot read the installer %s (%s)" % (name, e.strerror), 1)
+        fail("cannot read the installer %s (%s)" % (name, e.strerror), 1)
     # Python reopens the zip by name: through /proc it is this same open file.
     path = "/proc/self/fd/%d" % fd
     if not _same_file(path, fd):
@@ -440,8 +372,8 @@ def private_copy(chunks, name):
                 out.write(data)
         check(path)
     except SealError as e:
-        _fail("%s is damaged: %s; download it again" % (name, e))
+        fail("%s is damaged: %s; download it again" % (name, e))
     except OSError as e:
-        _fail("cannot copy the installer into %s (%s); set TMPDIR to a directory with "
+        fail("cannot copy the installer into %s (%s); set TMPDIR to a directory with "
               "space" % (tempfile.gettempdir(), e.strerror), 4)
     return path

@@ -6,7 +6,7 @@ Two callers check that with the standard library and these few payload
 modules only, bundled (bundle.py) so that nothing of the file is imported
 first:
 
-- the Python the sh preamble starts (seal.bootstrap), before it imports the
+- the Python the sh preamble starts (boot.bootstrap), before it imports the
   installer from the zip: ``check_code``, the signatures and the code;
 - the standalone verifier (verifier.py, ``nix-prefix-verify``), before the
   file runs at all: ``check_file``, every byte.

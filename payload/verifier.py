@@ -1,6 +1,6 @@
 """``nix-prefix-verify``: check an installer file wholly before any byte of it runs.
 
-An installer's own check (seal.bootstrap, trust.check_code) runs its own
+An installer's own check (boot.bootstrap, trust.check_code) runs its own
 preamble first: a file whose preamble was replaced runs whatever that says.
 This verifier is the check from outside, a user gets it once through a
 channel they trust (``pip install nix-prefix``, or the one file ``nix-prefix
