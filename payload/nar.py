@@ -299,14 +299,6 @@ def dump_path(fs_path, sink, rel=b""):
                        % os.fsdecode(fs_path))
 
 
-def nar_bytes(fs_path):
-    # type: (str) -> bytes
-    """The whole NAR of a path, in memory (for tests and small trees)."""
-    parts = []  # type: List[bytes]
-    dump_path(os.fsencode(fs_path), NarWriter(parts.append))
-    return b"".join(parts)
-
-
 def hash_path(fs_path):
     # type: (str) -> Tuple[bytes, int]
     """(sha256 digest, size) of the NAR of ``fs_path``: Nix's narHash and narSize."""

@@ -16,11 +16,19 @@ from nix_prefix.builder.closure_info import read_closure
 from nix_prefix.builder.localnix import LocalNix, prefix_env
 from nix_prefix.builder.pack import BuildOptions, build_installer
 from nix_prefix.builder.samples import build_small_closure
+from nix_prefix.payload import nar
 
 # The one measure of a command (wall time, peak RSS, bytes), shared with bench/common.py.
 from .measure import Measured, measured  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def nar_bytes(fs_path: str | bytes) -> bytes:
+    """The whole NAR of a path, in memory (small trees)."""
+    parts: list[bytes] = []
+    nar.dump_path(os.fsencode(fs_path), nar.NarWriter(parts.append))
+    return b"".join(parts)
 
 
 @dataclass

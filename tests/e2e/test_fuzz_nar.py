@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from nix_prefix.builder.localnix import LocalNix
 from nix_prefix.payload import hashes, nar
 
+from tests.support import nar_bytes
 from tests.unit.payload.test_fuzz import (  # noqa: F401 - report_counts prints COUNTS
     COUNTS,
     materialise,
@@ -45,7 +46,7 @@ def test_nar_serialiser_equals_nix_store_dump(nix: LocalNix, tree: tuple) -> Non
     try:
         root = work / "t"
         materialise(tree, root)
-        ours = nar.nar_bytes(os.fsencode(root))
+        ours = nar_bytes(os.fsencode(root))
         added = nix.run("nix-store", ["--add", str(root)]).stdout.decode().strip()
         assert nix.run("nix-store", ["--dump", added]).stdout == ours
         (recorded,) = nix.run("nix-store", ["-q", "--hash", added]).stdout.decode().split()

@@ -16,6 +16,7 @@ import pytest
 from nix_prefix.builder.localnix import LocalNix, NixCommandError
 from nix_prefix.payload import hashes, nar, nix32
 
+from tests.support import nar_bytes
 from tests.unit.payload.test_nar import TREES, make, write
 
 
@@ -43,7 +44,7 @@ def test_nar_bytes_equal_nix_store_dump(nix: LocalNix, tmp_path: Path, case: str
     root = make(tmp_path, case)
     expected = nix_dump(nix, root)
     assert expected.startswith(b"\x0d" + bytes(7) + b"nix-archive-1")
-    got = nar.nar_bytes(str(root))
+    got = nar_bytes(str(root))
     assert got == expected
 
 
@@ -62,7 +63,7 @@ def test_only_owner_x_counts(nix: LocalNix, tmp_path: Path) -> None:
     for mode in (0o644, 0o654, 0o611, 0o744, 0o755, 0o700):
         path = tmp_path / f"f{mode:o}"
         write(path, b"same\n", mode)
-        dumps[mode] = nar.nar_bytes(str(path))
+        dumps[mode] = nar_bytes(str(path))
         assert dumps[mode] == nix_dump(nix, path)
     assert dumps[0o644] == dumps[0o654] == dumps[0o611]
     assert dumps[0o744] == dumps[0o755] == dumps[0o700]
@@ -96,7 +97,7 @@ def test_fifo_raises_nar_error(nix: LocalNix, tmp_path: Path, where: str) -> Non
     with pytest.raises(NixCommandError):
         nix_dump(nix, root)  # Nix refuses it too ("unsupported type")
     with pytest.raises(nar.NarError):
-        nar.nar_bytes(str(root))
+        nar_bytes(str(root))
     with pytest.raises(nar.NarError):
         nar.hash_path(str(root))
 
@@ -125,5 +126,5 @@ def test_paths_added_to_a_real_store(nix: LocalNix, tmp_path: Path) -> None:
         assert size == int(db_size), case
         # The canonicalised store copy has the same NAR as the original tree.
         assert nar.hash_path(str(root)) == (digest, size), case
-        assert nar.nar_bytes(store_path) == nix_dump(nix, Path(store_path)), case
+        assert nar_bytes(store_path) == nix_dump(nix, Path(store_path)), case
 

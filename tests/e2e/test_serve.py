@@ -33,11 +33,11 @@ from nix_prefix.builder.limits import Limits
 from nix_prefix.builder.master import Master, PrefixPlan, ServeOptions
 from nix_prefix.builder.serve import Server
 from nix_prefix.builder.signer import load_secret_key
-from nix_prefix.payload import hashes, nar, narinfo, signing
+from nix_prefix.payload import hashes, narinfo, signing
 
 from . import test_cache
 from .test_cache import world  # noqa: F401 - the binary-cache tests' closure, for the slow tests
-from tests.support import build_small
+from tests.support import build_small, nar_bytes
 
 
 class Running:
@@ -178,7 +178,7 @@ def test_the_nar_is_the_master_path_relocated(small: dict, server: Running) -> N
     info = narinfo.parse(text.decode(), name, store_dir)
     _, _, data = get(server.port, f"{store_dir}/{info.url}")
     plain = zstandard.ZstdDecompressor().decompressobj().decompress(data)
-    old = nar.nar_bytes(os.fsencode(root))
+    old = nar_bytes(os.fsencode(root))
     old_dir = str(built.prefix / "store").encode()
     padded = b"/q" + b"/" * (len(old_dir) - len(store_dir)) + b"/store"
     # Every occurrence retargeted: padded in binaries (no offset moves), canonical in

@@ -13,6 +13,8 @@ import pytest
 
 from nix_prefix.payload import nar
 
+from tests.support import nar_bytes
+
 
 def write(path: Path, data: bytes = b"", mode: int = 0o644) -> None:
     path.write_bytes(data)
@@ -149,14 +151,14 @@ class Recorder:
 def test_hello_file_is_120_bytes(tmp_path: Path) -> None:
     """The doc's verified example: the NAR of a file ``hello\\n`` is 120 bytes."""
     root = make(tmp_path, "single_file")
-    assert len(nar.nar_bytes(str(root))) == 120
+    assert len(nar_bytes(str(root))) == 120
     assert nar.hash_path(str(root))[1] == 120
 
 
 def test_entries_in_byte_order(tmp_path: Path) -> None:
     """'B' < '_' < 'a' in the NAR (the doc's verified example)."""
     root = make(tmp_path, "name_order")
-    data = nar.nar_bytes(str(root))
+    data = nar_bytes(str(root))
 
     def where(name: bytes) -> int:
         token = len(name).to_bytes(8, "little") + name

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from nix_prefix.payload import nar, narinfo
 
+from tests.support import nar_bytes
+
 # What `nix copy --to file://` wrote with Nix 2.8 (../shared/docs/nix-formats.md section 9).
 NIX_WROTE = """\
 StorePath: /tmp/x/p/store/8qygh497d0bm7qzmrzr2323k5i648c17-greet-app-2.1
@@ -92,7 +94,7 @@ def test_nar_urls_follow_binary_cache_store() -> None:
 
 
 def _nar_of(tmp: Path) -> bytes:
-    return nar.nar_bytes(str(tmp))
+    return nar_bytes(str(tmp))
 
 
 def test_parse_gives_back_the_nar_of_a_tree(tmp_path: Path) -> None:
