@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from nix_prefix.payload import archive, hashes, nar, nix32, storepaths_ca, tree
-from nix_prefix.payload.archive import ArchiveError
+from nix_prefix.payload.archive import ArchiveError, Cut
 
 # -- recording visitors -------------------------------------------------------------------------
 
@@ -499,3 +499,142 @@ def test_a_long_name_record_names_the_next_entry() -> None:
     opener = unpack_bytes(_long_name_record(202), [TOP])
     ((_, rec),) = opener.opened
     assert ("regular", b"n" * 200, False, 4) in rec.merged()
+
+
+# -- the reader, one method per entry type (archive._Reader) ---------------------------------
+# Without Nix: a tree with each entry type, dumped by nar.dump_path; each type's events,
+# and the stream cut anywhere read back the same.
+
+TREE_PATH = "0" * 32 + "-tree"
+FILE_PATH = "1" * 32 + "-file"
+LINK_PATH = "2" * 32 + "-link"
+
+
+def _joined(rec: Recorder) -> list[tuple]:
+    """``rec``'s events with end_part dropped and contents joined: a path read across
+    chunks looks as one read whole."""
+    whole = Recorder()
+    whole.events = [e for e in rec.events if e[0] != "end_part"]
+    return whole.merged()
+
+
+def _each_type(root: Path) -> Path:
+    """A directory with each entry type: a file, an executable, a symlink, a subdirectory."""
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "run").write_bytes(b"#!/bin/sh\necho run\n" * 40)
+    (root / "bin" / "run").chmod(0o755)
+    (root / "data").write_bytes(bytes(range(256)) * 9)
+    (root / "data").chmod(0o644)
+    (root / "empty").write_bytes(b"")
+    (root / "link").symlink_to("data")
+    (root / "zz").write_bytes(b"last\n")
+    (root / "zz").chmod(0o644)
+    return root
+
+
+@pytest.fixture
+def typed_sources(tmp_path: Path) -> list[tuple[str, Path]]:
+    """TREE_PATH (the tree), FILE_PATH (one file) and LINK_PATH (one symlink) on disk."""
+    (tmp_path / "f").write_bytes(b"file\n" * 300)
+    (tmp_path / "l").symlink_to("/elsewhere")
+    return [(TREE_PATH, _each_type(tmp_path / "t")), (FILE_PATH, tmp_path / "f"),
+            (LINK_PATH, tmp_path / "l")]
+
+
+def _cut_stream(typed_sources: list[tuple[str, Path]],
+                chunk_size: int = 0) -> tuple[list[bytearray], list[tuple]]:
+    """The tar stream of ``typed_sources``, cut every ``chunk_size`` bytes: each chunk's bytes,
+    and per chunk (its start, its paths)."""
+    chunks = [bytearray()]
+    layout: list[tuple] = [[None, []]]
+
+    def on_cut(where: Cut | None, paths: list[str]) -> None:
+        layout[-1][1] = list(paths)
+        chunks.append(bytearray())
+        layout.append([where, []])
+
+    tar = archive.TarWriter(lambda data: chunks[-1].extend(data), chunk_size, on_cut)
+    for name, path in typed_sources:
+        tar.top = name
+        nar.dump_path(os.fsencode(path), tar)
+    tar.close()
+    layout[-1][1] = list(tar.paths)
+    return chunks, [tuple(x) for x in layout]
+
+
+def _read_chunks(chunks: list[bytearray], layout: list[tuple]) -> dict[str, Recorder]:
+    """unpack() each chunk in order, a path's events going to one recorder throughout."""
+    seen: dict[str, Recorder] = {}
+    for i, (data, (start, paths)) in enumerate(zip(chunks, layout, strict=True)):
+        end = layout[i + 1][0] if i + 1 < len(layout) else None
+        archive.unpack(io.BytesIO(bytes(data)), paths, lambda n: seen.setdefault(n, Recorder()),
+                       start, end, last=i == len(chunks) - 1)
+    return seen
+
+
+def test_each_entry_type_gives_its_events(typed_sources: list[tuple[str, Path]]) -> None:
+    chunks, layout = _cut_stream(typed_sources)
+    assert len(chunks) == 1
+    seen = _read_chunks(chunks, layout)
+    assert _joined(seen[TREE_PATH]) == [
+        ("begin_directory", b""),
+        ("begin_entry", b"bin"), ("begin_directory", b"bin"),
+        ("begin_entry", b"run"), ("regular", b"bin/run", True, 760),
+        ("contents", b"#!/bin/sh\necho run\n" * 40), ("end_regular",), ("end_entry",),
+        ("end_directory",), ("end_entry",),
+        ("begin_entry", b"data"), ("regular", b"data", False, 2304),
+        ("contents", bytes(range(256)) * 9), ("end_regular",), ("end_entry",),
+        ("begin_entry", b"empty"), ("regular", b"empty", False, 0), ("end_regular",),
+        ("end_entry",),
+        ("begin_entry", b"link"), ("symlink", b"link", b"data"), ("end_entry",),
+        ("begin_entry", b"zz"), ("regular", b"zz", False, 5), ("contents", b"last\n"),
+        ("end_regular",), ("end_entry",),
+        ("end_directory",), ("finish",)]
+    assert _joined(seen[FILE_PATH]) == [("regular", b"", False, 1500),
+                                        ("contents", b"file\n" * 300), ("end_regular",),
+                                        ("finish",)]
+    assert _joined(seen[LINK_PATH]) == [("symlink", b"", b"/elsewhere"), ("finish",)]
+
+
+def test_a_stream_cut_anywhere_reads_back_the_same(typed_sources: list[tuple[str, Path]]) -> None:
+    """Chunk sizes from a few bytes to the whole: cuts after a directory, a file, a
+    symlink, between store paths and inside files; each path's events are those of the
+    uncut stream."""
+    whole = {name: _joined(r) for name, r in _read_chunks(*_cut_stream(typed_sources)).items()}
+    kinds = set()
+    size = len(_cut_stream(typed_sources)[0][0])
+    for chunk_size in range(64, size, 37):
+        chunks, layout = _cut_stream(typed_sources, chunk_size)
+        kinds.update((s.kind, s.offset is not None) for s, _ in layout if s is not None)
+        seen = _read_chunks(chunks, layout)
+        assert {name: _joined(r) for name, r in seen.items()} == whole, chunk_size
+        ends = [e for r in seen.values() for e in r.events if e[0] == "end_part"]
+        assert len(ends) == sum(1 for s, _ in layout if s is not None)
+    assert kinds == {("directory", False), ("regular", False), ("regular", True),
+                     ("symlink", False)}
+
+
+def _header_of(name: str, kind: bytes, mode: int = 0o444) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    return info.tobuf(tarfile.GNU_FORMAT, archive.ENCODING, archive.ERRORS)
+
+
+@pytest.mark.parametrize(("kind", "what"), [
+    (tarfile.LNKTYPE, "a hard link"), (tarfile.CHRTYPE, "a character device"),
+    (tarfile.FIFOTYPE, "a FIFO"), (b"Z", "an entry of unknown type"),
+])
+def test_an_entry_of_another_type_is_refused_by_name(kind: bytes, what: str) -> None:
+    data = _header_of(TREE_PATH, kind) + bytes(1024)
+    with pytest.raises(ArchiveError, match=f"is {what}.*only files, directories and symlinks"):
+        archive.unpack(io.BytesIO(data), [TREE_PATH], lambda n: Recorder())
+
+
+def test_a_chunk_that_stops_where_the_next_does_not_start_is_refused(
+        typed_sources: list[tuple[str, Path]]) -> None:
+    chunks, layout = _cut_stream(typed_sources, 1024)
+    wrong = Cut(TREE_PATH, "zzz", "regular")
+    with pytest.raises(ArchiveError, match="but the next chunk starts"):
+        archive.unpack(io.BytesIO(bytes(chunks[0])), layout[0][1], lambda n: Recorder(),
+                       None, wrong, last=False)

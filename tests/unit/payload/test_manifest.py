@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from nix_prefix.payload import hashes, nix32
+from nix_prefix.payload import hashes, nix32, signing
 from nix_prefix.payload.archive import Cut
 from nix_prefix.payload.manifest import Chunk, Manifest, ManifestError, PathEntry
 
@@ -516,3 +516,94 @@ def test_manifest_embedded_store_dir_must_be_a_padding_of_the_store_dir() -> Non
                    embedded_store_dir="/a/c////store")
     with pytest.raises(ManifestError, match="embeddedStoreDir"):
         Manifest.from_json(bad.to_json())
+
+
+# -- records read back by from_dict, each checking its own fields ----------------------------
+
+REC_A = "a" * 32 + "-a"
+REC_B = "b" * 32 + "-b"
+REC_DRV = "d" * 32 + "-b.drv"
+REC_NAR_HASH = "sha256:" + "1" * 52
+REC_SIG = str(signing.Signature("k1", bytes(64)))
+REC_SHA = "0" * 64
+
+
+def entry_state(e: PathEntry) -> tuple:
+    return (e.name, e.nar_hash, e.nar_size, e.references, e.deriver, e.chunk, e.sigs)
+
+
+def chunk_state(c: Chunk) -> tuple:
+    return (c.file, c.size, c.sha256, c.tar_size, c.paths, c.start)
+
+
+def through_json(d: dict) -> Any:
+    return json.loads(json.dumps(d))
+
+
+@pytest.mark.parametrize("entry", [
+    PathEntry(REC_A, REC_NAR_HASH, 120, []),
+    PathEntry(REC_B, REC_NAR_HASH, 7, [REC_A, REC_B], REC_DRV, 3, [REC_SIG]),
+])
+def test_a_path_entry_round_trips(entry: PathEntry) -> None:
+    back = PathEntry.from_dict(through_json(entry.to_dict()))
+    assert entry_state(back) == entry_state(entry)
+
+
+@pytest.mark.parametrize(("index", "chunk"), [
+    (0, Chunk("payload/0000.tar.xz", 10, REC_SHA, 20, [REC_A])),
+    (1, Chunk("payload/0001.tar.zst", 10, REC_SHA, 20, [REC_A, REC_B],
+              Cut(REC_A, "", "directory"))),
+    (2, Chunk("payload/0002.tar", 10, REC_SHA, 20, [REC_B], Cut(REC_B, "bin/x", "regular", 5, 9))),
+    (3, Chunk("payload/0003.tar.xz", 10, REC_SHA, 20, [REC_B], Cut(REC_B, "lib/l", "symlink"))),
+])
+def test_a_chunk_round_trips(index: int, chunk: Chunk) -> None:
+    back = Chunk.from_dict(through_json(chunk.to_dict()), index)
+    assert chunk_state(back) == chunk_state(chunk)
+
+
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("name", "a", "store path name"),
+    ("narHash", "sha256:xyz", REC_A + ": "),
+    ("narSize", -1, "narSize must be a non-negative integer"),
+    ("chunk", True, "chunk must be a non-negative integer"),
+    ("deriver", "x.drv", "store path name"),
+    ("references", ["../etc"], "store path"),
+    ("sigs", "k1:x", REC_A + ": sigs must be a list"),
+    ("sigs", ["k1:x"], REC_A + ": "),
+])
+def test_a_path_entry_checks_its_own_fields(field: str, value: Any, says: str) -> None:
+    d = PathEntry(REC_A, REC_NAR_HASH, 120, []).to_dict()
+    d[field] = value
+    with pytest.raises(ManifestError, match=says):
+        PathEntry.from_dict(d)
+
+
+@pytest.mark.parametrize(("index", "field", "value", "says"), [
+    (0, "file", "payload/0.tar.xz", "chunk 0 has a bad file name or sha256"),
+    (4, "sha256", "Z" * 64, "chunk 4 has a bad file name or sha256"),
+    (0, "start", {"path": REC_A, "entry": "", "type": "directory"}, "chunk 0 has a bad start"),
+    (2, "start", {"path": REC_A, "entry": "x", "type": "fifo"}, "chunk 2 starts at a bad entry"),
+    (2, "start", {"path": REC_A, "entry": "x", "type": "regular", "offset": 9, "size": 9},
+     "chunk 2 starts inside a file at byte 9 of 9"),
+    (1, "size", -2, "chunks.size must be a non-negative integer"),
+])
+def test_a_chunk_checks_its_own_fields(index: int, field: str, value: Any, says: str) -> None:
+    d = Chunk("payload/0000.tar.xz", 10, REC_SHA, 20, [REC_A]).to_dict()
+    d[field] = value
+    with pytest.raises(ManifestError, match=says):
+        Chunk.from_dict(d, index)
+
+
+def test_records_that_are_each_fine_can_still_not_fit_together() -> None:
+    """from_dict takes each record alone; from_json then refuses what does not fit."""
+    chunks = [Chunk("payload/0000.tar.xz", 10, REC_SHA, 20, [REC_A, REC_B])]
+    paths = [PathEntry(REC_A, REC_NAR_HASH, 1, [REC_B]), PathEntry(REC_B, REC_NAR_HASH, 1, [REC_A])]
+    manifest = Manifest("/x/store", "x86_64-linux", "xz", paths, chunks, [REC_A], payload_size=10)
+    doc = json.loads(manifest.to_json())
+    for d in doc["paths"]:
+        PathEntry.from_dict(d)
+    with pytest.raises(ManifestError, match="references of 2 store paths form a cycle"):
+        Manifest.from_json(manifest.to_json())
+    doc["paths"][1]["chunk"] = 1
+    with pytest.raises(ManifestError, match=f"{REC_B} is in chunk 1, which does not exist"):
+        Manifest.from_json(json.dumps(doc).encode())
