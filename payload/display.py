@@ -41,7 +41,7 @@ def info_text(manifest, verdict):
         % (VERSION, manifest.tool_version),
         "store dir:     %s" % manifest.store_dir,
         "prefix:        %s" % manifest.prefix,
-        "relocatable:   to any prefix of at most %d bytes (--prefix)"
+        "retargets to:  any prefix of at most %d bytes (--prefix)"
         % (manifest.max_store_dir_length - len("/store")),
         "derivations:   %s" % ("yes (another --prefix gets every store path recomputed "
                                "exactly)" if manifest.derivations else "no"),

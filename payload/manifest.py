@@ -250,7 +250,7 @@ class Manifest(object):
 
         Found from the paths' order and first chunks, not from the chunks'
         lists of names, so they hold for a manifest whose paths were renamed
-        (an exact relocation's) as well.
+        (an exact retarget's) as well.
         """
         spans = {}
         last_chunk = len(self.chunks) - 1

@@ -15,7 +15,7 @@ see ../shared/docs/nix-formats.md section 9.
 - A store path's signature is made over its fingerprint,
   ``1;<store path>;<narHash as sha256:nix32>;<narSize>;<references>``, the
   references being full store paths, sorted and comma-joined.  The store dir
-  is part of it: a relocated path is another path, which no old signature
+  is part of it: a retargeted path is another path, which no old signature
   covers.
 
 Nothing here knows the installer file; it is the format library both the
