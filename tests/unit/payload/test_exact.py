@@ -13,7 +13,7 @@ def test_unknown_path_is_refused_with_a_hint() -> None:
     name = "0" * 32 + "-mystery"
     with pytest.raises(exact.ExactError, match="cannot tell how") as e:
         exact.renaming([PathEntry(name, "sha256:" + "1" * 52, 0, [])], "/a/store", "/b/store",
-                   {name: b"x"})
+                       {name: b"x"})
     assert "--with-derivations" in e.value.hint
 
 
