@@ -22,7 +22,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import payload as payload_pkg
-from ..payload import archive, codecs, container, elf, hashes, nar, retarget, seal, storepath
+from ..payload import (
+    archive,
+    codecs,
+    container,
+    derivation,
+    elf,
+    hashes,
+    nar,
+    refmap,
+    retarget,
+    seal,
+    storepath,
+)
 from ..payload.container import PayloadWriter
 from ..payload.machine import host_system
 from ..payload.manifest import Manifest, PathEntry
@@ -103,19 +115,28 @@ def build_installer(
         target = same_length(built, options.retarget_to)
     chunk_size = options.chunk_size or default_chunk_size(built.total_nar_size)
 
+    embedded = target.manifest.embedded_store_dir.encode()
+    extra = drv_outputs(store_root, closure.store_dir, entries) if options.derivations else []
+    candidates = refmap.candidates([e.name for e in entries], extra)
+
     def write_payload(payload: PayloadWriter) -> Manifest:
         infos: dict[str, tuple[str, int]] = {}
         hidden: list[str] = []
+        refs: list[refmap.PathRefs] = []
         # One tar stream of every path, in order; the payload writer cuts it into
         # chunks and compresses them in threads.
         with payload.stream(chunk_size, payload_jobs(options, chunk_size)) as tar:
             for entry in entries:
+                recorder = refmap.Recorder(entry.name, embedded, candidates)
                 p = _pack_path(tar, entry, target, store_root, options.verify,
                                closure.store_dir, progress,
-                               None if options.mixed_systems else built.system)
+                               None if options.mixed_systems else built.system, recorder)
                 hidden += p.hidden_refs
                 if p.nar_info is not None:
                     infos[p.name] = p.nar_info
+                refs.append(recorder.result(hashes.parse_sha256(
+                    (p.nar_info or (entry.nar_hash, 0))[0])))
+        payload.ref_map = refmap.RefMap(embedded, refs, extra).to_bytes()
         # After a same-length retarget the paths cannot be recomputed exactly.
         return target.manifest.with_nar_info(infos).replaced(
             hidden_refs=hidden, derivations=options.derivations and not target.rewrites)
@@ -311,15 +332,32 @@ class _Packed:
     nar_info: tuple[str, int] | None
 
 
+def drv_outputs(store_root: Path, store_dir: str, entries: Sequence[PathEntry]) -> list[bytes]:
+    """The hash parts of the outputs the closure's ``.drv`` files name: what an exact
+    retarget renames, and so what the reference map looks for besides the closure's."""
+    found = set()
+    for e in entries:
+        if storepath.is_derivation(e.name):
+            try:
+                drv = derivation.parse((store_root / e.name).read_bytes())
+            except (OSError, derivation.DerivationError):
+                continue  # derivations.py names it; a map without its outputs is only unused
+            for _, path, _, _ in drv.outputs:
+                found.add(path.rpartition("/")[2][:storepath.HASH_LENGTH].encode())
+    return sorted(found)
+
+
 def _pack_path(tar: archive.TarWriter, entry: PathEntry, target: retarget.Retarget,
                store_root: Path, verify: bool, store_dir: str,
-               progress: Callable[[int], object] | None, system: str | None = None) -> _Packed:
-    """Pack one store path; verify it, retarget it; say what was found.  With ``system``,
-    an ELF program or library for another machine stops the build."""
+               progress: Callable[[int], object] | None, system: str | None = None,
+               recorder: refmap.Recorder | None = None) -> _Packed:
+    """Pack one store path; verify it, retarget it, map the references of what is packed
+    (``recorder``); say what was found.  With ``system``, an ELF program or library for
+    another machine stops the build."""
     hasher = nar.NarHasher() if verify else None
     scanner = HiddenReferenceScanner(store_dir.encode())
     tar.top = target.name(entry.name)
-    packed = retarget.Retargeted(target, entry.name, tar)
+    packed = retarget.Retargeted(target, entry.name, Tee(tar, recorder) if recorder else tar)
     machines = elf.Machines(system.partition("-")[0]) if system else None
     sink = Tee(packed, hasher, scanner, machines, Count(progress) if progress else None)
     try:

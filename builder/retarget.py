@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from .. import payload as payload_pkg
-from ..payload import codecs, exact, storepath
+from ..payload import codecs, exact, refmap, storepath
 from ..payload import retarget as retargets
+from ..payload.hashes import parse_sha256
 from ..payload.container import CorruptInstaller, InstallerFile, PayloadWriter, not_a_file
 from ..payload.manifest import Manifest, has_derivations
 from ..payload.signing import SecretKey
@@ -113,7 +114,7 @@ def with_installer(source: Path, run: Callable[[InstallerFile], T], hint: str) -
         # A signature that does not hold stops here, as it would stop the installer.
         installer.verdict([])
         return run(installer)
-    except CorruptInstaller as e:
+    except (CorruptInstaller, refmap.RefMapError) as e:
         raise BuildError(f"{source}: {e.args[0]}", e.hint) from None
     except codecs.CodecError as e:
         raise BuildError(f"{source}: {e}") from None
@@ -185,20 +186,31 @@ def _rewrite(installer: InstallerFile, target: retargets.Retarget, out: Path,
         compression=codec, chunks=[], tool_version=payload_pkg.__version__,
         preamble_sha256=preamble_sha256())
 
+    target.use_refs(installer.ref_map())  # patched at the map's offsets, if it has one
+    # The new payload's map looks for its own hash parts (an exact retarget's new ones).
+    extra = list(target.plan.hashes.values()) if isinstance(target, retargets.Exact) else []
+    embedded = new.embedded_store_dir.encode()
+    candidates = refmap.candidates([p.name for p in new.paths], extra)
+
     def write_payload(payload: PayloadWriter) -> Manifest:
-        rewritten: list[retargets.Retargeted] = []
+        rewritten: list[tuple[retargets.Retargeted, refmap.Recorder]] = []
         size = default_chunk_size(old.total_nar_size)
         with payload.stream(size, default_jobs(codec, level, size)) as tar:
             def open_path(name: str) -> Sink:
                 tar.top = target.name(name)
-                path = retargets.Retargeted(target, name, tar)
-                rewritten.append(path)
+                recorder = refmap.Recorder(tar.top, embedded, candidates)
+                path = retargets.Retargeted(target, name, Tee(tar, recorder))
+                rewritten.append((path, recorder))
                 return Tee(Count(progress), path)
 
             # One thread: the paths reach the tar writer whole and in order.
             installer.unpack(open_path)
-        infos = {p.name: info for p in rewritten if (info := p.nar_info()) is not None}
-        return new.with_nar_info(infos)
+        infos = {p.name: info for p, _ in rewritten if (info := p.nar_info()) is not None}
+        manifest = new.with_nar_info(infos)
+        hashes = {p.name: p.nar_hash for p in manifest.paths}
+        payload.ref_map = refmap.RefMap(embedded, [
+            r.result(parse_sha256(hashes[p.name])) for p, r in rewritten], extra).to_bytes()
+        return manifest
 
     manifest = write_installer_file(out, new, codec, level, write_payload, sign_keys)
     return BuildResult(manifest, out.stat().st_size,

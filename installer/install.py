@@ -125,13 +125,15 @@ def at_prefix(source, prefix, ui, jobs=1):
     (``jobs`` chunks at once).  An installer for another machine is refused first,
     before whether the prefix suits it."""
     preflight.check_system(source.manifest)
-    found = exact_retarget(source, prefix, ui, jobs)
-    if found is not None:
-        return found
-    if prefix.store_dir == source.manifest.store_dir:
-        return retarget.Identity(source.manifest)
-    preflight.check_retarget(source.manifest, prefix)
-    return retarget.SameLength(source.manifest, prefix.store_dir)
+    found = exact_retarget(source, prefix, ui, jobs)  # type: Optional[retarget.Retarget]
+    if found is None:
+        if prefix.store_dir == source.manifest.store_dir:
+            return retarget.Identity(source.manifest)
+        preflight.check_retarget(source.manifest, prefix)
+        found = retarget.SameLength(source.manifest, prefix.store_dir)
+    # A payload with its reference map (format 4) is patched at known offsets, not scanned.
+    found.use_refs(source.ref_map())
+    return found
 
 
 def exact_retarget(source, prefix, ui, jobs=1):

@@ -12,12 +12,16 @@ byte-identical:
     payload/NNNN.tar.xz|.tar.zst    the chunks: one canonical tar stream of every
                                     store path (archive.py), cut into chunks of one
                                     size anywhere, each compressed (codecs.py)
+    refmap.bin                      the payload's reference map (refmap.py; format 4,
+                                    when there is one)
     manifest.json                   (manifest.py)
     signatures.json                 last, in a signed installer only (publisher.py)
 
 The manifest covers the preamble (``preambleSha256``), the code
 (``codeSha256``), the chunks (size and sha256 each, and of all of them in
-order) and every path's NAR hash; the seal (seal.py, in line 2 of the
+order), the reference map (as ``refMap``, and within ``codeSha256``, which covers every
+member that is not a chunk, the manifest or the signatures) and every path's NAR
+hash; the seal (seal.py, in line 2 of the
 preamble) covers every byte of the file, and the publisher's signatures
 cover the manifest.
 ``InstallerFile`` checks all of it as it reads; ``write_installer`` and
@@ -35,7 +39,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-from . import archive, codecs, hashes, nar, publisher, seal, split
+from . import archive, codecs, hashes, nar, publisher, refmap, seal, split
 from .manifest import Chunk, Manifest, ManifestError
 from .tree import Count, Sink
 from .trust import (
@@ -190,8 +194,17 @@ def write_installer(out, preamble, code, compression, compressor, write_payload,
                     zf.writestr(_zip_info(name), data)
                 payload = PayloadWriter(zf, compression, compressor, tmp_dir or folder)
                 signer = signer or publisher.Signer()
-                manifest = signer.sign_paths(payload.finished(write_payload(payload)).replaced(
-                    code_sha256=code_digest(code)))
+                written = payload.finished(write_payload(payload))
+                members = list(code)
+                ref_map = None
+                if payload.ref_map is not None and len(payload.ref_map) <= refmap.MAX_SIZE:
+                    # Not a chunk: codeSha256 covers it, as a verifier of format 3 counts it.
+                    zf.writestr(_zip_info(refmap.MEMBER), payload.ref_map)
+                    members.append((refmap.MEMBER, payload.ref_map))
+                    ref_map = {"file": refmap.MEMBER, "size": len(payload.ref_map),
+                               "sha256": hashlib.sha256(payload.ref_map).hexdigest()}
+                manifest = signer.sign_paths(written.replaced(
+                    code_sha256=code_digest(members), ref_map=ref_map))
                 manifest_json = manifest.to_json()
                 if len(manifest_json) > MAX_MANIFEST:
                     raise ManifestTooLarge(
@@ -266,6 +279,8 @@ class PayloadWriter(object):
         self._tmp_dir = tmp_dir
         self._hash = hashlib.sha256()
         self._longest = 0
+        # The payload's reference map (refmap.py), set by whoever writes the payload.
+        self.ref_map = None  # type: Optional[bytes]
         # (file, size, sha256, tar size, paths, start) of each chunk written
         self._written = []  # type: List[Tuple[str, int, str, int, List[str], Optional[archive.Cut]]]
 
@@ -482,6 +497,21 @@ class InstallerFile(object):
         if code_digest(code) != self.manifest.code_sha256:
             raise CorruptInstaller("the installer's code does not match its sha256 in the "
                                    "manifest")
+
+    def ref_map(self):
+        # type: () -> Optional[refmap.RefMap]
+        """The payload's reference map (format 4), checked against the manifest's
+        size and sha256; None if the file carries none."""
+        entry = self.manifest.ref_map
+        if entry is None:
+            return None
+        data = self._read_member(refmap.MEMBER, refmap.MAX_SIZE)
+        if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise CorruptInstaller("%s does not match its sha256 in the manifest" % refmap.MEMBER)
+        try:
+            return refmap.from_bytes(data)
+        except refmap.RefMapError as e:
+            raise CorruptInstaller(e.args[0])
 
     def _read_endorsements(self):
         # type: () -> List[publisher.Endorsement]

@@ -5,7 +5,7 @@ import json
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import Callable  # noqa: F401
+    from typing import Callable, Tuple, Union  # noqa: F401
 
 
 def dumps(doc):
@@ -15,9 +15,11 @@ def dumps(doc):
 
 
 def loads(data, format_name, version, what, error):
-    # type: (bytes, str, int, str, Callable[[str], Exception]) -> dict
-    """Parse ``data`` as a document of ``format_name`` at ``version``; raise ``error(message)``
-    naming the problem (``what`` names the document in it)."""
+    # type: (bytes, str, Union[int, Tuple[int, ...]], str, Callable[[str], Exception]) -> dict
+    """Parse ``data`` as a document of ``format_name`` at ``version`` (or at one of the
+    versions of a tuple); raise ``error(message)`` naming the problem (``what`` names
+    the document in it)."""
+    versions = version if isinstance(version, tuple) else (version,)
     try:
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
@@ -29,7 +31,7 @@ def loads(data, format_name, version, what, error):
         raise error("not a nix-prefix %s" % what)
     found = doc.get("version")
     # `true` and `1.0` compare equal to 1 but are not a version number.
-    if type(found) is not int or found != version:
-        raise error("%s version %r is not supported by this installer (it reads version %d)"
-                    % (what, found, version))
+    if type(found) is not int or found not in versions:
+        raise error("%s version %r is not supported by this installer (it reads version %s)"
+                    % (what, found, " and ".join(str(v) for v in versions)))
     return doc

@@ -25,12 +25,15 @@ if MYPY:
 FORMAT = "nix-prefix-manifest"
 # 3: the payload is one tar stream cut into chunks anywhere (inside store paths
 # and files); chunks list the paths they hold and where they start.
-VERSION = 3
+# 4: a reference map (refmap.py) may come along as the zip member ``refMap`` names.
+VERSION = 4
+READ_VERSIONS = (3, 4)
 _KINDS = ("directory", "regular", "symlink")
 _CHUNK_FILE = re.compile(r"^payload/[0-9]{4,6}\.tar(\.xz|\.zst)?\Z")
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 # A plain relative path inside a store path: no empty, "." or ".." parts.
 _REL_PATH = re.compile(r"^(?!\.\.?(/|\Z))[^/\0\n]+(/(?!\.\.?(/|\Z))[^/\0\n]+)*\Z")
+REF_MAP_FILE = "refmap.bin"  # refmap.MEMBER
 _SYSTEM = re.compile(r"^[a-z0-9_]+-[a-z]+\Z")
 
 
@@ -156,8 +159,8 @@ class Manifest(object):
     def __init__(self, store_dir, system, compression, paths, chunks, roots,
                  nix_store=None, payload_size=0, payload_sha256="", longest_path=0,
                  preamble_sha256="", tool_version="", embedded_store_dir=None,
-                 hidden_refs=(), derivations=False, code_sha256=""):
-        # type: (str, str, str, Sequence[PathEntry], Sequence[Chunk], Sequence[str], Optional[str], int, str, int, str, str, Optional[str], Sequence[str], bool, str) -> None
+                 hidden_refs=(), derivations=False, code_sha256="", ref_map=None):
+        # type: (str, str, str, Sequence[PathEntry], Sequence[Chunk], Sequence[str], Optional[str], int, str, int, str, str, Optional[str], Sequence[str], bool, str, Optional[Dict[str, object]]) -> None
         self.store_dir = store_dir
         # The store dir as its bytes appear inside the payload: the store dir
         # itself, or after a retarget a slash-padded form of it (retarget.py).
@@ -181,6 +184,9 @@ class Manifest(object):
         # empty in files from before it was recorded.
         self.code_sha256 = code_sha256
         self.tool_version = tool_version
+        # The payload's reference map (refmap.py), a zip member: {"file", "size",
+        # "sha256"}; None when there is none (format 3, or a map too large to carry).
+        self.ref_map = ref_map
 
     @property
     def prefix(self):
@@ -290,6 +296,7 @@ class Manifest(object):
             "payload": {"size": self.payload_size, "sha256": self.payload_sha256},
             "preambleSha256": self.preamble_sha256,
             "codeSha256": self.code_sha256,
+            "refMap": self.ref_map,
             "chunks": [c.to_dict() for c in self.chunks],
             "paths": [p.to_dict() for p in self.paths],
         }
@@ -299,7 +306,7 @@ class Manifest(object):
     def from_json(cls, data):
         # type: (bytes) -> Manifest
         """Parse and check a manifest; raise ManifestError naming the first problem."""
-        doc = jsondoc.loads(data, FORMAT, VERSION, "manifest", ManifestError)
+        doc = jsondoc.loads(data, FORMAT, READ_VERSIONS, "manifest", ManifestError)
         try:
             return cls._from_doc(doc)
         except (KeyError, TypeError, AttributeError) as e:
@@ -336,7 +343,8 @@ class Manifest(object):
                        _string(doc["toolVersion"], "toolVersion"),
                        _embedded(doc.get("embeddedStoreDir", store_dir), store_dir),
                        _hidden_refs(doc.get("hiddenStoreDirRefs", [])), derivations,
-                       _code_sha256(doc.get("codeSha256", "")))
+                       _code_sha256(doc.get("codeSha256", "")),
+                       _ref_map(doc.get("refMap")))
         if _count(doc["totalNarSize"], "totalNarSize") != manifest.total_nar_size:
             raise ManifestError("totalNarSize does not match the sum of the paths' narSize")
         if sum(c.size for c in chunks) != manifest.payload_size:
@@ -423,6 +431,18 @@ def _code_sha256(value):
     if code_sha256 and not _HEX64.match(code_sha256):
         raise ManifestError("codeSha256 is not a sha256 in hex")
     return code_sha256
+
+
+def _ref_map(value):
+    # type: (object) -> Optional[Dict[str, object]]
+    """``refMap``: null, or the member holding the reference map, its size and sha256."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("file") != REF_MAP_FILE \
+            or not _HEX64.match(_string(value.get("sha256"), "refMap.sha256")):
+        raise ManifestError("refMap must name %s and its sha256" % REF_MAP_FILE)
+    return {"file": REF_MAP_FILE, "size": _count(value.get("size"), "refMap.size"),
+            "sha256": value["sha256"]}
 
 
 def _refuse_cycle(paths):

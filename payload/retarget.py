@@ -29,8 +29,8 @@ and ``retarget``, and the installer.
 
 import copy
 
-from . import exact, nar
-from .hashes import format_sha256
+from . import exact, nar, refmap
+from .hashes import format_sha256, parse_sha256
 from .manifest import has_derivations
 from .rewrite import PathRewriter
 from .storepath import HASH_LENGTH
@@ -74,11 +74,41 @@ class Retarget(object):
 
     # Whether the bytes change on the way (and so their NAR hashes).
     rewrites = False
+    # The old store dir (as embedded) and the new one (padded), and the hash parts
+    # renamed, of a retarget that rewrites.
+    _old = _new = b""
+    _hashes = {}  # type: Dict[bytes, bytes]
 
     def __init__(self, source, manifest):
         # type: (Manifest, Manifest) -> None
         self.source = source
         self.manifest = manifest  # at the new store dir
+        self.refs = None  # type: Optional[refmap.RefMap]
+        self._rewrite = None  # type: Optional[refmap.Rewrite]
+
+    def use_refs(self, refs):
+        # type: (Optional[refmap.RefMap]) -> bool
+        """Rewrite at the offsets of ``refs``, the reference map of the payload
+        (refmap.py), instead of scanning; whether it is used (not when the
+        renaming has hash parts the map did not look for, or nothing is rewritten).
+
+        Raises refmap.RefMapError when the map is not the payload's: another
+        store dir, other paths, other NAR hashes.
+        """
+        if refs is None or not self.rewrites:
+            return False
+        check_refs(refs, self.source)
+        if not refs.covers(self._hashes):
+            return False
+        self.refs = refs
+        self._rewrite = refmap.Rewrite(self._old, self._new, self._hashes, refs.candidates)
+        return True
+
+    def _mapped(self, name):
+        # type: (str) -> Optional[Tuple[refmap.PathRefs, refmap.Rewrite]]
+        if self.refs is None or self._rewrite is None:
+            return None
+        return self.refs.paths[name], self._rewrite
 
     @property
     def store_dir(self):
@@ -128,7 +158,8 @@ class SameLength(Retarget):
 
     def sink(self, name, inner, spool_dir=None):
         # type: (str, Sink, Optional[str]) -> Sink
-        return PathRewriter(inner, self._old, self._new, spool_dir=spool_dir)
+        return PathRewriter(inner, self._old, self._new, spool_dir=spool_dir,
+                            mapped=self._mapped(name))
 
     def describe(self):
         # type: () -> Optional[str]
@@ -160,6 +191,7 @@ class Exact(Retarget):
         Retarget.__init__(self, source, manifest)
         self._old = source.embedded_store_dir.encode()
         self._new = padded.encode()
+        self._hashes = self.plan.hashes
 
     def name(self, old):
         # type: (str) -> str
@@ -167,14 +199,31 @@ class Exact(Retarget):
 
     def sink(self, name, inner, spool_dir=None):
         # type: (str, Sink, Optional[str]) -> Sink
+        keep = self.plan.kinds[name] in exact.KEEP_CONTENTS
+        text = self.plan.texts.get(name)
         return PathRewriter(inner, self._old, self._new, self.plan.hashes, spool_dir=spool_dir,
-                            keep_contents=self.plan.kinds[name] in exact.KEEP_CONTENTS,
-                            text=self.plan.texts.get(name))
+                            keep_contents=keep, text=text,
+                            mapped=None if keep or text is not None else self._mapped(name))
 
     def describe(self):
         # type: () -> Optional[str]
         return ("  recompute every store path exactly for %s from the derivations it holds "
                 "(built for %s)" % (self.store_dir, self.source.store_dir))
+
+
+def check_refs(refs, source):
+    # type: (refmap.RefMap, Manifest) -> None
+    """Refuse (refmap.RefMapError) a reference map that does not describe the payload of
+    ``source``: its store dir, its paths in order, each one's NAR hash."""
+    if refs.store_dir != source.embedded_store_dir.encode():
+        raise refmap.RefMapError("it is for the store dir %s, not %s" % (
+            refs.store_dir.decode("utf-8", "replace"), source.embedded_store_dir))
+    if refs.order != [p.name for p in source.paths]:
+        raise refmap.RefMapError("it does not list the store paths of %s" % source.store_dir)
+    for p in source.paths:
+        if refs.paths[p.name].nar_hash != parse_sha256(p.nar_hash):
+            raise refmap.RefMapError("it describes another %s/%s (its NAR hash differs)"
+                                     % (source.store_dir, p.name))
 
 
 def _padded(n):

@@ -22,6 +22,7 @@ import zipfile
 import zlib
 
 from . import codecs, nix32
+from .refmap import FilePatch, RefMapError
 from .storepath import HASH_LENGTH
 from .textfile import FileRewrite
 from .tree import Filter, Sink
@@ -29,6 +30,8 @@ from .tree import Filter, Sink
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
     from typing import Any, Dict, List, Optional, Sequence, Tuple  # noqa: F401
+
+    from .refmap import PathRefs, Rewrite  # noqa: F401
 
 ARCHIVE_SUFFIXES = (".zip", ".jar", ".whl", ".egg", ".war", ".apk")
 COMPRESSED_SUFFIXES = {".gz": "gzip", ".tgz": "gzip", ".xz": "xz", ".txz": "xz",
@@ -164,12 +167,19 @@ class PathRewriter(Filter):
     paths are computed from their contents) nothing is rewritten; a path
     given a ``text`` (a ``.drv`` or text file of an exact retarget) gets those
     bytes instead of its own.  ``count`` tells how many replacements were made.
+
+    With ``mapped``, the path's reference map (refmap.py) and the rewrite it
+    stands for, nothing is scanned or classified: each file is patched at
+    the offsets the map gives, with the same result.
     """
 
     def __init__(self, inner, old_dir, new_dir, hashes=None, keep_contents=False, text=None,
-                 spool_dir=None):
-        # type: (Sink, bytes, bytes, Optional[Dict[bytes, bytes]], bool, Optional[bytes], Optional[str]) -> None
+                 spool_dir=None, mapped=None):
+        # type: (Sink, bytes, bytes, Optional[Dict[bytes, bytes]], bool, Optional[bytes], Optional[str], Optional[Tuple[PathRefs, Rewrite]]) -> None
         Filter.__init__(self, inner)
+        self._mapped = mapped
+        self._ordinal = -1
+        self._patch = None  # type: Optional[FilePatch]
         self._args = (old_dir, new_dir, hashes)
         self._spool_dir = spool_dir
         self._keep = keep_contents
@@ -186,12 +196,18 @@ class PathRewriter(Filter):
 
     def regular(self, rel, executable, size):
         # type: (bytes, bool, int) -> None
+        self._ordinal += 1
         if self._text is not None:
             self._pending = (rel, executable)
             return
         self._file = None
         if self._keep or is_archive(rel):
             self.inner.regular(rel, executable, size)
+            return
+        if self._mapped is not None:
+            self._patch = self._mapped_file(rel, False, size)
+            self.inner.regular(rel, executable, size if self._patch is None
+                               else self._patch.new_size)
             return
         inner = self.inner
         self._rewriters = (self._text_rewriter(), Rewriter(*self._args))
@@ -203,7 +219,11 @@ class PathRewriter(Filter):
         # type: (bytes) -> None
         if self._text is not None:
             return
-        if self._file is not None:
+        if self._patch is not None:
+            out = self._patch.feed(data)
+            if out:
+                self.inner.contents(out)
+        elif self._file is not None:
             self._file.feed(data)
         elif data:
             self.inner.contents(data)
@@ -215,6 +235,10 @@ class PathRewriter(Filter):
             self._pending = None
             self.inner.regular(rel, executable, len(self._text))
             self.inner.contents(self._text)
+        elif self._patch is not None:
+            self._patch.finish()
+            self.count += self._patch.count
+            self._patch = None
         elif self._file is not None:
             self._file.finish()
             self.count += self._rewriters[0 if self._file.is_text else 1].count
@@ -223,11 +247,42 @@ class PathRewriter(Filter):
 
     def symlink(self, rel, target):
         # type: (bytes, bytes) -> None
-        if not self._keep:
+        self._ordinal += 1
+        if self._keep:
+            pass
+        elif self._mapped is not None:
+            refs = self._mapped_file(rel, True, len(target))
+            if refs is not None:
+                target = refs.feed(target)
+                refs.finish()
+                self.count += refs.count
+        else:
             rewriter = self._text_rewriter()
             target = rewriter.whole(target)
             self.count += rewriter.count
         self.inner.symlink(rel, target)
+
+    def _mapped_file(self, rel, symlink, size):
+        # type: (bytes, bool, int) -> Optional[FilePatch]
+        """The patch of the file or symlink just begun, or None if the map names nothing
+        in it."""
+        assert self._mapped is not None
+        refs, rewrite = self._mapped
+        found = refs.files.get(self._ordinal)
+        if found is None:
+            return None
+        where = "%s/%s" % (refs.name, rel.decode("utf-8", "replace")) if rel else refs.name
+        if found.symlink != symlink:
+            raise RefMapError("%s: the map says it is %s" % (where, "a symlink" if found.symlink
+                                                              else "a regular file"))
+        return FilePatch(found, size, rewrite, where)
+
+    def finish(self):
+        # type: () -> None
+        if self._mapped is not None and self._mapped[0].files \
+                and max(self._mapped[0].files) > self._ordinal:
+            raise RefMapError("%s: the map names more files than it has" % self._mapped[0].name)
+        self.inner.finish()
 
 
 def _suspect_kind(rel):

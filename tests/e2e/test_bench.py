@@ -226,3 +226,21 @@ def test_a_measured_command_past_its_timeout_is_killed_and_says_so() -> None:
                     input=b"", cwd=REPO)
     assert not done.timed_out and done.returncode == 0 and done.stderr == "said"
     assert done.seconds > 0 and done.started_at > 0 and done.max_rss > 0
+
+
+def test_rewrite_bench_runs_on_a_tiny_tree(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "lib.so").write_bytes(b"\x7fELF" + bytes(range(256)) * 4096)
+    (tree / "script").write_bytes(b"#!/bin/sh\necho hello\n" * 500)
+    out = tmp_path / "rewrite.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "rewrite.py"), "--tree",
+                           str(tree), "--mb", "2", "--rounds", "1", "--json", str(out)],
+                          capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["files"] == 2 and r["occurrences"] > 2 and 0 < r["map_bytes"] < r["bytes"] / 100
+    for kind in ("same_length", "exact"):
+        for key in ("map_gb_s", "scan_gb_s", "map_nar_hash_gb_s"):
+            assert r[kind][key] > 0, (kind, key)
+    assert "| exact |" in proc.stdout and "load" in proc.stdout
