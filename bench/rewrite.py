@@ -131,28 +131,33 @@ def measure(ev: Events, names: list[str], renaming: dict[bytes, bytes], rounds: 
     out: dict = {"map_bytes": len(data.to_bytes()), "map_make_s": make_s,
                  "occurrences": sum(len(f.offsets) for f in refs.files.values())}
     for kind, hashes in (("same_length", {}), ("exact", renaming)):
-        rw = refmap.Rewrite(OLD, new, hashes, data.candidates)
-        sizes = []
-
-        def mapped(hasher: bool = False) -> None:
-            sink = Discard()
-            ev.replay(PathRewriter(Tee(sink, nar.NarHasher()) if hasher else sink, OLD, new,
-                                   hashes, mapped=(refs, rw)))
-            sizes.append(sink.size)
-
-        def scanned() -> None:
-            sink = Discard()
-            ev.replay(PathRewriter(sink, OLD, new, hashes))
-            sizes.append(sink.size)
-
-        row = {"map_s": best(rounds, mapped), "scan_s": best(rounds, scanned),
-               "map_nar_hash_s": best(rounds, lambda: mapped(True))}
-        if len(set(sizes)) != 1:
-            raise SystemExit("bench: the map and the scan wrote different sizes")
-        for key in ("map", "scan", "map_nar_hash"):
-            row[key + "_gb_s"] = ev.size / row[key + "_s"] / 1e9
-        out[kind] = row
+        out[kind] = _rows(ev, new, hashes, (refs, refmap.Rewrite(OLD, new, hashes,
+                                                                 data.candidates)), rounds)
     return out
+
+
+def _rows(ev: Events, new: bytes, hashes: dict[bytes, bytes],
+          mapping: tuple[refmap.PathRefs, refmap.Rewrite], rounds: int) -> dict:
+    sizes = []
+
+    def mapped(hasher: bool = False) -> None:
+        sink = Discard()
+        ev.replay(PathRewriter(Tee(sink, nar.NarHasher()) if hasher else sink, OLD, new,
+                               hashes, mapped=mapping))
+        sizes.append(sink.size)
+
+    def scanned() -> None:
+        sink = Discard()
+        ev.replay(PathRewriter(sink, OLD, new, hashes))
+        sizes.append(sink.size)
+
+    row = {"map_s": best(rounds, mapped), "scan_s": best(rounds, scanned),
+           "map_nar_hash_s": best(rounds, lambda: mapped(True))}
+    if len(set(sizes)) != 1:
+        raise SystemExit("bench: the map and the scan wrote different sizes")
+    for key in ("map", "scan", "map_nar_hash"):
+        row[key + "_gb_s"] = ev.size / row[key + "_s"] / 1e9
+    return row
 
 
 def main() -> None:

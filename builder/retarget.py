@@ -29,8 +29,8 @@ from typing import TypeVar
 from .. import payload as payload_pkg
 from ..payload import codecs, exact, refmap, storepath
 from ..payload import retarget as retargets
-from ..payload.hashes import parse_sha256
 from ..payload.container import CorruptInstaller, InstallerFile, PayloadWriter, not_a_file
+from ..payload.hashes import parse_sha256
 from ..payload.manifest import Manifest, has_derivations
 from ..payload.signing import SecretKey
 from ..payload.tree import Count, Sink, Tee
@@ -115,7 +115,9 @@ def with_installer(source: Path, run: Callable[[InstallerFile], T], hint: str) -
         installer.verdict([])
         return run(installer)
     except (CorruptInstaller, refmap.RefMapError) as e:
-        raise BuildError(f"{source}: {e.args[0]}", e.hint) from None
+        error = BuildError(f"{source}: {e.args[0]}", e.hint)
+        error.exit_code = e.exit_code  # an integrity error, as a damaged file's
+        raise error from None
     except codecs.CodecError as e:
         raise BuildError(f"{source}: {e}") from None
     finally:

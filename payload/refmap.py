@@ -135,8 +135,8 @@ class RefMap(object):
                 out.append(int(f.symlink) | int(f.text) << 1)
                 _varint(out, len(f.offsets))
                 prev = -1
-                for off, kind in zip(f.offsets, f.kinds):
-                    _varint(out, (off - prev - 1) << 2 | kind)
+                for i, off in enumerate(f.offsets):
+                    _varint(out, (off - prev - 1) << 2 | f.kinds[i])
                     prev = off
         out += hashlib.sha256(bytes(out)).digest()
         return bytes(out)
@@ -396,7 +396,8 @@ class FilePatch(object):
         grow = 0
         end = 0
         lengths = rewrite.lengths
-        for off, kind in zip(self._offs, self._kinds):
+        for i, off in enumerate(self._offs):
+            kind = self._kinds[i]
             if off + lengths[kind] > size:
                 self._lie("points past the end of the file (byte %d of %d)" % (off, size))
             if kind != HASH:
@@ -406,7 +407,8 @@ class FilePatch(object):
                 new = self._news[kind]
                 if new is None:
                     self._lie("has the canonical store dir in a binary at byte %d" % off)
-                grow += len(new) - lengths[kind]
+                else:
+                    grow += len(new) - lengths[kind]
         self.new_size = size + grow
 
     def _lie(self, what):

@@ -95,7 +95,7 @@ def test_deterministic_bytes() -> None:
     d = json.loads(one)
     assert list(d) == sorted(d)
     assert json.dumps(d, sort_keys=True, indent=1).encode() + b"\n" == one
-    assert d["format"] == "nix-prefix-manifest" and d["version"] == 3
+    assert d["format"] == "nix-prefix-manifest" and d["version"] == 4
     assert d["totalNarSize"] == 5120
 
 
@@ -232,7 +232,7 @@ def test_rejects_non_manifest_json(data: bytes) -> None:
     reject(data, "not a nix-prefix manifest")
 
 
-@pytest.mark.parametrize("value", [0, 1, 2, 4, -1, "3", None, [3]])
+@pytest.mark.parametrize("value", [0, 1, 2, 5, -1, "3", None, [3]])
 def test_rejects_wrong_version(value: Any) -> None:
     d = doc()
     d["version"] = value

@@ -270,3 +270,35 @@ def test_a_renaming_the_map_did_not_look_for_falls_back_to_the_scan(tree) -> Non
     m = refmap.RefMap(store_dir, [map_of(ev, store_dir, extra=())] + others)
     assert m.covers(list(RENAMING)[:3]) and not m.covers(RENAMING)
     assert refmap.RefMap(store_dir, [map_of(ev, store_dir)] + others, [EXTRA]).covers(RENAMING)
+
+
+# -- the manifest's refMap (format 4), and format 3 still read ---------------------------------
+
+def manifest_doc(version: int, ref_map: object) -> bytes:
+    import json
+
+    m = Manifest("/a/store", "x86_64-linux", "xz", [], [], [])
+    d = json.loads(m.to_json())
+    d["version"] = version
+    if ref_map == "absent":
+        del d["refMap"]
+    else:
+        d["refMap"] = ref_map
+    return json.dumps(d).encode()
+
+
+def test_format_3_is_read_without_a_map_and_format_4_names_its_member() -> None:
+    assert Manifest.from_json(manifest_doc(3, "absent")).ref_map is None
+    entry = {"file": refmap.MEMBER, "size": 10, "sha256": "0" * 64}
+    assert Manifest.from_json(manifest_doc(4, entry)).ref_map == entry
+    assert b'"version": 4' in Manifest("/a/store", "x86_64-linux", "xz", [], [], []).to_json()
+
+
+@pytest.mark.parametrize("bad", [{"file": "payload/0000.tar.xz", "size": 1, "sha256": "0" * 64},
+                                 {"file": refmap.MEMBER, "size": -1, "sha256": "0" * 64},
+                                 {"file": refmap.MEMBER, "size": 1, "sha256": "xyz"}, [], "x"])
+def test_a_bad_ref_map_entry_is_refused(bad: object) -> None:
+    from nix_prefix.payload.manifest import ManifestError
+
+    with pytest.raises(ManifestError, match="refMap"):
+        Manifest.from_json(manifest_doc(4, bad))

@@ -1,0 +1,125 @@
+"""The reference map in real installers (format 4), with real Nix: `build` and
+`retarget` write it, it stays under 1% of the file, a retarget or an install with it
+gives exactly what the scan gives (same-length and exact), and a map that lies is
+refused with one line before anything lands in the prefix."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from nix_prefix.builder.closure_info import read_closure
+from nix_prefix.builder.pack import BuildOptions, build_installer
+from nix_prefix.builder.retarget import retarget, retarget_exact
+from nix_prefix.payload import refmap
+from nix_prefix.payload import retarget as retargets
+from nix_prefix.payload.container import InstallerFile
+
+from ..support import build_small, run_installer
+from ..test_exact_retarget import build_at_s1
+
+LONG = "a-build-prefix-long-enough-to-relocate-from"
+
+
+def opened(installer: Path) -> tuple[dict | None, refmap.RefMap | None]:
+    f = InstallerFile(str(installer))
+    try:
+        return f.manifest.ref_map, f.ref_map()
+    finally:
+        f.close()
+
+
+def without_map(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installers read as if they carried no map (format 3): the scan does the work."""
+    monkeypatch.setattr(InstallerFile, "ref_map", lambda self: None)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory):
+    return build_small(tmp_path_factory.mktemp("refmap"), name=LONG)
+
+
+@pytest.mark.slow
+def test_build_writes_a_small_map_and_retarget_gives_the_bytes_the_scan_gives(
+        small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    entry, refs = opened(small.installer)
+    assert entry is not None and refs is not None
+    assert entry["size"] <= small.installer.stat().st_size / 100
+    assert sum(len(f.offsets) for p in refs.paths.values() for f in p.files.values()) >= 2
+    with zipfile.ZipFile(small.installer) as zf:
+        assert refmap.MEMBER in zf.namelist()
+    prefix = str(tmp_path / "short")
+    used: list[bool] = []
+    real = retargets.Retarget.use_refs
+    monkeypatch.setattr(retargets.Retarget, "use_refs",
+                        lambda self, r: used.append(real(self, r)) or used[-1])
+    mapped = retarget(small.installer, prefix, tmp_path / "mapped.sh")
+    assert used == [True]
+    with monkeypatch.context() as m:
+        without_map(m)
+        scanned = retarget(small.installer, prefix, tmp_path / "scanned.sh")
+    assert mapped.manifest.to_json() == scanned.manifest.to_json()
+    assert (tmp_path / "mapped.sh").read_bytes() == (tmp_path / "scanned.sh").read_bytes()
+    assert opened(tmp_path / "mapped.sh")[1] is not None  # retarget writes a map too
+    # and the retargeted installer retargets again, with its own map, as the scan would
+    again = str(tmp_path / "s")
+    twice = retarget(tmp_path / "mapped.sh", again, tmp_path / "twice.sh")
+    with monkeypatch.context() as m:
+        without_map(m)
+        assert retarget(tmp_path / "mapped.sh", again,
+                        tmp_path / "twice-scanned.sh").manifest.to_json() == \
+            twice.manifest.to_json()
+
+
+@pytest.mark.slow
+def test_exact_retarget_with_the_map_gives_what_the_scan_gives(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, _, _, _, _, closure, roots = build_at_s1(tmp_path, "s1-a-build-prefix-longer-than-s2")
+    installer = tmp_path / "drvs.sh"
+    build_installer(closure, installer, BuildOptions(compression="xz", level=1, roots=roots,
+                                                     derivations=True))
+    _, refs = opened(installer)
+    assert refs is not None
+    used: list[bool] = []
+    real = retargets.Retarget.use_refs
+    monkeypatch.setattr(retargets.Retarget, "use_refs",
+                        lambda self, r: used.append(real(self, r)) or used[-1])
+    mapped = retarget_exact(installer, str(tmp_path / "s2"), tmp_path / "m.sh", level=1)
+    assert used == [True]  # the renaming's hash parts are all ones the map looked for
+    with monkeypatch.context() as m:
+        without_map(m)
+        scanned = retarget_exact(installer, str(tmp_path / "s2"), tmp_path / "s.sh", level=1)
+    assert mapped.manifest.to_json() == scanned.manifest.to_json()
+    assert (tmp_path / "m.sh").read_bytes() == (tmp_path / "s.sh").read_bytes()
+
+
+@pytest.mark.slow
+def test_an_installer_whose_map_lies_is_refused_and_installs_nothing(
+        small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = refmap.Recorder.result
+
+    def shifted(self: refmap.Recorder, nar_hash: bytes) -> refmap.PathRefs:
+        refs = real(self, nar_hash)
+        for f in refs.files.values():
+            f.offsets[0] += 1  # points one byte past each first occurrence
+        return refs
+
+    monkeypatch.setattr(refmap.Recorder, "result", shifted)
+    lying = tmp_path / "lying.sh"
+    build_installer(read_closure(small.closure_info), lying, BuildOptions(compression="xz",
+                                                                          level=1))
+    monkeypatch.undo()
+    prefix = tmp_path / "short"
+    proc = run_installer(lying, "-y", "-p", str(prefix))
+    assert proc.returncode == 3, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(lines) == 1 and "reference map" in lines[0], proc.stderr
+    assert not (prefix / "store").exists() or not [
+        p for p in (prefix / "store").iterdir() if not p.name.startswith(".")]
+    # `retarget` says the same in one line, as an integrity error
+    from nix_prefix.builder.errors import BuildError
+    with pytest.raises(BuildError) as e:
+        retarget(lying, str(tmp_path / "r"), tmp_path / "r.sh")
+    assert e.value.exit_code == 3 and "reference map" in str(e.value)
