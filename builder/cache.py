@@ -24,6 +24,7 @@ is in the cache.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import os
@@ -35,12 +36,14 @@ from pathlib import Path
 from ..payload import derivation, exact, hashes, nar, narinfo
 from ..payload import retarget as retargets
 from ..payload.manifest import Manifest, PathEntry, has_derivations
+from ..payload.refmap import RefMap
 from ..payload.signing import SecretKey
 from ..payload.tree import Count, Filter, Sink
 from .compress import check_nar_compression, compressor, default_jobs
 from .errors import BuildError
 from .leftovers import remove_stale
 from .pack import same_length, thread_safe
+from .refmaps import tree_ref_map
 from .retarget import check_source, looks_like_installer, target_store_dir, with_installer
 from .signer import sign
 from .sources import ClosureSource, InstallerSource, Source
@@ -382,11 +385,14 @@ class _CacheDir:
 
 
 def _write_source(source: Source, cache: _CacheDir,
-                  progress: Callable[[int], object] | None) -> None:
+                  progress: Callable[[int], object] | None,
+                  refs: Callable[[], RefMap | None] = lambda: None) -> None:
     m = source.manifest
     holds_derivations = has_derivations(m.paths)
     retargeted = RetargetedSource(m, cache.store_dir, source.contents() if holds_derivations
                              else None)
+    if retargeted.target.rewrites:  # patched at the offsets of the source's map (refmaps.py)
+        retargeted.target.use_refs(refs())
     cache.result.exact = cache.result.exact or holds_derivations
     cache.result.hidden_refs += retargeted.hidden_refs
     todo = {t.old: t for t in retargeted.targets if not cache.has(t.new)}
@@ -428,10 +434,12 @@ def write_cache(sources: Sequence[Path], prefix: str, out: Path, options: CacheO
     try:
         for source in sources:
             if source.is_dir() or not looks_like_installer(source):
-                _write_source(ClosureSource(source, store_root), cache, report)
+                closure = ClosureSource(source, store_root)
+                _write_source(closure, cache, report, functools.partial(tree_ref_map, closure,
+                                                                        source))
             else:
                 with_installer(source, lambda i: _write_source(InstallerSource(i), cache,
-                                                               report),
+                                                               report, i.ref_map),
                                "pass an intact installer or a closureInfo dir")
         cache.finish()
     except OSError as e:  # a NAR file being written: full disk, quota, permissions

@@ -36,6 +36,7 @@ deltas, with a sha256 at the end: a few bytes an occurrence.
 """
 
 import hashlib
+import os
 import re
 
 from . import nix32
@@ -52,10 +53,12 @@ EMBEDDED, CANONICAL, HASH = 0, 1, 2
 MAGIC = b"nix-prefix reference map 1\n"
 # The zip member of an installer (format 4) and the sidecar of a tree or cache master.
 MEMBER = "refmap.bin"
-SIDECAR = ".nix-prefix-refmap"
+SIDECAR_SUFFIX = ".nix-prefix-refmap"
 # Larger maps are not embedded (an installer's code members, which include the
 # map, are read whole before anything runs: trust.MAX_CODE): the scan still works.
 MAX_SIZE = 8 << 20
+# A sidecar is read whole: bounded all the same (some 10 million occurrences).
+MAX_SIDECAR = 64 << 20
 _SLASHES = re.compile(b"//+")
 _RUN = ("[" + nix32.ALPHABET + "]{%d,}" % HASH_LENGTH).encode()
 
@@ -65,7 +68,9 @@ class RefMapError(OneLineError):
 
     exit_code = 3
 
-    def __init__(self, message, hint="the installer or master is damaged: get it again"):
+    def __init__(self, message, hint="the installer is damaged, or the master's "
+                                     "%s sidecar: get the installer again, or delete the "
+                                     "sidecar (it is made again)" % SIDECAR_SUFFIX):
         # type: (str, str) -> None
         OneLineError.__init__(self, "reference map: " + message, hint)
 
@@ -490,3 +495,40 @@ def patch_whole(refs, data, rewrite, where):
     out = patch.feed(data)
     patch.finish()
     return out, patch.count
+
+
+# -- the sidecar of a master on disk -----------------------------------------------------------
+
+
+def read_sidecar(path):
+    # type: (str) -> Optional[RefMap]
+    """The map in the sidecar file ``path``, or None if there is none;
+    RefMapError if it is damaged.  Bounded: a larger file is no map of ours."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SIDECAR + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise RefMapError("cannot read %s (%s)" % (path, e.strerror))
+    if len(data) > MAX_SIDECAR:
+        raise RefMapError("%s is larger than a map may be" % path)
+    return from_bytes(data)
+
+
+def write_sidecar(path, refs):
+    # type: (str, RefMap) -> bool
+    """Write ``refs`` to ``path`` atomically (a temporary name, then a rename); False
+    when that cannot be done (a read-only place: the map then lives in memory only)."""
+    tmp = "%s.tmp-%d" % (path, os.getpid())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(refs.to_bytes())
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        return False

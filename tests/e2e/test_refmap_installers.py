@@ -123,3 +123,46 @@ def test_an_installer_whose_map_lies_is_refused_and_installs_nothing(
     with pytest.raises(BuildError) as e:
         retarget(lying, str(tmp_path / "r"), tmp_path / "r.sh")
     assert e.value.exit_code == 3 and "reference map" in str(e.value)
+
+
+# -- a tree master's sidecar, made by `cache` ---------------------------------------------------
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.slow
+def test_cache_from_a_closure_makes_the_sidecar_and_writes_what_the_scan_writes(
+        small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nix_prefix.builder import cache as cache_mod
+    from nix_prefix.builder.cache import CacheOptions, write_cache
+    from nix_prefix.builder.refmaps import sidecar_of
+
+    info = small.closure_info
+    sidecar = sidecar_of(info)
+    assert not sidecar.exists()
+    q = str(tmp_path / "q")
+    write_cache([info], q, tmp_path / "mapped", CacheOptions(level=1))
+    assert sidecar.exists()
+    made = sidecar.stat().st_mtime_ns
+    with monkeypatch.context() as m:
+        m.setattr(cache_mod, "tree_ref_map", lambda c, s: None)
+        write_cache([info], q, tmp_path / "scanned", CacheOptions(level=1))
+    assert files_of(tmp_path / "mapped") == files_of(tmp_path / "scanned")
+    write_cache([info], str(tmp_path / "q2"), tmp_path / "again", CacheOptions(level=1))
+    assert sidecar.stat().st_mtime_ns == made  # read, not made again
+
+    # A sidecar that lies (offsets moved, its own sha256 made to match) is refused.
+    refs = refmap.read_sidecar(str(sidecar))
+    assert refs is not None
+    for p in refs.paths.values():
+        for f in p.files.values():
+            f.offsets[0] += 1
+    assert refmap.write_sidecar(str(sidecar), refs)
+    with pytest.raises(refmap.RefMapError) as e:
+        write_cache([info], str(tmp_path / "q3"), tmp_path / "lied", CacheOptions(level=1))
+    assert e.value.exit_code == 3 and "\n" not in str(e.value)
+    sidecar.unlink()  # made again once deleted
+    write_cache([info], str(tmp_path / "q3"), tmp_path / "remade", CacheOptions(level=1))
+    assert sidecar.exists()
