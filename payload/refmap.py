@@ -47,7 +47,7 @@ from .tree import Sink
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple  # noqa: F401
+    from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple  # noqa: F401
 
 EMBEDDED, CANONICAL, HASH = 0, 1, 2
 MAGIC = b"nix-prefix reference map 1\n"
@@ -162,6 +162,22 @@ def canonical(store_dir):
 # -- making a map ------------------------------------------------------------------------------
 
 
+def final_matches(pattern, buf, keep, final):
+    # type: (Any, bytes, int, bool) -> Tuple[List[Any], int]
+    """The matches of ``pattern`` in ``buf`` that no later piece can change, and where
+    the bytes to hold back start: a match that may go on, or start within the last
+    ``keep`` bytes, waits for the next piece (all are final at the ``final`` piece)."""
+    limit = len(buf) - keep
+    found = []
+    pos = 0
+    for m in pattern.finditer(buf):
+        if not final and (m.end() >= len(buf) or m.start() >= limit):
+            return found, max(pos, min(limit, m.start()))
+        found.append(m)
+        pos = m.end()
+    return found, len(buf) if final else max(pos, limit)
+
+
 class _Scan(object):
     """Occurrences in a stream fed in pieces, as rewrite.Rewriter finds them.
 
@@ -184,19 +200,9 @@ class _Scan(object):
     def feed(self, data, final=False):
         # type: (bytes, bool) -> None
         buf = self._tail + data if self._tail else data
-        limit = len(buf) - self._keep
-        pos = 0
-        cut = None  # type: Optional[int]
-        for m in self._re.finditer(buf):
-            if not final and (m.end() >= len(buf) or m.start() >= limit):
-                cut = max(pos, min(limit, m.start()))
-                break
+        matches, cut = final_matches(self._re, buf, self._keep, final)
+        for m in matches:
             self._record(m.group(0), self._base + m.start())
-            pos = m.end()
-        if final:
-            cut = len(buf)
-        elif cut is None:
-            cut = max(pos, limit)
         self._tail = buf[cut:]
         self._base += cut
 

@@ -22,7 +22,7 @@ import zipfile
 import zlib
 
 from . import codecs, nix32
-from .refmap import FilePatch, RefMapError
+from .refmap import FilePatch, RefMapError, final_matches
 from .storepath import HASH_LENGTH
 from .textfile import FileRewrite
 from .tree import Filter, Sink
@@ -97,21 +97,13 @@ class Rewriter(object):
 
     def _run(self, buf, final):
         # type: (bytes, bool) -> Tuple[bytes, bytes]
-        limit = len(buf) - self._keep
+        matches, cut = final_matches(self._re, buf, self._keep, final)
         out = []
         pos = 0
-        cut = None  # type: Optional[int]
-        for m in self._re.finditer(buf):
-            if not final and (m.end() >= len(buf) or m.start() >= limit):
-                cut = max(pos, min(limit, m.start()))
-                break
+        for m in matches:
             out.append(buf[pos:m.start()])
             out.append(self._replace(m))
             pos = m.end()
-        if final:
-            cut = len(buf)
-        elif cut is None:
-            cut = max(pos, limit)
         out.append(buf[pos:cut])
         return b"".join(out), buf[cut:]
 
