@@ -50,7 +50,7 @@ if MYPY:
     from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple  # noqa: F401
 
 EMBEDDED, CANONICAL, HASH = 0, 1, 2
-MAGIC = b"nix-prefix reference map 1\n"
+MAGIC = b"nix-prefix-refmap 1\n"
 # The zip member of an installer (format 4) and the sidecar of a tree or cache master.
 MEMBER = "refmap.bin"
 SIDECAR_SUFFIX = ".nix-prefix-refmap"
