@@ -41,6 +41,7 @@ from ..payload import retarget as retargets
 from ..payload.container import CorruptInstaller, InstallerFile
 from ..payload.machine import host_system
 from ..payload.manifest import Manifest, PathEntry, has_derivations
+from ..payload.refmap import RefMap
 from ..payload.signing import SecretKey
 from ..payload.tree import Sink
 from .cache import RetargetedSource, TargetPath
@@ -48,6 +49,7 @@ from .closure_info import check_acyclic
 from .compress import check_nar_compression, compressor
 from .errors import BuildError
 from .fromcache import BinaryCache
+from .refmaps import tree_ref_map
 from .retarget import check_source, looks_like_installer
 from .signer import sign
 from .sources import ClosureSource, InstallerSource
@@ -128,6 +130,10 @@ class _Installer:
                              "pass an intact installer or a closureInfo dir") from None
         self.source = InstallerSource(first)
         self.manifest = first.manifest
+        try:
+            self.refs = first.ref_map()  # format 4: rewrites patch at its offsets
+        except CorruptInstaller as e:
+            raise BuildError(f"{path}: {e.args[0]}", e.hint) from None
         self._free: queue.SimpleQueue[InstallerFile] = queue.SimpleQueue()
         self._free.put(first)
 
@@ -157,6 +163,8 @@ class _Closure:
         self.path = path
         self.source = ClosureSource(path, store_root)
         self.manifest = self.source.manifest
+        # The sidecar MASTER.nix-prefix-refmap, made now if absent (builder/refmaps.py).
+        self.refs: RefMap | None = tree_ref_map(self.source, path)
 
     def contents(self) -> dict[str, bytes]:
         return self.source.contents()
@@ -171,6 +179,7 @@ class _Cache:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.refs: RefMap | None = None  # a binary cache master is scanned (no map yet)
         self._cache = BinaryCache(path.resolve().as_uri())
         store_dir = self._cache.store_dir()
         self._infos: dict[str, narinfo.NarInfo] = {}
@@ -327,6 +336,8 @@ class PrefixPlan:
         self._by_hash: dict[str, _Entry] = {}
         for source, contents in zip(master.sources, master.contents, strict=True):
             retargeted = RetargetedSource(source.manifest, store_dir, contents)
+            if retargeted.target.rewrites:
+                retargeted.target.use_refs(source.refs)
             for target in retargeted.targets:
                 self._by_hash.setdefault(storepath.hash_part(target.new),
                                          _Entry(source, retargeted, target))

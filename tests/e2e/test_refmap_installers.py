@@ -141,7 +141,7 @@ def test_cache_from_a_closure_makes_the_sidecar_and_writes_what_the_scan_writes(
 
     info = small.closure_info
     sidecar = sidecar_of(info)
-    assert not sidecar.exists()
+    sidecar.unlink(missing_ok=True)
     q = str(tmp_path / "q")
     write_cache([info], q, tmp_path / "mapped", CacheOptions(level=1))
     assert sidecar.exists()
@@ -166,3 +166,42 @@ def test_cache_from_a_closure_makes_the_sidecar_and_writes_what_the_scan_writes(
     sidecar.unlink()  # made again once deleted
     write_cache([info], str(tmp_path / "q3"), tmp_path / "remade", CacheOptions(level=1))
     assert sidecar.exists()
+
+
+# -- `serve`'s masters ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_serve_maps_its_masters_and_serves_what_the_scan_serves(
+        small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nix_prefix.builder import master as master_mod
+    from nix_prefix.builder.master import Master, ServeOptions
+    from nix_prefix.builder.refmaps import sidecar_of
+
+    sidecar_of(small.closure_info).unlink(missing_ok=True)
+    options = ServeOptions(compression="none")
+    store_dir = str(tmp_path / "q" / "store")
+
+    def nars(master: Master) -> dict[str, bytes]:
+        plan = master.plan(store_dir)
+        out = {}
+        for hash_part in sorted(plan._by_hash):
+            parts: list[bytes] = []
+            plan.stream(hash_part, parts.append)
+            out[hash_part] = b"".join(parts)
+        return out
+
+    for source in (small.closure_info, small.installer):
+        mapped = Master([source], options)
+        assert mapped.sources[0].refs is not None
+        used: list[bool] = []
+        real = retargets.Retarget.use_refs
+        with monkeypatch.context() as m:
+            m.setattr(retargets.Retarget, "use_refs",
+                      lambda self, r: used.append(real(self, r)) or used[-1])
+            got = nars(mapped)
+        assert used == [True], source
+        with monkeypatch.context() as m:
+            m.setattr(master_mod, "tree_ref_map", lambda c, p: None)
+            m.setattr(InstallerFile, "ref_map", lambda self: None)
+            assert nars(Master([source], options)) == got, source
+    assert sidecar_of(small.closure_info).exists()  # made at start
