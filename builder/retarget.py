@@ -114,9 +114,11 @@ def with_installer(source: Path, run: Callable[[InstallerFile], T], hint: str) -
         # A signature that does not hold stops here, as it would stop the installer.
         installer.verdict([])
         return run(installer)
-    except (CorruptInstaller, refmap.RefMapError) as e:
+    except CorruptInstaller as e:
+        raise BuildError(f"{source}: {e.args[0]}", e.hint) from None
+    except refmap.RefMapError as e:
         error = BuildError(f"{source}: {e.args[0]}", e.hint)
-        error.exit_code = e.exit_code  # an integrity error, as a damaged file's
+        error.exit_code = e.exit_code  # an integrity error (3)
         raise error from None
     except codecs.CodecError as e:
         raise BuildError(f"{source}: {e}") from None

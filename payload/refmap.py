@@ -494,15 +494,6 @@ class FilePatch(object):
         return b""
 
 
-def patch_whole(refs, data, rewrite, where):
-    # type: (FileRefs, bytes, Rewrite, str) -> Tuple[bytes, int]
-    """``data`` (a symlink target, a whole file) rewritten; and the replacements made."""
-    patch = FilePatch(refs, len(data), rewrite, where)
-    out = patch.feed(data)
-    patch.finish()
-    return out, patch.count
-
-
 # -- the sidecar of a master on disk -----------------------------------------------------------
 
 
