@@ -195,14 +195,7 @@ def write_installer(out, preamble, code, compression, compressor, write_payload,
                 payload = PayloadWriter(zf, compression, compressor, tmp_dir or folder)
                 signer = signer or publisher.Signer()
                 written = payload.finished(write_payload(payload))
-                members = list(code)
-                ref_map = None
-                if payload.ref_map is not None and len(payload.ref_map) <= refmap.MAX_SIZE:
-                    # Not a chunk: codeSha256 covers it, as a verifier of format 3 counts it.
-                    zf.writestr(_zip_info(refmap.MEMBER), payload.ref_map)
-                    members.append((refmap.MEMBER, payload.ref_map))
-                    ref_map = {"file": refmap.MEMBER, "size": len(payload.ref_map),
-                               "sha256": hashlib.sha256(payload.ref_map).hexdigest()}
+                members, ref_map = _write_ref_map(zf, code, payload.ref_map)
                 manifest = signer.sign_paths(written.replaced(
                     code_sha256=code_digest(members), ref_map=ref_map))
                 manifest_json = manifest.to_json()
@@ -227,6 +220,18 @@ def write_installer(out, preamble, code, compression, compressor, write_payload,
             os.unlink(tmp)
         raise
     return manifest
+
+
+def _write_ref_map(zf, code, data):
+    # type: (zipfile.ZipFile, Sequence[Tuple[str, bytes]], Optional[bytes]) -> Tuple[List[Tuple[str, bytes]], Optional[Dict[str, object]]]
+    """Write the reference map ``data`` (if any, and not too large) as its member; the
+    members codeSha256 covers, and the manifest's ``refMap``.  Not a chunk: codeSha256
+    covers it, as a verifier of format 3 counts every other member."""
+    if data is None or len(data) > refmap.MAX_SIZE:
+        return list(code), None
+    zf.writestr(_zip_info(refmap.MEMBER), data)
+    return list(code) + [(refmap.MEMBER, data)], {
+        "file": refmap.MEMBER, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 class _ChunkCompressor(object):

@@ -168,7 +168,7 @@ def final_matches(pattern, buf, keep, final):
     the bytes to hold back start: a match that may go on, or start within the last
     ``keep`` bytes, waits for the next piece (all are final at the ``final`` piece)."""
     limit = len(buf) - keep
-    found = []
+    found = []  # type: List[Any]
     pos = 0
     for m in pattern.finditer(buf):
         if not final and (m.end() >= len(buf) or m.start() >= limit):

@@ -17,8 +17,8 @@ from nix_prefix.payload import refmap
 from nix_prefix.payload import retarget as retargets
 from nix_prefix.payload.container import InstallerFile
 
-from ..support import build_small, run_installer
-from ..test_exact_retarget import build_at_s1
+from .test_exact_retarget import build_at_s1
+from tests.support import build_small, run_installer
 
 LONG = "a-build-prefix-long-enough-to-relocate-from"
 
@@ -29,6 +29,18 @@ def opened(installer: Path) -> tuple[dict | None, refmap.RefMap | None]:
         return f.manifest.ref_map, f.ref_map()
     finally:
         f.close()
+
+
+def spied(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """What each Retarget.use_refs returns from now on: whether the map is used."""
+    used: list[bool] = []
+    real = retargets.Retarget.use_refs
+
+    def use_refs(self: retargets.Retarget, refs: refmap.RefMap | None) -> bool:
+        used.append(real(self, refs))
+        return used[-1]
+    monkeypatch.setattr(retargets.Retarget, "use_refs", use_refs)
+    return used
 
 
 def without_map(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,10 +63,7 @@ def test_build_writes_a_small_map_and_retarget_gives_the_bytes_the_scan_gives(
     with zipfile.ZipFile(small.installer) as zf:
         assert refmap.MEMBER in zf.namelist()
     prefix = str(tmp_path / "short")
-    used: list[bool] = []
-    real = retargets.Retarget.use_refs
-    monkeypatch.setattr(retargets.Retarget, "use_refs",
-                        lambda self, r: used.append(real(self, r)) or used[-1])
+    used = spied(monkeypatch)
     mapped = retarget(small.installer, prefix, tmp_path / "mapped.sh")
     assert used == [True]
     with monkeypatch.context() as m:
@@ -82,10 +91,7 @@ def test_exact_retarget_with_the_map_gives_what_the_scan_gives(
                                                      derivations=True))
     _, refs = opened(installer)
     assert refs is not None
-    used: list[bool] = []
-    real = retargets.Retarget.use_refs
-    monkeypatch.setattr(retargets.Retarget, "use_refs",
-                        lambda self, r: used.append(real(self, r)) or used[-1])
+    used = spied(monkeypatch)
     mapped = retarget_exact(installer, str(tmp_path / "s2"), tmp_path / "m.sh", level=1)
     assert used == [True]  # the renaming's hash parts are all ones the map looked for
     with monkeypatch.context() as m:
@@ -193,11 +199,8 @@ def test_serve_maps_its_masters_and_serves_what_the_scan_serves(
     for source in (small.closure_info, small.installer):
         mapped = Master([source], options)
         assert mapped.sources[0].refs is not None
-        used: list[bool] = []
-        real = retargets.Retarget.use_refs
         with monkeypatch.context() as m:
-            m.setattr(retargets.Retarget, "use_refs",
-                      lambda self, r: used.append(real(self, r)) or used[-1])
+            used = spied(m)
             got = nars(mapped)
         assert used == [True], source
         with monkeypatch.context() as m:

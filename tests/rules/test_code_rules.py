@@ -38,13 +38,11 @@ KNOWN_OFFENDERS_TO_FIX_IN_ISSUE_24 = {
     # dead code: used by tests only, or not at all (h32: installer)
     "dead: installer/ui.py:UI.warn",
     # names docs/design.md's glossary gives that the code takes in this issue (h32: Receipt;
-    # h33: --cache-key; h34: open_source, PrefixView, retarget.choose; h36: issue 25's
-    # payload/refmap.py)
+    # h33: --cache-key; h34: open_source, PrefixView, retarget.choose)
     "glossary: `Receipt`",
     "glossary: `open_source`",
     "glossary: `PrefixView`",
     "glossary: `retarget.choose`",
-    "glossary: `payload/refmap.py`",
     # docs/relocation.md is docs/retargeting.md now (h32: installer; h33/h34: builder;
     # h35: payload)
     "doc link: builder/master.py names docs/relocation.md",
