@@ -24,7 +24,7 @@ def test_info_text_of_an_unsigned_installer() -> None:
     text = display.info_text(manifest(False), Verdict([], [], []))
     assert text.endswith("\n")
     lines = text.splitlines()
-    assert lines[0] == "nix-prefix installer (format 3, built by nix-prefix 9.9)"
+    assert lines[0] == "nix-prefix installer (format 4, built by nix-prefix 9.9)"
     assert "prefix:        /home/u/.nix" in lines
     assert "retargets to:  any prefix of at most 12 bytes (--prefix)" in lines
     assert "nix-store:     /home/u/.nix/store/" + A + "/bin/nix-store" in lines
