@@ -18,11 +18,12 @@ import time
 
 from ..payload import exact, retarget, storepath
 from ..payload.machine import human_size
-from . import envfiles, nixstore, plan, preflight, staging, steps
+from . import nixstore, plan, preflight, staging, steps
 from .errors import InstallError, UpdateNeeded
 from .prefix import Prefix, user_name
 from .receipt import Receipt
 from .run import Run
+from .steps import install_steps
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
@@ -30,6 +31,7 @@ if MYPY:
 
     from ..payload.container import InstallerFile  # noqa: F401
     from ..payload.manifest import Manifest  # noqa: F401
+    from . import envfiles  # noqa: F401
     from .ui import UI  # noqa: F401
 
 
@@ -198,18 +200,6 @@ def install(installer, prefix_root, ui, update=False, jobs=1, target=None, cache
         target = at_prefix(installer, prefix, ui, jobs)
     run = new_run(installer, prefix, ui, target, update, jobs, caches, signature_names)
     return execute(run, receipt_plan(run, install_steps(run)))
-
-
-def install_steps(run, home=None):
-    # type: (Run, Optional[str]) -> List[plan.Step]
-    """The steps of an install, in order (``home``: --modify-profile's home dir)."""
-    out = [steps.MakeDirs(), steps.PlacePaths()]
-    out += [steps.WriteFile(path=path)
-            for path, _ in envfiles.planned_files(run.prefix, run.caches, run.extra_conf)]
-    out += [steps.Register(), steps.MakeProfile()]
-    if home is not None:
-        out.append(steps.ShellStartup(home=home))
-    return out
 
 
 def receipt_plan(run, step_list):

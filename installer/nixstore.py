@@ -96,14 +96,18 @@ def _query(prefix, sql, args):
 
 
 class PrefixLock(object):
-    """An exclusive lock on the prefix, so two installers never interleave."""
+    """An exclusive lock on the prefix, so two installers never interleave: ``acquire``,
+    then ``release`` (a receipt holds it across the steps of a plan, receipt.py)."""
 
     def __init__(self, path, on_wait=None):
         self._path = path
         self._on_wait = on_wait
         self._fd = -1
 
-    def __enter__(self):
+    def acquire(self):
+        # type: () -> PrefixLock
+        """Take the lock, waiting (``on_wait`` is told) while another installer holds it;
+        EnvironmentProblem if it cannot be taken at all.  ``release`` lets go."""
         try:
             self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
@@ -130,9 +134,6 @@ class PrefixLock(object):
             raise EnvironmentProblem("cannot lock %s (%s)" % (self._path, e.strerror),
                                      "choose another --prefix")
         return self
-
-    def __exit__(self, *exc):
-        self.release()
 
     def release(self):
         # type: () -> None

@@ -172,7 +172,7 @@ class Receipt(Record):
         # type: () -> None
         prefix = self.prefix
         self.lock = nixstore.PrefixLock(prefix.lock_file, on_wait=lambda: self._say(
-            "waiting for another installer on %s..." % prefix.root)).__enter__()
+            "waiting for another installer on %s..." % prefix.root)).acquire()
         for stale in staging.remove_stale_staging(prefix.store_dir):
             self._say("removed %s, left by an interrupted install" % stale)
         if os.path.isdir(prefix.home):
@@ -277,7 +277,7 @@ class Receipt(Record):
     def lock_prefix(self):
         # type: () -> None
         """An uninstall's: take the prefix's lock (``release`` lets go)."""
-        self.lock = nixstore.PrefixLock(self.prefix.lock_file).__enter__()
+        self.lock = nixstore.PrefixLock(self.prefix.lock_file).acquire()
 
     def hand_over(self, steps):
         # type: (List[Step]) -> None
