@@ -41,11 +41,13 @@ class PlacePaths(Step):
                                     human_size(m.total_nar_size))
 
     def describe_revert(self, run):
-        placed = self.owned.get("placed") or {}
-        if not placed:
-            return None
-        return "remove those of the %d store paths it placed in %s that never got " \
-               "registered" % (len(placed), run.prefix.store_dir)
+        placed = sorted(self.owned.get("placed") or {})
+        valid = nixstore.valid_paths(run.prefix, placed)
+        left = [p for p in placed if p not in valid and os.path.lexists(p)]
+        if not left:
+            return None  # the registered ones are the register step's to delete
+        return "remove the %d store paths it placed in %s that never got registered" % (
+            len(left), run.prefix.store_dir)
 
     def is_done(self, run):
         present = [p for p in run.paths() if os.path.lexists(p)]
