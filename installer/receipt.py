@@ -123,7 +123,9 @@ class Receipt(Record):
         self.ui = ui
         self.doc = None  # type: Optional[dict]
         self.prior = None  # type: Optional[dict]
-        # Records of the receipt read that no step of this plan is: kept as they are.
+        # Records of the receipt read that no step of this plan is, kept as they are:
+        # of a complete earlier run (merged into a step of the same key), and of kinds
+        # this installer does not know (an uninstall's).
         self.base = {}  # type: Dict[str, dict]
         self.unknown = []  # type: List[dict]
         self.loaded = False
@@ -161,6 +163,8 @@ class Receipt(Record):
 
     def _write_first(self, where, created):
         # type: (str, List[str]) -> None
+        """The first receipt: the plan's first kind (the step that makes the prefix's
+        directories) started, owning the directories made with it."""
         doc = new(self.manifest, self.prefix)
         make_dirs = self.kinds[0]()
         make_dirs.state = STARTED
