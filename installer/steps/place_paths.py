@@ -72,7 +72,7 @@ class PlacePaths(Step):
             receipt.save()
 
         if run.target is not None and run.target.rewrites and run.installer is not None:
-            run.ui.say("relocating %d store paths from %s to %s" % (
+            run.ui.say("retargeting %d store paths from %s to %s" % (
                 len(to_place), run.installer.manifest.store_dir, run.prefix.store_dir))
             _warn_hidden_refs(run.manifest, run.ui)
         infos = unpack_and_place(run, to_place, before_renames)
