@@ -20,10 +20,12 @@ class Manifest:
 
 
 class Dirs(plan.Step):
+    """Makes nothing: the first kind, which the first receipt records."""
+
     kind = "dirs"
 
     def describe(self, run):
-        return "dirs"
+        return self.kind
 
     def describe_revert(self, run):
         return None
@@ -38,22 +40,13 @@ class Dirs(plan.Step):
         return None
 
 
-class Thing(plan.Step):
+class Thing(Dirs):
     """Owns the names it makes; ``fail`` makes execute raise after claiming."""
 
     kind = "thing"
 
     def key(self):
         return "thing " + self.params["name"]
-
-    def describe(self, run):
-        return "thing"
-
-    def describe_revert(self, run):
-        return None
-
-    def is_done(self, run):
-        return False
 
     def execute(self, run, receipt):
         self.owned.setdefault("made", []).append(self.params["name"])
