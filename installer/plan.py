@@ -245,7 +245,10 @@ def from_record(record, kinds):
     for a kind none of them is, which the installer leaves alone)."""
     for cls in kinds:
         if cls.kind == record.get("kind"):
-            step = cls(**(record.get("params") or {}))  # type: Step
+            try:
+                step = cls(**(record.get("params") or {}))  # type: Step
+            except TypeError:
+                return None  # params it does not take: not one this installer wrote
             step.state = record.get("state", PLANNED)
             step.owned = record.get("owned") or {}
             return step

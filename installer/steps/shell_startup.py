@@ -17,9 +17,14 @@ class ShellStartup(Step):
 
     kind = "shell-startup"
 
+    def __init__(self, home):
+        # type: (str) -> None
+        Step.__init__(self, home=home)
+        self.home = home  # whose start-up files, its parameter
+
     def describe(self, run):
         return "add a line sourcing %s/nix.sh to %s" % (
-            run.prefix.profile_d, ", ".join(shellrc.candidates(self.params["home"])))
+            run.prefix.profile_d, ", ".join(shellrc.candidates(self.home)))
 
     def describe_revert(self, run):
         if not self.owned.get("home"):
@@ -29,12 +34,12 @@ class ShellStartup(Step):
 
     def is_done(self, run):
         return all(shellrc.holds_block(path, run.prefix.root)
-                   for path in shellrc.candidates(self.params["home"]))
+                   for path in shellrc.candidates(self.home))
 
     def execute(self, run, receipt):
-        self.owned["home"] = self.params["home"]
+        self.owned["home"] = self.home
         receipt.save()
-        shellrc.add_block(run.prefix.root, self.params["home"])
+        shellrc.add_block(run.prefix.root, self.home)
         return None
 
     def revert(self, run, receipt):

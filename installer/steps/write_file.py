@@ -21,29 +21,34 @@ class WriteFile(Step):
 
     kind = "write-file"
 
+    def __init__(self, path):
+        # type: (str) -> None
+        Step.__init__(self, path=path)
+        self.path = path  # the file, its parameter (``params`` is what the receipt keeps)
+
     def key(self):
-        return "%s %s" % (self.kind, self.params["path"])
+        return "%s %s" % (self.kind, self.path)
 
     def _content(self, run):
         # type: (Run) -> str
         return dict(envfiles.planned_files(run.prefix, run.caches,
-                                           run.extra_conf))[self.params["path"]]
+                                           run.extra_conf))[self.path]
 
     def describe(self, run):
-        path = self.params["path"]
+        path = self.path
         return "write %s (a file of yours there is kept as it is)" % path
 
     def describe_revert(self, run):
         if not self.owned.get("sha256"):
             return None
         return "remove %s if it is as the install wrote it (else it is yours now)" \
-            % self.params["path"]
+            % self.path
 
     def _recorded(self, run):
         # type: (Run) -> Set[str]
         """The sha256s this file had when an install wrote it: this step's and those
         in the prefix's receipts (another installer's, before a -u)."""
-        path = self.params["path"]
+        path = self.path
         digests = set([self.owned["sha256"]]) if self.owned.get("sha256") else set()
         for other in others(run.prefix, ""):
             for step in (load(other) or {}).get("steps", []):
@@ -60,7 +65,7 @@ class WriteFile(Step):
         (the installer's own), of nix.conf only with settings given (a plain -u
         must not drop the --substituter or --extra-conf of the first install)."""
         caches = run.caches
-        return (self.params["path"] != run.prefix.nix_conf or bool(run.extra_conf) or
+        return (self.path != run.prefix.nix_conf or bool(run.extra_conf) or
                 (caches is not None and bool(caches.substituters)))
 
     def is_done(self, run):
@@ -68,16 +73,16 @@ class WriteFile(Step):
         # user's.  One an install wrote and nobody changed since is rewritten when
         # this run asks for other content (a re-run with other --extra-conf, or -u
         # with newer env scripts).
-        current = _read_bytes(self.params["path"])
+        current = _read_bytes(self.path)
         if current is None:
-            return os.path.lexists(self.params["path"])
+            return os.path.lexists(self.path)
         if current == self._content(run).encode():
             return True
         return hashlib.sha256(current).hexdigest() not in self._recorded(run) or \
             not self._asked(run)
 
     def already(self, run):
-        path = self.params["path"]
+        path = self.path
         if self.owned.get("sha256") and not run.extra_conf:
             return  # ours, from an earlier run
         current_bytes = _read_bytes(path)
@@ -104,7 +109,7 @@ class WriteFile(Step):
                        + "\n    ".join(missing))
 
     def execute(self, run, receipt):
-        path = self.params["path"]
+        path = self.path
         content = self._content(run)
         previous = _read_bytes(path)  # set: an install's, unchanged since (is_done)
         if previous is not None:
@@ -129,7 +134,7 @@ class WriteFile(Step):
         return None
 
     def revert(self, run, receipt):
-        path = self.params["path"]
+        path = self.path
         digest = self.owned.get("sha256")
         if not digest or not os.path.lexists(path):
             return None

@@ -200,3 +200,7 @@ def test_a_step_comes_back_from_its_record() -> None:
     again = plan.from_record(step.to_record(), [Fake])
     assert again is not None and again.to_record() == step.to_record()
     assert plan.from_record({"kind": "unknown"}, [Fake]) is None
+
+
+def test_a_record_with_params_its_kind_does_not_take_is_left_alone() -> None:
+    assert plan.from_record({"kind": "fake", "params": {"colour": "red"}}, [Fake]) is None
