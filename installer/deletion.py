@@ -22,7 +22,7 @@ from . import nixstore, staging
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import Iterable, List, Set, Tuple  # noqa: F401
+    from typing import Callable, Iterable, List, Set, Tuple  # noqa: F401
 
     from .prefix import Prefix  # noqa: F401
 
@@ -144,3 +144,32 @@ def delete_store_paths(prefix, nix_store, paths):
     for batch in _batches(doomed):
         nixstore.run_nix(prefix, [nix_store, "--delete", "--ignore-liveness"] + batch)
     return removed + doomed, sorted(kept)
+
+
+def delete_installed(prefix, nix_tool, paths):
+    # type: (Prefix, Callable[[str], str], Iterable[str]) -> Tuple[List[str], List[str]]
+    """Delete exactly these store paths an install made (delete_store_paths); return
+    (removed, kept).  The build log of each derivation among them that is gone goes
+    too, also of one an earlier, killed run deleted.  ``nix_tool(name)`` is the Nix
+    program to run, asked for only when there is something to delete."""
+    paths = own_store_paths(prefix, paths)
+    if not paths:
+        return [], []  # no Nix needed (nor, for a refused one, run)
+    socket_dir = os.path.join(prefix.state_dir, "gc-socket")
+    had_socket = os.path.lexists(socket_dir)
+    removed, kept = delete_store_paths(prefix, nix_tool("nix-store"), paths)
+    if not had_socket and os.path.isdir(socket_dir):
+        # Made by the collector's server in this nix-store --delete
+        # (src/libstore/gc.cc): Nix's runtime state, not there before.
+        staging.remove_tree(socket_dir)
+    for path in paths:
+        if path.endswith(".drv") and not os.path.lexists(path):
+            # Nix's build log of a derivation the install built (the user
+            # environment's): src/libstore/local-fs-store.cc getBuildLogExact.
+            base = os.path.basename(path)
+            for suffix in ("", ".bz2"):
+                log = os.path.join(prefix.log_dir, "drvs", base[:2], base[2:] + suffix)
+                if os.path.lexists(log):
+                    os.unlink(log)
+                    staging.rmdir_quietly(os.path.dirname(log))
+    return removed, kept

@@ -1,7 +1,8 @@
 """The install as a plan of revertible steps: build it, show it, run it.
 
-``prepare`` builds the plan (plan.py, steps.py) without writing anything;
-the caller shows ``plan_lines`` and asks; ``execute`` runs that same plan.
+``install_steps`` and ``receipt_plan`` build the plan (plan.py, steps/)
+without writing anything; the caller shows ``plan_lines`` and asks;
+``execute`` runs that same plan.
 Each step's state and what it made go into the receipt before and after it
 runs, so a kill at any moment leaves a prefix that a re-run finishes or an
 ``--uninstall`` takes back, and any failure reverts this run's steps:
@@ -17,23 +18,25 @@ import time
 
 from ..payload import exact, retarget, storepath
 from ..payload.machine import human_size
-from ..payload.tree import Count, Tee
-from . import crashpoints, envfiles, nixstore, plan, preflight, receipt, staging, steps, timings
+from . import nixstore, plan, preflight, staging, steps
 from .errors import InstallError, UpdateNeeded
 from .prefix import Prefix, user_name
+from .receipt import Receipt
+from .run import Run
+from .steps import install_steps
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple  # noqa: F401
+    from typing import List, Optional, Sequence  # noqa: F401
 
     from ..payload.container import InstallerFile  # noqa: F401
-    from ..payload.manifest import Manifest, PathEntry  # noqa: F401
-    from ..payload.tree import Sink  # noqa: F401
+    from ..payload.manifest import Manifest  # noqa: F401
+    from . import envfiles  # noqa: F401
     from .ui import UI  # noqa: F401
 
 
 def plan_lines(run, the_plan):
-    # type: (steps.Run, plan.Plan) -> List[str]
+    # type: (Run, plan.Plan) -> List[str]
     """What the install will do, shown before it asks to proceed: the plan's steps."""
     manifest, prefix = run.manifest, run.prefix
     lines = ["Install %d store paths (%s) into %s:" % (
@@ -172,163 +175,45 @@ def exact_retarget(source, prefix, ui, jobs=1):
                            % manifest.prefix)
 
 
-def new_run(source, prefix, ui, target, update=False, jobs=1, caches=None,
-            signature_names=()):
-    # type: (InstallerFile, Prefix, UI, retarget.Retarget, bool, int, Optional[envfiles.Caches], Sequence[str]) -> steps.Run
-    """The context the steps of an install (or uninstall) through ``target`` share;
-    ``caches`` go into a new nix.conf (--substituter).  ``signature_names`` names
-    the keys whose signature of the installer holds: the Register step records
-    their signatures of its paths in the prefix's Nix database."""
-    def place(run, to_place, before_renames):
-        if run.target.rewrites:
-            run.ui.say("relocating %d store paths from %s to %s"
-                       % (len(to_place), run.source.manifest.store_dir, run.prefix.store_dir))
-            _warn_hidden_refs(run.manifest, run.ui)
-        return _unpack_and_place(run.source, run.target, run.prefix, to_place, run.ui,
-                                 run.jobs, before_renames)
-
+def new_run(installer, prefix, ui, target, update=False, jobs=1, caches=None,
+            signature_names=(), extra_conf=()):
+    # type: (InstallerFile, Prefix, UI, retarget.Retarget, bool, int, Optional[envfiles.Caches], Sequence[str], Sequence[str]) -> Run
+    """The inputs the steps of an install (or uninstall) of ``installer`` through
+    ``target`` share; ``caches`` (--substituter) and ``extra_conf`` go into a new
+    nix.conf.  ``signature_names`` names the keys whose signature of the installer
+    holds: the Register step records their signatures of its paths in the
+    prefix's Nix database."""
     manifest = target.manifest
-    run = steps.Run(prefix, ui, manifest, lambda tool: nix_tool(manifest, prefix, tool),
-                    source, target, jobs, update, place)
-    run.caches = caches
     # A rewritten path is another path: no signature of the publisher covers it
     # (and the retargeted manifest carries none).
-    run.signature_names = () if target.rewrites else tuple(signature_names)
-    return run
+    return Run(prefix, ui, manifest, lambda tool: nix_tool(manifest, prefix, tool), installer,
+               target, jobs, update, caches, extra_conf,
+               () if target.rewrites else tuple(signature_names))
 
 
-def install(source, prefix_root, ui, update=False, jobs=1, target=None, caches=None,
+def install(installer, prefix_root, ui, update=False, jobs=1, target=None, caches=None,
             signature_names=()):
     # type: (InstallerFile, str, UI, bool, int, Optional[retarget.Retarget], Optional[envfiles.Caches], Sequence[str]) -> bool
-    """Install ``source`` into ``prefix_root`` without asking (the preflight checks
+    """Install ``installer`` into ``prefix_root`` without asking (the preflight checks
     are the caller's); returns True if anything changed.  ``target`` is what
     ``at_prefix`` gave for this prefix (computed here if not given)."""
     prefix = Prefix(prefix_root)
     if target is None:
-        target = at_prefix(source, prefix, ui, jobs)
-    run = new_run(source, prefix, ui, target, update, jobs, caches, signature_names)
+        target = at_prefix(installer, prefix, ui, jobs)
+    run = new_run(installer, prefix, ui, target, update, jobs, caches, signature_names)
     return execute(run, receipt_plan(run, install_steps(run)))
 
 
-def install_steps(run, home=None):
-    # type: (steps.Run, Optional[str]) -> List[plan.Step]
-    """The steps of an install, in order (``home``: --modify-profile's home dir)."""
-    out = [steps.MakeDirs(), steps.PlacePaths()]
-    out += [steps.WriteFile(path=path)
-            for path, _ in envfiles.planned_files(run.prefix, run.caches, run.extra_conf)]
-    out += [steps.Register(), steps.MakeProfile()]
-    if home is not None:
-        out.append(steps.ShellStartup(home=home))
-    return out
-
-
 def receipt_plan(run, step_list):
-    # type: (steps.Run, List[plan.Step]) -> plan.Plan
-    """``step_list`` as a plan whose receipt is saved before and after every step.
-
-    Under the lock (taken before the first step that needs it), the receipt
-    this installer left earlier is read again: an unfinished one's steps are
-    adopted (a failure now undoes them too, and the prefix is as it was
-    before the first try); a complete one's records are kept beside this
-    run's, which alone a failure undoes.
-    """
-    prefix = run.prefix
-    path = receipt.path_for(prefix, run.manifest)
-    state = {"prior": None, "base": {}, "loaded": False}  # type: Dict[str, Any]
-
-    def save():
-        if not state["loaded"]:
-            # Before the lock, and the receipt read under it, nothing is written:
-            # a receipt of an earlier run must not be overwritten unread.
-            return
-        if not os.path.isdir(prefix.receipts_dir):
-            return  # reverted to before the first install: nothing to record it in
-        prior = state["prior"]
-        doc = receipt.new(run.manifest, prefix)
-        doc["complete"] = bool(prior and prior.get("complete")) or all(
-            s.state == plan.DONE for s in step_list)
-        records, keys = [], set()
-        for step in step_list:
-            rec = step.to_record()
-            base = state["base"].get(step.key())
-            if base:
-                rec["owned"] = plan.merge(base.get("owned") or {}, rec["owned"])
-            records.append(rec)
-            keys.add(step.key())
-        records += [rec for key, rec in sorted(state["base"].items()) if key not in keys]
-        doc["steps"] = records
-        receipt.write(path, doc)
-
-    def first_receipt(where, created):
-        doc = receipt.new(run.manifest, prefix)
-        doc["steps"] = [{"kind": steps.MakeDirs.kind, "params": {}, "state": plan.STARTED,
-                         "owned": {"created": created}}]
-        receipt.write(where, doc)
-
-    def on_locked():
-        made = []  # type: List[str]
-        try:
-            # The directories the lock and the receipt live in, made with the first
-            # receipt; a Ctrl-C waits until what they are is known.
-            with plan.signals_deferred():
-                made = steps.make_receipts_dir(prefix, os.path.basename(path), first_receipt)
-            load_under_lock()
-        except BaseException:
-            if not state["loaded"]:  # no step knows of them yet: take them back here
-                if run.lock is not None:
-                    run.lock.__exit__(None, None, None)
-                    run.lock = None
-                steps.unmake_receipts_dir(prefix, made, path)
-            raise
-
-    def load_under_lock():
-        run.lock = nixstore.PrefixLock(
-            prefix.lock_file, on_wait=lambda: run.ui.say(
-                "waiting for another installer on %s..." % prefix.root)).__enter__()
-        for stale in staging.remove_stale_staging(prefix.store_dir):
-            run.ui.say("removed %s, left by an interrupted install" % stale)
-        if os.path.isdir(prefix.home):
-            envfiles.make_profile_link(prefix)  # before any Nix runs (envfiles.py)
-        prior = receipt.load(path)
-        state["prior"] = prior
-        by_key = dict((record_key(r), r) for r in (prior or {}).get("steps", []))
-        if prior and prior.get("complete"):
-            state["base"] = by_key
-        else:
-            the_plan.revert_all = True  # a failure takes back the unfinished runs too
-            keys = set(s.key() for s in step_list)
-            for step in step_list:
-                if step.key() in by_key:
-                    step.adopt(by_key[step.key()].get("owned") or {})
-            state["base"] = dict((k, r) for k, r in by_key.items() if k not in keys)
-        run.last = not receipt.others(prefix, path)
-        state["loaded"] = True
-
-    def drop_receipt():
-        if not state["loaded"]:
-            return  # never read: whatever receipt is there is not this run's
-        prior = state["prior"]
-        if prior and prior.get("complete"):
-            receipt.write(path, prior)
-        else:
-            receipt.remove(path)
-
-    run.save = save
-    run.drop_receipt = drop_receipt
-    run.last = not receipt.others(prefix, path)  # again under the lock
-    the_plan = plan.Plan(step_list, save, on_locked)
-    return the_plan
-
-
-def record_key(record):
-    # type: (dict) -> str
-    """The key (Step.key) of a receipt record."""
-    step = steps.from_record(record)
-    return step.key() if step is not None else "%s ?" % record.get("kind")
+    # type: (Run, List[plan.Step]) -> plan.Plan
+    """``step_list`` as a plan whose receipt (receipt.py) is saved before and after
+    every step, and read again under the lock before the first step."""
+    return plan.Plan(step_list, Receipt(run.prefix, run.manifest, steps.KINDS, step_list,
+                                        run.ui))
 
 
 def execute(run, the_plan):
-    # type: (steps.Run, plan.Plan) -> bool
+    # type: (Run, plan.Plan) -> bool
     """Run the plan shown to the user; returns True if anything changed."""
     started = time.time()
     try:
@@ -337,95 +222,17 @@ def execute(run, the_plan):
         except plan.RevertFailed:
             raise  # the receipt names what is left to undo
         except BaseException:
-            run.drop_receipt()  # all undone: no trace of this run stays
+            the_plan.receipt.drop()  # all undone: no trace of this run stays
             raise
     finally:
-        if run.lock is not None:
-            run.lock.__exit__(None, None, None)
-            run.lock = None
+        the_plan.receipt.release()
     elapsed = time.time() - started
     manifest, prefix = run.manifest, run.prefix
     if changed:
+        placed = sum(s.placed_now for s in the_plan.steps if isinstance(s, steps.PlacePaths))
         run.ui.say("installed %d store paths (%d new) into %s in %.1f s"
-                   % (len(manifest.paths), run.placed_count, prefix.store_dir, elapsed))
+                   % (len(manifest.paths), placed, prefix.store_dir, elapsed))
     else:
         run.ui.say("nothing to do: all %d store paths are already installed and registered "
                    "in %s" % (len(manifest.paths), prefix.root))
     return changed
-
-
-def _warn_hidden_refs(manifest, ui):
-    # type: (Manifest, UI) -> None
-    """Name the files a same-length rewrite cannot fix (found when the installer was built)."""
-    if not manifest.hidden_refs:
-        return
-    ui.say("warning: %d file(s) keep the old store dir hidden in compressed or checksummed "
-           "content; they are installed unchanged:" % len(manifest.hidden_refs))
-    for line in manifest.hidden_refs[:20]:
-        ui.say("  %s" % line)
-    if len(manifest.hidden_refs) > 20:
-        ui.say("  ... and %d more (nix-prefix inspect lists them all)"
-               % (len(manifest.hidden_refs) - 20))
-
-
-def _unpack_and_place(source, target, prefix, to_place, ui, jobs, before_renames):
-    # type: (InstallerFile, retarget.Retarget, Prefix, List[PathEntry], UI, int, Callable[[Dict[str, Tuple[str, int]]], None]) -> Dict[str, Tuple[str, int]]
-    """Unpack the paths ``to_place`` through ``target`` into a staging dir, verified,
-    then rename them into the store; return the (narHash, narSize) of each path
-    the retarget rewrote, by its new name.  ``before_renames`` is given those once
-    every path is unpacked and verified, before the first rename."""
-    wanted = set(p.name for p in to_place)
-    spans = target.manifest.chunk_spans()  # by position: right for renamed paths too
-    chunks = sorted(set(i for p in to_place for i in spans[p.name]))
-    total = sum(target.manifest.chunks[i].tar_size for i in chunks)
-    progress = ui.progress("unpacking and verifying", total)
-    # Named before it is made, so that the finally below removes it whenever a
-    # Ctrl-C comes (just after the mkdir too).
-    stage = staging.staging_dir(prefix.store_dir)
-    writers = []  # type: List[staging.DiskWriter]
-    placed = []  # type: List[retarget.Retargeted]
-
-    def open_path(name):
-        # type: (str) -> Sink
-        # The payload's bytes are verified against the original NAR hash on the
-        # way in (InstallerFile.unpack); what reaches the disk may be rewritten.
-        count = Count(progress.update)
-        new = target.name(name)
-        if new not in wanted:
-            return count
-        writer = staging.DiskWriter(stage, new)
-        writers.append(writer)
-        # Files held back by a rewrite wait in the staging dir, inside the prefix.
-        path = retarget.Retargeted(target, name, writer, stage)
-        placed.append(path)
-        return Tee(path, count)
-
-    try:
-        staging.make_staging_dir(stage)
-        try:
-            with timings.phase("unpack"):
-                source.unpack(open_path, chunks, jobs)
-        except OSError as e:
-            raise staging.write_error(e, prefix.store_dir)
-        finally:
-            for w in writers:
-                w.abort()
-            progress.close()
-        infos = {}  # type: Dict[str, Tuple[str, int]]
-        for path in placed:
-            info = path.nar_info()
-            if info is not None:
-                infos[path.name] = info
-        # Everything needed is unpacked and verified: only now touch the store.
-        before_renames(infos)
-        with timings.phase("place"):
-            for entry in to_place:
-                src = os.path.join(stage, entry.name)
-                dst = target.manifest.store_path(entry.name)
-                os.rename(src, dst)
-                crashpoints.reached("renamed")
-                staging.seal_top(dst)
-                crashpoints.reached("placed")
-    finally:
-        staging.remove_tree(stage)
-    return infos

@@ -3,7 +3,6 @@
 import argparse
 import os
 import re
-import signal
 import sys
 
 from ..payload import __version__, publisher, seal, signing
@@ -15,11 +14,10 @@ from ..payload.machine import human_size
 from . import (
     envfiles,
     nixconf,
-    plan,
     preflight,
     receipt,
     shellrc,
-    steps,
+    signals,
     summary,
     timings,
     uninstall,
@@ -41,6 +39,7 @@ MYPY = False  # mypy reads the imports below; the installer never pays for impor
 if MYPY:
     from typing import List, Optional, Sequence  # noqa: F401
 
+    from ..payload.publisher import Verdict  # noqa: F401
     from ..payload.signing import PublicKey  # noqa: F401
 
 DESCRIPTION = """\
@@ -91,6 +90,13 @@ def _parser(prog):
                         "and write nothing")
     p.add_argument("--list", action="store_true", help="print the store paths and exit")
     p.add_argument("--info", action="store_true", help="print a summary of the installer")
+    _add_options(p)
+    return p
+
+
+def _add_options(p):
+    # type: (argparse.ArgumentParser) -> None
+    """The options of what an install writes, and how it runs."""
     rc = p.add_mutually_exclusive_group()
     rc.add_argument("--modify-profile", action="store_true",
                     help="also add a marked line that sources PREFIX/etc/profile.d/nix.sh to "
@@ -133,7 +139,6 @@ def _parser(prog):
                         "as that user (their uid and gid), so that every file stays theirs")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     p.add_argument("--version", action="version", version="nix-prefix installer " + __version__)
-    return p
 
 
 def _positive(value):
@@ -178,13 +183,9 @@ def main(path, argv, name=None, sealed=False):
     """
     seal.open_standard_streams()  # again for python3 FILE, which has no bootstrap
     timings.start()
-    # SIGTERM and SIGHUP (a closed terminal) stop it like Ctrl-C: what this run
-    # did is undone (plan.py); only SIGKILL leaves work for the next run.
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _interrupt)
-    # Until here a Ctrl-C is the preamble's (builder/preamble.sh); from here the
-    # plan undoes what this run did.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # From here a Ctrl-C, SIGTERM or SIGHUP stops it and the plan undoes what this
+    # run did (signals.py); only SIGKILL leaves work for the next run.
+    signals.handle_stops()
     ui = UI()
     debug = bool(os.environ.get("NIX_PREFIX_DEBUG"))
     try:
@@ -224,7 +225,7 @@ def main(path, argv, name=None, sealed=False):
             ui.error("nix-prefix: internal error: %s: %s (rerun with NIX_PREFIX_DEBUG=1 "
                      "for details, and report it)" % (type(e).__name__, e))
     # The outcome is decided and said: a Ctrl-C now must not turn it into another.
-    plan.outcome_decided()
+    signals.outcome_decided()
     timings.write()
     ui.close()
     sys.exit(code)
@@ -241,10 +242,6 @@ def _one_mode(parser, args):
     given = [flag for flag, name in MODES if getattr(args, name)]
     if len(given) > 1:
         parser.error("%s and %s do not go together: give one of them" % tuple(given[:2]))
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt()
 
 
 def _caches(args, trusted):
@@ -296,82 +293,100 @@ def _trusted_keys(given):
 
 def run(path, args, ui, name=None, sealed=False):
     # type: (str, argparse.Namespace, UI, Optional[str], bool) -> int
+    """Do what ``args`` ask of the installer file at ``path``; return the exit code."""
     _check_python()
     trusted = _trusted_keys(args.trusted_keys)
     with timings.phase("manifest"):  # the zip, the manifest; the seal if not checked yet
-        source = InstallerFile(path, name, sealed)
+        installer = InstallerFile(path, name, sealed)
     try:
-        manifest = source.manifest
+        manifest = installer.manifest
         if args.jobs is None:  # NIX_PREFIX_JOBS is only read (and checked) when it counts
             args.jobs = preflight.default_jobs(os.environ.get("NIX_PREFIX_JOBS"), manifest)
-        verdict = source.verdict(trusted)  # a signature that does not hold: exit 3
-        if args.list:
-            for p in manifest.paths:
-                sys.stdout.write(manifest.store_path(p.name) + "\n")
-            return 0
-        if args.info:
-            sys.stdout.write(info_text(manifest, verdict))
-            sys.stdout.write(summary.conf_text(envfiles.nix_conf(
-                Prefix(manifest.prefix), _caches(args, trusted), args.conf_lines)))
+        verdict = installer.verdict(trusted)  # a signature that does not hold: exit 3
+        if args.list or args.info:
+            _show(installer, args, verdict, _caches(args, trusted))
             return 0
         # Before anything is read further or written: a publisher the user does not trust.
-        source.check_publisher(trusted)
+        installer.check_publisher(trusted)
         if args.check:
-            with timings.phase("check"):
-                source.check(jobs=args.jobs)
-            ui.say("OK: %s is intact: %d store paths, %s of NAR verified"
-                   % (source.name, len(manifest.paths),
-                      human_size(manifest.total_nar_size)))
-            for line in verdict_lines(verdict):
-                ui.say("  " + line)
+            _check(installer, args.jobs, verdict, ui)
             return 0
-        caches = _caches(args, trusted)
         root = (preflight.resolve_prefix(args.prefix) if args.prefix is not None
                 else manifest.prefix)
         prefix = Prefix(root)
         if args.as_owner:
             preflight.become_owner(prefix)
         if args.uninstall or args.rollback:
-            return _undo(source, prefix, args, ui)
+            return _undo(installer, prefix, args, ui)
         if args.unmodify_profile:
             changed = shellrc.remove_block(root)
             ui.say("removed the nix-prefix line for %s from %s"
                    % (root, ", ".join(changed)) if changed else
                    "no shell start-up file sources %s; nothing to remove" % root)
             return 0
-        # How the paths get to this prefix, once (with the derivations in the payload,
-        # another store dir reads part of it): the checks and the summary use the
-        # manifest as installed, new names and all.
-        with timings.phase("preflight"):
-            target = install_mod.at_prefix(source, prefix, ui, args.jobs)
-            installed = target.manifest
-            install_mod.preflight_checks(installed, prefix)
-            install_mod.check_update(installed, prefix, args.update)
-        # Found before installing, so that a missing HOME stops nothing half-way.
-        home = None
-        if args.modify_profile:
-            home = shellrc.home_dir()
-            shellrc.check_writable(home)
-        if verdict.signed_by:
-            for line in verdict_lines(verdict):
-                ui.say(line)
-        the_run = install_mod.new_run(source, prefix, ui, target, args.update, args.jobs,
-                                      caches, verdict.key_names)
-        the_run.extra_conf = args.conf_lines
-        the_plan = install_mod.receipt_plan(the_run, install_mod.install_steps(the_run, home))
-        if not args.yes and not _ask(ui, "\n".join(install_mod.plan_lines(the_run, the_plan))):
-            ui.say("nothing was changed")
-            return EXIT_FAILED
-        # Once every step is done, the install is: a Ctrl-C while the summary is
-        # written must not say "undone".
-        the_plan.on_done = plan.outcome_decided
-        install_mod.execute(the_run, the_plan)
-        rc_files = shellrc.candidates(home) if home is not None else []
-        ui.say("\n".join(summary.summary_lines(installed, prefix, _rerun_name(source), rc_files,
-                                                caches, args.conf_lines)))
-        return 0
+        return _install(installer, prefix, args, ui, verdict, _caches(args, trusted))
     finally:
-        source.close()
+        installer.close()
+
+
+def _show(installer, args, verdict, caches):
+    # type: (InstallerFile, argparse.Namespace, Verdict, Optional[envfiles.Caches]) -> None
+    """--list (the store paths) and --info (a summary and the nix.conf it writes)."""
+    manifest = installer.manifest
+    if args.list:
+        for p in manifest.paths:
+            sys.stdout.write(manifest.store_path(p.name) + "\n")
+        return
+    sys.stdout.write(info_text(manifest, verdict))
+    sys.stdout.write(summary.conf_text(envfiles.nix_conf(
+        Prefix(manifest.prefix), caches, args.conf_lines)))
+
+
+def _check(installer, jobs, verdict, ui):
+    # type: (InstallerFile, int, Verdict, UI) -> None
+    """--check: verify the whole file and write nothing."""
+    with timings.phase("check"):
+        installer.check(jobs=jobs)
+    ui.say("OK: %s is intact: %d store paths, %s of NAR verified"
+           % (installer.name, len(installer.manifest.paths),
+              human_size(installer.manifest.total_nar_size)))
+    for line in verdict_lines(verdict):
+        ui.say("  " + line)
+
+
+def _install(installer, prefix, args, ui, verdict, caches):
+    # type: (InstallerFile, Prefix, argparse.Namespace, UI, Verdict, Optional[envfiles.Caches]) -> int
+    """Show the plan, ask, install, and say what to do next."""
+    # How the paths get to this prefix, once (with the derivations in the payload,
+    # another store dir reads part of it): the checks and the summary use the
+    # manifest as installed, new names and all.
+    with timings.phase("preflight"):
+        target = install_mod.at_prefix(installer, prefix, ui, args.jobs)
+        installed = target.manifest
+        install_mod.preflight_checks(installed, prefix)
+        install_mod.check_update(installed, prefix, args.update)
+    # Found before installing, so that a missing HOME stops nothing half-way.
+    home = None
+    if args.modify_profile:
+        home = shellrc.home_dir()
+        shellrc.check_writable(home)
+    if verdict.signed_by:
+        for line in verdict_lines(verdict):
+            ui.say(line)
+    the_run = install_mod.new_run(installer, prefix, ui, target, args.update, args.jobs,
+                                  caches, verdict.key_names, args.conf_lines)
+    the_plan = install_mod.receipt_plan(the_run, install_mod.install_steps(the_run, home))
+    if not args.yes and not _ask(ui, "\n".join(install_mod.plan_lines(the_run, the_plan))):
+        ui.say("nothing was changed")
+        return EXIT_FAILED
+    # Once every step is done, the install is: a Ctrl-C while the summary is
+    # written must not say "undone".
+    the_plan.on_done = signals.outcome_decided
+    install_mod.execute(the_run, the_plan)
+    rc_files = shellrc.candidates(home) if home is not None else []
+    ui.say("\n".join(summary.summary_lines(installed, prefix, _rerun_name(installer), rc_files,
+                                            caches, args.conf_lines)))
+    return 0
 
 
 def _check_there(prefix, rollback):
@@ -388,7 +403,7 @@ def _check_there(prefix, rollback):
         return
     parent = preflight.existing_ancestor(prefix.root)
     try:
-        left = [n for n in os.listdir(parent) if n.startswith(steps.NEW_DIRS_PREFIX)]
+        left = [n for n in os.listdir(parent) if n.startswith(receipt.NEW_DIRS_PREFIX)]
     except OSError:
         left = []
     if rollback or not left:
@@ -396,11 +411,11 @@ def _check_there(prefix, rollback):
                            "give -p the prefix you installed into")
 
 
-def _rerun_name(source):
+def _rerun_name(installer):
     # type: (InstallerFile) -> str
     """How the summary names the installer to run again: its file, or INSTALLER
     when it came through a pipe (curl URL | sh) and is gone."""
-    return source.name if os.path.isfile(source.name) else "INSTALLER"
+    return installer.name if os.path.isfile(installer.name) else "INSTALLER"
 
 
 def _ask(ui, plan_text):
@@ -413,11 +428,11 @@ def _ask(ui, plan_text):
     return ui.confirm("Proceed?")
 
 
-def _undo(source, prefix, args, ui):
+def _undo(installer, prefix, args, ui):
     # type: (InstallerFile, Prefix, argparse.Namespace, UI) -> int
     """--uninstall and --rollback, with the prefix's own Nix."""
     _check_there(prefix, args.rollback)
-    target = install_mod.at_prefix(source, prefix, ui, args.jobs)
+    target = install_mod.at_prefix(installer, prefix, ui, args.jobs)
     manifest = target.manifest
     preflight.check_owner(prefix)
     preflight.check_parents(prefix)
@@ -425,12 +440,12 @@ def _undo(source, prefix, args, ui):
     if args.rollback:
         uninstall.rollback(prefix, nix_env, ui)
         return 0
-    if not args.yes and not _ask(ui, "Remove what %s installed in %s (its store paths, profile "
-                                     "generations and the files it wrote, if unchanged)."
-                                     % (source.name, prefix.root)):
+    run = install_mod.new_run(installer, prefix, ui, target)
+    if not args.yes and not _ask(ui, uninstall.question(run, installer.name) or (
+            "Remove what %s installed in %s." % (installer.name, prefix.root))):
         ui.say("nothing was changed")
         return EXIT_FAILED
-    uninstall.uninstall(install_mod.new_run(source, prefix, ui, target), ui)
+    uninstall.uninstall(run, ui)
     if not receipt.others(prefix, ""):
         # The last install is gone: so goes any line that sources the prefix.
         try:

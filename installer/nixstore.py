@@ -9,8 +9,9 @@ import signal
 import subprocess
 
 from ..payload import hashes, seal, storepath
-from . import crashpoints, plan
+from . import crashpoints
 from .errors import EnvironmentProblem, InstallError
+from .signals import signals_deferred
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
@@ -95,14 +96,18 @@ def _query(prefix, sql, args):
 
 
 class PrefixLock(object):
-    """An exclusive lock on the prefix, so two installers never interleave."""
+    """An exclusive lock on the prefix, so two installers never interleave: ``acquire``,
+    then ``release`` (a receipt holds it across the steps of a plan, receipt.py)."""
 
     def __init__(self, path, on_wait=None):
         self._path = path
         self._on_wait = on_wait
         self._fd = -1
 
-    def __enter__(self):
+    def acquire(self):
+        # type: () -> PrefixLock
+        """Take the lock, waiting (``on_wait`` is told) while another installer holds it;
+        EnvironmentProblem if it cannot be taken at all.  ``release`` lets go."""
         try:
             self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
@@ -130,9 +135,12 @@ class PrefixLock(object):
                                      "choose another --prefix")
         return self
 
-    def __exit__(self, *exc):
-        os.close(self._fd)
-        self._fd = -1
+    def release(self):
+        # type: () -> None
+        """Let go of the lock (once; again is a no-op)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def run_nix(prefix, argv, stdin_text=None, started=None):
@@ -141,7 +149,7 @@ def run_nix(prefix, argv, stdin_text=None, started=None):
     ``started`` is given the process id (to tell its own runtime roots)."""
     proc = None
     try:
-        with plan.signals_deferred():  # a Nix started is a Nix in hand
+        with signals_deferred():  # a Nix started is a Nix in hand
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, env=prefix.nix_env(),
                                     cwd=prefix.home)
@@ -411,3 +419,72 @@ def _add_signatures(conn, batch, wanted, dry_run):
     return added
 
 
+
+
+# What nix-env names the user environment it makes for a generation, its manifest
+# and its derivation (src/nix-env/user-env.cc).
+NIX_ENV_NAMES = ("-env-manifest.nix", "-user-environment.drv", "-user-environment")
+
+
+def generations(prefix):
+    # type: (Prefix) -> List[int]
+    """The numbers of the default profile's generations, oldest first."""
+    pattern = re.compile(r"^%s-(\d+)-link$" % re.escape(os.path.basename(prefix.profile)))
+    try:
+        names = os.listdir(prefix.profiles_dir)
+    except OSError:
+        return []
+    return sorted(int(m.group(1)) for m in map(pattern.match, names) if m)
+
+
+def generation_link(prefix, generation):
+    # type: (Prefix, int) -> str
+    """The link of one generation of the default profile (src/libstore/profiles.cc)."""
+    return "%s-%d-link" % (prefix.profile, generation)
+
+
+def nix_env_strays(prefix):
+    # type: (Prefix) -> List[str]
+    """Entries of the store named as nix-env names what it makes (NIX_ENV_NAMES) that
+    are not valid, and the empty .lock files beside such names (src/libstore/
+    pathlocks.cc): what a nix-env stopped half-way leaves unregistered."""
+    try:
+        names = os.listdir(prefix.store_dir)
+    except OSError:
+        return []
+    found, locks = [], []
+    for name in names:
+        path = os.path.join(prefix.store_dir, name)
+        if name.endswith(NIX_ENV_NAMES):
+            found.append(path)
+        elif name.endswith(".lock") and name[:-5].endswith(NIX_ENV_NAMES) and \
+                os.path.isfile(path) and not os.path.islink(path) and \
+                os.path.getsize(path) == 0:
+            locks.append(path)
+    valid = valid_paths(prefix, found)
+    return sorted([p for p in found if p not in valid] + locks)
+
+
+def made_by_nix_env(prefix, nix_tool, generation, since_id, environments=()):
+    # type: (Prefix, Callable[[str], str], int, int, Sequence[str]) -> List[str]
+    """The paths ``nix-env`` (or ``nix profile``) registered for a generation's
+    user environment (the environment, its manifest and .drv) and for the
+    ``environments`` of generations made on the way to it: those of their
+    closures or their derivers' registered after id ``since_id``.  One valid
+    before is not ours.  ``nix_tool(name)`` is the Nix program to ask."""
+    link = generation_link(prefix, generation)
+    new = registered_since(prefix, since_id)
+    if not new:
+        return []
+    if not os.path.lexists(link):
+        # nix-env failed (a collision in the profile) after registering some of
+        # what it builds: those are named by src/nix-env/user-env.cc.
+        return sorted(p for p in new if p.endswith(NIX_ENV_NAMES))
+    nix_store = nix_tool("nix-store")
+    related = set()  # type: Set[str]
+    for environment in [os.path.realpath(link)] + list(environments):
+        related.update(run_nix(prefix, [nix_store, "-qR", environment]).split())
+        deriver = run_nix(prefix, [nix_store, "-q", "--deriver", environment]).strip()
+        if deriver in new:
+            related.update(run_nix(prefix, [nix_store, "-qR", deriver]).split())
+    return sorted(new & related)

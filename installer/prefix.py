@@ -51,6 +51,16 @@ class Prefix(object):
                 os.path.join(self.root, "etc"), self.conf_dir, self.profile_d, self.data_dir,
                 self.home, self.receipts_dir]
 
+    def missing_parents(self):
+        # type: () -> List[str]
+        """The prefix's parent directories that do not exist, outermost first."""
+        parents = []  # type: List[str]
+        parent = os.path.dirname(self.root)
+        while not os.path.lexists(parent):
+            parents.insert(0, parent)
+            parent = os.path.dirname(parent)
+        return parents
+
     def nix_env(self):
         # type: () -> Dict[str, str]
         """Environment for running Nix on this prefix, isolated from the user's set-up.

@@ -62,12 +62,12 @@ def check_retarget(manifest, prefix):
     limit = manifest.max_store_dir_length
     if prefix.store_dir != manifest.store_dir and len(prefix.store_dir.encode()) > limit:
         raise EnvironmentProblem(
-            "the prefix %s is too long: this installer can relocate to a prefix of at most "
+            "the prefix %s is too long: this installer can retarget to a prefix of at most "
             "%d bytes (its store dir, PREFIX/store, at most %d), and %s is %d"
             % (prefix.root, limit - len("/store"), limit, prefix.store_dir,
                len(prefix.store_dir.encode())),
             "choose a shorter --prefix, or build the installer from a closure built with a "
-            "longer store dir (see docs/relocation.md)")
+            "longer store dir (see docs/retargeting.md)")
 
 
 def check_no_symlinks(prefix):

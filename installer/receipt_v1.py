@@ -27,7 +27,7 @@ installer would have left, so that ``--uninstall`` reverts exactly that and
 
 import os
 
-from . import steps
+from .nixstore import NIX_ENV_NAMES
 from .prefix import Prefix
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
@@ -35,6 +35,11 @@ if MYPY:
     from typing import Any, Dict, List, Optional  # noqa: F401
 
 VERSION = 1
+
+# The kinds of the steps (steps/__init__.py KINDS) a version 1 receipt stands for:
+# the receipt's own words, spelled out so that reading a receipt needs no step.
+MAKE_DIRS, PLACE_PATHS, WRITE_FILE, REGISTER, PROFILE = (
+    "make-dirs", "place-paths", "write-file", "register", "profile")
 
 
 def _strings(value):
@@ -55,19 +60,19 @@ def upgrade(doc):
         return None
     prefix = Prefix(os.path.dirname(store_dir))
     added = _strings(doc.get("added"))
-    made_by_nix_env = [p for p in added if p.endswith(steps.NIX_ENV_NAMES)]
+    made_by_nix_env = [p for p in added if p.endswith(NIX_ENV_NAMES)]
     generations = sorted(set(g for g in doc.get("generations") or []
                              if isinstance(g, int) and not isinstance(g, bool)))
     files = doc.get("files")
     if not isinstance(files, dict):
         files = {}
-    records = [_record(steps.MakeDirs.kind, {"created": [
+    records = [_record(MAKE_DIRS, {"created": [
         d for d in prefix.directories() if os.path.isdir(d) and not os.path.islink(d)]}),
-        _record(steps.PlacePaths.kind, {})]
-    records += [_record(steps.WriteFile.kind, {"sha256": digest}, {"path": path})
+        _record(PLACE_PATHS, {})]
+    records += [_record(WRITE_FILE, {"sha256": digest}, {"path": path})
                 for path, digest in sorted(files.items())
                 if isinstance(path, str) and isinstance(digest, str)]
-    records.append(_record(steps.Register.kind, {
+    records.append(_record(REGISTER, {
         "registered": [p for p in added if p not in made_by_nix_env]}))
     # Which of its generations each environment was made for is not recorded;
     # reverting the profile step takes the paths of all of them at once.
@@ -75,6 +80,6 @@ def upgrade(doc):
                          for i, g in enumerate(generations))
     if made_by_nix_env and not generations:
         by_generation["0"] = {"paths": made_by_nix_env}  # a generation nix-env never finished
-    records.append(_record(steps.MakeProfile.kind, {"generations": by_generation}))
+    records.append(_record(PROFILE, {"generations": by_generation}))
     return {"version": 2, "upgradedFrom": VERSION, "payloadSha256": doc.get("payloadSha256"),
             "storeDir": store_dir, "complete": True, "steps": records}

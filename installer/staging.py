@@ -167,6 +167,15 @@ def remove_tree(path):
     shutil.rmtree(path)
 
 
+def rmdir_quietly(path):
+    # type: (str) -> None
+    """Remove the directory ``path`` if it is empty; leave it otherwise."""
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass  # not empty (someone else's files are in it) or gone: leave it
+
+
 def write_atomically(path, text, mode=None):
     # type: (str, str, Optional[int]) -> None
     """Write ``text`` at ``path`` through a temporary file beside it (fsync, then

@@ -37,10 +37,6 @@ class UI(object):
         if not self.quiet:
             self._write(message + "\n")
 
-    def warn(self, message):
-        # type: (str) -> None
-        self._write("nix-prefix: warning: %s\n" % message)
-
     def error(self, line):
         # type: (str) -> None
         """The one line a failure ends with (shown even with -q)."""

@@ -1,7 +1,7 @@
 """``--uninstall`` and ``--rollback``: undo what an installer did, and only that.
 
 Uninstall rebuilds the plan from the installer's receipt (receipt.py,
-steps.py) and reverts it, newest step first, saving the receipt after each
+steps/) and reverts it, newest step first, saving the receipt after each
 step: the profile generations it made go (the profile switches back to the
 newest other one), then exactly the store paths it added, through Nix,
 except any still alive (deletion.py).  What the prefix's installs share
@@ -16,16 +16,18 @@ import os
 
 from . import envfiles, nixstore, plan, receipt, staging, steps
 from .errors import InstallError
+from .signals import signals_held
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import Dict, List  # noqa: F401
+    from typing import List, Optional  # noqa: F401
 
-    from ..payload.manifest import Manifest  # noqa: F401
-    from .plan import Step  # noqa: F401
     from .prefix import Prefix  # noqa: F401
-    from .steps import Run  # noqa: F401
+    from .run import Run  # noqa: F401
     from .ui import UI  # noqa: F401
+
+# Steps whose work every install of the prefix shares: reverted with the last receipt.
+SHARED = (steps.MakeDirs.kind, steps.WriteFile.kind, steps.ShellStartup.kind)
 
 
 def rollback(prefix, nix_env, ui):
@@ -36,13 +38,44 @@ def rollback(prefix, nix_env, ui):
         nixstore.run_nix(prefix, [nix_env, "-p", prefix.profile, "--rollback"])
     except KeyboardInterrupt:
         # Ctrl-C once nix-env had switched: switched back, so that "undone" holds.
-        with plan.signals_held():
+        with signals_held():
             if before is not None and nixstore.profile_generation(prefix) != before:
                 nixstore.run_nix(prefix, [nix_env, "-p", prefix.profile,
                                           "--switch-generation", str(before)])
         raise
     ui.say("rolled %s back from generation %s to %s"
            % (prefix.profile, before, nixstore.profile_generation(prefix)))
+
+
+def read_plan(run):
+    # type: (Run) -> plan.Plan
+    """The plan this installer's receipt in the prefix records, with that receipt: what
+    an uninstall reverts.  InstallError if there is none."""
+    the_receipt = receipt.Receipt(run.prefix, run.manifest, steps.KINDS)
+    return plan.Plan(the_receipt.read(), the_receipt)
+
+
+def question(run, name):
+    # type: (Run, str) -> Optional[str]
+    """What ``--uninstall`` asks before it goes on: what reverting each step of the
+    receipt will undo, in the order it will (None without a receipt to read)."""
+    try:
+        the_plan = read_plan(run)
+    except InstallError:
+        return None
+    own = [s for s in the_plan.steps if s.kind not in SHARED]
+    shared = [s for s in the_plan.steps if s.kind in SHARED]
+    lines = ["Remove what %s installed in %s:" % (name, run.prefix.root)]
+    if the_plan.receipt.last:
+        lines += plan.Plan(shared + own).revert_lines(run)
+    else:
+        lines += plan.Plan(own).revert_lines(run)
+        lines.append("What the prefix's installs share (its directories, nix.conf, the env "
+                     "scripts, the shell start-up line) stays: another installer's receipt "
+                     "takes over its record.")
+    lines.append("Store paths other profiles or roots still need are kept, and so is a file "
+                 "changed since the install.")
+    return "\n".join(lines)
 
 
 def uninstall(run, ui):
@@ -54,106 +87,65 @@ def uninstall(run, ui):
     that the last uninstall still removes them.
     """
     prefix = run.prefix
-    path = receipt.path_for(prefix, run.manifest)
-    stale = steps.remove_stale_new_dirs(prefix)
+    stale = receipt.remove_stale_new_dirs(prefix)
     if stale and not os.path.lexists(prefix.root):
         # An install killed before its first directory was in place: that was all.
         for p in stale:
             ui.say("removed %s, left by an interrupted install" % p)
         return
-    if receipt.load(path) is None:
-        raise InstallError("%s holds no record of this installer" % prefix.root,
-                           "uninstall with the installer that installed it")
-    with nixstore.PrefixLock(prefix.lock_file):
+    the_receipt = receipt.Receipt(prefix, run.manifest, steps.KINDS)
+    the_receipt.read()  # none: said before the lock is taken
+    the_receipt.lock_prefix()
+    try:
         staging.remove_stale_staging(prefix.store_dir)  # a killed install's, not to be kept
-        doc = receipt.load(path)
-        if doc is None:  # another uninstall got there first
-            raise InstallError("%s holds no record of this installer" % prefix.root,
-                               "uninstall with the installer that installed it")
-        if doc.get("storeDir") != prefix.store_dir:
-            raise InstallError("the receipt %s is for %s, not %s" % (
-                path, doc.get("storeDir"), prefix.store_dir), "uninstall with -p %s" % (
-                    os.path.dirname(str(doc.get("storeDir")))))
-        records = doc["steps"]
-        unknown = [r for r in records if steps.from_record(r) is None]
-        step_list = [s for s in map(steps.from_record, records) if s is not None]
-        others = receipt.others(prefix, path)
-        run.last = not others
-
-        def save():
-            doc["steps"] = [s.to_record() for s in step_list] + unknown
-            # What the steps owned but had to keep (alive in another install's
-            # profile): recorded with the steps' progress, so that a kill before
-            # the hand-over below loses none of it.
-            doc["kept"] = sorted(set(doc.get("kept") or []) | set(run.kept))
-            receipt.write(path, doc)
-
-        shared = [s for s in step_list if s.kind in SHARED]
-        undo = plan.Plan([s for s in step_list if s not in shared], save)
-        with plan.signals_held():
-            undo.revert(run)
-            if others:
-                kept = sorted(set(doc.get("kept") or []) | set(run.kept))
-                _hand_over(shared, kept, others)
-                receipt.remove(path)
-            else:
-                receipt.remove(path)
-                envfiles.remove_profile_link(prefix)
-                plan.Plan(shared, lambda: None).revert(run)
-    ui.say("removed %d store paths from %s" % (len(run.removed), prefix.store_dir))
-    for p in sorted(run.removed):
-        ui.say("  - %s" % p)
-    if run.kept:
-        ui.say("kept %d store paths that other profiles or roots still need%s:" % (
-            len(run.kept), "; they go with the last uninstall" if others else ""))
-        for p in sorted(run.kept):
-            ui.say("  - %s" % p)
-    for f in run.files_removed:
-        ui.say("removed %s" % f)
-    for f in run.files_kept:
-        ui.say("kept %s: it was changed since the install, so it is yours now" % f)
+        # Read again under the lock: another uninstall may have got there first.
+        reverted = _revert(run, the_receipt, the_receipt.read())
+    finally:
+        the_receipt.release()
+    _report(ui, prefix, reverted, not the_receipt.last)
 
 
-# Steps whose work every install of the prefix shares: reverted with the last receipt.
-SHARED = (steps.MakeDirs.kind, steps.WriteFile.kind, steps.ShellStartup.kind)
-
-
-def _hand_over(shared, kept, other_paths):
-    # type: (List[Step], List[str], List[str]) -> None
-    """Pass what the shared steps own, and the store paths ``kept`` (made by this
-    install, still alive through another's profile), to another installer's
-    receipt: whichever uninstall comes last then removes them too."""
-    for other_path in other_paths:
-        other = receipt.load(other_path)
-        if other is not None:
-            break
-    else:
-        return
-    by_key = {}
-    for record in other["steps"]:
-        step = steps.from_record(record)
-        if step is not None:
-            by_key[step.key()] = record
-    for step in shared:
-        if not step.owned:
-            continue
-        record = by_key.get(step.key())
-        if record is None:
-            record = step.to_record()
-            other["steps"].insert(0 if step.kind == steps.MakeDirs.kind else len(other["steps"]),
-                                  record)
+def _revert(run, the_receipt, step_list):
+    # type: (Run, receipt.Receipt, List[plan.Step]) -> plan.Reverted
+    """Revert this installer's own steps; then the shared ones if it is the last
+    installer in the prefix, else hand their records over to another's receipt."""
+    shared = [s for s in step_list if s.kind in SHARED]
+    with signals_held():
+        reverted = plan.Plan([s for s in step_list if s not in shared], the_receipt).revert(run)
+        if not the_receipt.last:
+            the_receipt.hand_over(shared + _keeper(the_receipt.kept(reverted)))
+            the_receipt.drop()
         else:
-            record["owned"] = plan.merge(record.get("owned") or {}, step.owned)
-    if kept:
-        # The other's register step deletes them with its own paths, after its
-        # profile generations are gone (reverted first).
-        register = by_key.get(steps.Register.kind)
-        if register is None:
-            register = steps.Register().to_record()
-            register["state"] = plan.DONE
-            kinds = [r.get("kind") for r in other["steps"]]
-            at = kinds.index(steps.MakeProfile.kind) if steps.MakeProfile.kind in kinds \
-                else len(kinds)
-            other["steps"].insert(at, register)
-        register["owned"] = plan.merge(register.get("owned") or {}, {"registered": kept})
-    receipt.write(other_path, other)
+            the_receipt.drop()
+            envfiles.remove_profile_link(run.prefix)
+            reverted.add(plan.Plan(shared, the_receipt).revert(run))
+    return reverted
+
+
+def _keeper(kept):
+    # type: (List[str]) -> List[plan.Step]
+    """The store paths ``kept`` (made by this install, still alive through another's
+    profile) as a register step's: the other installer's register step deletes them
+    with its own paths, after its profile generations are gone (reverted first)."""
+    if not kept:
+        return []
+    register = steps.Register()
+    register.state = plan.DONE
+    register.owned = {"registered": kept}
+    return [register]
+
+
+def _report(ui, prefix, reverted, others):
+    # type: (UI, Prefix, plan.Reverted, bool) -> None
+    ui.say("removed %d store paths from %s" % (len(reverted.removed), prefix.store_dir))
+    for p in sorted(reverted.removed):
+        ui.say("  - %s" % p)
+    if reverted.kept:
+        ui.say("kept %d store paths that other profiles or roots still need%s:" % (
+            len(reverted.kept), "; they go with the last uninstall" if others else ""))
+        for p in sorted(reverted.kept):
+            ui.say("  - %s" % p)
+    for f in reverted.files_removed:
+        ui.say("removed %s" % f)
+    for f in reverted.files_kept:
+        ui.say("kept %s: it was changed since the install, so it is yours now" % f)

@@ -7,7 +7,7 @@ byte-identical:
 
     __main__.py                     starts nix_prefix.installer.main
     nix_prefix/__init__.py          (empty)
-    nix_prefix/installer/*.py       the installer stub
+    nix_prefix/installer/**.py      the installer stub (its subpackages too)
     nix_prefix/payload/*.py         this package
     payload/NNNN.tar.xz|.tar.zst    the chunks: one canonical tar stream of every
                                     store path (archive.py), cut into chunks of one
@@ -154,11 +154,24 @@ def embedded_code():
             raise RuntimeError("cannot find the package %s to embed" % package)
         folder = list(spec.submodule_search_locations)[0]
         sub = package.replace(".", "/")
-        for name in sorted(os.listdir(folder)):
-            if name.endswith(".py"):
-                with open(os.path.join(folder, name), "rb") as f:
-                    members.append(("%s/%s" % (sub, name), f.read()))
+        for rel in _package_files(folder):
+            with open(os.path.join(folder, rel), "rb") as f:
+                members.append(("%s/%s" % (sub, rel), f.read()))
     return members
+
+
+def _package_files(folder):
+    # type: (str) -> List[str]
+    """The .py files of the package in ``folder`` and of its subpackages (a folder with
+    an ``__init__.py``, such as installer/steps/), as sorted '/'-separated paths."""
+    found = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.endswith(".py") and os.path.isfile(path):
+            found.append(name)
+        elif os.path.isfile(os.path.join(path, "__init__.py")):
+            found += ["%s/%s" % (name, rel) for rel in _package_files(path)]
+    return found
 
 
 def write_installer(out, preamble, code, compression, compressor, write_payload,

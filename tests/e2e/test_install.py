@@ -339,3 +339,22 @@ def test_the_plan_shown_is_the_plan_run(small) -> None:
         assert line.startswith(first_words[step["kind"]]), (step["kind"], line)
         if step["kind"] == "write-file":
             assert line.startswith(f"write {step['params']['path']} "), line
+
+
+def test_uninstall_asks_with_what_each_revert_does(small) -> None:
+    """--uninstall without -y lists what undoing each step of the receipt will do, newest
+    first, before it asks; "n" changes nothing."""
+    import re
+
+    assert run_installer(small.installer, "-y").returncode == 0
+    before = tree_snapshot(small.prefix)
+    code, screen = _run_on_terminal(["sh", str(small.installer), "--uninstall"], b"n\n")
+    assert code == 1 and "nothing was changed" in screen, screen
+    assert tree_snapshot(small.prefix) == before
+    shown = re.findall(r"^ +\d+\. (.+?)\r?$", screen.split("Proceed?")[0], re.M)
+    assert shown[0].startswith("remove generation 1 of the profile "), shown
+    assert shown[1].startswith("delete the "), shown
+    assert any(line.startswith(f"remove {small.prefix}/etc/nix/nix.conf if it is as")
+               for line in shown), shown
+    assert shown[-1].startswith(f"remove the directories the installs created in "
+                                f"{small.prefix}"), shown

@@ -53,7 +53,7 @@ def test_installs_into_a_shorter_prefix(long_built: Built, world_dir: Path) -> N
     prefix = world_dir / "short"
     first = run_installer(long_built.installer, "-y", "-p", str(prefix))
     assert first.returncode == 0, first.stderr
-    assert "relocating" in first.stderr
+    assert "retargeting" in first.stderr
     # The gzip file that hides the store dir is named, not silently broken.
     assert "where.gz" in first.stderr and "warning" in first.stderr
 

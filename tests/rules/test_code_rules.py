@@ -26,40 +26,22 @@ BIN = Path(sys.executable).parent
 # offends fails test_known_offenders_still_offend, so it is taken off the list at
 # once.
 KNOWN_OFFENDERS_TO_FIX_IN_ISSUE_24 = {
-    # import cycles (h32: installer)
-    "import cycle: installer.deletion installer.nixstore installer.plan installer.receipt "
-    "installer.receipt_v1 installer.steps",
-    # functions over 60 lines (h33/h34: builder; h32: installer)
-    "long: installer/install.py:_unpack_and_place",
-    "long: installer/install.py:receipt_plan",
-    "long: installer/main.py:_parser",
-    "long: installer/main.py:run",
-    "long: installer/uninstall.py:uninstall",
-    # dead code: used by tests only, or not at all (h32: installer)
-    "dead: installer/ui.py:UI.warn",
-    # names docs/design.md's glossary gives that the code takes in this issue (h32: Receipt;
-    # h33: --cache-key; h34: open_source, PrefixView, retarget.choose)
-    "glossary: `Receipt`",
+    # names docs/design.md's glossary gives that the code takes in this issue (h34:
+    # open_source, PrefixView, retarget.choose; h36: issue 25's payload/refmap.py)
     "glossary: `open_source`",
     "glossary: `PrefixView`",
     "glossary: `retarget.choose`",
-    # docs/relocation.md is docs/retargeting.md now (h32: installer; h33/h34: builder;
-    # h35: payload)
+    # docs/relocation.md is docs/retargeting.md now (h33/h34: builder; h35: payload)
     "doc link: builder/master.py names docs/relocation.md",
     "doc link: builder/retarget.py names docs/relocation.md",
-    "doc link: installer/preflight.py names docs/relocation.md",
     "doc link: payload/textfile.py names docs/relocation.md",
-    # "relocat..." in messages, docstrings and comments (h33/h34: builder; h34/h36: payload;
-    # h32/h34: installer)
+    # "relocat..." in messages, docstrings and comments (h33/h34: builder; h34/h36: payload)
     "word: builder/cache.py says relocat...",
     "word: builder/master.py says relocat...",
     "word: builder/page.py says relocat...",
     "word: builder/retarget.py says relocat...",
     "word: payload/retarget.py says relocat...",
     "word: payload/textfile.py says relocat...",
-    "word: installer/install.py says relocat...",
-    "word: installer/preflight.py says relocat...",
-    "word: installer/steps.py says relocat...",
 }
 
 
