@@ -15,11 +15,11 @@ only once every path is in place.
 import os
 import time
 
-from ..payload import exact, retarget, storepath
+from ..payload import retarget, storepath
 from ..payload.machine import human_size
 from ..payload.tree import Count, Tee
 from . import crashpoints, envfiles, nixstore, plan, preflight, receipt, staging, steps, timings
-from .errors import InstallError, UpdateNeeded
+from .errors import EnvironmentProblem, InstallError, UpdateNeeded
 from .prefix import Prefix, user_name
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
@@ -118,56 +118,55 @@ def nix_tool(manifest, prefix, tool):
 
 def at_prefix(source, prefix, ui, jobs=1):
     # type: (InstallerFile, Prefix, UI, int) -> retarget.Retarget
-    """How the payload of ``source`` gets to ``prefix`` (payload/retarget.py), and so
-    the manifest as installed there (``.manifest``): as it is at the store dir it was
-    built for, recomputed exactly when the payload holds the derivations, else the
+    """How the payload of ``source`` gets to ``prefix`` (payload/retarget.py ``choose``),
+    and so the manifest as installed there (``.manifest``): as it is at the store dir it
+    was built for, recomputed exactly when the payload holds the derivations, else the
     store dir rewritten in place.  An exact retarget reads part of the payload first
-    (``jobs`` chunks at once).  An installer for another machine is refused first,
-    before whether the prefix suits it."""
-    preflight.check_system(source.manifest)
-    found = exact_retarget(source, prefix, ui, jobs)
-    if found is not None:
-        return found
-    if prefix.store_dir == source.manifest.store_dir:
-        return retarget.Identity(source.manifest)
-    preflight.check_retarget(source.manifest, prefix)
-    return retarget.SameLength(source.manifest, prefix.store_dir)
+    (``jobs`` chunks at once), after the prefix's length is checked.  An installer for
+    another machine is refused first.  Raises InstallError (one line): EnvironmentProblem
+    for a prefix too long, CorruptInstaller if the payload is damaged."""
+    manifest = source.manifest
+    preflight.check_system(manifest)
+    try:
+        return retarget.choose(manifest, prefix.store_dir,
+                               lambda: _read_derivations(source, prefix, ui, jobs),
+                               derivations=manifest.derivations)
+    except retarget.TooLong as e:
+        raise EnvironmentProblem(e.args[0], e.hint)
+    except retarget.RetargetError as e:
+        raise InstallError(e.args[0], e.hint)
 
 
 def exact_retarget(source, prefix, ui, jobs=1):
     # type: (InstallerFile, Prefix, UI, int) -> Optional[retarget.Exact]
-    """The exact retarget of ``source`` into ``prefix``, or None if it does not apply
-    (the payload holds no derivations, or ``prefix`` is the one it was built for).
+    """The exact retarget of ``source`` into ``prefix`` (``at_prefix``), or None if it
+    does not apply (the payload holds no derivations, or ``prefix`` is the one it was
+    built for).
 
     A same-length retarget is no option for such a payload: Nix's ``--load-db``
     checks that each ``.drv`` it registers names the output paths it computes
     for it at the store dir, and a ``.drv`` that kept its hash parts fails.
-    The chunks holding ``.drv`` files and other one-file paths are read
-    through the verifying path (every NAR hash checked, nothing written) for
-    the planner.  Raises InstallError (one line) if the prefix is too long or
-    the closure cannot be planned, CorruptInstaller if the payload is damaged.
     """
-    manifest = source.manifest
-    if not manifest.derivations or prefix.store_dir == manifest.store_dir:
+    if not source.manifest.derivations:
         return None
-    # The checks that need only the manifest come before reading the payload.
-    preflight.check_system(manifest)
-    preflight.check_retarget(manifest, prefix)
+    found = at_prefix(source, prefix, ui, jobs)
+    return found if isinstance(found, retarget.Exact) else None
+
+
+def _read_derivations(source, prefix, ui, jobs):
+    # type: (InstallerFile, Prefix, UI, int) -> Dict[str, bytes]
+    """The chunks holding ``.drv`` files and other one-file paths, read through the
+    verifying path (every NAR hash checked, nothing written) for the exact planner."""
+    manifest = source.manifest
     chunks = retarget.contents_chunks(manifest)
     progress = ui.progress("reading the derivations",
                            sum(manifest.chunks[i].tar_size for i in chunks))
     ui.say("reading the derivations: the %d store paths get the paths Nix computes for %s"
            % (len(manifest.paths), prefix.store_dir))
     try:
-        contents = retarget.read_contents(source, progress.update, jobs)
+        return retarget.read_contents(source, progress.update, jobs)
     finally:
         progress.close()
-    try:
-        return retarget.Exact(manifest, prefix.store_dir, contents)
-    except exact.ExactError as e:
-        raise InstallError("cannot recompute the store paths for %s: %s" % (prefix.store_dir, e),
-                           "install into %s, the prefix this installer was built for"
-                           % manifest.prefix)
 
 
 def new_run(source, prefix, ui, target, update=False, jobs=1, caches=None,
