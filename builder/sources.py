@@ -24,7 +24,7 @@ import queue
 import re
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -195,13 +195,11 @@ class InstallerSource(Source):
         self.path = path
         with _installer_errors(path, "pass an intact installer or a closureInfo dir"):
             first = InstallerFile(str(path))  # checks the seal, once
-        try:
-            with _installer_errors(path):
-                # A signature that does not hold stops here, as it would stop the installer.
-                self.verdict = first.verdict([])
-        except BaseException:
-            first.close()
-            raise
+        with ExitStack() as on_error, _installer_errors(path):
+            on_error.enter_context(first)
+            # A signature that does not hold stops here, as it would stop the installer.
+            self.verdict = first.verdict([])
+            on_error.pop_all()  # kept open: the first of the pool
         self.manifest = first.manifest
         self._opened = [first]
         self._free: queue.SimpleQueue[InstallerFile] = queue.SimpleQueue()

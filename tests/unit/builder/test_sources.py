@@ -27,6 +27,7 @@ from nix_prefix.builder.sources import (
     open_source,
 )
 from nix_prefix.payload import hashes, nar, registration
+from nix_prefix.payload.container import CorruptInstaller, InstallerFile
 from nix_prefix.payload.registration import ValidPathInfo
 
 DEP = "0" * 31 + "1-dep"
@@ -164,3 +165,10 @@ def test_build_names_the_kind_of_a_source_it_cannot_pack(kinds: dict[str, Path],
                               check=False, env={**os.environ, "NO_COLOR": "1"}, timeout=120)
         assert done.returncode != 0 and said in done.stderr, done.stderr
         assert "Traceback" not in done.stderr and not (tmp_path / "out.sh").exists()
+
+
+def test_an_installer_file_is_closed_on_leaving_its_with(kinds: dict[str, Path]) -> None:
+    with InstallerFile(str(kinds[INSTALLER])) as opened:
+        assert opened.manifest.paths
+    with pytest.raises(CorruptInstaller, match="closed"):
+        opened.check(None)
