@@ -26,32 +26,19 @@ from nix_prefix.builder.sources import (
     kind_of,
     open_source,
 )
-from nix_prefix.payload import hashes, nar, registration
+from nix_prefix.payload import hashes, nar
 from nix_prefix.payload.container import CorruptInstaller, InstallerFile
-from nix_prefix.payload.registration import ValidPathInfo
 
-DEP = "0" * 31 + "1-dep"
-APP = "0" * 31 + "2-app"
+from ...support import PLAIN_APP, PLAIN_DEP, plain_closure
+
+DEP, APP = PLAIN_DEP, PLAIN_APP
 
 
 @pytest.fixture(scope="module")
 def kinds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One closure as each kind of source: closureInfo dir, installer, binary cache."""
     tmp = tmp_path_factory.mktemp("sources")
-    store = tmp / "p" / "store"
-    (store / APP / "bin").mkdir(parents=True)
-    (store / DEP).write_bytes(b"a dependency\n" * 100)
-    (store / APP / "bin" / "app").write_text(f"#!/bin/sh\ncat {store}/{DEP}\n")
-    (store / APP / "bin" / "app").chmod(0o755)
-    (store / APP / "dep").symlink_to(f"{store}/{DEP}")
-    infos = []
-    for name, refs in ((APP, [DEP]), (DEP, [])):
-        digest, size = nar.hash_path(str(store / name))
-        infos.append(ValidPathInfo(f"{store}/{name}", hashes.format_sha256(digest), size, "",
-                                   tuple(f"{store}/{r}" for r in refs)))
-    ci = tmp / "ci"
-    ci.mkdir()
-    (ci / "registration").write_text(registration.format(infos))
+    ci, store = plain_closure(tmp)
     installer = tmp / "app.sh"
     build_installer(read_closure(ci), installer, BuildOptions(compression="xz", level=0))
     cache = tmp / "cache"
