@@ -36,6 +36,7 @@ from typing import Any, Generic, TypeVar
 import zstandard
 
 from ..payload import hashes, nar, narinfo, nix32, storepath
+from ..payload.machine import usable_cpus
 from ..payload.manifest import has_derivations
 from ..payload.signing import SecretKey
 from ..payload.tree import Sink
@@ -43,13 +44,16 @@ from .cache import RetargetedSource, TargetPath
 from .compress import check_nar_compression, compressor
 from .errors import BuildError
 from .signer import sign
-from .sources import Source, check_source, open_source
+from .sources import InstallerSource, Source, check_source, decoded, open_source
 
 # Streaming compression levels: fast enough to keep up with a network link.
 DEFAULT_LEVELS = {"zstd": 3, "xz": 1}
 PLANS = 32  # store dirs whose views are kept
 NARINFOS = 4096  # narinfos kept per view
 _PIECE = 256 << 10  # bytes handed to the client at a time
+# NAR bytes of an installer master decoded into a private directory at start (else
+# every request decodes the chunks holding its path again: xz, ~20 MB/s).
+DECODE_LIMIT = 16 << 30
 
 
 @dataclass
@@ -61,6 +65,7 @@ class ServeOptions:
     sign_keys: Sequence[SecretKey] = ()
     plans: int = PLANS
     narinfos: int = NARINFOS
+    decode_limit: int = DECODE_LIMIT
 
 
 K = TypeVar("K")
@@ -127,7 +132,10 @@ class Master:
         self.options = options
         for path in sources:
             check_source(path)  # every one, before any is read
-        self.sources = [open_source(path, store_root) for path in sources]
+        # An installer is decoded once, here, not for every request (as far as it fits).
+        self.sources = [decoded(s, options.decode_limit, usable_cpus())
+                        if isinstance(s, InstallerSource) else s
+                        for s in (open_source(path, store_root) for path in sources)]
         # What the exact planner needs, read (and verified) once for every view.
         self.contents = [s.contents() if has_derivations(s.manifest.paths) else None
                           for s in self.sources]
@@ -146,6 +154,11 @@ class Master:
     @property
     def views_cached(self) -> int:
         return len(self._views)
+
+    def close(self) -> None:
+        """Let go of the sources (an installer's decoded tree is removed)."""
+        for source in self.sources:
+            source.close()
 
 
 @dataclass

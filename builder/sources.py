@@ -22,6 +22,9 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shutil
+import tempfile
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -39,11 +42,14 @@ from .closure_info import check_acyclic, read_closure
 from .derivations import read_store_contents
 from .errors import BuildError
 from .fromcache import BinaryCache
+from .fromcache import _DiskWriter as _DiskWriter
+from .leftovers import remove_stale
 from .pack import closure_system
 
 INSTALLER = "installer"
 CLOSURE = "closureInfo dir"
 CACHE = "binary cache"
+DECODED_PREFIX = "nix-prefix-master-"  # + pid: DecodedInstaller's directories
 T = TypeVar("T")
 S = TypeVar("S", bound="Source")
 
@@ -139,29 +145,21 @@ def _in_parallel(work: Callable[[PathEntry], None], entries: list[PathEntry],
                 f.cancel()
 
 
-class ClosureSource(Source):
-    """A closureInfo dir (or dump-db file) whose paths are read from the store."""
+class TreeSource(Source):
+    """Store paths as trees under ``root`` (``root/<base name>``), listed by ``manifest``:
+    every read is checked against the manifest's NAR hash."""
 
-    def __init__(self, path: Path, store_root: Path | None = None) -> None:
+    def __init__(self, path: Path, manifest: Manifest, root: Path) -> None:
         self.path = path
-        closure = read_closure(path)
-        self.root = Path(store_root or closure.store_dir)
-        entries = [PathEntry.from_registration(i) for i in closure.infos]
-        for e in entries:
-            if not os.path.lexists(self.root / e.name):
-                raise BuildError(f"store path {closure.store_dir}/{e.name} is missing from "
-                                 f"{self.root}", "pass --store-root if the store is elsewhere")
-        names = [e.name for e in entries]
-        nix = nixchoice.choose(names, [], self.root, None, False)
-        system = closure_system(self.root, closure.store_dir, names, nix.nix_store, None)
-        self.manifest = Manifest(closure.store_dir, system, "xz", entries, [], [])
+        self.manifest = manifest
+        self.root = root
 
     def contents(self) -> dict[str, bytes]:
         return read_store_contents(self.manifest.paths, self.root)
 
     def replay(self, names: Iterable[str], open_path: Callable[[str], Sink],
                jobs: int = 1) -> None:
-        """Every path of ``names``, read from the store and checked against its NAR hash."""
+        """Every path of ``names``, read from the tree and checked against its NAR hash."""
         wanted = set(names)
         _in_parallel(lambda e: self._one(e, open_path(e.name)),
                      [e for e in self.manifest.paths if e.name in wanted], jobs)
@@ -184,6 +182,67 @@ class ClosureSource(Source):
 
     def close(self) -> None:
         pass
+
+
+class ClosureSource(TreeSource):
+    """A closureInfo dir (or dump-db file) whose paths are read from the store."""
+
+    def __init__(self, path: Path, store_root: Path | None = None) -> None:
+        closure = read_closure(path)
+        root = Path(store_root or closure.store_dir)
+        entries = [PathEntry.from_registration(i) for i in closure.infos]
+        for e in entries:
+            if not os.path.lexists(root / e.name):
+                raise BuildError(f"store path {closure.store_dir}/{e.name} is missing from "
+                                 f"{root}", "pass --store-root if the store is elsewhere")
+        names = [e.name for e in entries]
+        nix = nixchoice.choose(names, [], root, None, False)
+        system = closure_system(root, closure.store_dir, names, nix.nix_store, None)
+        TreeSource.__init__(self, path, Manifest(closure.store_dir, system, "xz", entries,
+                                                 [], []), root)
+
+
+class DecodedInstaller(TreeSource):
+    """An installer's paths decoded once, through its verifying reader, into a private
+    directory (mode 0700, removed on ``close``): a master that ``serve`` reads for
+    every request at the speed of a tree, not of xz (docs/serving.md).  Each read is
+    still checked against the manifest's NAR hash."""
+
+    def __init__(self, installer: InstallerSource, into: Path, jobs: int = 1) -> None:
+        TreeSource.__init__(self, installer.path, installer.manifest, into)
+        self.verdict = installer.verdict
+        self._installer = installer
+        self._removed = weakref.finalize(self, shutil.rmtree, into, True)  # also at exit
+        # A path's tree is kept only once the installer's reader has checked it whole.
+        installer.replay([p.name for p in installer.manifest.paths],
+                         lambda name: _DiskWriter(into / name), jobs)
+
+    def contents(self) -> dict[str, bytes]:
+        return self._installer.contents()  # through the verifying reader, at start only
+
+    def close(self) -> None:
+        self._installer.close()
+        self._removed()
+
+
+def decoded(installer: InstallerSource, limit: int, jobs: int = 1) -> Source:
+    """``installer`` decoded once into a private temporary directory, if its NAR bytes
+    fit in ``limit`` and in the free space there (half of it at most), else as it is
+    (every read decodes its chunks again)."""
+    size = installer.manifest.total_nar_size
+    if size > limit:
+        return installer
+    # Named for this pid: a later run removes those of a serve killed with SIGKILL.
+    remove_stale(Path(tempfile.gettempdir()), DECODED_PREFIX)
+    into = Path(tempfile.mkdtemp(prefix=f"{DECODED_PREFIX}{os.getpid()}-"))  # 0700
+    try:
+        if size > shutil.disk_usage(into).free // 2:
+            shutil.rmtree(into, ignore_errors=True)
+            return installer
+        return DecodedInstaller(installer, into, jobs)
+    except BaseException:
+        shutil.rmtree(into, ignore_errors=True)
+        raise
 
 
 class InstallerSource(Source):
