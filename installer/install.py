@@ -133,8 +133,9 @@ def at_prefix(source, prefix, ui, jobs=1):
                                derivations=manifest.derivations)
     except retarget.TooLong as e:
         raise EnvironmentProblem(e.args[0], e.hint)
-    except retarget.RetargetError as e:
-        raise InstallError(e.args[0], e.hint)
+    except retarget.RetargetError as e:  # the installer's closure cannot be planned
+        raise InstallError(e.args[0], "install into %s, the prefix this installer was built "
+                           "for" % manifest.prefix)
 
 
 def exact_retarget(source, prefix, ui, jobs=1):
