@@ -5,7 +5,7 @@ verifying path (chunk sha256, each path's NAR hash) and goes through a
 retarget (payload/retarget.py) into new chunks of the same layout, each
 rewritten path's NAR hash recomputed:
 
-* plain: the store dir is rewritten, with its same-length, slash-padded
+* same-length: the store dir is rewritten, with its same-length, slash-padded
   form in binaries and the canonical one in text (``SameLength``); the hash
   parts stay;
 * ``--exact``: every store path gets the path a native build at the new
@@ -14,7 +14,7 @@ rewritten path's NAR hash recomputed:
   holding ``.drv`` files and other one-file paths are read once first, for
   the planner.
 
-From a closureInfo dir a plain retarget is a build with
+From a closureInfo dir a same-length retarget is a build with
 ``BuildOptions.retarget_to``.  Either way the output is deterministic: the
 same input and prefix give the same bytes.
 """

@@ -332,7 +332,7 @@ class CacheSource(Source):
     def _embedded(self, store_dir: str) -> str:
         """The store dir as the NARs spell it: a cache nix-prefix retargeted holds it
         slash-padded to the length of the store dir its paths were built for
-        (docs/relocation.md).  The first NAR that names a padded form tells; texts
+        (docs/retargeting.md).  The first NAR that names a padded form tells; texts
         and derivations name the canonical one, and so does every NAR of a cache Nix
         wrote (all are read, once, to be sure)."""
         head, _, last = store_dir.rpartition("/")

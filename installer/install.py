@@ -138,22 +138,6 @@ def at_prefix(source, prefix, ui, jobs=1):
                            "for" % manifest.prefix)
 
 
-def exact_retarget(source, prefix, ui, jobs=1):
-    # type: (InstallerFile, Prefix, UI, int) -> Optional[retarget.Exact]
-    """The exact retarget of ``source`` into ``prefix`` (``at_prefix``), or None if it
-    does not apply (the payload holds no derivations, or ``prefix`` is the one it was
-    built for).
-
-    A same-length retarget is no option for such a payload: Nix's ``--load-db``
-    checks that each ``.drv`` it registers names the output paths it computes
-    for it at the store dir, and a ``.drv`` that kept its hash parts fails.
-    """
-    if not source.manifest.derivations:
-        return None
-    found = at_prefix(source, prefix, ui, jobs)
-    return found if isinstance(found, retarget.Exact) else None
-
-
 def _read_derivations(source, prefix, ui, jobs):
     # type: (InstallerFile, Prefix, UI, int) -> Dict[str, bytes]
     """The chunks holding ``.drv`` files and other one-file paths, read through the

@@ -139,8 +139,8 @@ class SameLength(Retarget):
 
     def describe(self):
         # type: () -> Optional[str]
-        return ("  relocate them from %s (rewrite the store dir: padded to the same length "
-                "in binaries, canonical in text)" % self.source.store_dir)
+        return ("  retarget them from %s, same-length (rewrite the store dir: padded to the "
+                "same length in binaries, canonical in text)" % self.source.store_dir)
 
 
 class Exact(Retarget):

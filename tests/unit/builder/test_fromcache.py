@@ -19,7 +19,7 @@ from nix_prefix.builder.errors import BuildError
 from nix_prefix.builder.fromcache import BinaryCache, fetch_closure
 from nix_prefix.payload import hashes, nar, narinfo, signing
 
-from .support import PLAIN_APP, PLAIN_DEP, plain_closure
+from tests.support import PLAIN_APP, PLAIN_DEP, plain_closure
 
 DEP, APP = PLAIN_DEP, PLAIN_APP
 

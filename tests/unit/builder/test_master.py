@@ -13,7 +13,7 @@ from nix_prefix.builder.pack import BuildOptions, build_installer
 from nix_prefix.payload import storepath
 from nix_prefix.payload.container import InstallerFile
 
-from ...support import plain_closure
+from tests.support import plain_closure
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from nix_prefix.builder.sources import (
 from nix_prefix.payload import hashes, nar
 from nix_prefix.payload.container import CorruptInstaller, InstallerFile
 
-from ...support import PLAIN_APP, PLAIN_DEP, plain_closure
+from tests.support import PLAIN_APP, PLAIN_DEP, plain_closure
 
 DEP, APP = PLAIN_DEP, PLAIN_APP
 
