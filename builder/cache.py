@@ -1,9 +1,9 @@
 """``nix-prefix cache``: a standard Nix binary cache for another prefix's store.
 
-Each SOURCE (an installer, or a closureInfo dir with its store) is read once
-through its verifying path, every store path is retargeted to ``Q/store``
-(payload/retarget.py: exact when the source holds its derivations, the
-same-length relocation otherwise), and written the way
+Each SOURCE (an installer, a closureInfo dir with its store, or a binary cache
+dir: builder/sources.py) is read once through its verifying path, every store
+path is retargeted to ``Q/store`` (payload/retarget.py ``choose``: exact when
+the source holds its derivations, same-length otherwise), and written the way
 ``nix copy --to file://DIR`` writes it (NixOS/nix 2.8.0
 src/libstore/binary-cache-store.cc ``addToStoreCommon``; the file formats are
 in payload/narinfo.py):
@@ -24,7 +24,6 @@ is in the cache.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import os
@@ -42,11 +41,10 @@ from ..payload.tree import Count, Filter, Sink
 from .compress import check_nar_compression, compressor, default_jobs
 from .errors import BuildError
 from .leftovers import remove_stale
-from .pack import same_length, thread_safe
-from .refmaps import tree_ref_map
-from .retarget import check_source, looks_like_installer, target_store_dir, with_installer
+from .pack import choose_retarget, thread_safe
+from .retarget import target_store_dir
 from .signer import sign
-from .sources import ClosureSource, InstallerSource, Source
+from .sources import Source, check_source, open_source
 
 # Without --level, what nix copy uses: xz's preset 6 (compress.py's default too)
 # and libzstd's default level 3 (compression.cc: level -1 is the library's own).
@@ -100,41 +98,40 @@ class TargetPath:
 
 
 class RetargetedSource:
-    """A source's paths under their names at the new store dir (payload/retarget.py:
-    exact when it holds derivations, else same-length), and what their narinfos say."""
+    """A source's paths under their names at the new store dir (payload/retarget.py
+    ``choose``), and what their narinfos say.  Where the derivations travel the
+    retarget is exact at every store dir, the built one too: the plan knows the
+    content addresses the narinfos carry."""
 
-    def __init__(self, manifest: Manifest, store_dir: str, contents: dict[str, bytes] | None):
+    def __init__(self, manifest: Manifest, store_dir: str,
+                 read_contents: Callable[[], dict[str, bytes]],
+                 ref_map: Callable[[], RefMap | None] = lambda: None) -> None:
         self.manifest = manifest
-        self.plan: exact.Renaming | None = None
-        self.target: retargets.Retarget
-        if contents is not None:
-            same_length(manifest, store_dir)  # a longer store dir: one line, with its hint
-            try:
-                exact_target = retargets.Exact(manifest, store_dir, contents)
-            except exact.ExactError as e:
-                # A closure with .drv files is cached exactly or not at all: their hash
-                # parts kept, the .drv files would name outputs that are not theirs.
-                raise BuildError(f"cannot cache it for {store_dir}: {e}",
-                                 "build the source with --with-derivations (every .drv "
-                                 "with its sources), or leave the .drv files out") from None
-            self.target, self.plan = exact_target, exact_target.plan
-        elif store_dir == manifest.store_dir:
-            self.target = retargets.Identity(manifest)
-        else:
-            self.target = same_length(manifest, store_dir)
+        contents: dict[str, bytes] = {}
+
+        def read() -> dict[str, bytes]:
+            contents.update(read_contents())
+            return contents
+
+        self.target = choose_retarget(
+            manifest, store_dir, read,
+            want=retargets.EXACT if has_derivations(manifest.paths) else None)
+        if self.target.rewrites:  # patched at the offsets of the source's map
+            self.target.use_refs(ref_map())
+        self.plan = self.target.plan if isinstance(self.target, retargets.Exact) else None
         moved = self.target.manifest
         self.targets = [
-            # Same-length relocation keeps hash parts: the old .drv names are nobody's
+            # A same-length retarget keeps hash parts: the old .drv names are nobody's
             # at the new store dir, so such a path has no deriver there.
             TargetPath(old.name, new.name, new.references, new.deriver if self.plan else "",
-                    self._ca(old, contents or {}))
+                       self._ca(old, contents))
             for old, new in zip(manifest.paths, moved.paths, strict=True)]
         self.hidden_refs = moved.hidden_refs
 
     def _ca(self, entry: PathEntry, contents: dict[str, bytes]) -> Callable[[], str] | None:
         """The CA Nix registers for a text path, a source or a fixed output (local-store.cc
         addTextToStore, addToStore; registerOutputs), from the exact plan.  A same-length
-        relocation keeps the old hash parts, whose content address no longer holds."""
+        retarget keeps the old hash parts, whose content address no longer holds."""
         plan = self.plan
         if plan is None:
             return None
@@ -385,15 +382,10 @@ class _CacheDir:
 
 
 def _write_source(source: Source, cache: _CacheDir,
-                  progress: Callable[[int], object] | None,
-                  refs: Callable[[], RefMap | None] = lambda: None) -> None:
-    m = source.manifest
-    holds_derivations = has_derivations(m.paths)
-    retargeted = RetargetedSource(m, cache.store_dir, source.contents() if holds_derivations
-                             else None)
-    if retargeted.target.rewrites:  # patched at the offsets of the source's map (refmaps.py)
-        retargeted.target.use_refs(refs())
-    cache.result.exact = cache.result.exact or holds_derivations
+                  progress: Callable[[int], object] | None) -> None:
+    retargeted = RetargetedSource(source.manifest, cache.store_dir, source.contents,
+                                  source.ref_map)
+    cache.result.exact = cache.result.exact or retargeted.plan is not None
     cache.result.hidden_refs += retargeted.hidden_refs
     todo = {t.old: t for t in retargeted.targets if not cache.has(t.new)}
     cache.result.present += [t.new for t in retargeted.targets if t.old not in todo]
@@ -427,20 +419,14 @@ def write_cache(sources: Sequence[Path], prefix: str, out: Path, options: CacheO
     store_dir = target_store_dir(prefix)
     if not sources:
         raise BuildError("no SOURCE given", "name an installer or a closureInfo dir")
-    for source in sources:
-        check_source(source)  # a FIFO or a device: refused before -o is made
+    for path in sources:
+        check_source(path)  # a FIFO or a device: refused before -o is made
     cache = _CacheDir(out, store_dir, options)
     report = thread_safe(progress) if progress else None
     try:
-        for source in sources:
-            if source.is_dir() or not looks_like_installer(source):
-                closure = ClosureSource(source, store_root)
-                _write_source(closure, cache, report, functools.partial(tree_ref_map, closure,
-                                                                        source))
-            else:
-                with_installer(source, lambda i: _write_source(InstallerSource(i), cache,
-                                                               report, i.ref_map),
-                               "pass an intact installer or a closureInfo dir")
+        for path in sources:
+            with open_source(path, store_root) as source:
+                _write_source(source, cache, report)
         cache.finish()
     except OSError as e:  # a NAR file being written: full disk, quota, permissions
         cache.abort()

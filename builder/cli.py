@@ -407,8 +407,8 @@ def retarget_summary(result: BuildResult, output: Path, seconds: float) -> list[
 @app.command()
 def cache(
     sources: Annotated[list[Path], typer.Argument(
-        metavar="SOURCE...", help="installers made by nix-prefix, or closureInfo dirs; "
-                                  "several are merged into one cache")],
+        metavar="SOURCE...", help="installers made by nix-prefix, closureInfo dirs, or "
+                                  "binary cache dirs; several are merged into one cache")],
     prefix: Annotated[str, typer.Option(
         "-p", "--prefix", help="the prefix whose Nix will use the cache (its store dir, "
                                "PREFIX/store, may not be longer than the sources')")],

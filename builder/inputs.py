@@ -186,16 +186,21 @@ def write_closure_dir(request: Request, out_dir: Path, say: Callable[[str], obje
 
 
 def from_closure_info_arg(given: Path) -> Input:
-    """The CLOSURE_INFO argument: a dir or a dump file, and not an installer."""
-    from .retarget import looks_like_installer
+    """The CLOSURE_INFO argument: a dir or a dump file, not another kind of source."""
+    from .sources import CACHE, INSTALLER, kind_of
 
-    if given.exists():  # a missing one: read_closure says so
-        check_given(given, "a closureInfo dir or a nix-store --dump-db file",
-                    directory_too=True)
-    if given.is_file() and looks_like_installer(given):
+    if not given.exists():  # read_closure says so
+        return from_closure_info(given)
+    check_given(given, "a closureInfo dir or a nix-store --dump-db file", directory_too=True)
+    kind = kind_of(given)
+    if kind == INSTALLER:
         raise UsageError(f"{given} is an installer, not a closureInfo dir",
                          f"nix-prefix retarget {given} -p PREFIX -o NEW.sh makes one "
                          "for another prefix; nix-prefix inspect shows what it holds")
+    if kind == CACHE:
+        raise UsageError(f"{given} is a binary cache, not a closureInfo dir",
+                         f"nix-prefix build --from-cache file://{given.resolve()} "
+                         "STORE_PATH... packs store paths from it")
     return from_closure_info(given)
 
 

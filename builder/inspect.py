@@ -35,15 +35,12 @@ def inspect(path: Path, given_keys: Sequence[str], as_json: bool,
     trusted = pinned_keys(given_keys, environ)
     if not path.exists():
         check_given(path, "an installer")  # missing: exit 2, not "damaged"
-    installer = open_installer(path)
-    try:
+    with open_installer(path) as installer:
         verdict = installer.verdict(trusted)
         if as_json:
             return json.dumps(describe(path, installer.manifest, verdict), indent=1,
                               sort_keys=True) + "\n"
         return render(path, installer.manifest, verdict)
-    finally:
-        installer.close()
 
 
 @dataclass
@@ -69,14 +66,11 @@ def verify(path: Path, given_keys: Sequence[str], bar: Bar,
     does, the NAR bytes checked shown on ``bar``."""
     trusted = pinned_keys(given_keys, environ)
     check_given(path, "an installer")
-    installer = open_installer(path)
-    try:
+    with open_installer(path) as installer:
         verdict = check_signatures(installer, trusted)
         with bar("verifying", installer.manifest.total_nar_size) as progress:
             installer.check(progress)
         return Verified(installer.manifest, verdict)
-    finally:
-        installer.close()
 
 
 def pinned_keys(given: Sequence[str], environ: Mapping[str, str]) -> list[PublicKey]:

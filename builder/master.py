@@ -3,15 +3,16 @@
 The sources (installers or closureInfo dirs, as for ``nix-prefix cache``, or
 binary cache dirs built at a long store dir) are opened and checked once, at
 start.  For each store dir Q a client asks for,
-``Master.plan(Q)`` retargets every source to Q the way builder/cache.py does
-(exact when a source holds its derivations, same-length otherwise) and maps
-the new hash parts to the source paths: computed once, kept in a bounded
-LRU.  A ``PrefixPlan`` then gives, per hash part:
+``Master.view(Q)`` retargets every source to Q the way builder/cache.py does
+(payload/retarget.py ``choose``: exact when a source holds its derivations,
+same-length otherwise) and maps the new hash parts to the source paths:
+computed once, kept in a bounded LRU.  That ``PrefixView``, the master seen
+at Q, then gives, per hash part:
 
 * ``narinfo``: the narinfo Nix at Q expects (payload/narinfo.py), signed with
   the server's keys.  Its NarHash is that of the *rewritten* NAR, so the path
   is streamed through the rewrite once to hash it (and the result kept, in a
-  bounded LRU per plan).  A streamed compressed file has no hash before it is
+  bounded LRU per view).  A streamed compressed file has no hash before it is
   sent, so FileHash and FileSize are left out, as Nix allows (nar-info.cc
   needs only StorePath, URL, NarHash and NarSize); Nix checks the NarHash of
   what it unpacks.
@@ -25,8 +26,6 @@ sources named on the command line and the store paths they list.
 from __future__ import annotations
 
 import hashlib
-import queue
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -36,29 +35,26 @@ from typing import Any, Generic, TypeVar
 
 import zstandard
 
-from ..payload import codecs, exact, hashes, nar, narinfo, nix32, storepath
-from ..payload import retarget as retargets
-from ..payload.container import CorruptInstaller, InstallerFile
-from ..payload.machine import host_system
-from ..payload.manifest import Manifest, PathEntry, has_derivations
+from ..payload import hashes, nar, narinfo, nix32, storepath
+from ..payload.machine import usable_cpus
+from ..payload.manifest import has_derivations
 from ..payload.refmap import RefMap
 from ..payload.signing import SecretKey
 from ..payload.tree import Sink
 from .cache import RetargetedSource, TargetPath
-from .closure_info import check_acyclic
 from .compress import check_nar_compression, compressor
 from .errors import BuildError
-from .fromcache import BinaryCache
-from .refmaps import tree_ref_map
-from .retarget import check_source, looks_like_installer
 from .signer import sign
-from .sources import ClosureSource, InstallerSource
+from .sources import InstallerSource, Source, check_source, decoded, open_source
 
 # Streaming compression levels: fast enough to keep up with a network link.
 DEFAULT_LEVELS = {"zstd": 3, "xz": 1}
-PLANS = 32  # store dirs whose plans are kept
-NARINFOS = 4096  # narinfos kept per plan
+PLANS = 32  # store dirs whose views are kept
+NARINFOS = 4096  # narinfos kept per view
 _PIECE = 256 << 10  # bytes handed to the client at a time
+# NAR bytes of an installer master decoded into a private directory at start (else
+# every request decodes the chunks holding its path again: xz, ~20 MB/s).
+DECODE_LIMIT = 16 << 30
 
 
 @dataclass
@@ -70,6 +66,7 @@ class ServeOptions:
     sign_keys: Sequence[SecretKey] = ()
     plans: int = PLANS
     narinfos: int = NARINFOS
+    decode_limit: int = DECODE_LIMIT
 
 
 K = TypeVar("K")
@@ -117,155 +114,6 @@ class _LRU(Generic[K, V]):
         return len(self._items)
 
 
-class _Installer:
-    """An installer source that several requests read at once: each read borrows one
-    of a pool of opened copies (an InstallerFile has one file position)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            first = InstallerFile(str(path))  # checks the seal, once
-        except CorruptInstaller as e:
-            raise BuildError(f"{path}: {e.args[0]}",
-                             "pass an intact installer or a closureInfo dir") from None
-        self.source = InstallerSource(first)
-        self.manifest = first.manifest
-        try:
-            self.refs = first.ref_map()  # format 4: rewrites patch at its offsets
-        except CorruptInstaller as e:
-            raise BuildError(f"{path}: {e.args[0]}", e.hint) from None
-        self._free: queue.SimpleQueue[InstallerFile] = queue.SimpleQueue()
-        self._free.put(first)
-
-    def contents(self) -> dict[str, bytes]:
-        try:
-            return self.source.contents()
-        except CorruptInstaller as e:
-            raise BuildError(f"{self.path}: {e.args[0]}", e.hint) from None
-        except codecs.CodecError as e:
-            raise BuildError(f"{self.path}: {e}") from None
-
-    def replay(self, name: str, sink: Sink) -> None:
-        try:
-            installer = self._free.get_nowait()
-        except queue.Empty:
-            installer = InstallerFile(str(self.path), sealed=True)
-        try:
-            InstallerSource(installer).replay({name}, _one(name, sink), 1)
-        finally:
-            self._free.put(installer)
-
-
-class _Closure:
-    """A closureInfo source: every read walks the store path on disk."""
-
-    def __init__(self, path: Path, store_root: Path | None) -> None:
-        self.path = path
-        self.source = ClosureSource(path, store_root)
-        self.manifest = self.source.manifest
-        # The sidecar MASTER.nix-prefix-refmap, made now if absent (builder/refmaps.py).
-        self.refs: RefMap | None = tree_ref_map(self.source, path)
-
-    def contents(self) -> dict[str, bytes]:
-        return self.source.contents()
-
-    def replay(self, name: str, sink: Sink) -> None:
-        self.source.replay({name}, _one(name, sink), 1)
-
-
-class _Cache:
-    """A binary cache directory (``nix copy --to file://DIR`` or ``nix-prefix cache``)
-    built at a long store dir: every read decompresses and checks one NAR file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.refs: RefMap | None = None  # a binary cache master is scanned (no map yet)
-        self._cache = BinaryCache(path.resolve().as_uri())
-        store_dir = self._cache.store_dir()
-        self._infos: dict[str, narinfo.NarInfo] = {}
-        for file in sorted(path.glob("*.narinfo")):
-            base = file.name[:-len(".narinfo")]
-            try:
-                text = file.read_text()
-                info = narinfo.parse(text, str(file), store_dir)
-            except (OSError, UnicodeDecodeError) as e:
-                raise BuildError(f"cannot read {file}: {e}") from None
-            except narinfo.NarInfoError as e:
-                raise BuildError(str(e), "serve an intact binary cache") from None
-            if storepath.hash_part(info.name) != base:
-                raise BuildError(f"{file} describes {info.store_path}",
-                                 "serve an intact binary cache")
-            self._infos[info.name] = info
-        missing = sorted({r for i in self._infos.values() for r in i.references}
-                         - set(self._infos))
-        if missing:
-            raise BuildError(f"{path} lacks {store_dir}/{missing[0]} (and "
-                             f"{len(missing) - 1} more), which its paths refer to",
-                             "serve a cache that holds whole closures")
-        check_acyclic({i.store_path: [f"{store_dir}/{r}" for r in i.references]
-                       for i in self._infos.values()}, str(path))
-        entries = [PathEntry(i.name, i.nar_hash, i.nar_size, i.references,
-                             i.deriver if i.deriver in self._infos else "")
-                   for i in self._infos.values()]
-        self.manifest = Manifest(store_dir, host_system(), "xz", entries, [], [],
-                                 embedded_store_dir=self._embedded(store_dir))
-
-    def _embedded(self, store_dir: str) -> str:
-        """The store dir as the NARs spell it: a cache nix-prefix relocated holds it
-        slash-padded to the length of the store dir its paths were built for
-        (docs/relocation.md).  The first NAR that names a padded form tells; texts
-        and derivations name the canonical one, and so does every NAR of a cache Nix
-        wrote (all are read, once, to be sure)."""
-        head, _, last = store_dir.rpartition("/")
-        finder = _Finder(re.compile(re.escape(head.encode()) + b"//+" + re.escape(last.encode())
-                                    + b"/"))
-        for info in sorted(self._infos.values(), key=lambda i: i.nar_size):
-            try:
-                self._cache.fetch_nar(info, finder)
-            except _Found as found:
-                return found.args[0][:-1].decode()
-        return store_dir
-
-    def contents(self) -> dict[str, bytes]:
-        out: dict[str, bytes] = {}
-        for name in exact.needs_contents(self.manifest.paths):
-            if self._infos[name].nar_size <= retargets.TEXT_LIMIT + 1024:
-                self._cache.fetch_nar(self._infos[name], retargets.Collector(name, out))
-        return out
-
-    def replay(self, name: str, sink: Sink) -> None:
-        self._cache.fetch_nar(self._infos[name], sink)  # checks NarHash, then:
-        sink.finish()
-
-
-class _Found(Exception):
-    """The store dir as a NAR spells it (in args[0])."""
-
-
-class _Finder(Sink):
-    """Raises _Found at the first occurrence of ``pattern`` in a file or a symlink
-    target (file contents are searched with an overlap, so no match is cut)."""
-
-    def __init__(self, pattern: re.Pattern[bytes]) -> None:
-        self._pattern = pattern
-        self._tail = b""
-
-    def _search(self, data: bytes) -> None:
-        m = self._pattern.search(data)
-        if m:
-            raise _Found(m.group(0))
-
-    def regular(self, rel: bytes, executable: bool, size: int) -> None:
-        self._tail = b""
-
-    def contents(self, data: bytes) -> None:
-        self._search(self._tail + data)
-        self._tail = data[-4096:]
-
-    def symlink(self, rel: bytes, target: bytes) -> None:
-        self._search(target)
-
-
 def _one(name: str, sink: Sink) -> Callable[[str], Sink]:
     """``open_path`` for a replay of one path: ``sink`` for it, nothing for the others
     of its chunk (which the source still verifies)."""
@@ -275,7 +123,7 @@ def _one(name: str, sink: Sink) -> Callable[[str], Sink]:
 
 
 class Master:
-    """The sources, read once, and the per-store-dir plans (see the module doc)."""
+    """The sources, read once, and the per-store-dir views (see the module doc)."""
 
     def __init__(self, sources: Sequence[Path], options: ServeOptions,
                  store_root: Path | None = None) -> None:
@@ -283,50 +131,54 @@ class Master:
         if not sources:
             raise BuildError("no SOURCE given", "name an installer or a closureInfo dir")
         self.options = options
-        self.sources: list[_Installer | _Closure | _Cache] = []
         for path in sources:
-            check_source(path)
-            if (path / narinfo.CACHE_INFO).is_file():
-                self.sources.append(_Cache(path))
-            elif path.is_dir() or not looks_like_installer(path):
-                self.sources.append(_Closure(path, store_root))
-            else:
-                self.sources.append(_Installer(path))
-        # What the exact planner needs, read (and verified) once for every plan.
+            check_source(path)  # every one, before any is read
+        # An installer is decoded once, here, not for every request (as far as it fits).
+        self.sources = [decoded(s, options.decode_limit, usable_cpus())
+                        if isinstance(s, InstallerSource) else s
+                        for s in (open_source(path, store_root) for path in sources)]
+        # What the exact planner needs, read (and verified) once for every view.
         self.contents = [s.contents() if has_derivations(s.manifest.paths) else None
                           for s in self.sources]
+        # Each source's reference map, read (or made, as a closure's sidecar) once, here.
+        self.ref_maps = [s.ref_map() for s in self.sources]
         self.max_store_dir = min(len(s.manifest.embedded_store_dir) for s in self.sources)
-        self._plans: _LRU[str, PrefixPlan] = _LRU(options.plans)
+        self._views: _LRU[str, PrefixView] = _LRU(options.plans)
         self.counts = {"plans": 0, "narinfos": 0}  # computed (for /metrics)
 
-    def plan(self, store_dir: str) -> PrefixPlan:
-        """The plan for ``store_dir`` (checked by the caller), computed once."""
-        return self._plans.get(store_dir, lambda: PrefixPlan(self, store_dir))
+    def view(self, store_dir: str) -> PrefixView:
+        """The master seen at ``store_dir`` (checked by the caller), computed once."""
+        return self._views.get(store_dir, lambda: PrefixView(self, store_dir))
 
-    def cached_plan(self, store_dir: str) -> PrefixPlan | None:
-        """The plan for ``store_dir`` if it is computed already (cheap: no cold work)."""
-        return self._plans.peek(store_dir)
+    def cached_view(self, store_dir: str) -> PrefixView | None:
+        """The view at ``store_dir`` if it is computed already (cheap: no cold work)."""
+        return self._views.peek(store_dir)
 
     @property
-    def plans_cached(self) -> int:
-        return len(self._plans)
+    def views_cached(self) -> int:
+        return len(self._views)
+
+    def close(self) -> None:
+        """Let go of the sources (an installer's decoded tree is removed)."""
+        for source in self.sources:
+            source.close()
 
 
 @dataclass
 class _Entry:
     """One path of the master at a store dir: where it is read, how it is rewritten."""
 
-    source: _Installer | _Closure | _Cache
+    source: Source
     retargeted: RetargetedSource
     target: TargetPath
 
     def replay(self, out: nar.NarWriter) -> None:
         """The path's events, read from its source and rewritten, into ``out``."""
         old = self.target.old
-        self.source.replay(old, self.retargeted.target.sink(old, out))
+        self.source.replay({old}, _one(old, self.retargeted.target.sink(old, out)))
 
 
-class PrefixPlan:
+class PrefixView:
     """Every path of the master under its name at one store dir."""
 
     def __init__(self, master: Master, store_dir: str) -> None:
@@ -334,10 +186,10 @@ class PrefixPlan:
         self.store_dir = store_dir
         self.cache_info = narinfo.cache_info_text(store_dir, want_mass_query=True).encode()
         self._by_hash: dict[str, _Entry] = {}
-        for source, contents in zip(master.sources, master.contents, strict=True):
-            retargeted = RetargetedSource(source.manifest, store_dir, contents)
-            if retargeted.target.rewrites:
-                retargeted.target.use_refs(source.refs)
+        for source, contents, refs in zip(master.sources, master.contents, master.ref_maps,
+                                          strict=True):
+            retargeted = RetargetedSource(source.manifest, store_dir, _given(contents),
+                                          _given_map(refs))
             for target in retargeted.targets:
                 self._by_hash.setdefault(storepath.hash_part(target.new),
                                          _Entry(source, retargeted, target))
@@ -389,6 +241,16 @@ class PrefixPlan:
                              entry.source.manifest.system)
         entry.replay(nar.NarWriter(out))
         out.close()
+
+
+def _given(contents: dict[str, bytes] | None) -> Callable[[], dict[str, bytes]]:
+    """The contents read at start, for the planner (none where no derivations travel)."""
+    return lambda: contents or {}
+
+
+def _given_map(refs: RefMap | None) -> Callable[[], RefMap | None]:
+    """The source's reference map read at start."""
+    return lambda: refs
 
 
 def nar_file(base: str, nar_hash: str, compression: str) -> str:

@@ -111,11 +111,9 @@ def load(path: Path) -> Offered:
         if not stat.S_ISREG(st.st_mode):
             raise BuildError(f"--installer {path} is not a regular file", hint)
         try:
-            installer = InstallerFile(str(path))  # the seal, zip, manifest, preamble, code
-            try:
-                verdict = installer.verdict([])  # every publisher signature must hold
-            finally:
-                installer.close()
+            # The seal, zip, manifest, preamble, code; every publisher signature must hold.
+            with InstallerFile(str(path)) as installer:
+                verdict = installer.verdict([])
         except CorruptInstaller as e:
             raise BuildError(f"--installer: {e.args[0]}", hint) from None  # names the file
         if _stamp(os.stat(path)) != _stamp(st):

@@ -110,9 +110,8 @@ def build_installer(
     store_root = Path(options.store_root or closure.store_dir)
     built, notes = _manifest(closure, store_root, options)
     entries = built.paths
-    target: retarget.Retarget = retarget.Identity(built)
-    if options.retarget_to and options.retarget_to != closure.store_dir:
-        target = same_length(built, options.retarget_to)
+    # Packed from the store, nothing is recomputed: the same-length retarget, if any.
+    target = choose_retarget(built, options.retarget_to or closure.store_dir, derivations=False)
     chunk_size = options.chunk_size or default_chunk_size(built.total_nar_size)
 
     embedded = target.manifest.embedded_store_dir.encode()
@@ -201,13 +200,15 @@ def closure_system(store_root: Path, store_dir: str, names: Sequence[str],
     return found
 
 
-def same_length(manifest: Manifest, store_dir: str) -> retarget.SameLength:
-    """The same-length retarget of ``manifest`` to ``store_dir`` (BuildError if too long)."""
+def choose_retarget(manifest: Manifest, store_dir: str,
+                    read_contents: Callable[[], dict[str, bytes]] | None = None,
+                    want: str | None = None, derivations: bool | None = None
+                    ) -> retarget.Retarget:
+    """The retarget payload/retarget.py ``choose`` chooses, its refusal a BuildError."""
     try:
-        return retarget.SameLength(manifest, store_dir)
+        return retarget.choose(manifest, store_dir, read_contents, want, derivations)
     except retarget.RetargetError as e:
-        raise BuildError(str(e), "build the closure with a store dir at least as long as the "
-                         "target's (see docs/retargeting.md)") from None
+        raise BuildError(e.args[0], e.hint) from None
 
 
 def preamble() -> bytes:

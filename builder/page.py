@@ -253,7 +253,7 @@ def _result(site: Site, url: str, prefix: str) -> str:
     for offered in site.installers:
         parts.append(f"<h3>{_e(offered.file_name)}</h3>")
         if len(prefix.encode()) > offered.max_prefix:
-            parts.append(f'<p class="problem">This installer relocates to prefixes of at '
+            parts.append(f'<p class="problem">This installer retargets to prefixes of at '
                          f"most {offered.max_prefix} bytes, and "
                          f"<code>{_e(prefix)}</code> is {len(prefix.encode())}.</p>")
             continue

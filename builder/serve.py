@@ -43,7 +43,7 @@ from ..payload.codecs import CodecError
 from ..payload.container import CorruptInstaller
 from .errors import BuildError
 from .limits import Busy, ColdScheduler, Limits, MemoryBudget, buffer_budget, tame_malloc
-from .master import Master, PrefixPlan, parse_nar_file
+from .master import Master, PrefixView, parse_nar_file
 from .metrics import Metrics
 from .offer import InstallerChanged, Offered
 from .page import QueryError, Site, base_url, prefix_from_query, render
@@ -228,7 +228,7 @@ class Server:
         return {
             "plans_computed": ("plans computed (store dirs asked for)",
                                master.counts["plans"], "counter"),
-            "plans_cached": ("plans kept", master.plans_cached, "gauge"),
+            "plans_cached": ("plans kept", master.views_cached, "gauge"),
             "narinfos_computed": ("narinfos computed (NAR hashed)",
                                   master.counts["narinfos"], "counter"),
             "cold_running": ("cold jobs running", cold.running, "gauge"),
@@ -342,9 +342,9 @@ class Server:
         store_dir, file = split_request(request.rel_url.raw_path, master.max_store_dir)
         if request.rel_url.raw_query_string:
             raise _error(web.HTTPBadRequest, "no query string here")
-        plan = master.cached_plan(store_dir)
+        plan = master.cached_view(store_dir)
         if plan is None:
-            plan = await self._cold_work(request, ("plan", master, store_dir), master.plan,
+            plan = await self._cold_work(request, ("plan", master, store_dir), master.view,
                                          store_dir)
         if file == "nix-cache-info":
             return self._small(request, plan.cache_info, "nix-cache-info", CACHE_INFO_CONTROL)
@@ -358,7 +358,7 @@ class Server:
             return await self._nar(request, plan, file[len("nar/"):])
         raise _error(web.HTTPNotFound, "not a binary cache file", MISSING_CONTROL)
 
-    async def _narinfo(self, request: web.Request, plan: PrefixPlan,
+    async def _narinfo(self, request: web.Request, plan: PrefixView,
                        hash_part: str) -> bytes | None:
         if hash_part not in plan:
             return None
@@ -373,7 +373,7 @@ class Server:
             return web.Response(status=304, headers=headers)
         return web.Response(body=body, headers=headers, content_type=CONTENT_TYPES[kind])
 
-    async def _nar(self, request: web.Request, plan: PrefixPlan,
+    async def _nar(self, request: web.Request, plan: PrefixView,
                    name: str) -> web.StreamResponse:
         parsed = parse_nar_file(name, plan.master.options.compression)
         if parsed is None or parsed[0] not in plan:

@@ -16,10 +16,10 @@ only once every path is in place.
 import os
 import time
 
-from ..payload import exact, retarget, storepath
+from ..payload import retarget, storepath
 from ..payload.machine import human_size
 from . import nixstore, plan, preflight, staging, steps
-from .errors import InstallError, UpdateNeeded
+from .errors import EnvironmentProblem, InstallError, UpdateNeeded
 from .prefix import Prefix, user_name
 from .receipt import Receipt
 from .run import Run
@@ -27,7 +27,7 @@ from .steps import install_steps
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import List, Optional, Sequence  # noqa: F401
+    from typing import Dict, List, Optional, Sequence  # noqa: F401
 
     from ..payload.container import InstallerFile  # noqa: F401
     from ..payload.manifest import Manifest  # noqa: F401
@@ -119,60 +119,45 @@ def nix_tool(manifest, prefix, tool):
                        "build the installer from a closure that includes Nix")
 
 
-def at_prefix(source, prefix, ui, jobs=1):
+def at_prefix(installer, prefix, ui, jobs=1):
     # type: (InstallerFile, Prefix, UI, int) -> retarget.Retarget
-    """How the payload of ``source`` gets to ``prefix`` (payload/retarget.py), and so
-    the manifest as installed there (``.manifest``): as it is at the store dir it was
-    built for, recomputed exactly when the payload holds the derivations, else the
+    """How the payload of ``installer`` gets to ``prefix`` (payload/retarget.py ``choose``),
+    and so the manifest as installed there (``.manifest``): as it is at the store dir it
+    was built for, recomputed exactly when the payload holds the derivations, else the
     store dir rewritten in place.  An exact retarget reads part of the payload first
-    (``jobs`` chunks at once).  An installer for another machine is refused first,
-    before whether the prefix suits it."""
-    preflight.check_system(source.manifest)
-    found = exact_retarget(source, prefix, ui, jobs)  # type: Optional[retarget.Retarget]
-    if found is None:
-        if prefix.store_dir == source.manifest.store_dir:
-            return retarget.Identity(source.manifest)
-        preflight.check_retarget(source.manifest, prefix)
-        found = retarget.SameLength(source.manifest, prefix.store_dir)
+    (``jobs`` chunks at once), after the prefix's length is checked.  An installer for
+    another machine is refused first.  Raises InstallError (one line): EnvironmentProblem
+    for a prefix too long, CorruptInstaller if the payload is damaged."""
+    manifest = installer.manifest
+    preflight.check_system(manifest)
+    try:
+        found = retarget.choose(manifest, prefix.store_dir,
+                                lambda: _read_derivations(installer, prefix, ui, jobs),
+                                derivations=manifest.derivations)
+    except retarget.TooLong as e:
+        raise EnvironmentProblem(e.args[0], e.hint)
+    except retarget.RetargetError as e:  # the installer's closure cannot be planned
+        raise InstallError(e.args[0], "install into %s, the prefix this installer was built "
+                           "for" % manifest.prefix)
     # A payload with its reference map (format 4) is patched at known offsets, not scanned.
-    found.use_refs(source.ref_map())
+    found.use_refs(installer.ref_map())
     return found
 
 
-def exact_retarget(source, prefix, ui, jobs=1):
-    # type: (InstallerFile, Prefix, UI, int) -> Optional[retarget.Exact]
-    """The exact retarget of ``source`` into ``prefix``, or None if it does not apply
-    (the payload holds no derivations, or ``prefix`` is the one it was built for).
-
-    A same-length retarget is no option for such a payload: Nix's ``--load-db``
-    checks that each ``.drv`` it registers names the output paths it computes
-    for it at the store dir, and a ``.drv`` that kept its hash parts fails.
-    The chunks holding ``.drv`` files and other one-file paths are read
-    through the verifying path (every NAR hash checked, nothing written) for
-    the planner.  Raises InstallError (one line) if the prefix is too long or
-    the closure cannot be planned, CorruptInstaller if the payload is damaged.
-    """
-    manifest = source.manifest
-    if not manifest.derivations or prefix.store_dir == manifest.store_dir:
-        return None
-    # The checks that need only the manifest come before reading the payload.
-    preflight.check_system(manifest)
-    preflight.check_retarget(manifest, prefix)
+def _read_derivations(installer, prefix, ui, jobs):
+    # type: (InstallerFile, Prefix, UI, int) -> Dict[str, bytes]
+    """The chunks holding ``.drv`` files and other one-file paths, read through the
+    verifying path (every NAR hash checked, nothing written) for the exact planner."""
+    manifest = installer.manifest
     chunks = retarget.contents_chunks(manifest)
     progress = ui.progress("reading the derivations",
                            sum(manifest.chunks[i].tar_size for i in chunks))
     ui.say("reading the derivations: the %d store paths get the paths Nix computes for %s"
            % (len(manifest.paths), prefix.store_dir))
     try:
-        contents = retarget.read_contents(source, progress.update, jobs)
+        return retarget.read_contents(installer, progress.update, jobs)
     finally:
         progress.close()
-    try:
-        return retarget.Exact(manifest, prefix.store_dir, contents)
-    except exact.ExactError as e:
-        raise InstallError("cannot recompute the store paths for %s: %s" % (prefix.store_dir, e),
-                           "install into %s, the prefix this installer was built for"
-                           % manifest.prefix)
 
 
 def new_run(installer, prefix, ui, target, update=False, jobs=1, caches=None,

@@ -5,7 +5,7 @@ import os
 import pwd
 import stat
 
-from ..payload import storepath
+from ..payload import retarget, storepath
 from ..payload.machine import available_memory, host_system, human_size, usable_cpus
 from . import nixconf
 from .errors import BadUsage, EnvironmentProblem, UsageProblem
@@ -54,20 +54,12 @@ def check_system(manifest):
 
 def check_retarget(manifest, prefix):
     # type: (Manifest, Prefix) -> None
-    """Refuse a prefix whose store dir is longer than the one inside the payload.
-
-    Any store dir no longer than that can be served by a same-length rewrite
-    (payload/retarget.py); a longer one cannot.
-    """
-    limit = manifest.max_store_dir_length
-    if prefix.store_dir != manifest.store_dir and len(prefix.store_dir.encode()) > limit:
-        raise EnvironmentProblem(
-            "the prefix %s is too long: this installer can retarget to a prefix of at most "
-            "%d bytes (its store dir, PREFIX/store, at most %d), and %s is %d"
-            % (prefix.root, limit - len("/store"), limit, prefix.store_dir,
-               len(prefix.store_dir.encode())),
-            "choose a shorter --prefix, or build the installer from a closure built with a "
-            "longer store dir (see docs/retargeting.md)")
+    """Refuse a prefix whose store dir is longer than the one inside the payload
+    (payload/retarget.py ``check_length``, the rule every retarget's choice applies)."""
+    try:
+        retarget.check_length(manifest, prefix.store_dir)
+    except retarget.TooLong as e:
+        raise EnvironmentProblem(e.args[0], e.hint)
 
 
 def check_no_symlinks(prefix):

@@ -483,6 +483,14 @@ class InstallerFile(object):
         # type: () -> None
         self._zip.close()
 
+    def __enter__(self):
+        # type: () -> InstallerFile
+        return self
+
+    def __exit__(self, *exc):
+        # type: (*object) -> None
+        self.close()
+
     def _read_member(self, name, limit):
         # type: (str, int) -> bytes
         """The bytes of member ``name``, refused when it holds more than ``limit``."""

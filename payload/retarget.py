@@ -30,6 +30,7 @@ and ``retarget``, and the installer.
 import copy
 
 from . import exact, nar, refmap
+from .errors import OneLineError
 from .hashes import format_sha256, parse_sha256
 from .manifest import has_derivations
 from .rewrite import PathRewriter
@@ -40,6 +41,8 @@ MYPY = False  # mypy reads the imports below; the installer never pays for impor
 if MYPY:
     from typing import Callable, Dict, List, Optional, Set, Tuple  # noqa: F401
 
+    Contents = Callable[[], Dict[str, bytes]]  # what read_contents reads, read on demand
+
     from .container import InstallerFile  # noqa: F401
     from .manifest import Manifest  # noqa: F401
 
@@ -47,8 +50,12 @@ if MYPY:
 TEXT_LIMIT = 16 << 20
 
 
-class RetargetError(ValueError):
-    """The new store dir cannot replace the old one in place."""
+class RetargetError(OneLineError, ValueError):
+    """The paths cannot be retargeted to that store dir (one line, with a hint)."""
+
+
+class TooLong(RetargetError):
+    """The new store dir is longer than the one inside the payload."""
 
 
 def padded_store_dir(old, new):
@@ -163,8 +170,8 @@ class SameLength(Retarget):
 
     def describe(self):
         # type: () -> Optional[str]
-        return ("  relocate them from %s (rewrite the store dir: padded to the same length "
-                "in binaries, canonical in text)" % self.source.store_dir)
+        return ("  retarget them from %s, same-length (rewrite the store dir: padded to the "
+                "same length in binaries, canonical in text)" % self.source.store_dir)
 
 
 class Exact(Retarget):
@@ -367,3 +374,76 @@ def _renamed(ref, names):
     """``<base>/<rel>: <reason>`` (or ``<base>: <reason>``) with the new base name."""
     base = ref.partition("/")[0].partition(":")[0]
     return names[base] + ref[len(base):]
+
+
+# -- the one choice of a retarget, for the installer and every builder command -----------------
+
+SAME_LENGTH = "same-length"
+EXACT = "exact"
+
+
+def choose(manifest, store_dir, read_contents=None, want=None, derivations=None):
+    # type: (Manifest, str, Optional[Contents], Optional[str], Optional[bool]) -> Retarget
+    """The retarget of ``manifest``'s paths to ``store_dir``, or RetargetError (TooLong
+    for a store dir longer than the payload's), one line with a hint.
+
+    ``derivations``: whether the paths' derivations travel with them, so that
+    every path can be recomputed exactly (default: whether a ``.drv`` is among
+    them; the installer passes its manifest's own flag, a build False).
+    ``want`` None chooses: ``Identity`` at the store dir the paths were built
+    for, else ``Exact`` when the derivations travel, else ``SameLength``.
+    ``want`` SAME_LENGTH or EXACT is a kind the caller asked for (``retarget
+    [--exact]``; ``cache`` and ``serve`` want EXACT whenever the derivations
+    travel, at the built store dir too, for the content addresses of their
+    narinfos): refused where it cannot hold.  ``read_contents`` (the files the
+    planner needs: ``read_contents``) is called only for an exact retarget,
+    after the length is checked.
+    """
+    if derivations is None:
+        derivations = has_derivations(manifest.paths)
+    if want is None:
+        if store_dir == manifest.store_dir:
+            return Identity(manifest)
+        want = EXACT if derivations else SAME_LENGTH
+    check_length(manifest, store_dir)
+    if want == SAME_LENGTH:
+        if derivations:
+            # Their hash parts would stay: Nix's --load-db checks a .drv's outputs and
+            # refuses it (local-store.cc checkDerivationOutputs).
+            raise RetargetError(
+                "the installer for %s holds .drv files, which Nix refuses to register at "
+                "another store dir with their old hash parts" % manifest.store_dir,
+                "retarget with --exact (see docs/retargeting.md)")
+        return SameLength(manifest, store_dir)
+    if want != EXACT:
+        raise ValueError("unknown retarget kind %r" % want)
+    if not derivations or read_contents is None:
+        raise RetargetError("the installer for %s holds no .drv files" % manifest.store_dir,
+                            "build it with --with-derivations, or retarget without --exact")
+    try:
+        return Exact(manifest, store_dir, read_contents())
+    except exact.ExactError as e:
+        raise RetargetError(
+            "cannot recompute the store paths for %s: %s" % (store_dir, e),
+            e.hint or "build it with --with-derivations (every .drv with its sources), or "
+            "use the prefix it was built for, %s" % _prefix(manifest.store_dir))
+
+
+def check_length(manifest, store_dir):
+    # type: (Manifest, str) -> None
+    """Refuse (TooLong) a store dir longer than the one inside the payload: any store dir
+    no longer than that can be served by a same-length rewrite, a longer one cannot."""
+    limit = manifest.max_store_dir_length
+    size = len(store_dir.encode())
+    if store_dir != manifest.store_dir and size > limit:
+        raise TooLong(
+            "the prefix %s is too long: these store paths can be retargeted to a prefix of "
+            "at most %d bytes, and its store dir %s is %d bytes, longer than their %d"
+            % (_prefix(store_dir), limit - len("/store"), store_dir, size, limit),
+            "choose a shorter --prefix, or build from a closure built with a longer store "
+            "dir (see docs/retargeting.md)")
+
+
+def _prefix(store_dir):
+    # type: (str) -> str
+    return store_dir[:-len("/store")] if store_dir.endswith("/store") else store_dir

@@ -1,6 +1,6 @@
 """Which files are text, and rewriting a file the text way or the binary way.
 
-Relocation writes the store dir in two forms (docs/relocation.md): binaries
+A retarget writes the store dir in two forms (docs/retargeting.md): binaries
 get the same-length, slash-padded form, so that no offset inside them moves;
 text gets the canonical store dir, so that it is byte-identical to what a
 native build at the new store dir writes (its length changes).  Treating a

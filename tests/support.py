@@ -48,6 +48,35 @@ class Built:
         return moved
 
 
+PLAIN_DEP = "0" * 31 + "1-dep"
+PLAIN_APP = "0" * 31 + "2-app"
+
+
+def plain_closure(base: Path) -> tuple[Path, Path]:
+    """A two-path closure made by hand, no Nix: ``PLAIN_APP`` (a script naming
+    ``PLAIN_DEP``, and a symlink to it) and ``PLAIN_DEP`` in ``base/p/store``, its
+    registration from our own NAR hashes in the closureInfo dir ``base/ci``.
+    Returns (closureInfo dir, store dir)."""
+    from nix_prefix.payload import hashes, nar, registration
+    from nix_prefix.payload.registration import ValidPathInfo
+
+    store = base / "p" / "store"
+    (store / PLAIN_APP / "bin").mkdir(parents=True)
+    (store / PLAIN_DEP).write_bytes(b"a dependency\n" * 100)
+    (store / PLAIN_APP / "bin" / "app").write_text(f"#!/bin/sh\ncat {store}/{PLAIN_DEP}\n")
+    (store / PLAIN_APP / "bin" / "app").chmod(0o755)
+    (store / PLAIN_APP / "dep").symlink_to(f"{store}/{PLAIN_DEP}")
+    infos = []
+    for name, refs in ((PLAIN_APP, [PLAIN_DEP]), (PLAIN_DEP, [])):
+        digest, size = nar.hash_path(str(store / name))
+        infos.append(ValidPathInfo(f"{store}/{name}", hashes.format_sha256(digest), size, "",
+                                   tuple(f"{store}/{r}" for r in refs)))
+    ci = base / "ci"
+    ci.mkdir()
+    (ci / "registration").write_text(registration.format(infos))
+    return ci, store
+
+
 def build_small(base: Path, *, compression: str = "xz", name: str = "p") -> Built:
     """Build the small sample closure at BASE/NAME and an installer for it."""
     nix = LocalNix(base / name)

@@ -26,6 +26,7 @@ from nix_prefix.installer.install import install_steps, new_run, plan_lines, rec
 from nix_prefix.installer.prefix import Prefix
 from nix_prefix.installer.ui import UI
 from nix_prefix.payload import derivation, hashes, nar, storepaths_ca
+from nix_prefix.payload import retarget as retarget_mod
 from nix_prefix.payload.container import InstallerFile
 from nix_prefix.payload.registration import ValidPathInfo
 
@@ -171,8 +172,8 @@ def test_plan_says_the_paths_are_recomputed(built: dict) -> None:
     source = InstallerFile(str(built["installer"]))
     try:
         prefix = Prefix(str(built["base"] / "s5"))
-        exact = install_mod.exact_retarget(source, prefix, UI(quiet=True))
-        assert exact is not None
+        exact = install_mod.at_prefix(source, prefix, UI(quiet=True))
+        assert isinstance(exact, retarget_mod.Exact)
         assert install_mod.at_prefix(source, prefix, UI(quiet=True)).manifest.to_json() == (
             exact.manifest.to_json())
         run = new_run(source, prefix, UI(quiet=True), exact)
@@ -181,7 +182,8 @@ def test_plan_says_the_paths_are_recomputed(built: dict) -> None:
         assert ", ".join(exact.manifest.roots) in text
         assert not set(exact.manifest.roots) & set(source.manifest.roots)
         # At its own prefix nothing is recomputed (nor read).
-        assert install_mod.exact_retarget(source, Prefix(str(built["s1"])), UI()) is None
+        assert not isinstance(install_mod.at_prefix(source, Prefix(str(built["s1"])), UI()),
+                              retarget_mod.Exact)
     finally:
         source.close()
 
@@ -296,8 +298,8 @@ def test_installer_plans_what_nix_computes_and_installs_it(tmp_path: Path) -> No
     source = InstallerFile(str(installer))
     try:
         assert source.manifest.derivations
-        exact = install_mod.exact_retarget(source, prefix, UI(quiet=True))
-        assert exact is not None
+        exact = install_mod.at_prefix(source, prefix, UI(quiet=True))
+        assert isinstance(exact, retarget_mod.Exact)
         assert exact.plan.names == {
             old[k].rpartition("/")[2]: base[k] for k in ("text", "drv", "out")}
         m = exact.manifest
@@ -341,8 +343,8 @@ def test_a_too_long_prefix_is_refused_before_the_payload_is_read(tmp_path: Path)
     try:
         source.unpack = None  # any read of the payload would fail
         with pytest.raises(InstallError, match="too long"):
-            install_mod.exact_retarget(source, Prefix(str(tmp_path / ("x" * 80))), UI())
-        assert install_mod.exact_retarget(source, Prefix(closure.store_dir[:-len("/store")]),
-                                        UI()) is None
+            install_mod.at_prefix(source, Prefix(str(tmp_path / ("x" * 80))), UI())
+        assert not isinstance(install_mod.at_prefix(
+            source, Prefix(closure.store_dir[:-len("/store")]), UI()), retarget_mod.Exact)
     finally:
         source.close()

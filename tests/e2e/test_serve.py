@@ -30,7 +30,7 @@ import pytest
 import zstandard
 
 from nix_prefix.builder.limits import Limits
-from nix_prefix.builder.master import Master, PrefixPlan, ServeOptions
+from nix_prefix.builder.master import Master, PrefixView, ServeOptions
 from nix_prefix.builder.serve import Server
 from nix_prefix.builder.signer import load_secret_key
 from nix_prefix.payload import hashes, narinfo, signing
@@ -166,7 +166,7 @@ def test_every_short_enough_store_dir_gets_its_cache(small: dict, server: Runnin
             info.nar_hash
         assert old_dir not in plain  # every occurrence relocated
     # The plan is made once per store dir, and kept.
-    assert small["master"].plans_cached >= 1
+    assert small["master"].views_cached >= 1
 
 
 def test_the_nar_is_the_master_path_relocated(small: dict, server: Running) -> None:
@@ -218,25 +218,25 @@ def test_a_static_cache_as_the_master(small: dict, tmp_path: Path) -> None:
 def test_plans_are_made_once_per_store_dir_and_bounded(small: dict) -> None:
     master = Master([small["built"].installer], ServeOptions(plans=2))
     made = []
-    real = PrefixPlan.__init__
+    real = PrefixView.__init__
 
     def counting(self, m, store_dir):
         made.append(store_dir)
         time.sleep(0.2)  # long enough for the other threads to ask meanwhile
         real(self, m, store_dir)
 
-    PrefixPlan.__init__ = counting
+    PrefixView.__init__ = counting
     try:
         with ThreadPoolExecutor(8) as pool:
-            plans = list(pool.map(master.plan, ["/a/store"] * 8))
+            plans = list(pool.map(master.view, ["/a/store"] * 8))
         assert made == ["/a/store"] and all(p is plans[0] for p in plans)
         for q in ("/b/store", "/c/store"):
-            master.plan(q)
-        assert master.plans_cached == 2  # /a/store went first
-        master.plan("/a/store")
+            master.view(q)
+        assert master.views_cached == 2  # /a/store went first
+        master.view("/a/store")
         assert made == ["/a/store", "/b/store", "/c/store", "/a/store"]
     finally:
-        PrefixPlan.__init__ = real
+        PrefixView.__init__ = real
 
 
 HOSTILE = [

@@ -20,29 +20,8 @@ BIN = Path(sys.executable).parent
 
 # Issue 24's rules of shape: no import cycle inside a room, no function over 60
 # lines, no dead code shipped; and its vocabulary: docs/design.md's glossary naming
-# code that exists, the docs the code names existing, "retarget" in the code.
-# Their known offenders are being fixed in the rooms as this is written; each is
-# listed once here, and the list may only shrink: a listed offender that no longer
-# offends fails test_known_offenders_still_offend, so it is taken off the list at
-# once.
-KNOWN_OFFENDERS_TO_FIX_IN_ISSUE_24 = {
-    # names docs/design.md's glossary gives that the code takes in this issue (h34:
-    # open_source, PrefixView, retarget.choose; h36: issue 25's payload/refmap.py)
-    "glossary: `open_source`",
-    "glossary: `PrefixView`",
-    "glossary: `retarget.choose`",
-    # docs/relocation.md is docs/retargeting.md now (h33/h34: builder; h35: payload)
-    "doc link: builder/master.py names docs/relocation.md",
-    "doc link: builder/retarget.py names docs/relocation.md",
-    "doc link: payload/textfile.py names docs/relocation.md",
-    # "relocat..." in messages, docstrings and comments (h33/h34: builder; h34/h36: payload)
-    "word: builder/cache.py says relocat...",
-    "word: builder/master.py says relocat...",
-    "word: builder/page.py says relocat...",
-    "word: builder/retarget.py says relocat...",
-    "word: payload/retarget.py says relocat...",
-    "word: payload/textfile.py says relocat...",
-}
+# code that exists, the docs the code names existing, "retarget" in the code.  Every
+# offender is reported: there is no list of exceptions.
 
 
 def _sources(folder: Path) -> list[Path]:
@@ -428,8 +407,7 @@ def _offenders(root: Path = REPO) -> dict[str, str]:
 
 
 def _new(found: dict[str, str]) -> list[str]:
-    return [f"{key} ({why})" for key, why in sorted(found.items())
-            if key not in KNOWN_OFFENDERS_TO_FIX_IN_ISSUE_24]
+    return [f"{key} ({why})" for key, why in sorted(found.items())]
 
 
 def test_no_import_cycle_inside_a_room() -> None:
@@ -479,11 +457,6 @@ def test_the_word_rule_allows_only_the_deprecated_key(tmp_path: Path) -> None:
     })
     assert _old_words(root) == {"word: payload/m.py says relocat...": "lines 2, 3",
                                 "word: builder/nix/n.nix says relocat...": "lines 1"}
-
-
-def test_known_offenders_still_offend() -> None:
-    """The list above only shrinks: an offender fixed is taken off it."""
-    assert sorted(KNOWN_OFFENDERS_TO_FIX_IN_ISSUE_24 - set(_offenders())) == []
 
 
 def _room(root: Path, files: dict[str, str]) -> Path:

@@ -17,29 +17,16 @@ import pytest
 from nix_prefix.builder.cache import CacheOptions, write_cache
 from nix_prefix.builder.errors import BuildError
 from nix_prefix.builder.fromcache import BinaryCache, fetch_closure
-from nix_prefix.payload import hashes, nar, narinfo, registration, signing
-from nix_prefix.payload.registration import ValidPathInfo
+from nix_prefix.payload import hashes, nar, narinfo, signing
 
-DEP = "0" * 31 + "1-dep"
-APP = "0" * 31 + "2-app"
+from tests.support import PLAIN_APP, PLAIN_DEP, plain_closure
+
+DEP, APP = PLAIN_DEP, PLAIN_APP
 
 
 @pytest.fixture
 def cache(tmp_path: Path) -> tuple[Path, str]:
-    store = tmp_path / "p" / "store"
-    (store / APP / "bin").mkdir(parents=True)
-    (store / DEP).write_bytes(b"a dependency\n" * 100)
-    (store / APP / "bin" / "app").write_text(f"#!/bin/sh\ncat {store}/{DEP}\n")
-    (store / APP / "bin" / "app").chmod(0o755)
-    (store / APP / "dep").symlink_to(f"{store}/{DEP}")
-    infos = []
-    for name, refs in ((APP, [DEP]), (DEP, [])):
-        digest, size = nar.hash_path(str(store / name))
-        infos.append(ValidPathInfo(f"{store}/{name}", hashes.format_sha256(digest), size, "",
-                                   tuple(f"{store}/{r}" for r in refs)))
-    ci = tmp_path / "ci"
-    ci.mkdir()
-    (ci / "registration").write_text(registration.format(infos))
+    ci, store = plain_closure(tmp_path)
     out = tmp_path / "cache"
     write_cache([ci], str(tmp_path / "p"), out, CacheOptions(level=0))
     return out, str(store)

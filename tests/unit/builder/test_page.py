@@ -42,7 +42,7 @@ def test_the_lines_for_other_keys_no_keys_and_no_installers() -> None:
                                                            _offered("long", [server_key])]),
                           url, prefix)
     assert status == 200 and page.count('id="plain-') == 1
-    assert "This installer relocates to prefixes of at most 8 bytes" in page
+    assert "This installer retargets to prefixes of at most 8 bytes" in page
     status, page = render(Site([server_key], 57, "zstd", []), url, prefix)
     assert status == 200 and "offers no installer" in page and 'id="nix-conf"' in page
     status, page = render(Site([], 57, "zstd", []), url, prefix)
