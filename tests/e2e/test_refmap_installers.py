@@ -125,10 +125,10 @@ def test_an_installer_whose_map_lies_is_refused_and_installs_nothing(
     assert not (prefix / "store").exists() or not [
         p for p in (prefix / "store").iterdir() if not p.name.startswith(".")]
     # `retarget` says the same in one line, as an integrity error
-    from nix_prefix.builder.errors import BuildError
-    with pytest.raises(BuildError) as e:
+    with pytest.raises(refmap.RefMapError) as e:
         retarget(lying, str(tmp_path / "r"), tmp_path / "r.sh")
     assert e.value.exit_code == 3 and "reference map" in str(e.value)
+    assert "\n" not in str(e.value)
 
 
 # -- a tree master's sidecar, made by `cache` ---------------------------------------------------
@@ -141,9 +141,9 @@ def files_of(root: Path) -> dict[str, bytes]:
 @pytest.mark.slow
 def test_cache_from_a_closure_makes_the_sidecar_and_writes_what_the_scan_writes(
         small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from nix_prefix.builder import cache as cache_mod
     from nix_prefix.builder.cache import CacheOptions, write_cache
     from nix_prefix.builder.refmaps import sidecar_of
+    from nix_prefix.builder.sources import ClosureSource
 
     info = small.closure_info
     sidecar = sidecar_of(info)
@@ -153,7 +153,7 @@ def test_cache_from_a_closure_makes_the_sidecar_and_writes_what_the_scan_writes(
     assert sidecar.exists()
     made = sidecar.stat().st_mtime_ns
     with monkeypatch.context() as m:
-        m.setattr(cache_mod, "tree_ref_map", lambda c, s: None)
+        m.setattr(ClosureSource, "ref_map", lambda self: None)
         write_cache([info], q, tmp_path / "scanned", CacheOptions(level=1))
     assert files_of(tmp_path / "mapped") == files_of(tmp_path / "scanned")
     write_cache([info], str(tmp_path / "q2"), tmp_path / "again", CacheOptions(level=1))
@@ -179,32 +179,32 @@ def test_cache_from_a_closure_makes_the_sidecar_and_writes_what_the_scan_writes(
 @pytest.mark.slow
 def test_serve_maps_its_masters_and_serves_what_the_scan_serves(
         small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from nix_prefix.builder import master as master_mod
     from nix_prefix.builder.master import Master, ServeOptions
     from nix_prefix.builder.refmaps import sidecar_of
+    from nix_prefix.builder.sources import ClosureSource
 
     sidecar_of(small.closure_info).unlink(missing_ok=True)
     options = ServeOptions(compression="none")
     store_dir = str(tmp_path / "q" / "store")
 
     def nars(master: Master) -> dict[str, bytes]:
-        plan = master.plan(store_dir)
+        view = master.view(store_dir)
         out = {}
-        for hash_part in sorted(plan._by_hash):
+        for hash_part in sorted(view._by_hash):
             parts: list[bytes] = []
-            plan.stream(hash_part, parts.append)
+            view.stream(hash_part, parts.append)
             out[hash_part] = b"".join(parts)
         return out
 
     for source in (small.closure_info, small.installer):
         mapped = Master([source], options)
-        assert mapped.sources[0].refs is not None
+        assert mapped.ref_maps[0] is not None
         with monkeypatch.context() as m:
             used = spied(m)
             got = nars(mapped)
         assert used == [True], source
         with monkeypatch.context() as m:
-            m.setattr(master_mod, "tree_ref_map", lambda c, p: None)
+            m.setattr(ClosureSource, "ref_map", lambda self: None)
             m.setattr(InstallerFile, "ref_map", lambda self: None)
             assert nars(Master([source], options)) == got, source
     assert sidecar_of(small.closure_info).exists()  # made at start
