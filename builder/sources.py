@@ -46,7 +46,7 @@ from .fromcache import BinaryCache
 from .fromcache import _DiskWriter as _DiskWriter
 from .leftovers import remove_stale
 from .pack import closure_system
-from .refmaps import tree_ref_map
+from .refmaps import cache_ref_map, fitting_sidecar, tree_ref_map
 
 INSTALLER = "installer"
 CLOSURE = "closureInfo dir"
@@ -352,8 +352,13 @@ class CacheSource(Source):
         entries = [PathEntry(i.name, i.nar_hash, i.nar_size, i.references,
                              i.deriver if i.deriver in self._infos else "")
                    for i in self._infos.values()]
-        self.manifest = Manifest(store_dir, host_system(), "xz", entries, [], [],
-                                 embedded_store_dir=self._embedded(store_dir))
+        manifest = Manifest(store_dir, host_system(), "xz", entries, [], [])
+        # A sidecar that fits the narinfos says how the NARs spell the store dir, so
+        # that nothing is read at start; else they are read to tell (and for the map).
+        self._refs = fitting_sidecar(path, manifest, padded_ok=True)
+        embedded = (self._refs.store_dir.decode() if self._refs is not None
+                    else self._embedded(store_dir))
+        self.manifest = manifest.replaced(embedded_store_dir=embedded)
 
     def _embedded(self, store_dir: str) -> str:
         """The store dir as the NARs spell it: a cache nix-prefix retargeted holds it
@@ -390,6 +395,14 @@ class CacheSource(Source):
             self._cache.fetch_nar(self._infos[entry.name], sink)  # checks NarHash, then:
             sink.finish()
         return one
+
+    def ref_map(self) -> RefMap:
+        """The sidecar CACHE_DIR.nix-prefix-refmap beside the cache dir, made (once,
+        every NAR read and checked against its NarHash) if absent or stale
+        (builder/refmaps.py)."""
+        if self._refs is None:
+            self._refs = cache_ref_map(self.manifest, self.replay, self.path)
+        return self._refs
 
     def close(self) -> None:
         pass
