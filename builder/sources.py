@@ -352,29 +352,35 @@ class CacheSource(Source):
         entries = [PathEntry(i.name, i.nar_hash, i.nar_size, i.references,
                              i.deriver if i.deriver in self._infos else "")
                    for i in self._infos.values()]
-        manifest = Manifest(store_dir, host_system(), "xz", entries, [], [])
+        self.manifest = Manifest(store_dir, host_system(), "xz", entries, [], [])
         # A sidecar that fits the narinfos says how the NARs spell the store dir, so
         # that nothing is read at start; else they are read to tell (and for the map).
-        self._refs = fitting_sidecar(path, manifest, padded_ok=True)
-        embedded = (self._refs.store_dir.decode() if self._refs is not None
-                    else self._embedded(store_dir))
-        self.manifest = manifest.replaced(embedded_store_dir=embedded)
+        self._refs = fitting_sidecar(path, self.manifest, padded_ok=True)
+        if self._refs is not None:
+            self.manifest.embedded_store_dir = self._refs.store_dir.decode()
+        else:
+            self._embedded(store_dir)
 
-    def _embedded(self, store_dir: str) -> str:
-        """The store dir as the NARs spell it: a cache nix-prefix retargeted holds it
+    def _embedded(self, store_dir: str) -> None:
+        """Set the store dir as the NARs spell it: a cache nix-prefix retargeted holds it
         slash-padded to the length of the store dir its paths were built for
         (docs/retargeting.md).  The first NAR that names a padded form tells; texts
         and derivations name the canonical one, and so does every NAR of a cache Nix
-        wrote (all are read, once, to be sure)."""
+        wrote: all are read, once, to be sure, and that read makes the map of the
+        canonical spelling on the way (else ``ref_map`` reads them again)."""
         head, _, last = store_dir.rpartition("/")
         finder = _Finder(re.compile(re.escape(head.encode()) + b"//+" + re.escape(last.encode())
                                     + b"/"))
-        for info in sorted(self._infos.values(), key=lambda i: i.nar_size):
-            try:
-                self._cache.fetch_nar(info, finder)
-            except _Found as found:
-                return found.args[0][:-1].decode()
-        return store_dir
+
+        def replay(names: Iterable[str], open_path: Callable[[str], Sink], jobs: int) -> None:
+            for info in sorted((self._infos[n] for n in names), key=lambda i: i.nar_size):
+                sink = open_path(info.name)  # smallest first: a padded form tells soon
+                self._cache.fetch_nar(info, Tee(finder, sink))
+                sink.finish()
+        try:
+            self._refs = cache_ref_map(self.manifest, replay, self.path)
+        except _Found as found:
+            self.manifest.embedded_store_dir = found.args[0][:-1].decode()
 
     def contents(self) -> dict[str, bytes]:
         out: dict[str, bytes] = {}

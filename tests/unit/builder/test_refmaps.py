@@ -130,6 +130,19 @@ def test_a_sidecar_that_fits_spares_reading_the_nars_at_start(
     assert read == []
 
 
+def test_a_cache_that_spells_the_store_dir_canonically_is_read_once_for_its_map(
+        caches: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As Nix writes every cache: all its NARs are read at start to be sure no padded
+    # spelling is there, and that one read makes the map too.
+    cache = copied(caches["own"], tmp_path / "master")
+    read = nar_reads(monkeypatch)
+    with CacheSource(cache) as source:
+        assert source.manifest.embedded_store_dir == source.manifest.store_dir
+        refs = source.ref_map()
+    assert sorted(read) == sorted([LIB, TOOL])
+    assert refmap.read_sidecar(str(refmaps.sidecar_of(cache))).to_bytes() == refs.to_bytes()
+
+
 def test_a_stale_sidecar_is_made_again_from_the_nars(
         caches: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = copied(caches["own"], tmp_path / "master")
