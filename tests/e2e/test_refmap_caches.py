@@ -19,10 +19,10 @@ from nix_prefix.builder.refmaps import sidecar_of
 from nix_prefix.builder.retarget import retarget
 from nix_prefix.builder.sources import CacheSource
 from nix_prefix.payload import narinfo, refmap
-from nix_prefix.payload import retarget as retargets
 from nix_prefix.payload.container import InstallerFile
 
 from .test_exact_retarget import build_at_s1
+from .test_refmap_installers import files_of, spied
 from tests.support import build_small
 
 LONG = "a-build-prefix-long-enough-to-relocate-from"
@@ -33,23 +33,6 @@ def nix_copy(nix, paths: list[str], cache: Path) -> Path:
                     "copy", "--to", f"file://{cache}", *paths],
                    env=nix.env(), check=True, capture_output=True)
     return cache
-
-
-def spied(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """What each Retarget.use_refs returns from now on: whether the map is used."""
-    used: list[bool] = []
-    real = retargets.Retarget.use_refs
-
-    def use_refs(self: retargets.Retarget, refs: refmap.RefMap | None) -> bool:
-        used.append(real(self, refs))
-        return used[-1]
-    monkeypatch.setattr(retargets.Retarget, "use_refs", use_refs)
-    return used
-
-
-def files_of(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
 
 
 def served(master: Master, store_dir: str) -> dict[str, bytes]:
