@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..payload import elf
+from ..payload.machine import host_system
 from ..payload.storepath import shipped_file, split_drv_name
 from .errors import BuildError
 
@@ -111,3 +114,28 @@ def choose(names: list[str], roots: list[str], store_root: Path, wanted: str | N
     if other_roots and chosen not in kept:
         kept = sorted(kept + [chosen])  # the profile still gets a Nix: the chosen one
     return NixChoice(f"{chosen}/bin/nix-store", kept, notes)
+
+
+def closure_system(store_root: Path, store_dir: str, names: Sequence[str],
+                   nix_store: str | None, given: str | None) -> str:
+    """The Nix system of a closure (the store paths ``names`` of ``store_dir``, read at
+    ``store_root``): that of the ELF of its Nix (``nix_store``, a
+    ``<base name>/bin/nix-store``, resolved inside the closure as the installer resolves
+    it), else ``given`` (--system), else this machine's.  A --system that contradicts
+    the closure's Nix is refused."""
+    cpu = None
+    found_file = (shipped_file(str(store_root), store_dir, names, nix_store)
+                  if nix_store is not None else None)
+    if found_file is not None:
+        try:
+            with open(store_root / found_file, "rb") as f:
+                cpu = elf.machine_of(f.read(elf.HEADER_SIZE))
+        except OSError:
+            cpu = None  # nixchoice and the packing itself name an unreadable Nix
+    if cpu is None:
+        return given or host_system()
+    found = cpu + "-linux"
+    if given is not None and given != found:
+        raise BuildError(f"--system {given}, but the closure's Nix ({nix_store}) is for {found}",
+                         "leave --system out: the closure's Nix tells")
+    return found

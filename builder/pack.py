@@ -6,8 +6,9 @@ decides what goes in: which paths, in which chunks, checked how.  Everything
 is written in a fixed order with fixed metadata, so two builds of the same
 closure are byte-identical.
 
-Each store path is read once: the same walk feeds the tar writer and the NAR
-hasher, so verifying the registration costs no second pass.
+The closure is read as every tree source is (builder/sources.py ``TreeSource``):
+each store path once, the one walk feeding the tar writer here and the source's
+NAR hasher, so verifying the registration costs no second pass.
 """
 
 from __future__ import annotations
@@ -26,27 +27,26 @@ from ..payload import (
     archive,
     codecs,
     container,
-    derivation,
     elf,
     hashes,
-    nar,
     refmap,
     retarget,
     seal,
-    storepath,
 )
 from ..payload.container import PayloadWriter
-from ..payload.machine import host_system
 from ..payload.manifest import Manifest, PathEntry
 from ..payload.rewrite import HiddenReferenceScanner
 from ..payload.signing import PublicKey, SecretKey
-from ..payload.tree import Count, Tee
+from ..payload.tree import Count, Sink, Tee
 from . import bundles, nixchoice
 from .closure_info import Closure
 from .compress import compressor, default_jobs
 from .errors import BuildError
 from .leftovers import remove_stale
+from .nixchoice import closure_system
+from .refmaps import drv_outputs
 from .signer import KeySigner
+from .sources import STALE_HINT, TreeSource
 
 PREAMBLE_SH = Path(__file__).with_name("preamble.sh")
 # Tar bytes per chunk: the closure cut into CHUNKS_PER_PAYLOAD chunks, so that
@@ -56,6 +56,7 @@ PREAMBLE_SH = Path(__file__).with_name("preamble.sh")
 CHUNKS_PER_PAYLOAD = 16
 MIN_CHUNK_SIZE = 8 << 20
 MAX_CHUNK_SIZE = 64 << 20
+NO_VERIFY_HINT = STALE_HINT + "; regenerate it, or pass --no-verify to pack it anyway"
 
 
 @dataclass
@@ -118,27 +119,21 @@ def build_installer(
     extra = drv_outputs(store_root, closure.store_dir, entries) if options.derivations else []
     candidates = refmap.candidates([e.name for e in entries], extra)
 
+    # The closure read as every tree source is read (builder/sources.py): each path
+    # once, checked against its registration on the way.
+    source = TreeSource(store_root, built, store_root, options.verify, NO_VERIFY_HINT)
+
     def write_payload(payload: PayloadWriter) -> Manifest:
-        infos: dict[str, tuple[str, int]] = {}
-        hidden: list[str] = []
-        refs: list[refmap.PathRefs] = []
         # One tar stream of every path, in order; the payload writer cuts it into
         # chunks and compresses them in threads.
         with payload.stream(chunk_size, payload_jobs(options, chunk_size)) as tar:
-            for entry in entries:
-                recorder = refmap.Recorder(entry.name, embedded, candidates)
-                p = _pack_path(tar, entry, target, store_root, options.verify,
-                               closure.store_dir, progress,
-                               None if options.mixed_systems else built.system, recorder)
-                hidden += p.hidden_refs
-                if p.nar_info is not None:
-                    infos[p.name] = p.nar_info
-                refs.append(recorder.result(hashes.parse_sha256(
-                    (p.nar_info or (entry.nar_hash, 0))[0])))
-        payload.ref_map = refmap.RefMap(embedded, refs, extra).to_bytes()
+            packer = _Packer(tar, target, built, progress,
+                             None if options.mixed_systems else built.system, candidates)
+            _pack_paths(source, packer)
+        payload.ref_map = refmap.RefMap(embedded, packer.refs, extra).to_bytes()
         # After a same-length retarget the paths cannot be recomputed exactly.
-        return target.manifest.with_nar_info(infos).replaced(
-            hidden_refs=hidden, derivations=options.derivations and not target.rewrites)
+        return target.manifest.with_nar_info(packer.infos).replaced(
+            hidden_refs=packer.hidden, derivations=options.derivations and not target.rewrites)
 
     manifest = write_installer_file(out, built, options.compression, options.level,
                                     write_payload, options.sign_keys)
@@ -173,31 +168,6 @@ def _manifest(closure: Closure, store_root: Path, options: BuildOptions
         tool_version=payload_pkg.__version__,
         derivations=options.derivations,
     ), nix.notes
-
-
-def closure_system(store_root: Path, store_dir: str, names: Sequence[str],
-                   nix_store: str | None, given: str | None) -> str:
-    """The Nix system of a closure (the store paths ``names`` of ``store_dir``, read at
-    ``store_root``): that of the ELF of its Nix (``nix_store``, a
-    ``<base name>/bin/nix-store``, resolved inside the closure as the installer resolves
-    it), else ``given`` (--system), else this machine's.  A --system that contradicts
-    the closure's Nix is refused."""
-    cpu = None
-    found_file = (storepath.shipped_file(str(store_root), store_dir, names, nix_store)
-                  if nix_store is not None else None)
-    if found_file is not None:
-        try:
-            with open(store_root / found_file, "rb") as f:
-                cpu = elf.machine_of(f.read(elf.HEADER_SIZE))
-        except OSError:
-            cpu = None  # nixchoice and the packing itself name an unreadable Nix
-    if cpu is None:
-        return given or host_system()
-    found = cpu + "-linux"
-    if given is not None and given != found:
-        raise BuildError(f"--system {given}, but the closure's Nix ({nix_store}) is for {found}",
-                         "leave --system out: the closure's Nix tells")
-    return found
 
 
 def choose_retarget(manifest: Manifest, store_dir: str,
@@ -323,63 +293,65 @@ def thread_safe(report: Callable[[int], object]) -> Callable[[int], object]:
     return call
 
 
-@dataclass(frozen=True)
-class _Packed:
-    """What packing one store path found: its hidden references, its new NAR info
-    (when the retarget rewrote it)."""
-
-    name: str
-    hidden_refs: list[str]
-    nar_info: tuple[str, int] | None
-
-
-def drv_outputs(store_root: Path, store_dir: str, entries: Sequence[PathEntry]) -> list[bytes]:
-    """The hash parts of the outputs the closure's ``.drv`` files name: what an exact
-    retarget renames, and so what the reference map looks for besides the closure's."""
-    found = set()
-    for e in entries:
-        if storepath.is_derivation(e.name):
-            try:
-                drv = derivation.parse((store_root / e.name).read_bytes())
-            except (OSError, derivation.DerivationError):
-                continue  # derivations.py names it; a map without its outputs is only unused
-            for _, path, _, _ in drv.outputs:
-                found.add(path.rpartition("/")[2][:storepath.HASH_LENGTH].encode())
-    return sorted(found)
-
-
-def _pack_path(tar: archive.TarWriter, entry: PathEntry, target: retarget.Retarget,
-               store_root: Path, verify: bool, store_dir: str,
-               progress: Callable[[int], object] | None, system: str | None = None,
-               recorder: refmap.Recorder | None = None) -> _Packed:
-    """Pack one store path; verify it, retarget it, map the references of what is packed
-    (``recorder``); say what was found.  With ``system``, an ELF program or library for
-    another machine stops the build."""
-    hasher = nar.NarHasher() if verify else None
-    scanner = HiddenReferenceScanner(store_dir.encode())
-    tar.top = target.name(entry.name)
-    packed = retarget.Retargeted(target, entry.name, Tee(tar, recorder) if recorder else tar)
-    machines = elf.Machines(system.partition("-")[0]) if system else None
-    sink = Tee(packed, hasher, scanner, machines, Count(progress) if progress else None)
+def _pack_paths(source: TreeSource, packer: _Packer) -> None:
+    """Every path of ``source``, in its manifest's order, into ``packer``'s tar stream
+    (one at a time: the stream is one).  An ELF program or library for another machine
+    than the closure's stops the build."""
     try:
-        nar.dump_path(os.fsencode(store_root / entry.name), sink)
-        sink.finish()
-    except nar.NarError as e:
-        raise BuildError(f"{store_dir}/{entry.name}: {e}") from None
+        source.replay([e.name for e in source.manifest.paths], packer.open_path)
     except elf.MachineMismatch as e:
-        raise BuildError(f"{store_dir}/{entry.name}: {e}: the closure mixes systems",
-                         "build it from one system's paths, or pass --allow-mixed-systems "
-                         "if that is meant") from None
-    except OSError as e:
-        raise BuildError(f"{store_dir}/{entry.name}: cannot read {e.filename} ({e.strerror})",
-                         "check the store's permissions") from None
-    if hasher is not None:
-        got = hashes.format_sha256(hasher.digest())
-        if got != entry.nar_hash or hasher.size != entry.nar_size:
-            raise BuildError(
-                f"{store_dir}/{entry.name} does not match its registration: narHash {got} "
-                f"size {hasher.size}, registered {entry.nar_hash} size {entry.nar_size}",
-                "the store path was modified or the registration is stale; regenerate it, "
-                "or pass --no-verify to pack it anyway")
-    return _Packed(packed.name, [entry.name + found for found in scanner.found],
-                   packed.nar_info())
+        raise BuildError(f"{source.manifest.store_dir}/{packer.current}: {e}: the closure "
+                         "mixes systems", "build it from one system's paths, or pass "
+                         "--allow-mixed-systems if that is meant") from None
+
+
+class _Packer:
+    """Packs the store paths a source replays into one tar stream: each retargeted,
+    scanned for hidden references, its ELF machines checked (with ``system``), counted
+    (``progress``), and the references of what is packed mapped; keeps what each path
+    found once the source has checked and finished it."""
+
+    def __init__(self, tar: archive.TarWriter, target: retarget.Retarget, manifest: Manifest,
+                 progress: Callable[[int], object] | None, system: str | None,
+                 candidates: frozenset[bytes]) -> None:
+        self.tar, self.target, self.progress, self.system = tar, target, progress, system
+        self.store_dir = manifest.store_dir
+        self.nar_hashes = {e.name: e.nar_hash for e in manifest.paths}  # as registered
+        self.embedded = target.manifest.embedded_store_dir.encode()
+        self.candidates = candidates
+        self.hidden: list[str] = []
+        self.infos: dict[str, tuple[str, int]] = {}
+        self.refs: list[refmap.PathRefs] = []
+        self.current = ""  # the path being read, for a MachineMismatch to name
+
+    def open_path(self, name: str) -> Sink:
+        """The sink of the store path ``name``: the tar stream's, and the checks'."""
+        self.current = name
+        self.tar.top = self.target.name(name)
+        recorder = refmap.Recorder(name, self.embedded, self.candidates)
+        packed = retarget.Retargeted(self.target, name, Tee(self.tar, recorder))
+        scanner = HiddenReferenceScanner(self.store_dir.encode())
+        machines = elf.Machines(self.system.partition("-")[0]) if self.system else None
+        return _Then(lambda: self._found(name, packed, scanner, recorder), packed, scanner,
+                     machines, Count(self.progress) if self.progress else None)
+
+    def _found(self, name: str, packed: retarget.Retargeted,
+               scanner: HiddenReferenceScanner, recorder: refmap.Recorder) -> None:
+        self.hidden += [name + found for found in scanner.found]
+        info = packed.nar_info()  # when the retarget rewrote it
+        if info is not None:
+            self.infos[packed.name] = info
+        nar_hash = info[0] if info is not None else self.nar_hashes[name]
+        self.refs.append(recorder.result(hashes.parse_sha256(nar_hash)))
+
+
+class _Then(Tee):
+    """A Tee that calls ``then`` once every sink is finished."""
+
+    def __init__(self, then: Callable[[], None], *sinks: Sink | None) -> None:
+        Tee.__init__(self, *sinks)
+        self._then = then
+
+    def finish(self) -> None:
+        Tee.finish(self)
+        self._then()

@@ -17,15 +17,14 @@ caught only where the rewrite meets them: refused there (RefMapError, exit 3).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from ..payload import derivation, refmap, storepath
 from ..payload import retarget as retargets
 from ..payload.hashes import parse_sha256
-from ..payload.manifest import Manifest, has_derivations
+from ..payload.manifest import Manifest, PathEntry, has_derivations
 from ..payload.tree import Sink
-from .pack import drv_outputs
 
 # A source's replay (builder/sources.py ``Source.replay``): named here, not imported,
 # because sources.py asks this module for its map.
@@ -109,3 +108,17 @@ def derivation_outputs(drvs: Iterable[bytes]) -> set[bytes]:
         for _, path, _, _ in outputs:
             found.add(path.rpartition("/")[2][:storepath.HASH_LENGTH].encode())
     return found
+
+
+def drv_outputs(store_root: Path, store_dir: str, entries: Sequence[PathEntry]) -> list[bytes]:
+    """The hash parts of the outputs the closure's ``.drv`` files name (read at
+    ``store_root``): what an exact retarget renames, and so what the reference map looks
+    for besides the closure's.  One unreadable is derivations.py's to name."""
+    texts = []
+    for e in entries:
+        if storepath.is_derivation(e.name):
+            try:
+                texts.append((store_root / e.name).read_bytes())
+            except OSError:
+                continue
+    return sorted(derivation_outputs(texts))

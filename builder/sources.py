@@ -1,4 +1,4 @@
-"""Where ``cache``, ``retarget`` and ``serve`` read store paths from: a source.
+"""Where ``build``, ``cache``, ``retarget`` and ``serve`` read store paths from: a source.
 
 ``open_source(path)`` tells the three kinds apart and opens one, checked:
 
@@ -14,7 +14,9 @@
 Each gives the closure's manifest, the contents the exact retarget needs
 (payload/exact.py ``needs_contents``) and every path's tree events, whole and
 verified, with ``finish`` sent only after the check.  A source may be read by
-several threads at once (``serve``).
+several threads at once (``serve``).  ``build`` packs every closure it is given
+(a closureInfo dir, the closure of --roots or -f, a --from-cache fetch) as a
+``TreeSource`` of the manifest it chose (builder/pack.py).
 """
 
 from __future__ import annotations
@@ -45,12 +47,12 @@ from .errors import BuildError
 from .fromcache import BinaryCache
 from .fromcache import _DiskWriter as _DiskWriter
 from .leftovers import remove_stale
-from .pack import closure_system
 from .refmaps import cache_ref_map, fitting_sidecar, tree_ref_map
 
 INSTALLER = "installer"
 CLOSURE = "closureInfo dir"
 CACHE = "binary cache"
+STALE_HINT = "the store path was modified or the registration is stale"
 DECODED_PREFIX = "nix-prefix-master-"  # + pid: DecodedInstaller's directories
 T = TypeVar("T")
 S = TypeVar("S", bound="Source")
@@ -156,37 +158,47 @@ def _in_parallel(work: Callable[[PathEntry], None], entries: list[PathEntry],
 
 class TreeSource(Source):
     """Store paths as trees under ``root`` (``root/<base name>``), listed by ``manifest``:
-    every read is checked against the manifest's NAR hash."""
+    every read is checked against the manifest's NAR hash, unless ``verify`` is False
+    (``build --no-verify``).  ``mismatch_hint``: what the user can do about a path that
+    no longer matches."""
 
-    def __init__(self, path: Path, manifest: Manifest, root: Path) -> None:
+    def __init__(self, path: Path, manifest: Manifest, root: Path, verify: bool = True,
+                 mismatch_hint: str = STALE_HINT) -> None:
         self.path = path
         self.manifest = manifest
         self.root = root
+        self.verify = verify
+        self.mismatch_hint = mismatch_hint
 
     def contents(self) -> dict[str, bytes]:
         return read_store_contents(self.manifest.paths, self.root)
 
     def replay(self, names: Iterable[str], open_path: Callable[[str], Sink],
                jobs: int = 1) -> None:
-        """Every path of ``names``, read from the tree and checked against its NAR hash."""
+        """Every path of ``names``, in the manifest's order, read from the tree and
+        checked against its NAR hash, then finished."""
         wanted = set(names)
         _in_parallel(lambda e: self._one(e, open_path(e.name)),
                      [e for e in self.manifest.paths if e.name in wanted], jobs)
 
     def _one(self, entry: PathEntry, visitor: Sink) -> None:
-        hasher = nar.NarHasher()
+        # The one read of the path: the hasher rides along with the caller's sink.
+        hasher = nar.NarHasher() if self.verify else None
         where = f"{self.manifest.store_dir}/{entry.name}"
         try:
             nar.dump_path(os.fsencode(self.root / entry.name), Tee(visitor, hasher))
         except nar.NarError as e:
             raise BuildError(f"{where}: {e}") from None
         except OSError as e:
-            raise BuildError(f"{where}: cannot read {e.filename} ({e.strerror})") from None
-        got = hashes.format_sha256(hasher.digest())
-        if got != entry.nar_hash or hasher.size != entry.nar_size:
-            raise BuildError(f"{where} does not match its registration (narHash {got}, "
-                             f"registered {entry.nar_hash})",
-                             "the store path was modified or the registration is stale")
+            raise BuildError(f"{where}: cannot read {e.filename} ({e.strerror})",
+                             "check the store's permissions") from None
+        if hasher is not None:
+            got = hashes.format_sha256(hasher.digest())
+            if got != entry.nar_hash or hasher.size != entry.nar_size:
+                raise BuildError(
+                    f"{where} does not match its registration: narHash {got} size "
+                    f"{hasher.size}, registered {entry.nar_hash} size {entry.nar_size}",
+                    self.mismatch_hint)
         visitor.finish()
 
     def close(self) -> None:
@@ -206,7 +218,7 @@ class ClosureSource(TreeSource):
                                  f"{root}", "pass --store-root if the store is elsewhere")
         names = [e.name for e in entries]
         nix = nixchoice.choose(names, [], root, None, False)
-        system = closure_system(root, closure.store_dir, names, nix.nix_store, None)
+        system = nixchoice.closure_system(root, closure.store_dir, names, nix.nix_store, None)
         TreeSource.__init__(self, path, Manifest(closure.store_dir, system, "xz", entries,
                                                  [], []), root)
         self._refs: RefMap | None = None
