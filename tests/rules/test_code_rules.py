@@ -416,6 +416,39 @@ def test_no_import_cycle_inside_a_room() -> None:
     assert _new(_cycle_offenders()) == []
 
 
+def _tree_walkers(root: Path = REPO) -> dict[str, str]:
+    """builder modules other than sources.py that walk a store path's tree themselves
+    (``dump_path`` or ``hash_path`` of payload/nar.py), by ``file:line``."""
+    found = {}
+    for src in _sources(root / "builder"):
+        if src.name == "sources.py":
+            continue
+        for node in ast.walk(ast.parse(src.read_text())):
+            if isinstance(node, (ast.Attribute, ast.Name)) and \
+                    (node.attr if isinstance(node, ast.Attribute) else node.id) in WALKS:
+                found[f"{src.relative_to(root)}:{node.lineno}"] = "walks a store tree"
+    return found
+
+
+WALKS = ("dump_path", "hash_path")
+
+
+def test_the_builder_reads_store_trees_only_through_a_source() -> None:
+    """One way to a source (issue 24): build, cache, retarget and serve read a store
+    path's tree through builder/sources.py (TreeSource.replay), which checks it against
+    its registration; no command keeps a walk (and a check) of its own."""
+    assert _new(_tree_walkers()) == []
+
+
+def test_the_walk_rule_sees_both_spellings_outside_sources(tmp_path: Path) -> None:
+    (tmp_path / "builder").mkdir()
+    (tmp_path / "builder" / "sources.py").write_text("nar.dump_path(b'x', sink)\n")
+    (tmp_path / "builder" / "a.py").write_text("from ..payload.nar import dump_path\n"
+                                               "dump_path(b'x', sink)\n"
+                                               "nar.hash_path(b'x')\n")
+    assert sorted(_tree_walkers(tmp_path)) == ["builder/a.py:2", "builder/a.py:3"]
+
+
 def test_no_function_over_60_lines() -> None:
     """Outside tests and bench; _function_lines says how a function is counted."""
     assert _new(_long_functions()) == []

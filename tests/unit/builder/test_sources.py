@@ -25,6 +25,7 @@ from nix_prefix.builder.sources import (
     ClosureSource,
     DecodedInstaller,
     InstallerSource,
+    TreeSource,
     decoded,
     kind_of,
     open_source,
@@ -190,3 +191,24 @@ def test_an_installer_decoded_once_reads_as_it_did_from_its_tree(
 def test_an_installer_larger_than_the_limit_stays_as_it_is(kinds: dict[str, Path]) -> None:
     with InstallerSource(kinds[INSTALLER]) as installer:
         assert decoded(installer, limit=1) is installer
+
+
+def test_a_tree_source_without_verify_sends_a_modified_path(kinds: dict[str, Path]) -> None:
+    """``build --no-verify`` packs through the same TreeSource, which then skips the
+    NAR hash check (and only then): the modified path comes whole."""
+    with open_source(kinds[CLOSURE]) as checked:
+        unchecked = TreeSource(checked.path, checked.manifest, checked.root, verify=False,
+                               mismatch_hint="pass --no-verify")
+        dep = kinds["store"] / DEP
+        kept = dep.read_bytes()
+        dep.write_bytes(kept + b"x")
+        try:
+            modified = hashes.format_sha256(nar.hash_path(str(dep))[0])
+            got = nar_hashes(unchecked, [DEP])
+            with pytest.raises(BuildError, match="does not match its registration") as e:
+                nar_hashes(TreeSource(checked.path, checked.manifest, checked.root,
+                                      mismatch_hint="pass --no-verify"), [DEP])
+        finally:
+            dep.write_bytes(kept)
+    assert got == {DEP: modified}
+    assert e.value.hint == "pass --no-verify"
