@@ -115,7 +115,6 @@ def build_installer(
     target = choose_retarget(built, options.retarget_to or closure.store_dir, derivations=False)
     chunk_size = options.chunk_size or default_chunk_size(built.total_nar_size)
 
-    embedded = target.manifest.embedded_store_dir.encode()
     extra = drv_outputs(store_root, closure.store_dir, entries) if options.derivations else []
     candidates = refmap.candidates([e.name for e in entries], extra)
 
@@ -130,7 +129,7 @@ def build_installer(
             packer = _Packer(tar, target, built, progress,
                              None if options.mixed_systems else built.system, candidates)
             _pack_paths(source, packer)
-        payload.ref_map = refmap.RefMap(embedded, packer.refs, extra).to_bytes()
+        payload.ref_map = refmap.RefMap(packer.embedded, packer.refs, extra).to_bytes()
         # After a same-length retarget the paths cannot be recomputed exactly.
         return target.manifest.with_nar_info(packer.infos).replaced(
             hidden_refs=packer.hidden, derivations=options.derivations and not target.rewrites)
