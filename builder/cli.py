@@ -533,6 +533,9 @@ def serve(
                                "address (e.g. X-Real-IP), for the per-client limits")] = None,
     access_log: Annotated[bool, typer.Option(
         help="one line per request on stderr")] = True,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="processes answering on the socket, sharing --max-memory (default: "
+                    "one a usable CPU, fewer if --max-memory is short)")] = None,
     debug: Debug = False,
 ) -> None:
     """Serve a Nix binary cache for every store dir no longer than the sources'.
@@ -561,7 +564,8 @@ def serve(
                         cold_per_client=cold_per_client, cold_queue=cold_queue,
                         cold_queue_per_client=cold_queue_per_client)
         run_server(Setup(sources, listen, sign_key or [], compression, level, store_root,
-                         installer or [], limits, access_log, client_header), _say(False))
+                         installer or [], limits, access_log, client_header, workers),
+                   _say(False))
 
 
 @app.command()

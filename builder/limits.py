@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import re
 import threading
 import time
@@ -55,6 +56,13 @@ class Limits:
     cold_queue: int = 256  # cold jobs waiting, in all
     cold_queue_per_client: int = 64  # a Nix asks up to http-connections (25) at once
     retry_after: int = 5  # seconds, in a 503
+    workers: int = 1  # processes answering on the socket: max_memory is split among them
+
+
+# A worker is started only if this much of its share of --max-memory is left for
+# buffers and producers (five producers' worth): fewer workers serve better than
+# many that each make one NAR at a time.
+MIN_WORKER_BUDGET = 128 * MiB
 
 
 RESERVE = 96 * MiB  # what else grows with use: plans, narinfos, connections, the heap
@@ -70,17 +78,41 @@ def rss() -> int:
 
 
 def buffer_budget(limits: Limits, resident: int | None = None) -> int:
-    """The bytes buffers and producers may take: ``max_memory`` less what the process
+    """The bytes one worker's buffers and producers may take: its share of
+    ``max_memory`` (split evenly among ``limits.workers``) less what the process
     holds now (the master read) and RESERVE; BuildError if that is too little."""
     now = rss() if resident is None else resident
-    budget = limits.max_memory - now - RESERVE
+    budget = limits.max_memory // limits.workers - now - RESERVE
     least = limits.producer_memory + 2 * limits.stream_buffer
     if budget < least:
+        each = f" for {limits.workers} workers" if limits.workers > 1 else ""
         raise BuildError(
-            f"--max-memory {limits.max_memory >> 20}M is too little: the server holds "
+            f"--max-memory {limits.max_memory >> 20}M is too little{each}: a worker holds "
             f"{now >> 20} MiB with its master read, and needs {(RESERVE + least) >> 20} MiB more",
-            f"give at least --max-memory {(now + RESERVE + least + MiB - 1) >> 20}M")
+            f"give at least --max-memory "
+            f"{(now + RESERVE + least + MiB - 1) * limits.workers >> 20}M"
+            + (" or fewer --workers" if limits.workers > 1 else ""))
     return budget
+
+
+def default_workers(limits: Limits, cpus: int, resident: int | None = None) -> int:
+    """``--workers`` when not given: one a usable CPU, as many as ``max_memory`` gives
+    each MIN_WORKER_BUDGET of buffers beyond what it holds (at least one)."""
+    now = rss() if resident is None else resident
+    fits = limits.max_memory // (now + RESERVE + MIN_WORKER_BUDGET)
+    return max(1, min(cpus, fits))
+
+
+def per_worker(limits: Limits, workers: int) -> Limits:
+    """What one of ``workers`` processes may cost: the server-wide bounds (producers,
+    responses, cold jobs and queue) split among them, rounded up; memory is split by
+    ``buffer_budget``; the per-client bounds hold in each worker."""
+    def share(n: int) -> int:
+        return max(1, -(-n // workers))
+    return dataclasses.replace(
+        limits, workers=workers, producers=share(limits.producers),
+        max_responses=share(limits.max_responses), cold=share(limits.cold),
+        cold_queue=share(limits.cold_queue) if limits.cold_queue else 0)
 
 
 def tame_malloc() -> None:

@@ -52,6 +52,7 @@ DEFAULT_LEVELS = {"zstd": 3, "xz": 1}
 PLANS = 32  # store dirs whose views are kept
 NARINFOS = 4096  # narinfos kept per view
 _PIECE = 256 << 10  # bytes handed to the client at a time
+_JOB = 2 << 20  # bytes of NAR a zstd thread compresses at a time
 # NAR bytes of an installer master decoded into a private directory at start (else
 # every request decodes the chunks holding its path again: xz, ~20 MB/s).
 DECODE_LIMIT = 16 << 30
@@ -67,6 +68,7 @@ class ServeOptions:
     plans: int = PLANS
     narinfos: int = NARINFOS
     decode_limit: int = DECODE_LIMIT
+    threads: int = 0  # zstd's own threads per stream (0: none; docs/serving.md "All the cores")
 
 
 K = TypeVar("K")
@@ -163,6 +165,12 @@ class Master:
         for source in self.sources:
             source.close()
 
+    def forked(self) -> None:
+        """Called in a worker process forked with this master (builder/workers.py): what
+        the sources hold per process is its own, what is on disk stays the supervisor's."""
+        for source in self.sources:
+            source.forked()
+
 
 @dataclass
 class _Entry:
@@ -238,7 +246,7 @@ class PrefixView:
         out = _CompressedOut(emit, options.compression,
                              options.level if options.level is not None
                              else DEFAULT_LEVELS.get(options.compression),
-                             entry.source.manifest.system)
+                             entry.source.manifest.system, options.threads)
         entry.replay(nar.NarWriter(out))
         out.close()
 
@@ -278,16 +286,19 @@ class _CompressedOut:
     """NAR bytes in; compressed pieces of about _PIECE bytes out to ``emit``."""
 
     def __init__(self, emit: Callable[[bytes], None], compression: str, level: int | None,
-                 system: str) -> None:
+                 system: str, threads: int = 0) -> None:
         self._emit = emit
         self._compressor: Any = None
         if compression == "zstd":
             # zstd's own window for the level, no long-distance matching: about 4 MiB
             # a stream at level 3, where the installer's settings (compress.py) hold
-            # about 19 MiB for each of the server's concurrent streams.
+            # about 19 MiB for each of the server's concurrent streams.  With threads,
+            # 2 MiB jobs: about 17 MiB a stream (zstd's default jobs: about 60).
+            params = zstandard.ZstdCompressionParameters.from_level(
+                level if level is not None else DEFAULT_LEVELS["zstd"], write_checksum=True,
+                threads=threads, job_size=_JOB if threads else 0)
             self._compressor = zstandard.ZstdCompressor(
-                level=level if level is not None else DEFAULT_LEVELS["zstd"],
-                write_checksum=True).compressobj()
+                compression_params=params).compressobj()
         elif compression != "none":
             self._compressor = compressor(compression, level, system)
         self._buf = bytearray()

@@ -30,6 +30,7 @@ import hashlib
 import logging
 import re
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,12 +42,23 @@ from aiohttp import http_exceptions, web
 from ..payload import storepath
 from ..payload.codecs import CodecError
 from ..payload.container import CorruptInstaller
+from ..payload.machine import usable_cpus
 from .errors import BuildError
-from .limits import Busy, ColdScheduler, Limits, MemoryBudget, buffer_budget, tame_malloc
+from .limits import (
+    Busy,
+    ColdScheduler,
+    Limits,
+    MemoryBudget,
+    buffer_budget,
+    default_workers,
+    per_worker,
+    tame_malloc,
+)
 from .master import Master, PrefixView, parse_nar_file
-from .metrics import Metrics
+from .metrics import Metrics, flushing
 from .offer import InstallerChanged, Offered
 from .page import QueryError, Site, base_url, prefix_from_query, render
+from .sharing import Shared, master_id
 from .streams import Dropped, Streams
 
 T = TypeVar("T")
@@ -150,9 +162,12 @@ class Server:
 
     def __init__(self, master: Master, max_streams: int = MAX_STREAMS,
                  installers: Sequence[Offered] = (), limits: Limits | None = None,
-                 client_header: str | None = None) -> None:
-        """``max_streams``: NARs produced at once, when ``limits`` is not given."""
+                 client_header: str | None = None, shared: Shared | None = None) -> None:
+        """``max_streams``: NARs produced at once, when ``limits`` is not given;
+        ``shared``: the dir this worker shares with the others (builder/workers.py)."""
         self.master = master
+        self.shared = shared
+        self._master_id = (master, master_id(master)) if shared else None
         self.installers = {o.name + ".sh": o for o in installers}
         self.site = Site([k.public_key for k in master.options.sign_keys],
                          master.max_store_dir - len("/store"), master.options.compression,
@@ -168,7 +183,7 @@ class Server:
         self._pool = ThreadPoolExecutor(4, "nix-prefix-serve")
         self.cold = ColdScheduler(self.limits)
         self.streams = Streams(self.limits, self.budget, self._nar_pool)
-        self.metrics = Metrics(self._state)
+        self.metrics = Metrics(self._state, shared)
         self.app = web.Application(middlewares=[self._count, self._errors])
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/metrics", self.metrics.handle)
@@ -176,6 +191,8 @@ class Server:
         self.app.router.add_get("/installers/{name}", self._installer)
         self.app.router.add_get("/{tail:.*}", self._handle)
         self.app.on_cleanup.append(self._close)
+        if shared is not None:
+            self.app.cleanup_ctx.append(lambda app: flushing(app, self.metrics))
 
     @property
     def active_streams(self) -> int:
@@ -188,18 +205,24 @@ class Server:
     def _run(self, work: Callable[..., T], *args: object) -> Awaitable[T]:
         return asyncio.get_running_loop().run_in_executor(self._pool, work, *args)
 
-    async def reload(self, make: Callable[[], Master]) -> None:
+    async def reload(self, make: Callable[[], Master]) -> int | None:
         """A new master from ``make`` (run aside); requests under way finish with the
-        old one.  A master that cannot be read leaves the old one serving."""
-        log = self.app.logger
+        old one.  A master that cannot be read leaves the old one serving (None);
+        otherwise the new master's number of paths."""
         try:
             master = await asyncio.to_thread(make)
         except BuildError as e:
-            log.error("reloading the master failed, the old one still serves: %s", e)
-            return
+            self.app.logger.error("reloading the master failed, the old one still serves: %s",
+                                  e)
+            return None
         self.master = master
-        log.warning("reloaded the master: %d paths", sum(len(s.manifest.paths)
-                                                           for s in master.sources))
+        return sum(len(s.manifest.paths) for s in master.sources)
+
+    def _id(self, master: Master) -> str:
+        """The shared dir's name for ``master`` (computed once a master)."""
+        if self._master_id is None or self._master_id[0] is not master:
+            self._master_id = (master, master_id(master))
+        return self._master_id[1]
 
     def _client(self, request: web.Request) -> str:
         if self.client_header:
@@ -362,8 +385,25 @@ class Server:
                        hash_part: str) -> bytes | None:
         if hash_part not in plan:
             return None
-        return plan.cached_narinfo(hash_part) or await self._cold_work(
-            request, ("narinfo", plan, hash_part), plan.narinfo, hash_part)
+        text = plan.cached_narinfo(hash_part)
+        if text is not None:
+            return text
+        shared = self.shared
+        if shared is None:
+            return await self._cold_work(request, ("narinfo", plan, hash_part), plan.narinfo,
+                                         hash_part)
+        # Another worker may have computed it (the narinfo request went there).
+        master, store_dir = self._id(plan.master), plan.store_dir
+        text = shared.narinfo(master, store_dir, hash_part)
+        if text is not None:
+            return text
+
+        def make() -> bytes | None:
+            made = plan.narinfo(hash_part)
+            if made is not None:
+                shared.keep_narinfo(master, store_dir, hash_part, made)
+            return made
+        return await self._cold_work(request, ("narinfo", plan, hash_part), make)
 
     def _small(self, request: web.Request, body: bytes, kind: str,
                control: str) -> web.Response:
@@ -408,6 +448,9 @@ ACCESS_FORMAT = '%a "%r" %s %b %Tfs "%{User-Agent}i"'
 
 
 def _log_to_stderr() -> None:
+    if getattr(logging.getLogger("aiohttp.access"), "nix_prefix_serve", False):
+        return  # a worker: its supervisor did it
+    logging.getLogger("aiohttp.access").nix_prefix_serve = True  # type: ignore[attr-defined]
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     for name in ("aiohttp.access", "aiohttp.server", "aiohttp.web"):
@@ -420,25 +463,36 @@ def _log_to_stderr() -> None:
 def run(master: Master, host: str, port: int, ready: Callable[[str], None] | None = None,
         max_streams: int = MAX_STREAMS, installers: Sequence[Offered] = (),
         limits: Limits | None = None, reload: Callable[[], Master] | None = None,
-        access_log: bool = True, client_header: str | None = None) -> None:
+        access_log: bool = True, client_header: str | None = None,
+        sock: socket.socket | None = None, shared: Shared | None = None,
+        reloaded: Callable[[int | None], object] | None = None) -> None:
     """Serve until interrupted; ``ready`` gets the base URL once the socket listens.
-    SIGHUP makes a new master with ``reload`` without dropping requests under way."""
+    SIGHUP makes a new master with ``reload`` without dropping requests under way, and
+    tells ``reloaded`` its number of paths (None: the old one serves on).  A worker
+    (builder/workers.py) passes the socket it accepts on and the dir it shares."""
     _log_to_stderr()
     tame_malloc()
-    server = Server(master, max_streams, installers, limits, client_header)
+    server = Server(master, max_streams, installers, limits, client_header, shared)
+
+    def said(paths: int | None) -> None:
+        if paths is not None:
+            server.app.logger.warning("reloaded the master: %d paths", paths)
+    tell = reloaded or said
 
     async def main() -> None:
         runner = web.AppRunner(server.app, handle_signals=True, access_log_format=ACCESS_FORMAT,
                                access_log=logging.getLogger("aiohttp.access")
                                if access_log else None)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=256)
+        site: web.BaseSite = web.SockSite(runner, sock) if sock is not None else \
+            web.TCPSite(runner, host, port, backlog=256)
         await site.start()
         bound = runner.addresses[0][1] if runner.addresses else port  # the port for 0
         if reload is not None:
-            loop = asyncio.get_running_loop()
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(
-                server.reload(reload)))
+            loop, make = asyncio.get_running_loop(), reload
+            async def again() -> None:
+                tell(await server.reload(make))
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(again()))
         if ready:
             ready(f"http://{host}:{bound}")
         try:
@@ -468,6 +522,7 @@ class Setup:
     limits: Limits = field(default_factory=Limits)
     access_log: bool = True
     client_header: str | None = None
+    workers: int | None = None  # None: one a usable CPU, as --max-memory allows
 
 
 def serve(setup: Setup, say: Callable[[str], object]) -> None:
@@ -479,7 +534,10 @@ def serve(setup: Setup, say: Callable[[str], object]) -> None:
 
     host, port = parse_listen(setup.listen)
     keys = load_secret_keys(setup.sign_key_files)
-    options = ServeOptions(compression=setup.compression, level=setup.level, sign_keys=keys)
+    cpus = usable_cpus()
+    # zstd's own threads: one NAR's compression on every core (docs/serving.md).
+    options = ServeOptions(compression=setup.compression, level=setup.level, sign_keys=keys,
+                           threads=cpus if cpus > 1 else 0)
 
     def read_master() -> Master:
         return Master(setup.sources, options, store_root=setup.store_root)
@@ -487,8 +545,11 @@ def serve(setup: Setup, say: Callable[[str], object]) -> None:
     master = read_master()
     offered = list(load_all(setup.installers).values())
 
+    workers = setup.workers or default_workers(setup.limits, cpus)
+
     def ready(url: str) -> None:
         signed = "signed by " + ", ".join(k.name for k in keys) if keys else "unsigned"
+        signed += f", {workers} workers" if workers > 1 else ""
         say(f"serving a binary cache for every store dir of at most "
             f"{master.max_store_dir} bytes at {url}/STORE/DIR ({signed})")
         say(f"  e.g. substituters = {url}/home/alice/.nix/store")
@@ -497,11 +558,54 @@ def serve(setup: Setup, say: Callable[[str], object]) -> None:
                or "no installer (--installer FILE)"))
 
     try:
-        run(master, host, port, ready, installers=offered, limits=setup.limits,
-            reload=read_master, access_log=setup.access_log, client_header=setup.client_header)
+        if workers > 1:
+            _serve_workers(setup, workers, master, read_master, offered, ready)
+        else:
+            run(master, host, port, ready, installers=offered, limits=setup.limits,
+                reload=read_master, access_log=setup.access_log,
+                client_header=setup.client_header)
     except OSError as e:
         raise BuildError(f"cannot listen on {setup.listen}: {e.strerror}",
                          "choose another --listen address or port") from None
+
+
+def _serve_workers(setup: Setup, workers: int, master: Master, read_master: Callable[[], Master],
+                   offered: Sequence[Offered], ready: Callable[[str], None]) -> None:
+    """``serve`` with ``workers`` processes (builder/workers.py) on one socket."""
+    import shutil
+    import tempfile
+
+    from .workers import Supervisor, listening_socket
+
+    limits = per_worker(setup.limits, workers)
+    buffer_budget(limits)  # too little memory: one line now, not from every worker
+    host, port = parse_listen(setup.listen)
+    sock = listening_socket(host, port)
+    url = f"http://{host}:{sock.getsockname()[1]}"
+    shared = Path(tempfile.mkdtemp(prefix="nix-prefix-serve-"))  # mode 0700
+
+    def work(slot: int, tell: Callable[[str], None], reload_first: bool) -> None:
+        mine = master
+        if reload_first:  # a SIGHUP came since the supervisor read it
+            try:
+                mine = read_master()
+            except BuildError as e:
+                logging.getLogger("aiohttp.server").error("worker %d: %s", slot, e)
+        mine.forked()
+        run(mine, host, port, lambda _: tell("ready"), installers=offered, limits=limits,
+            reload=read_master, access_log=setup.access_log, client_header=setup.client_header,
+            sock=sock, shared=Shared(shared, slot),
+            reloaded=lambda n: tell("unchanged" if n is None else f"reloaded {n}"))
+
+    _log_to_stderr()
+    log = logging.getLogger("aiohttp.server")
+    try:
+        status = Supervisor(workers, work, log.warning).run(lambda: ready(url))
+    finally:
+        sock.close()
+        shutil.rmtree(shared, ignore_errors=True)
+    if status:
+        raise BuildError("a worker could not start (its lines above say why)")
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

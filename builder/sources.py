@@ -83,6 +83,11 @@ class Source(Protocol):
     def close(self) -> None:
         """Let go of the files held open."""
 
+    def forked(self) -> None:
+        """In a process forked with this source (``serve``'s workers): open files of its
+        own from now on (one inherited shares its position with the others), and leave
+        what is on disk to the process that made it."""
+
     def __enter__(self: S) -> S:
         return self
 
@@ -256,6 +261,10 @@ class DecodedInstaller(TreeSource):
         self._installer.close()
         self._removed()
 
+    def forked(self) -> None:
+        self._installer.forked()
+        self._removed.detach()  # the decoded tree is the supervisor's, shared by all
+
 
 def decoded(installer: InstallerSource, limit: int, jobs: int = 1) -> Source:
     """``installer`` decoded once into a private temporary directory, if its NAR bytes
@@ -330,6 +339,10 @@ class InstallerSource(Source):
     def close(self) -> None:
         for installer in self._opened:
             installer.close()
+
+    def forked(self) -> None:
+        self._opened = []
+        self._free = queue.SimpleQueue()
 
 
 @contextmanager
