@@ -149,15 +149,31 @@ def test_healthz_metrics_and_access_log(big: dict) -> None:
     assert len(access) == 1 and '" 200 ' in access[0] and "127.0.0.1" in access[0]
 
 
+def two_masters(big: dict, tmp_path: Path) -> tuple[Path, Path, str]:
+    """A symlink to ``big``'s master; a second master (the small closure's first root),
+    to point it at; that root's name."""
+    small = big["built"].roots[0]
+    second = big["built"].nix.write_closure_info([small], tmp_path / "second")
+    source = tmp_path / "master"
+    source.symlink_to(big["info"])
+    return source, second, small.rpartition("/")[2]
+
+
+def reload_to(second: Path, source: Path, proc: subprocess.Popen, log: list[str],
+              said: str = "reloaded") -> None:
+    """Point ``source`` at ``second``, send SIGHUP, wait for ``said`` in the log."""
+    source.unlink()
+    source.symlink_to(second)
+    proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(said in x for x in log):
+        time.sleep(0.1)
+
+
 def test_sighup_reloads_the_master_without_dropping_requests(big: dict, tmp_path: Path) -> None:
     """The source is a symlink; SIGHUP after it points elsewhere serves the new master,
     and the big NAR being sent meanwhile (from the old one) arrives whole."""
-    built = big["built"]
-    small = built.roots[0]
-    small_name = small.rpartition("/")[2]
-    second = built.nix.write_closure_info([small], tmp_path / "second")
-    source = tmp_path / "master"
-    source.symlink_to(big["info"])
+    source, second, small_name = two_masters(big, tmp_path)
     with server_process(str(source)) as (url, proc, log):
         port = int(url.rpartition(":")[2])
         name = big["name"]
@@ -168,12 +184,7 @@ def test_sighup_reloads_the_master_without_dropping_requests(big: dict, tmp_path
         conn.request("GET", f"/q/store/{info.url}")
         resp = conn.getresponse()
         body = resp.read(1024)  # under way
-        source.unlink()
-        source.symlink_to(second)
-        proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any("reloaded" in x for x in log):
-            time.sleep(0.1)
+        reload_to(second, source, proc, log)
         assert get(port, f"/q/store/{small_name[:32]}.narinfo")[0] == 200
         assert get(port, f"/q/store/{name[:32]}.narinfo")[0] == 404
         body += resp.read()

@@ -27,7 +27,7 @@ import zstandard
 from nix_prefix.payload import hashes, narinfo
 
 from .test_serve import get, server_process
-from .test_serve_limits import big  # noqa: F401 - the fixture
+from .test_serve_limits import big, reload_to, two_masters  # noqa: F401 - big: the fixture
 
 pytestmark = pytest.mark.slow
 
@@ -169,22 +169,12 @@ def test_a_killed_worker_is_restarted_and_only_its_request_fails(big: dict) -> N
 def test_sighup_reaches_every_worker(big: dict, tmp_path: Path) -> None:  # noqa: F811
     """The master is a symlink pointed elsewhere, then SIGHUP: the supervisor says it
     once all workers read it again, and each serves the new one."""
-    built = big["built"]
-    small = built.roots[0]
-    small_name = small.rpartition("/")[2]
-    second = built.nix.write_closure_info([small], tmp_path / "second")
-    source = tmp_path / "master"
-    source.symlink_to(big["info"])
+    source, second, small_name = two_masters(big, tmp_path)
     with server_process(str(source), "--workers", "2") as (url, proc, log):
         port = int(url.rpartition(":")[2])
         workers = workers_of(proc.pid)
         assert get(port, f"/q/store/{small_name[:32]}.narinfo")[0] == 404
-        source.unlink()
-        source.symlink_to(second)
-        proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any("in all 2 workers" in x for x in log):
-            time.sleep(0.1)
+        reload_to(second, source, proc, log, "in all 2 workers")
         assert any("reloaded the master" in x and "in all 2 workers" in x for x in log)
         for w in workers:
             with only(w, workers):

@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from nix_prefix.builder import limits as limits_module
 from nix_prefix.builder.errors import BuildError
 from nix_prefix.builder.limits import (
     Busy,
@@ -15,9 +16,7 @@ from nix_prefix.builder.limits import (
     Limits,
     MemoryBudget,
     buffer_budget,
-    default_workers,
     parse_size,
-    per_worker,
 )
 
 
@@ -88,22 +87,22 @@ def test_max_memory_is_split_among_workers() -> None:
     """--max-memory is the total: each of N workers gets 1/N of it, less what it
     holds and the reserve; the server-wide bounds are split, the per-client ones not."""
     limits = Limits(max_memory=1536 * MiB)
-    one, two = per_worker(limits, 1), per_worker(limits, 2)
+    one, two = limits_module.per_worker(limits, 1), limits_module.per_worker(limits, 2)
     assert buffer_budget(one, resident=64 * MiB) == (1536 - 64 - 96) * MiB
     assert buffer_budget(two, resident=64 * MiB) == (768 - 64 - 96) * MiB
     assert (two.producers, two.cold, two.cold_queue, two.max_responses) == (4, 1, 128, 256)
     assert (two.streams_per_client, two.cold_per_client, two.stream_buffer) == \
         (limits.streams_per_client, limits.cold_per_client, limits.stream_buffer)
-    three = per_worker(Limits(producers=8, cold=1, cold_queue=0), 3)
+    three = limits_module.per_worker(Limits(producers=8, cold=1, cold_queue=0), 3)
     assert (three.producers, three.cold, three.cold_queue) == (3, 1, 0)
     with pytest.raises(BuildError) as e:
-        buffer_budget(per_worker(Limits(max_memory=300 * MiB), 2), resident=64 * MiB)
+        buffer_budget(limits_module.per_worker(Limits(max_memory=300 * MiB), 2), resident=64 * MiB)
     assert "--max-memory 300M is too little for 2 workers" in str(e.value)
     assert "fewer --workers" in str(e.value.hint)
 
 
 def test_default_workers_are_the_cpus_the_memory_allows() -> None:
-    assert default_workers(Limits(max_memory=1536 * MiB), 2, resident=64 * MiB) == 2
-    assert default_workers(Limits(max_memory=1536 * MiB), 16, resident=64 * MiB) == 5
-    assert default_workers(Limits(max_memory=400 * MiB), 2, resident=64 * MiB) == 1
-    assert default_workers(Limits(max_memory=100 * MiB), 2, resident=64 * MiB) == 1
+    assert limits_module.default_workers(Limits(max_memory=1536 * MiB), 2, resident=64 * MiB) == 2
+    assert limits_module.default_workers(Limits(max_memory=1536 * MiB), 16, resident=64 * MiB) == 5
+    assert limits_module.default_workers(Limits(max_memory=400 * MiB), 2, resident=64 * MiB) == 1
+    assert limits_module.default_workers(Limits(max_memory=100 * MiB), 2, resident=64 * MiB) == 1
