@@ -448,10 +448,10 @@ ACCESS_FORMAT = '%a "%r" %s %b %Tfs "%{User-Agent}i"'
 
 
 def _log_to_stderr() -> None:
-    if getattr(logging.getLogger("aiohttp.access"), "nix_prefix_serve", False):
+    if any(h.name == "nix-prefix-serve" for h in logging.getLogger("aiohttp.access").handlers):
         return  # a worker: its supervisor did it
-    logging.getLogger("aiohttp.access").nix_prefix_serve = True  # type: ignore[attr-defined]
     handler = logging.StreamHandler()
+    handler.name = "nix-prefix-serve"
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     for name in ("aiohttp.access", "aiohttp.server", "aiohttp.web"):
         logger = logging.getLogger(name)
