@@ -484,10 +484,12 @@ def run(master: Master, host: str, port: int, ready: Callable[[str], None] | Non
                                access_log=logging.getLogger("aiohttp.access")
                                if access_log else None)
         await runner.setup()
-        site: web.BaseSite = web.SockSite(runner, sock) if sock is not None else \
-            web.TCPSite(runner, host, port, backlog=256)
-        await site.start()
-        bound = runner.addresses[0][1] if runner.addresses else port  # the port for 0
+        if sock is None:
+            await web.TCPSite(runner, host, port, backlog=256).start()
+            bound = runner.addresses[0][1] if runner.addresses else port  # the port for 0
+        else:
+            accept_one_at_a_time(sock, runner)
+            bound = sock.getsockname()[1]
         if reload is not None:
             loop, make = asyncio.get_running_loop(), reload
             async def again() -> None:
@@ -504,6 +506,31 @@ def run(master: Master, host: str, port: int, ready: Callable[[str], None] | Non
         asyncio.run(main())
     except (KeyboardInterrupt, web.GracefulExit):  # Ctrl-C, SIGINT, SIGTERM: a clean stop
         pass
+
+
+def accept_one_at_a_time(sock: socket.socket, runner: web.AppRunner) -> None:
+    """Serve the connections of ``sock``, a listening socket shared with other workers,
+    taking one connection each time it is readable.  asyncio's own server takes all
+    that wait at once, so the worker that wakes first would take a whole burst (8
+    clients that connect together, all on one worker, measured); taken one at a
+    time, the others get theirs, and a worker busy with work wakes later and takes
+    fewer.  Stops with the event loop."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    factory = runner.server
+    assert factory is not None  # set up
+
+    def accept() -> None:
+        try:
+            conn, _ = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return  # another worker took it
+        except OSError as e:  # out of descriptors, …: the connection waits, or is lost
+            runner.app.logger.error("cannot accept a connection: %s", e)
+            return
+        conn.setblocking(False)
+        loop.create_task(loop.connect_accepted_socket(factory, conn))
+    loop.add_reader(sock.fileno(), accept)
 
 
 # The command's set-up: what ``nix-prefix serve`` runs, from its options.
