@@ -95,12 +95,12 @@ def buffer_budget(limits: Limits, resident: int | None = None) -> int:
     return budget
 
 
-def default_workers(limits: Limits, cpus: int, resident: int | None = None) -> int:
+def default_workers(limits: Limits, cores: int, resident: int | None = None) -> int:
     """``--workers`` when not given: one a usable CPU, as many as ``max_memory`` gives
     each MIN_WORKER_BUDGET of buffers beyond what it holds (at least one)."""
     now = rss() if resident is None else resident
     fits = limits.max_memory // (now + RESERVE + MIN_WORKER_BUDGET)
-    return max(1, min(cpus, fits))
+    return max(1, min(cores, fits))
 
 
 def per_worker(limits: Limits, workers: int) -> Limits:

@@ -561,10 +561,10 @@ def serve(setup: Setup, say: Callable[[str], object]) -> None:
 
     host, port = parse_listen(setup.listen)
     keys = load_secret_keys(setup.sign_key_files)
-    cpus = usable_cpus()
+    cores = usable_cpus()
     # zstd's own threads: one NAR's compression on every core (docs/serving.md).
     options = ServeOptions(compression=setup.compression, level=setup.level, sign_keys=keys,
-                           threads=cpus if cpus > 1 else 0)
+                           threads=cores if cores > 1 else 0)
 
     def read_master() -> Master:
         return Master(setup.sources, options, store_root=setup.store_root)
@@ -572,7 +572,7 @@ def serve(setup: Setup, say: Callable[[str], object]) -> None:
     master = read_master()
     offered = list(load_all(setup.installers).values())
 
-    workers = setup.workers or default_workers(setup.limits, cpus)
+    workers = setup.workers or default_workers(setup.limits, cores)
 
     def ready(url: str) -> None:
         signed = "signed by " + ", ".join(k.name for k in keys) if keys else "unsigned"
