@@ -87,6 +87,7 @@ class Source(Protocol):
         """In a process forked with this source (``serve``'s workers): open files of its
         own from now on (one inherited shares its position with the others), and leave
         what is on disk to the process that made it."""
+        return None  # a tree or a cache opens its files for each read
 
     def __enter__(self: S) -> S:
         return self

@@ -24,6 +24,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from nix_prefix.builder.closure_info import read_closure
+from nix_prefix.builder.pack import BuildOptions, build_installer
+from nix_prefix.builder.sources import DECODED_PREFIX
 from nix_prefix.payload import hashes, narinfo
 
 from .test_serve import get, server_process
@@ -218,3 +221,49 @@ def test_memory_is_split_and_stalled_clients_cost_others_nothing(big: dict) -> N
                 peak += next(int(line.split()[1]) for line in f
                              if line.startswith("VmHWM:")) >> 10
         assert peak < total, f"the workers' peaks sum to {peak} MiB"
+
+
+def test_an_installer_master_is_decoded_once_for_all_workers(big: dict,  # noqa: F811
+                                                            tmp_path: Path) -> None:
+    """The supervisor decodes the installer into one private dir; both workers serve
+    from it, and a killed worker takes it with it neither when it dies nor after."""
+    installer = big["info"].parent / "big-installer.sh"
+    if not installer.exists():
+        build_installer(read_closure(big["info"]), installer,
+                        BuildOptions(compression="zstd", level=1))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env_tmp = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmp)
+    try:
+        with server_process(str(installer), "--workers", "2") as (url, proc, log):
+            port = int(url.rpartition(":")[2])
+            a, b = workers_of(proc.pid)
+            decoded = sorted(p.name for p in tmp.iterdir() if p.name.startswith(DECODED_PREFIX))
+            assert decoded and all(f"{DECODED_PREFIX}{proc.pid}-" in d for d in decoded)
+            with only(a, [a, b]):
+                nar_url, info = url_of(port, big["name"])
+            os.kill(a, signal.SIGKILL)
+            c = replacement(proc.pid, [a, b])
+            for w in (b, c):
+                with only(w, [b, c]):
+                    status, _, body = get(port, nar_url)
+                    assert status == 200 and nar_hash(body) == info.nar_hash
+            assert sorted(p.name for p in tmp.iterdir()
+                          if p.name.startswith(DECODED_PREFIX)) == decoded
+            # A SIGHUP: each worker reads (and decodes) the installer again and lets go
+            # of the old master, whose tree is the supervisor's and stays.
+            proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not any("in all 2 workers" in x for x in log):
+                time.sleep(0.1)
+            assert all((tmp / d).is_dir() for d in decoded)
+            for w in (b, c):
+                with only(w, [b, c]):
+                    status, _, body = get(port, nar_url)
+                    assert status == 200 and nar_hash(body) == info.nar_hash
+    finally:
+        if env_tmp is None:
+            os.environ.pop("TMPDIR")
+        else:
+            os.environ["TMPDIR"] = env_tmp
