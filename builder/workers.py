@@ -105,6 +105,7 @@ class Supervisor:
 
     def _start(self, slot: int, reload_first: bool, mask: set[int | signal.Signals]) -> None:
         r, w = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 0
@@ -113,6 +114,8 @@ class Supervisor:
                 for other in self.workers.values():
                     os.close(other.pipe)
                 _die_with_parent()
+                if os.getppid() != parent:  # it died before the line above
+                    raise SystemExit(0)
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 def tell(line: str) -> None:
                     os.write(w, line.encode() + b"\n")
