@@ -10,9 +10,10 @@ With several worker processes (builder/workers.py) a scrape reaches one of
 them, so the figures are summed here rather than with prometheus-client's
 multiprocess mode (which keeps only its own Counter and Gauge objects, not
 figures read at scrape time): each worker writes its figures to the shared
-dir (builder/sharing.py) every ``FLUSH`` seconds, and the one scraped waits a
-little longer than that before summing them all, so that a scrape counts every
-request answered before it.  ``process_*`` stay the answering worker's own;
+dir (builder/sharing.py) every ``FLUSH`` seconds and when a sibling being
+scraped asks (SIGUSR1); the one scraped waits for them (at most twice FLUSH)
+before summing them all, so that a scrape counts every request answered
+before it.  ``process_*`` stay the answering worker's own;
 ``nix_prefix_serve_workers`` and ``…_resident_memory_bytes`` (the sum) cover all.
 """
 
@@ -21,6 +22,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
+import signal
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -92,10 +96,24 @@ class Metrics:
             self._shared.write_figures(self.figures())
             await asyncio.sleep(FLUSH)
 
+    def write_now(self) -> None:
+        """Write this worker's figures at once (a sibling scrapes: SIGUSR1)."""
+        assert self._shared is not None
+        self._shared.write_figures(self.figures())
+
     async def handle(self, request: web.Request) -> web.Response:
-        if self._shared is not None:
-            self._shared.write_figures(self.figures())
-            await asyncio.sleep(FLUSH * 2)  # every worker has written what it answered
+        shared = self._shared
+        if shared is not None:
+            # Every worker writes what it answered before this scrape: asked by SIGUSR1,
+            # or at its next FLUSH (one stopped or busy is read as it last wrote).
+            since = time.time()
+            self.write_now()
+            for pid in shared.siblings():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGUSR1)
+            deadline = time.monotonic() + FLUSH * 2
+            while not shared.written_since(since) and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
         return web.Response(body=generate_latest(self.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST,
                                      "Cache-Control": "no-store"})
@@ -136,8 +154,11 @@ class _Collector(Collector):
 
 async def flushing(app: web.Application, metrics: Metrics) -> AsyncIterator[None]:
     """An aiohttp cleanup context: ``metrics.flush_forever`` while the app runs."""
-    task = asyncio.get_running_loop().create_task(metrics.flush_forever())
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(metrics.flush_forever())
+    loop.add_signal_handler(signal.SIGUSR1, metrics.write_now)
     yield
+    loop.remove_signal_handler(signal.SIGUSR1)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -500,6 +500,9 @@ def run(master: Master, host: str, port: int, ready: Callable[[str], None] | Non
         try:
             await asyncio.Event().wait()
         finally:
+            if sock is not None:  # a worker stopping takes no new connection
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+                sock.close()
             await runner.cleanup()
 
     try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,23 +89,45 @@ class Shared:
 
     def write_figures(self, figures: dict[str, Any]) -> None:
         """This worker's figures, for whichever worker answers a scrape."""
+        written = {"pid": os.getpid(), "at": time.time(), "figures": figures}
         try:
-            _write(self._figures_file(self.slot), json.dumps(figures).encode())
+            _write(self._figures_file(self.slot), json.dumps(written).encode())
         except OSError:
             pass
 
     def previous_figures(self) -> dict[str, Any] | None:
         """The figures of the worker this one replaces (its counters carry on)."""
-        return _read_json(self._figures_file(self.slot))
+        written = _read_json(self._figures_file(self.slot))
+        return written.get("figures") if written else None
+
+    def _all(self) -> list[dict[str, Any]]:
+        return [w for w in map(_read_json, sorted(self.root.glob("figures-*.json")))
+                if w is not None and isinstance(w.get("figures"), dict)]
 
     def all_figures(self) -> list[dict[str, Any]]:
         """The figures every worker wrote last."""
-        out = []
-        for file in sorted(self.root.glob("figures-*.json")):
-            figures = _read_json(file)
-            if figures is not None:
-                out.append(figures)
-        return out
+        return [w["figures"] for w in self._all()]
+
+    def siblings(self) -> list[int]:
+        """The pids of the other workers (children of this one's parent) that wrote."""
+        parent = os.getppid()
+        return [w["pid"] for w in self._all()
+                if w.get("pid") != os.getpid() and _parent_of(w.get("pid")) == parent]
+
+    def written_since(self, when: float) -> bool:
+        """Whether every worker that wrote has written again at ``when`` or later."""
+        return all(w.get("at", 0) >= when for w in self._all())
+
+
+def _parent_of(pid: object) -> int | None:
+    """The parent of process ``pid`` (Linux /proc), None if it is not running."""
+    if not isinstance(pid, int):
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
