@@ -29,7 +29,7 @@ case $- in *s*) src=-;; *) src=$0;; esac
 try() {
     py=$1
     shift
-    command -v "$py" >/dev/null 2>&1 || { why="not found"; return; }
+    command -v "$py" >/dev/null 2>&1 || { why="is not found, or not executable by you"; return; }
     v=$("$py" -I -S -c "import sys; print(sys.implementation.name, sys.version_info >= (3, 6), *sys.version_info[:2])" 2>&1)
     s=$?
     case $v in

@@ -135,6 +135,9 @@ def test_a_python_that_is_not_one_is_named(built: Built, fake: str) -> None:
     assert proc.returncode == 127, proc.stderr
     assert f"NIX_PREFIX_PYTHON={fake} cannot run this installer" in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") == 1 and "damaged" not in proc.stderr
+    if fake.startswith("/nonexistent"):  # a sentence, not "it not found"
+        assert "cannot run this installer: it is not found, or not executable by you;" \
+            in proc.stderr, proc.stderr
 
 
 def test_python2_is_named_as_too_old(built: Built) -> None:
