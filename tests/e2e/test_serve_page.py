@@ -408,7 +408,11 @@ def test_the_page_in_a_headless_browser(site: dict, server: Running, tmp_path: P
             box = driver.find_element(By.ID, "prefix")
             box.clear()
             box.send_keys(prefix)
+            # The page of the previous prefix also has #plain-signed: wait until the
+            # old document is gone before looking for the new one (else it races).
+            before = driver.find_element(By.TAG_NAME, "html")
             driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+            WebDriverWait(driver, 60).until(expected_conditions.staleness_of(before))
             WebDriverWait(driver, 60).until(
                 expected_conditions.presence_of_element_located((By.ID, "plain-signed")))
             assert driver.current_url == f"{url}/?prefix={prefix.replace('/', '%2F')}"
@@ -424,7 +428,9 @@ def test_the_page_in_a_headless_browser(site: dict, server: Running, tmp_path: P
         box = driver.find_element(By.ID, "prefix")
         box.clear()
         box.send_keys("/home/<img src=x onerror=alert(1)>")
+        before = driver.find_element(By.TAG_NAME, "html")
         driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+        WebDriverWait(driver, 60).until(expected_conditions.staleness_of(before))
         problem = WebDriverWait(driver, 60).until(
             expected_conditions.presence_of_element_located(
                 (By.CSS_SELECTOR, ".problem[role=alert]")))
