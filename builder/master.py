@@ -25,7 +25,6 @@ sources named on the command line and the store paths they list.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -44,6 +43,7 @@ from ..payload.tree import Sink
 from .cache import RetargetedSource, TargetPath
 from .compress import check_nar_compression, compressor
 from .errors import BuildError
+from .narimages import Image, Images, Patched, patches
 from .signer import sign
 from .sources import InstallerSource, Source, check_source, decoded, open_source
 
@@ -51,6 +51,7 @@ from .sources import InstallerSource, Source, check_source, decoded, open_source
 DEFAULT_LEVELS = {"zstd": 3, "xz": 1}
 PLANS = 32  # store dirs whose views are kept
 NARINFOS = 4096  # narinfos kept per view
+PATCHED = 256  # patched images kept per view
 _PIECE = 256 << 10  # bytes handed to the client at a time
 _JOB = 2 << 20  # bytes of NAR a zstd thread compresses at a time
 # NAR bytes of an installer master decoded into a private directory at start (else
@@ -144,6 +145,9 @@ class Master:
                           for s in self.sources]
         # Each source's reference map, read (or made, as a closure's sidecar) once, here.
         self.ref_maps = [s.ref_map() for s in self.sources]
+        # Every path's NAR written once (builder/narimages.py): a retargeted NAR is then
+        # read as that file plus patches, not serialised and rewritten per request.
+        self.images = Images.made(self.sources, options.decode_limit, usable_cpus())
         self.max_store_dir = min(len(s.manifest.embedded_store_dir) for s in self.sources)
         self._views: _LRU[str, PrefixView] = _LRU(options.plans)
         self.counts = {"plans": 0, "narinfos": 0}  # computed (for /metrics)
@@ -164,12 +168,16 @@ class Master:
         """Let go of the sources (an installer's decoded tree is removed)."""
         for source in self.sources:
             source.close()
+        if self.images is not None:
+            self.images.close()
 
     def forked(self) -> None:
         """Called in a worker process forked with this master (builder/workers.py): what
         the sources hold per process is its own, what is on disk stays the supervisor's."""
         for source in self.sources:
             source.forked()
+        if self.images is not None:
+            self.images.forked()
 
 
 @dataclass
@@ -179,6 +187,18 @@ class _Entry:
     source: Source
     retargeted: RetargetedSource
     target: TargetPath
+    image: Image | None
+
+    def patched(self) -> Patched | None:
+        """The path at the new store dir as its image plus patches, or None when only
+        ``replay`` can make it (no image; a path the reference map does not cover)."""
+        if self.image is None:
+            return None
+        retarget, old = self.retargeted.target, self.target.old
+        if retarget.keeps(old):
+            return Patched(self.image, [])
+        mapped = retarget.mapped(old)
+        return None if mapped is None else Patched(self.image, patches(self.image, *mapped))
 
     def replay(self, out: nar.NarWriter) -> None:
         """The path's events, read from its source and rewritten, into ``out``."""
@@ -194,15 +214,19 @@ class PrefixView:
         self.store_dir = store_dir
         self.cache_info = narinfo.cache_info_text(store_dir, want_mass_query=True).encode()
         self._by_hash: dict[str, _Entry] = {}
-        for source, contents, refs in zip(master.sources, master.contents, master.ref_maps,
-                                          strict=True):
+        for i, (source, contents, refs) in enumerate(zip(master.sources, master.contents,
+                                                         master.ref_maps, strict=True)):
             retargeted = RetargetedSource(source.manifest, store_dir, _given(contents),
                                           _given_map(refs))
+            images = master.images.by_source[i] if master.images is not None else {}
             for target in retargeted.targets:
                 self._by_hash.setdefault(storepath.hash_part(target.new),
-                                         _Entry(source, retargeted, target))
+                                         _Entry(source, retargeted, target,
+                                                images.get(target.old)))
         self._names = {e.target.new for e in self._by_hash.values()}
         self._narinfos: _LRU[str, bytes] = _LRU(master.options.narinfos)
+        # Patches are cheap to make again (a few reads per occurrence): a few are kept.
+        self._patched: _LRU[str, Patched | None] = _LRU(PATCHED)
         master.counts["plans"] += 1
 
     def __contains__(self, hash_part: str) -> bool:
@@ -221,15 +245,20 @@ class PrefixView:
 
     def _make_narinfo(self, entry: _Entry) -> bytes:
         self.master.counts["narinfos"] += 1
-        writer = nar.NarHasher()
-        entry.replay(writer)
-        nar_hash = hashes.format_sha256(writer.digest())
+        patched = self._patched_of(entry)
+        if patched is not None:
+            digest, size = patched.digest(), patched.size
+        else:
+            writer = nar.NarHasher()
+            entry.replay(writer)
+            digest, size = writer.digest(), writer.size
+        nar_hash = hashes.format_sha256(digest)
         options = self.master.options
         target = entry.target
         info = narinfo.NarInfo(
             f"{self.store_dir}/{target.new}", nar_file(target.new, nar_hash,
                                                        options.compression),
-            options.compression, "", 0, nar_hash, writer.size, target.references,
+            options.compression, "", 0, nar_hash, size, target.references,
             target.deriver if target.deriver in self._names else "",
             ca=target.ca() if target.ca else "")
         fingerprint = info.fingerprint()
@@ -247,8 +276,16 @@ class PrefixView:
                              options.level if options.level is not None
                              else DEFAULT_LEVELS.get(options.compression),
                              entry.source.manifest.system, options.threads)
-        entry.replay(nar.NarWriter(out))
+        patched = self._patched_of(entry)
+        if patched is None:
+            entry.replay(nar.NarWriter(out))
+        else:
+            for piece in patched.pieces():
+                out(piece)
         out.close()
+
+    def _patched_of(self, entry: _Entry) -> Patched | None:
+        return self._patched.get(entry.target.new, entry.patched)
 
 
 def _given(contents: dict[str, bytes] | None) -> Callable[[], dict[str, bytes]]:
@@ -302,11 +339,13 @@ class _CompressedOut:
         elif compression != "none":
             self._compressor = compressor(compression, level, system)
         self._buf = bytearray()
-        self.sha256 = hashlib.sha256()
 
     def __call__(self, data: bytes) -> None:
         if self._compressor is not None:
             data = self._compressor.compress(data)
+        if not self._buf and len(data) >= _PIECE:
+            self._emit(data)  # a big piece as it is: no copy
+            return
         self._buf += data
         if len(self._buf) >= _PIECE:
             self._send()
@@ -315,7 +354,6 @@ class _CompressedOut:
         if self._buf:
             data = bytes(self._buf)
             self._buf.clear()
-            self.sha256.update(data)
             self._emit(data)
 
     def close(self) -> None:

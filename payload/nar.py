@@ -70,6 +70,9 @@ class NarWriter(Sink):
         # type: (Callable[[bytes], object]) -> None
         self._out = write
         self.size = 0
+        # Where the u64 length of the last regular file's bytes (or symlink's target)
+        # is in the NAR: the bytes follow it (builder/narimages.py).
+        self.length_at = 0
         self._remaining = 0
         self._file_size = 0
         self._write(_str(MAGIC))
@@ -99,6 +102,7 @@ class NarWriter(Sink):
         # type: (bytes, bool, int) -> None
         """Start a regular file of ``size`` bytes; feed them with ``contents``."""
         head = _REGULAR + (_EXECUTABLE if executable else b"") + _CONTENTS
+        self.length_at = self.size + len(head)
         self._write(head + struct.pack("<Q", size))
         self._remaining = size
         self._file_size = size
@@ -118,6 +122,7 @@ class NarWriter(Sink):
 
     def symlink(self, rel, target):
         # type: (bytes, bytes) -> None
+        self.length_at = self.size + len(_SYMLINK)
         self._write(_SYMLINK + _str(target) + _CLOSE)
 
 

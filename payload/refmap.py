@@ -47,7 +47,7 @@ from .tree import Sink
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple  # noqa: F401
+    from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple  # noqa: F401, E501
 
 EMBEDDED, CANONICAL, HASH = 0, 1, 2
 MAGIC = b"nix-prefix-refmap 1\n"
@@ -458,20 +458,12 @@ class FilePatch(object):
             if off + length > end:
                 break  # goes on in the next piece: held back
             o = off - base
-            old = data[o:o + length]
-            if kind == HASH:
-                if old not in self._rw.hashes_ok:
-                    self._lie("points at %r at byte %d, not a hash part" % (old, off))
-                new = self._rw.hashes.get(old)
-                if new is None:
-                    k += 1
-                    continue
-            else:
-                if old != self._rw.olds[kind]:
-                    self._lie("points at %r at byte %d, not the store dir" % (old, off))
-                new = self._news[kind]
+            new = self._new(kind, off, data[o:o + length])
+            if new is None:
+                k += 1
+                continue
             out.append(data[cur:o])
-            out.append(new)  # type: ignore[arg-type]
+            out.append(new)
             cur = o + length
             last = off + length
             self.count += 1
@@ -485,6 +477,41 @@ class FilePatch(object):
         self._last = last
         self._base = base + hold
         return b"".join(out)
+
+    def _new(self, kind, off, old):
+        # type: (int, int, bytes) -> Optional[bytes]
+        """What replaces ``old``, an occurrence of ``kind`` at ``off``: None to leave it
+        (a hash part the renaming keeps); RefMapError when it is not what the map says."""
+        if kind == HASH:
+            if old not in self._rw.hashes_ok:
+                self._lie("points at %r at byte %d, not a hash part" % (old, off))
+            return self._rw.hashes.get(old)
+        if old != self._rw.olds[kind]:
+            self._lie("points at %r at byte %d, not the store dir" % (old, off))
+        return self._news[kind]
+
+    def whole(self, read_at):
+        # type: (Callable[[int, int], bytes]) -> List[Tuple[int, int, bytes]]
+        """The replacements of the whole file at once, as (offset, length, new bytes) in
+        order, by the rules of ``feed``, reading only the bytes of each occurrence
+        (``read_at(offset, length)``): for a file whose bytes need not pass through."""
+        found = []  # type: List[Tuple[int, int, bytes]]
+        lengths = self._rw.lengths
+        last = 0
+        for k, off in enumerate(self._offs):
+            kind = self._kinds[k]
+            if off < last:
+                if kind != HASH:
+                    self._lie("has a store dir at byte %d inside a hash part" % off)
+                continue  # a window overlapping one replaced: Rewriter skips it too
+            length = lengths[kind]
+            new = self._new(kind, off, read_at(off, length))
+            if new is not None:
+                found.append((off, length, new))
+                last = off + length
+                self.count += 1
+        self._k = len(self._offs)
+        return found
 
     def finish(self):
         # type: () -> bytes

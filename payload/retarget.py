@@ -111,11 +111,20 @@ class Retarget(object):
         self._rewrite = refmap.Rewrite(self._old, self._new, self._hashes, refs.candidates)
         return True
 
-    def _mapped(self, name):
+    def mapped(self, name):
         # type: (str) -> Optional[Tuple[refmap.PathRefs, refmap.Rewrite]]
+        """How the payload's path ``name`` is patched at the offsets of the reference
+        map: its PathRefs and the Rewrite.  None when its bytes stay as they are
+        (``keeps``) or when only its ``sink`` rewrites it (no map; a text of its own)."""
         if self.refs is None or self._rewrite is None:
             return None
         return self.refs.paths[name], self._rewrite
+
+    def keeps(self, name):
+        # type: (str) -> bool
+        """Whether the bytes of the payload's path ``name`` reach the new store dir as
+        they are."""
+        return not self.rewrites
 
     @property
     def store_dir(self):
@@ -166,7 +175,7 @@ class SameLength(Retarget):
     def sink(self, name, inner, spool_dir=None):
         # type: (str, Sink, Optional[str]) -> Sink
         return PathRewriter(inner, self._old, self._new, spool_dir=spool_dir,
-                            mapped=self._mapped(name))
+                            mapped=self.mapped(name))
 
     def describe(self):
         # type: () -> Optional[str]
@@ -204,13 +213,21 @@ class Exact(Retarget):
         # type: (str) -> str
         return self.plan.names[old]
 
+    def keeps(self, name):
+        # type: (str) -> bool
+        return self.plan.kinds[name] in exact.KEEP_CONTENTS
+
+    def mapped(self, name):
+        # type: (str) -> Optional[Tuple[refmap.PathRefs, refmap.Rewrite]]
+        if self.keeps(name) or name in self.plan.texts:
+            return None
+        return Retarget.mapped(self, name)
+
     def sink(self, name, inner, spool_dir=None):
         # type: (str, Sink, Optional[str]) -> Sink
-        keep = self.plan.kinds[name] in exact.KEEP_CONTENTS
-        text = self.plan.texts.get(name)
         return PathRewriter(inner, self._old, self._new, self.plan.hashes, spool_dir=spool_dir,
-                            keep_contents=keep, text=text,
-                            mapped=None if keep or text is not None else self._mapped(name))
+                            keep_contents=self.keeps(name), text=self.plan.texts.get(name),
+                            mapped=self.mapped(name))
 
     def describe(self):
         # type: () -> Optional[str]

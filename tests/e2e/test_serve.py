@@ -338,7 +338,10 @@ def test_a_master_damaged_while_served_is_a_500_and_one_line(small: dict,
     (tmp_path / "f").write_text("soon gone\n")
     nix = small["built"].nix
     path = nix.run("nix-store", ["--add", str(tmp_path / "f")]).stdout.decode().strip()
-    master = Master([nix.write_closure_info([path], tmp_path / "info")], ServeOptions())
+    # No NAR images (builder/narimages.py): every request reads the store.
+    master = Master([nix.write_closure_info([path], tmp_path / "info")],
+                    ServeOptions(decode_limit=0))
+    assert master.images is None
     os.rename(path, tmp_path / "moved")
     try:
         with running(master) as r:
@@ -346,6 +349,36 @@ def test_a_master_damaged_while_served_is_a_500_and_one_line(small: dict,
             status, _, body = get(r.port, f"/q/store/{name[:32]}.narinfo")
             assert status == 500 and body.count(b"\n") == 1 and b"Traceback" not in body
             assert get(r.port, "/q/store/nix-cache-info")[0] == 200
+    finally:
+        os.rename(tmp_path / "moved", path)
+
+
+def test_a_master_damaged_after_start_is_served_as_it_was_checked(small: dict,
+                                                                  tmp_path: Path) -> None:
+    """With NAR images the store is read once, at start, checked against its NAR hash:
+    a path damaged later is still served as it was registered; an image gone is a
+    500 of one line."""
+    (tmp_path / "f").write_text("soon changed\n")
+    nix = small["built"].nix
+    path = nix.run("nix-store", ["--add", str(tmp_path / "f")]).stdout.decode().strip()
+    name = path.rpartition("/")[2]
+    master = Master([nix.write_closure_info([path], tmp_path / "info")], ServeOptions())
+    assert master.images is not None
+    os.rename(path, tmp_path / "moved")
+    try:
+        with running(master) as r:
+            status, _, text = get(r.port, f"/q/store/{name[:32]}.narinfo")
+            assert status == 200
+            info = narinfo.parse(text.decode(), name)
+            status, _, data = get(r.port, f"/q/store/{info.url}")
+            assert status == 200
+            nar = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+            assert hashes.format_sha256(hashlib.sha256(nar).digest()) == info.nar_hash
+            assert b"soon changed\n" in nar
+            for image in master.images.by_source[0].values():
+                image.file.unlink()
+            status, _, body = get(r.port, f"/r/store/{name[:32]}.narinfo")
+            assert status == 500 and body.count(b"\n") == 1 and b"Traceback" not in body
     finally:
         os.rename(tmp_path / "moved", path)
 
@@ -551,3 +584,30 @@ def test_a_cache_built_at_a_long_prefix_serves_shorter_ones(world: dict) -> None
         test_cache.set_up_prefix(world, q, f"{url}{q}/store", world["keys"]["publisher"])
         test_cache.assert_substitutes_everything(world, q, f"{url}{q}/store")
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["installer", "info"])
+def test_nar_images_serve_the_bytes_the_retarget_sink_makes(world: dict,  # noqa: F811
+                                                           source: str) -> None:
+    """Every narinfo and NAR at new store dirs, exact (an installer with its derivations)
+    and same-length (a closureInfo dir): the same bytes from images plus patches as
+    from each path read and rewritten per request (no images)."""
+    options = ServeOptions(compression="none")
+    with_images = Master([world[source]], options)
+    without = Master([world[source]], ServeOptions(compression="none", decode_limit=0))
+    assert with_images.images is not None and without.images is None
+    try:
+        for q in ("/home/alice/.nix/store", "/q/store"):
+            a, b = with_images.view(q), without.view(q)
+            for hash_part in a._by_hash:
+                assert a.narinfo(hash_part) == b.narinfo(hash_part)
+                streams: list[list[bytes]] = [[], []]
+                a.stream(hash_part, streams[0].append)
+                b.stream(hash_part, streams[1].append)
+                assert b"".join(streams[0]) == b"".join(streams[1])
+            assert any(e.patched() is not None and e.patched().patches
+                       for e in a._by_hash.values())
+    finally:
+        with_images.close()
+        without.close()

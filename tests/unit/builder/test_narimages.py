@@ -1,0 +1,79 @@
+"""NAR images (builder/narimages.py): a retargeted NAR made as the image plus patches is
+byte for byte the NAR the retarget sink makes, for every kind of file of the reference
+map's corpus, same-length and exact; a map that does not fit the image is refused."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import pytest
+
+from nix_prefix.builder import narimages
+from nix_prefix.payload import refmap, retarget
+from nix_prefix.payload.rewrite import PathRewriter
+
+from tests.unit.payload.test_refmap import (
+    EXTRA,
+    NAMES,
+    RENAMING,
+    Events,
+    lying,
+    map_of,
+    nar_of,
+    tree,  # noqa: F401 - the corpus's fixture
+)
+
+NEW_DIRS = ["/home/u/n/store", "/q/store"]
+
+
+def image_of(ev: Events, into: Path) -> narimages.Image:
+    done: dict[str, narimages.Image] = {}
+    writer = narimages._ImageWriter(into / "p.tmp", into / "p.nar", done, "p",
+                                    threading.Lock())
+    ev.replay(writer, 1 << 16)  # its events end with finish
+    return done["p"]
+
+
+@pytest.mark.parametrize("renaming", [{}, RENAMING], ids=["same-length", "exact"])
+@pytest.mark.parametrize("new_dir", NEW_DIRS)
+def test_image_plus_patches_is_the_sinks_nar(tree, renaming, new_dir: str,  # noqa: F811
+                                             tmp_path: Path) -> None:
+    store_dir, ev = tree
+    new = retarget.padded_store_dir(store_dir.decode(), new_dir).encode()
+    scanned = nar_of(ev, lambda out: PathRewriter(out, store_dir, new, renaming))
+    image = image_of(ev, tmp_path)
+    assert image.file.read_bytes() == nar_of(ev, lambda out: out)  # the original NAR
+    refs = map_of(ev, store_dir)
+    rw = refmap.Rewrite(store_dir, new, renaming, refmap.candidates(NAMES, [EXTRA]))
+    patched = narimages.Patched(image, narimages.patches(image, refs, rw))
+    for piece in (1 << 20, 4096, 7):
+        assert b"".join(patched.pieces(piece)) == scanned
+    assert patched.size == len(scanned)
+    assert patched.digest() == hashlib.sha256(scanned).digest()
+    # Text got the canonical dir, so some lengths changed: the length fields were patched.
+    assert any(n == 8 and at in {p.length_at for p in image.places}
+               for at, n, _ in patched.patches)
+
+
+def test_no_patches_is_the_image(tree, tmp_path: Path) -> None:  # noqa: F811
+    _, ev = tree
+    image = image_of(ev, tmp_path)
+    patched = narimages.Patched(image, [])
+    assert b"".join(patched.pieces(1000)) == image.file.read_bytes()
+    assert patched.size == image.size
+
+
+@pytest.mark.parametrize("how", ["past-the-end", "wrong-bytes", "hash-not-a-hash", "kind",
+                                 "more-files", "overlapping"])
+def test_a_lying_map_is_refused_with_one_line(tree, how: str,  # noqa: F811
+                                              tmp_path: Path) -> None:
+    store_dir, ev = tree
+    new = retarget.padded_store_dir(store_dir.decode(), "/home/u/n/store").encode()
+    rw = refmap.Rewrite(store_dir, new, RENAMING, refmap.candidates(NAMES, [EXTRA]))
+    image = image_of(ev, tmp_path)
+    with pytest.raises(refmap.RefMapError) as e:
+        narimages.patches(image, lying(ev, store_dir, how), rw)
+    assert "\n" not in str(e.value) and e.value.exit_code == 3
+    assert str(e.value).startswith("reference map: ")
