@@ -46,6 +46,7 @@ from .errors import BuildError
 from .narimages import Image, Images, Patched, patches
 from .signer import sign
 from .sources import InstallerSource, Source, check_source, decoded, open_source
+from .streams import FromStart, Produce
 
 # Streaming compression levels: fast enough to keep up with a network link.
 DEFAULT_LEVELS = {"zstd": 3, "xz": 1}
@@ -283,6 +284,24 @@ class PrefixView:
             for piece in patched.pieces():
                 out(piece)
         out.close()
+
+    def producer(self, hash_part: str) -> Produce:
+        """What makes the NAR of ``hash_part`` for a response (builder/streams.py): from
+        any byte on, straight from its image, when it is sent uncompressed; else from
+        the first byte (``FromStart``)."""
+        from_start = FromStart(lambda emit: self.stream(hash_part, emit))
+        entry = self._by_hash[hash_part]
+        if self.master.options.compression != "none" or entry.image is None:
+            return from_start
+
+        def produce(emit: Callable[[bytes], None], start: int) -> None:
+            patched = self._patched_of(entry)  # here, in the producer's thread
+            if patched is None:
+                from_start(emit, start)
+                return
+            for piece in patched.pieces(start=start):
+                emit(piece)
+        return produce
 
     def _patched_of(self, entry: _Entry) -> Patched | None:
         return self._patched.get(entry.target.new, entry.patched)

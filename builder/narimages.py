@@ -29,10 +29,11 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ..payload import nar
+from ..payload import hashes, nar
 from ..payload.refmap import FilePatch, PathRefs, RefMapError, Rewrite
 from ..payload.rewrite import is_archive
 from .errors import BuildError
@@ -61,11 +62,34 @@ class Place:
 
 @dataclass(frozen=True)
 class Image:
-    """One store path's NAR on disk, and its files and symlinks in NAR order."""
+    """One store path's NAR on disk, its sha256 (``digest``), and its files and symlinks
+    in NAR order."""
 
     file: Path
     size: int
+    digest: bytes
     places: tuple[Place, ...]
+    # The sha256 state of the first N bytes, by N: the bytes before a retarget's first
+    # patch are the same at every store dir, and hashed once.
+    _states: dict[int, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def hash_to(self, offset: int) -> Any:
+        """A sha256 object fed the first ``offset`` bytes of the image (a copy of one kept)."""
+        state = self._states.get(offset)
+        if state is None:
+            state = hashlib.sha256()
+            with open(self.file, "rb", buffering=0) as f:
+                pos = 0
+                while pos < offset:
+                    data = os.pread(f.fileno(), min(PIECE, offset - pos), pos)
+                    if not data:
+                        raise BuildError(f"{self.file} was cut short while served",
+                                         "restart the server")
+                    state.update(data)
+                    pos += len(data)
+            if len(self._states) < 4:  # a few kinds of retarget, not one per store dir
+                self._states[offset] = state
+        return state.copy()
 
 
 class _ImageWriter(nar.NarWriter):
@@ -73,10 +97,11 @@ class _ImageWriter(nar.NarWriter):
     source only once the path matched its NAR hash)."""
 
     def __init__(self, tmp: Path, final: Path, done: dict[str, Image], name: str,
-                 lock: threading.Lock) -> None:
+                 digest: bytes, lock: threading.Lock) -> None:
         self._file = open(tmp, "wb", buffering=PIECE)  # noqa: SIM115 - closed at finish
         nar.NarWriter.__init__(self, self._file.write)
-        self._tmp, self._final, self._done, self._name, self._lock = tmp, final, done, name, lock
+        self._tmp, self._final, self._done, self._name = tmp, final, done, name
+        self._digest, self._lock = digest, lock
         self._places: list[Place] = []
 
     def regular(self, rel: bytes, executable: bool, size: int) -> None:
@@ -91,7 +116,8 @@ class _ImageWriter(nar.NarWriter):
         self._file.close()
         os.replace(self._tmp, self._final)
         with self._lock:
-            self._done[self._name] = Image(self._final, self.size, tuple(self._places))
+            self._done[self._name] = Image(self._final, self.size, self._digest,
+                                           tuple(self._places))
 
 
 class Images:
@@ -105,9 +131,14 @@ class Images:
         lock = threading.Lock()
         for i, source in enumerate(sources):
             done: dict[str, Image] = {}
-            names = [p.name for p in source.manifest.paths]
-            source.replay(names, lambda name, i=i, done=done: _ImageWriter(  # type: ignore[misc]
-                into / f"{i}-{name}.tmp", into / f"{i}-{name}.nar", done, name, lock), jobs)
+            # The source checks each path against this NAR hash before ``finish``.
+            digests = {p.name: hashes.parse_sha256(p.nar_hash) for p in source.manifest.paths}
+
+            def writer(name: str, i: int = i, done: dict[str, Image] = done,
+                       digests: dict[str, bytes] = digests) -> _ImageWriter:
+                return _ImageWriter(into / f"{i}-{name}.tmp", into / f"{i}-{name}.nar", done,
+                                    name, digests[name], lock)
+            source.replay(list(digests), writer, jobs)
             self.by_source.append(done)
 
     @classmethod
@@ -173,6 +204,13 @@ def _padding(n: int) -> int:
     return -n % 8
 
 
+def _read(name: str, fd: int, pos: int, n: int) -> bytes:
+    data = os.pread(fd, n, pos)
+    if len(data) != n:
+        raise BuildError(f"{name} was cut short while served", "restart the server")
+    return data
+
+
 class Patched:
     """A retargeted NAR: ``image``'s bytes with ``patches`` applied."""
 
@@ -181,35 +219,54 @@ class Patched:
         self.patches = patches
         self.size = image.size + sum(len(new) - n for _, n, new in patches)
 
-    def pieces(self, size: int = PIECE) -> Iterator[bytes]:
-        """The NAR in pieces of about ``size`` bytes (a patch is joined to the bytes
-        around it, not handed on alone)."""
+    def pieces(self, size: int = PIECE, start: int = 0) -> Iterator[bytes]:
+        """The NAR from byte ``start`` on, in pieces of about ``size`` bytes: each one
+        read of the image with the patches inside it applied (a few slices each)."""
+        patches, total = self.patches, self.image.size
+        pos, k, head = self._seek(start)
         with open(self.image.file, "rb", buffering=0) as f:
             fd = f.fileno()
-            parts: list[bytes] = []
-            held = pos = 0
-            for off, n, new in [*self.patches, (self.image.size, 0, b"")]:
-                while pos < off:
-                    data = os.pread(fd, min(off - pos, max(size - held, 1 << 16)), pos)
-                    if not data:
-                        raise BuildError(f"{self.image.file} was cut short while served",
-                                         "restart the server")
-                    parts.append(data)
-                    held += len(data)
-                    pos += len(data)
-                    if held >= size:
-                        yield parts[0] if len(parts) == 1 else b"".join(parts)
-                        parts, held = [], 0
-                if new:
-                    parts.append(new)
-                    held += len(new)
-                pos = off + n
-            if parts:
-                yield b"".join(parts)
+            while pos < total or head:
+                end = min(total, pos + size)
+                last = k
+                while last < len(patches) and patches[last][0] < end:
+                    end = max(end, patches[last][0] + patches[last][1])  # none cut in two
+                    last += 1
+                data = _read(f.name, fd, pos, end - pos)
+                if last == k and not head:
+                    yield data
+                else:
+                    view = memoryview(data)
+                    parts: list[bytes | memoryview] = [head] if head else []
+                    cur = pos
+                    for off, n, new in patches[k:last]:
+                        parts += (view[cur - pos:off - pos], new)
+                        cur = off + n
+                    parts.append(view[cur - pos:])
+                    yield b"".join(parts)
+                pos, k, head = end, last, b""
+
+    def _seek(self, start: int) -> tuple[int, int, bytes]:
+        """Where the NAR's byte ``start`` comes from: (offset in the image, first patch
+        after it, the part of a patch's new bytes that comes first)."""
+        pos = out = 0
+        for k, (off, n, new) in enumerate(self.patches):
+            if start < out + off - pos:
+                return pos + start - out, k, b""
+            out += off - pos
+            if start < out + len(new):
+                return off + n, k + 1, new[start - out:]
+            out += len(new)
+            pos = off + n
+        return pos + start - out, len(self.patches), b""
 
     def digest(self) -> bytes:
-        """The sha256 of the NAR (its NarHash): one pass over big pieces."""
-        h = hashlib.sha256()
-        for piece in self.pieces():
+        """The sha256 of the NAR (its NarHash): one pass over what differs from the
+        image, the hash of what comes before the first patch kept with the image."""
+        if not self.patches:
+            return self.image.digest
+        first = self.patches[0][0]
+        h = self.image.hash_to(first)
+        for piece in self.pieces(start=first):
             h.update(piece)
         return h.digest()

@@ -434,7 +434,7 @@ class Server:
             await response.prepare(request)
             return response
         try:
-            await self.streams.send(request, response, lambda emit: plan.stream(hash_part, emit),
+            await self.streams.send(request, response, plan.producer(hash_part),
                                     self._client(request))
         except Busy:
             raise self._busy("NAR producers") from None

@@ -1,8 +1,11 @@
 """Sending a produced NAR to one client: a bounded buffer, and a producer that parks.
 
 A NAR is produced (read, rewritten, compressed) by a function run in a thread,
-``produce(emit)``, which hands successive pieces of the response to ``emit``
-from the first byte on, the same bytes on every run.  The producer runs ahead
+``produce(emit, start)``, which hands successive pieces of the response to
+``emit`` from byte ``start`` on, the same bytes on every run.  (A producer
+that can only begin at the first byte, a compressor's, is made one by
+``FromStart``: it makes the bytes before ``start`` again and checks their
+SHA-256 against what it handed on before.)  The producer runs ahead
 of the client by at most ``stream_buffer`` bytes, each taken from the global
 MemoryBudget (builder/limits.py) until it is written out.  When the client
 takes nothing, the producer *parks*: its ``emit`` raises, the run unwinds and
@@ -10,8 +13,9 @@ frees its thread, its producer slot and everything it held (decoders,
 compressor); only the bytes already buffered stay.  It parks after
 ``park_after`` seconds when other responses wait for a producer or memory is
 short, after ``park_idle`` seconds in any case.  Once the client has taken half
-of the buffer the producer runs again, skipping what it already sent (checked
-by SHA-256: the same bytes or the client is dropped).  So a client that does
+of the buffer the producer runs again from where it stopped (a ``FromStart``
+one skips what it already sent, checked: the same bytes or the client is
+dropped).  So a client that does
 not read holds a buffer and a socket, nothing else; the CPU a resumed stream
 spends again is spent on that client's own turn.
 
@@ -40,7 +44,49 @@ from aiohttp import web
 from .limits import Busy, Limits, MemoryBudget
 
 Emit = Callable[[bytes], None]
-Produce = Callable[[Emit], None]
+Produce = Callable[[Emit, int], None]  # (emit, start): the bytes from ``start`` on
+
+
+class Diverged(Exception):
+    """A producer run again made other bytes than before: the client is dropped."""
+
+
+class FromStart:
+    """A producer that can only begin at the first byte (``make(emit)``), as one that
+    starts anywhere: a run from ``start`` makes the bytes before it again, checks
+    their SHA-256 against what earlier runs handed on, and skips them."""
+
+    def __init__(self, make: Callable[[Emit], None]) -> None:
+        self._make = make
+        self._digest = hashlib.sha256()  # of the bytes handed on so far
+        self._made = 0
+
+    def __call__(self, emit: Emit, start: int) -> None:
+        if start != self._made:
+            raise Diverged(f"asked to start at {start}, {self._made} bytes were made")
+        expected = self._digest.copy().digest()
+        check = hashlib.sha256()
+        position = 0
+
+        def skipping(data: bytes) -> None:
+            nonlocal position
+            if position < start:
+                head = data[:start - position]
+                check.update(head)
+                position += len(head)
+                data = data[len(head):]
+                if position == start and check.digest() != expected:
+                    raise Diverged("a resumed producer made other bytes")
+                if not data:
+                    return
+            emit(data)  # raises when the pipe takes nothing more: not made, then
+            self._digest.update(data)
+            self._made += len(data)
+            position += len(data)
+
+        self._make(skipping)
+        if position < start:
+            raise Diverged("a resumed producer made fewer bytes")
 
 
 class _Park(Exception):
@@ -261,7 +307,6 @@ class _Pipe:
         self.queued = 0  # bytes in pieces
         self.held = 0  # bytes taken from the budget: queued, or being written
         self.produced = 0  # bytes of the response produced so far
-        self._digest = hashlib.sha256()  # of those bytes
         self.finished = False
         self.diverged = False
         self.error: BaseException | None = None
@@ -302,43 +347,27 @@ class _Pipe:
         self._loop.call_soon_threadsafe(self.ready.set)
 
     def run(self, produce: Produce) -> None:
-        """One producer run, in a thread: from the start, skipping (and checking) what
-        earlier runs produced, until the end, a park, or the end of the response."""
+        """One producer run, in a thread: from the first byte not produced yet until the
+        end, a park, or the end of the response."""
         self.parked_run = False
-        skip = self.produced
-        expected = self._digest.copy().digest() if skip else b""
-        check = hashlib.sha256()
-        position = 0
 
         def emit(data: bytes) -> None:
-            nonlocal position
             if self._over.is_set():
                 raise _Stop()
-            if position < skip:
-                head = data[:skip - position]
-                check.update(head)
-                position += len(head)
-                data = data[len(head):]
-                if position == skip and check.digest() != expected:
-                    self.diverged = True
-                    raise _Stop()
-                if not data:
-                    return
             self._wait_for_room(len(data))
             with self._cond:
                 self.pieces.append(data)
                 self.queued += len(data)
                 self.held += len(data)
                 self.produced += len(data)
-                self._digest.update(data)
-            position += len(data)
             self._wake()
 
         try:
-            produce(emit)
-            if position < skip:  # shorter than before: not the same bytes
-                self.diverged = True
+            produce(emit, self.produced)
             self.finished = True
+        except Diverged as e:
+            self.diverged = True
+            _let_go(e)
         except _Park as e:
             self.parked_run = True
             _let_go(e)

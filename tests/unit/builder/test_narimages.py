@@ -30,7 +30,8 @@ NEW_DIRS = ["/home/u/n/store", "/q/store"]
 
 def image_of(ev: Events, into: Path) -> narimages.Image:
     done: dict[str, narimages.Image] = {}
-    writer = narimages._ImageWriter(into / "p.tmp", into / "p.nar", done, "p",
+    digest = hashlib.sha256(nar_of(ev, lambda out: out)).digest()
+    writer = narimages._ImageWriter(into / "p.tmp", into / "p.nar", done, "p", digest,
                                     threading.Lock())
     ev.replay(writer, 1 << 16)  # its events end with finish
     return done["p"]
@@ -48,10 +49,20 @@ def test_image_plus_patches_is_the_sinks_nar(tree, renaming, new_dir: str,  # no
     refs = map_of(ev, store_dir)
     rw = refmap.Rewrite(store_dir, new, renaming, refmap.candidates(NAMES, [EXTRA]))
     patched = narimages.Patched(image, narimages.patches(image, refs, rw))
-    for piece in (1 << 20, 4096, 7):
+    for piece in (1 << 20, 65_536, 4093):
         assert b"".join(patched.pieces(piece)) == scanned
+    # From any byte on: in the image's bytes, at a patch, inside one, at the end.
+    starts = {0, 1, len(scanned) - 1, len(scanned)}
+    shift = 0  # from the image's offsets to the NAR's
+    for at, n, new in patched.patches[:12]:
+        o = at + shift
+        starts |= {o - 1, o, o + 1, o + len(new) // 2}
+        shift += len(new) - n
+    for start in sorted(starts):
+        assert b"".join(patched.pieces(65_536, start)) == scanned[start:], start
     assert patched.size == len(scanned)
     assert patched.digest() == hashlib.sha256(scanned).digest()
+    assert patched.digest() == hashlib.sha256(scanned).digest()  # from the kept state
     # Text got the canonical dir, so some lengths changed: the length fields were patched.
     assert any(n == 8 and at in {p.length_at for p in image.places}
                for at, n, _ in patched.patches)
@@ -63,6 +74,7 @@ def test_no_patches_is_the_image(tree, tmp_path: Path) -> None:  # noqa: F811
     patched = narimages.Patched(image, [])
     assert b"".join(patched.pieces(1000)) == image.file.read_bytes()
     assert patched.size == image.size
+    assert patched.digest() == hashlib.sha256(image.file.read_bytes()).digest()
 
 
 @pytest.mark.parametrize("how", ["past-the-end", "wrong-bytes", "hash-not-a-hash", "kind",
