@@ -430,6 +430,11 @@ class Server:
         if _not_modified(request, etag):
             return web.Response(status=304, headers=headers)
         response = web.StreamResponse(headers=headers)
+        size = re.search(rb"^NarSize: (\d+)$", text, re.MULTILINE)
+        if plan.master.options.compression == "none" and size is not None:
+            # Its length is known: sent as it is, not in chunks (aiohttp copies each
+            # chunk to frame it), and a cache in front knows it from the start.
+            response.content_length = int(size.group(1))
         if request.method == "HEAD":
             await response.prepare(request)
             return response

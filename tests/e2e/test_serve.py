@@ -383,6 +383,29 @@ def test_a_master_damaged_after_start_is_served_as_it_was_checked(small: dict,
         os.rename(tmp_path / "moved", path)
 
 
+def test_an_uncompressed_nar_says_its_length(small: dict) -> None:
+    """Uncompressed, a NAR's length is its NarSize, known before the first byte: sent
+    with Content-Length (no chunks); compressed, in chunks."""
+    for compression in ("none", "zstd"):
+        master = Master([small["built"].installer], ServeOptions(compression=compression))
+        try:
+            with running(master) as r:
+                for h in list(master.view("/q/store")._by_hash)[:3]:
+                    status, _, text = get(r.port, f"/q/store/{h}.narinfo")
+                    info = narinfo.parse(text.decode(), h)
+                    status, headers, data = get(r.port, f"/q/store/{info.url}")
+                    assert status == 200
+                    lengths = {k.lower(): v for k, v in headers.items()}
+                    if compression == "none":
+                        assert int(lengths["content-length"]) == info.nar_size == len(data)
+                        assert hashes.format_sha256(hashlib.sha256(data).digest()) == \
+                            info.nar_hash
+                    else:
+                        assert lengths.get("transfer-encoding") == "chunked"
+        finally:
+            master.close()
+
+
 def _rss_mb() -> float:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
