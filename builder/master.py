@@ -266,8 +266,10 @@ class PrefixView:
         info.sigs = sorted(str(sign(k, fingerprint)) for k in options.sign_keys)
         return info.to_text().encode()
 
-    def stream(self, hash_part: str, emit: Callable[[bytes], None]) -> None:
-        """Send the compressed, rewritten NAR of ``hash_part`` to ``emit``, in pieces.
+    def stream(self, hash_part: str, emit: Callable[[bytes], None],
+               threads: int | None = None) -> None:
+        """Send the compressed, rewritten NAR of ``hash_part`` to ``emit``, in pieces;
+        ``threads``: zstd's own (default: the options').
 
         An exception raised by ``emit`` (the client went away) stops the read.
         """
@@ -276,7 +278,8 @@ class PrefixView:
         out = _CompressedOut(emit, options.compression,
                              options.level if options.level is not None
                              else DEFAULT_LEVELS.get(options.compression),
-                             entry.source.manifest.system, options.threads)
+                             entry.source.manifest.system,
+                             options.threads if threads is None else threads)
         patched = self._patched_of(entry)
         if patched is None:
             entry.replay(nar.NarWriter(out))
@@ -285,11 +288,19 @@ class PrefixView:
                 out(piece)
         out.close()
 
-    def producer(self, hash_part: str) -> Produce:
+    def producer(self, hash_part: str, alone: Callable[[], bool] = lambda: True) -> Produce:
         """What makes the NAR of ``hash_part`` for a response (builder/streams.py): from
         any byte on, straight from its image, when it is sent uncompressed; else from
-        the first byte (``FromStart``)."""
-        from_start = FromStart(lambda emit: self.stream(hash_part, emit))
+        the first byte (``FromStart``).  zstd's own threads are used when the first run
+        starts ``alone`` (no other NAR is being made: they would only contend for the
+        cores), and then on every run (other threads, other bytes)."""
+        threads: list[int] = []
+
+        def compressed(emit: Callable[[bytes], None]) -> None:
+            if not threads:
+                threads.append(self.master.options.threads if alone() else 0)
+            self.stream(hash_part, emit, threads[0])
+        from_start = FromStart(compressed)
         entry = self._by_hash[hash_part]
         if self.master.options.compression != "none" or entry.image is None:
             return from_start

@@ -439,8 +439,9 @@ class Server:
             await response.prepare(request)
             return response
         try:
-            await self.streams.send(request, response, plan.producer(hash_part),
-                                    self._client(request))
+            # zstd's threads for a stream made alone (streams.producing counts it).
+            producer = plan.producer(hash_part, lambda: self.streams.producing <= 1)
+            await self.streams.send(request, response, producer, self._client(request))
         except Busy:
             raise self._busy("NAR producers") from None
         except (Dropped, ConnectionError):

@@ -177,7 +177,7 @@ def test_pieces_runs_on_a_tiny_tree(tmp_path: Path) -> None:
 def test_serve_bench_runs_on_a_tiny_closure(tmp_path: Path) -> None:
     out = tmp_path / "serve.json"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "serve.py"), "--size-mb", "2",
-                           "--paths", "3", "--seconds", "1", "--stalled", "2",
+                           "--paths", "3", "--seconds", "1", "--stalled", "2", "--rounds", "2",
                            "--json", str(out)],
                           capture_output=True, text=True, check=False, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
