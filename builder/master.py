@@ -54,7 +54,9 @@ PLANS = 32  # store dirs whose views are kept
 NARINFOS = 4096  # narinfos kept per view
 PATCHED = 256  # patched images kept per view
 _PIECE = 256 << 10  # bytes handed to the client at a time
-_JOB = 2 << 20  # bytes of NAR a zstd thread compresses at a time
+_JOB = 2 << 20  # bytes of NAR a zstd thread compresses at a time, at most
+_MIN_JOB = 1 << 20  # and at least: a NAR under 16 MiB is cut in 1 MiB jobs, so that
+# one of 2 MiB still gets two threads (7 ms, not 12: bench/serve.py's small paths)
 # NAR bytes of an installer master decoded into a private directory at start (else
 # every request decodes the chunks holding its path again: xz, ~20 MB/s).
 DECODE_LIMIT = 16 << 30
@@ -275,12 +277,13 @@ class PrefixView:
         """
         entry = self._by_hash[hash_part]
         options = self.master.options
+        patched = self._patched_of(entry)
+        size = patched.size if patched is not None else 0  # 0: unknown (largest jobs)
         out = _CompressedOut(emit, options.compression,
                              options.level if options.level is not None
                              else DEFAULT_LEVELS.get(options.compression),
                              entry.source.manifest.system,
-                             options.threads if threads is None else threads)
-        patched = self._patched_of(entry)
+                             options.threads if threads is None else threads, size)
         if patched is None:
             entry.replay(nar.NarWriter(out))
         else:
@@ -353,7 +356,7 @@ class _CompressedOut:
     """NAR bytes in; compressed pieces of about _PIECE bytes out to ``emit``."""
 
     def __init__(self, emit: Callable[[bytes], None], compression: str, level: int | None,
-                 system: str, threads: int = 0) -> None:
+                 system: str, threads: int = 0, size: int = 0) -> None:
         self._emit = emit
         self._compressor: Any = None
         if compression == "zstd":
@@ -363,7 +366,8 @@ class _CompressedOut:
             # 2 MiB jobs: about 17 MiB a stream (zstd's default jobs: about 60).
             params = zstandard.ZstdCompressionParameters.from_level(
                 level if level is not None else DEFAULT_LEVELS["zstd"], write_checksum=True,
-                threads=threads, job_size=_JOB if threads else 0)
+                threads=threads,
+                job_size=max(_MIN_JOB, min(_JOB, size // 8 or _JOB)) if threads else 0)
             self._compressor = zstandard.ZstdCompressor(
                 compression_params=params).compressobj()
         elif compression != "none":
