@@ -43,9 +43,9 @@ from ..payload.tree import Sink
 from .cache import RetargetedSource, TargetPath
 from .compress import check_nar_compression, compressor
 from .errors import BuildError
-from .narimages import Image, Images, Patched, patches
+from .narimages import Image, ImagedSource, Patched, imaged, patches
 from .signer import sign
-from .sources import InstallerSource, Source, check_source, decoded, open_source
+from .sources import Source, check_source, open_source
 from .streams import FromStart, Produce
 
 # Streaming compression levels: fast enough to keep up with a network link.
@@ -57,8 +57,8 @@ _PIECE = 256 << 10  # bytes handed to the client at a time
 _JOB = 2 << 20  # bytes of NAR a zstd thread compresses at a time, at most
 _MIN_JOB = 1 << 20  # and at least: a NAR under 16 MiB is cut in 1 MiB jobs, so that
 # one of 2 MiB still gets two threads (7 ms, not 12: bench/serve.py's small paths)
-# NAR bytes of an installer master decoded into a private directory at start (else
-# every request decodes the chunks holding its path again: xz, ~20 MB/s).
+# NAR bytes of a master written as NAR images at start (builder/narimages.py; beyond,
+# every request reads its source: an installer's chunks are decoded again, ~20 MB/s).
 DECODE_LIMIT = 16 << 30
 
 
@@ -139,18 +139,21 @@ class Master:
         self.options = options
         for path in sources:
             check_source(path)  # every one, before any is read
-        # An installer is decoded once, here, not for every request (as far as it fits).
-        self.sources = [decoded(s, options.decode_limit, usable_cpus())
-                        if isinstance(s, InstallerSource) else s
-                        for s in (open_source(path, store_root) for path in sources)]
+        # Every path's NAR written once, here (builder/narimages.py), as far as they fit:
+        # no request decodes an installer's xz or serialises a tree again, and a
+        # retargeted NAR is read as that file plus patches.
+        self.sources: list[Source] = []
+        room = options.decode_limit
+        for path in sources:
+            source = imaged(open_source(path, store_root), room, usable_cpus())
+            if isinstance(source, ImagedSource):
+                room -= source.manifest.total_nar_size
+            self.sources.append(source)
         # What the exact planner needs, read (and verified) once for every view.
         self.contents = [s.contents() if has_derivations(s.manifest.paths) else None
                           for s in self.sources]
         # Each source's reference map, read (or made, as a closure's sidecar) once, here.
         self.ref_maps = [s.ref_map() for s in self.sources]
-        # Every path's NAR written once (builder/narimages.py): a retargeted NAR is then
-        # read as that file plus patches, not serialised and rewritten per request.
-        self.images = Images.made(self.sources, options.decode_limit, usable_cpus())
         self.max_store_dir = min(len(s.manifest.embedded_store_dir) for s in self.sources)
         self._views: _LRU[str, PrefixView] = _LRU(options.plans)
         self.counts = {"plans": 0, "narinfos": 0}  # computed (for /metrics)
@@ -171,16 +174,12 @@ class Master:
         """Let go of the sources (an installer's decoded tree is removed)."""
         for source in self.sources:
             source.close()
-        if self.images is not None:
-            self.images.close()
 
     def forked(self) -> None:
         """Called in a worker process forked with this master (builder/workers.py): what
         the sources hold per process is its own, what is on disk stays the supervisor's."""
         for source in self.sources:
             source.forked()
-        if self.images is not None:
-            self.images.forked()
 
 
 @dataclass
@@ -217,15 +216,14 @@ class PrefixView:
         self.store_dir = store_dir
         self.cache_info = narinfo.cache_info_text(store_dir, want_mass_query=True).encode()
         self._by_hash: dict[str, _Entry] = {}
-        for i, (source, contents, refs) in enumerate(zip(master.sources, master.contents,
-                                                         master.ref_maps, strict=True)):
+        for source, contents, refs in zip(master.sources, master.contents, master.ref_maps,
+                                          strict=True):
             retargeted = RetargetedSource(source.manifest, store_dir, _given(contents),
                                           _given_map(refs))
-            images = master.images.by_source[i] if master.images is not None else {}
             for target in retargeted.targets:
+                image = source.image(target.old) if isinstance(source, ImagedSource) else None
                 self._by_hash.setdefault(storepath.hash_part(target.new),
-                                         _Entry(source, retargeted, target,
-                                                images.get(target.old)))
+                                         _Entry(source, retargeted, target, image))
         self._names = {e.target.new for e in self._by_hash.values()}
         self._narinfos: _LRU[str, bytes] = _LRU(master.options.narinfos)
         # Patches are cheap to make again (a few reads per occurrence): a few are kept.

@@ -5,7 +5,9 @@ from a tree and rewriting it piece by piece is Python work per file and per
 piece (issue 25 measured it at a tenth of a static cache).  So each path's
 NAR is written once, at start, into a private directory: an ``Image``, the
 file and where each regular file's and symlink's length field and bytes lie
-in it.  At a store dir Q the retargeted NAR is then that file with a few
+in it (an ``ImagedSource``: the source read from its images from then on,
+so an installer's xz or a cache's compression is decoded once).  At a store
+dir Q the retargeted NAR is then that file with a few
 patches (``Patched``): the replacements the reference map gives
 (payload/refmap.py ``FilePatch.whole``: the rules of every other rewrite),
 and, for a text file or symlink whose length changes, its length field and
@@ -28,14 +30,15 @@ import struct
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..payload import hashes, nar
-from ..payload.refmap import FilePatch, PathRefs, RefMapError, Rewrite
+from ..payload.refmap import FilePatch, PathRefs, RefMap, RefMapError, Rewrite
 from ..payload.rewrite import is_archive
+from ..payload.tree import Sink, Tee
 from .errors import BuildError
 from .leftovers import remove_stale
 from .sources import Source
@@ -120,51 +123,88 @@ class _ImageWriter(nar.NarWriter):
                                            tuple(self._places))
 
 
-class Images:
-    """The images of every path of some sources, in one private directory (mode 0700,
-    removed on ``close`` and at exit)."""
+class ImagedSource(Source):
+    """``source`` with every path written once as a NAR image, in a private directory
+    (mode 0700, removed on ``close`` and at exit): every later read is of an image,
+    checked against its NAR hash as any source's read is.  What the source gives at
+    start (``contents``, ``ref_map``) still comes from it."""
 
-    def __init__(self, sources: Sequence[Source], into: Path, jobs: int) -> None:
+    def __init__(self, source: Source, into: Path, jobs: int) -> None:
+        self.path = source.path
+        self.manifest = source.manifest
+        self.verdict = getattr(source, "verdict", None)  # an installer's signatures
+        self._source = source
         self._into = into
         self._removed = weakref.finalize(self, shutil.rmtree, into, True)
-        self.by_source: list[dict[str, Image]] = []
+        self._images: dict[str, Image] = {}
         lock = threading.Lock()
-        for i, source in enumerate(sources):
-            done: dict[str, Image] = {}
-            # The source checks each path against this NAR hash before ``finish``.
-            digests = {p.name: hashes.parse_sha256(p.nar_hash) for p in source.manifest.paths}
+        # The source checks each path against this NAR hash before ``finish``.
+        digests = {p.name: hashes.parse_sha256(p.nar_hash) for p in source.manifest.paths}
 
-            def writer(name: str, i: int = i, done: dict[str, Image] = done,
-                       digests: dict[str, bytes] = digests) -> _ImageWriter:
-                return _ImageWriter(into / f"{i}-{name}.tmp", into / f"{i}-{name}.nar", done,
-                                    name, digests[name], lock)
-            source.replay(list(digests), writer, jobs)
-            self.by_source.append(done)
+        def writer(name: str) -> _ImageWriter:
+            return _ImageWriter(into / f"{name}.tmp", into / f"{name}.nar", self._images,
+                                name, digests[name], lock)
+        source.replay(list(digests), writer, jobs)
 
-    @classmethod
-    def made(cls, sources: Sequence[Source], limit: int, jobs: int) -> Images | None:
-        """The images of ``sources``, or None when their NARs take more than ``limit``
-        bytes or half the free space of the temporary directory."""
-        size = sum(s.manifest.total_nar_size for s in sources)
-        if size > limit:
-            return None
-        remove_stale(Path(tempfile.gettempdir()), IMAGES_PREFIX)  # a serve killed -9
-        into = Path(tempfile.mkdtemp(prefix=f"{IMAGES_PREFIX}{os.getpid()}-"))  # 0700
+    def image(self, name: str) -> Image:
+        return self._images[name]
+
+    def contents(self) -> dict[str, bytes]:
+        return self._source.contents()
+
+    def ref_map(self) -> RefMap | None:
+        return self._source.ref_map()
+
+    def replay(self, names: Iterable[str], open_path: Callable[[str], Sink],
+               jobs: int = 1) -> None:
+        """Every path of ``names``, in the manifest's order, parsed from its image and
+        checked against its NAR hash, then finished."""
+        wanted = set(names)
+        for entry in self.manifest.paths:
+            if entry.name in wanted:
+                self._one(entry.name, open_path(entry.name))
+
+    def _one(self, name: str, visitor: Sink) -> None:
+        image = self._images[name]
+        hasher = nar.NarHasher()
         try:
-            if size > shutil.disk_usage(into).free // 2:
-                shutil.rmtree(into, ignore_errors=True)
-                return None
-            return cls(sources, into, jobs)
-        except BaseException:
-            shutil.rmtree(into, ignore_errors=True)
-            raise
+            with open(image.file, "rb") as f:
+                nar.parse(f.read, Tee(visitor, hasher))
+            same = hasher.digest() == image.digest
+        except (OSError, nar.NarError):
+            same = False
+        if not same:
+            raise BuildError(f"{self.manifest.store_dir}/{name}: its NAR image in "
+                             f"{self._into} changed", "restart the server")
+        visitor.finish()
 
     def close(self) -> None:
+        self._source.close()
         self._removed()
 
     def forked(self) -> None:
-        """In a forked worker: the directory stays the supervisor's to remove."""
+        """In a forked worker: the images stay the supervisor's to remove."""
+        self._source.forked()
         self._removed.detach()
+
+
+def imaged(source: Source, limit: int, jobs: int = 1) -> Source:
+    """``source`` as an ImagedSource, or as it is when its NARs take more than
+    ``limit`` bytes or half the free space of the temporary directory (then every
+    request reads it: an installer's chunks are decoded again each time)."""
+    size = source.manifest.total_nar_size
+    if size > limit:
+        return source
+    remove_stale(Path(tempfile.gettempdir()), IMAGES_PREFIX)  # a serve killed with -9
+    into = Path(tempfile.mkdtemp(prefix=f"{IMAGES_PREFIX}{os.getpid()}-"))  # 0700
+    try:
+        if size > shutil.disk_usage(into).free // 2:
+            shutil.rmtree(into, ignore_errors=True)
+            return source
+        return ImagedSource(source, into, jobs)
+    except BaseException:
+        shutil.rmtree(into, ignore_errors=True)
+        raise
 
 
 def patches(image: Image, refs: PathRefs, rewrite: Rewrite) -> list[Patch]:

@@ -24,9 +24,6 @@ from __future__ import annotations
 import os
 import queue
 import re
-import shutil
-import tempfile
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -45,15 +42,12 @@ from .closure_info import check_acyclic, read_closure
 from .derivations import read_store_contents
 from .errors import BuildError
 from .fromcache import BinaryCache
-from .fromcache import _DiskWriter as _DiskWriter
-from .leftovers import remove_stale
 from .refmaps import cache_ref_map, fitting_sidecar, tree_ref_map
 
 INSTALLER = "installer"
 CLOSURE = "closureInfo dir"
 CACHE = "binary cache"
 STALE_HINT = "the store path was modified or the registration is stale"
-DECODED_PREFIX = "nix-prefix-master-"  # + pid: DecodedInstaller's directories
 T = TypeVar("T")
 S = TypeVar("S", bound="Source")
 
@@ -235,56 +229,6 @@ class ClosureSource(TreeSource):
         if self._refs is None:
             self._refs = tree_ref_map(self.manifest, self.root, self.replay, self.path)
         return self._refs
-
-
-class DecodedInstaller(TreeSource):
-    """An installer's paths decoded once, through its verifying reader, into a private
-    directory (mode 0700, removed on ``close``): a master that ``serve`` reads for
-    every request at the speed of a tree, not of xz (docs/serving.md).  Each read is
-    still checked against the manifest's NAR hash."""
-
-    def __init__(self, installer: InstallerSource, into: Path, jobs: int = 1) -> None:
-        TreeSource.__init__(self, installer.path, installer.manifest, into)
-        self.verdict = installer.verdict
-        self._installer = installer
-        self._removed = weakref.finalize(self, shutil.rmtree, into, True)  # also at exit
-        # A path's tree is kept only once the installer's reader has checked it whole.
-        installer.replay([p.name for p in installer.manifest.paths],
-                         lambda name: _DiskWriter(into / name), jobs)
-
-    def contents(self) -> dict[str, bytes]:
-        return self._installer.contents()  # through the verifying reader, at start only
-
-    def ref_map(self) -> RefMap | None:
-        return self._installer.ref_map()  # the payload's own: the same bytes
-
-    def close(self) -> None:
-        self._installer.close()
-        self._removed()
-
-    def forked(self) -> None:
-        self._installer.forked()
-        self._removed.detach()  # the decoded tree is the supervisor's, shared by all
-
-
-def decoded(installer: InstallerSource, limit: int, jobs: int = 1) -> Source:
-    """``installer`` decoded once into a private temporary directory, if its NAR bytes
-    fit in ``limit`` and in the free space there (half of it at most), else as it is
-    (every read decodes its chunks again)."""
-    size = installer.manifest.total_nar_size
-    if size > limit:
-        return installer
-    # Named for this pid: a later run removes those of a serve killed with SIGKILL.
-    remove_stale(Path(tempfile.gettempdir()), DECODED_PREFIX)
-    into = Path(tempfile.mkdtemp(prefix=f"{DECODED_PREFIX}{os.getpid()}-"))  # 0700
-    try:
-        if size > shutil.disk_usage(into).free // 2:
-            shutil.rmtree(into, ignore_errors=True)
-            return installer
-        return DecodedInstaller(installer, into, jobs)
-    except BaseException:
-        shutil.rmtree(into, ignore_errors=True)
-        raise
 
 
 class InstallerSource(Source):

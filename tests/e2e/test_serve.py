@@ -31,6 +31,7 @@ import zstandard
 
 from nix_prefix.builder.limits import Limits
 from nix_prefix.builder.master import Master, PrefixView, ServeOptions
+from nix_prefix.builder.narimages import ImagedSource
 from nix_prefix.builder.serve import Server
 from nix_prefix.builder.signer import load_secret_key
 from nix_prefix.payload import hashes, narinfo, signing
@@ -341,7 +342,7 @@ def test_a_master_damaged_while_served_is_a_500_and_one_line(small: dict,
     # No NAR images (builder/narimages.py): every request reads the store.
     master = Master([nix.write_closure_info([path], tmp_path / "info")],
                     ServeOptions(decode_limit=0))
-    assert master.images is None
+    assert not isinstance(master.sources[0], ImagedSource)
     os.rename(path, tmp_path / "moved")
     try:
         with running(master) as r:
@@ -363,7 +364,8 @@ def test_a_master_damaged_after_start_is_served_as_it_was_checked(small: dict,
     path = nix.run("nix-store", ["--add", str(tmp_path / "f")]).stdout.decode().strip()
     name = path.rpartition("/")[2]
     master = Master([nix.write_closure_info([path], tmp_path / "info")], ServeOptions())
-    assert master.images is not None
+    source = master.sources[0]
+    assert isinstance(source, ImagedSource)
     os.rename(path, tmp_path / "moved")
     try:
         with running(master) as r:
@@ -375,8 +377,7 @@ def test_a_master_damaged_after_start_is_served_as_it_was_checked(small: dict,
             nar = zstandard.ZstdDecompressor().decompressobj().decompress(data)
             assert hashes.format_sha256(hashlib.sha256(nar).digest()) == info.nar_hash
             assert b"soon changed\n" in nar
-            for image in master.images.by_source[0].values():
-                image.file.unlink()
+            source.image(name).file.unlink()
             status, _, body = get(r.port, f"/r/store/{name[:32]}.narinfo")
             assert status == 500 and body.count(b"\n") == 1 and b"Traceback" not in body
     finally:
@@ -619,7 +620,8 @@ def test_nar_images_serve_the_bytes_the_retarget_sink_makes(world: dict,  # noqa
     options = ServeOptions(compression="none")
     with_images = Master([world[source]], options)
     without = Master([world[source]], ServeOptions(compression="none", decode_limit=0))
-    assert with_images.images is not None and without.images is None
+    assert isinstance(with_images.sources[0], ImagedSource)
+    assert not isinstance(without.sources[0], ImagedSource)
     try:
         for q in ("/home/alice/.nix/store", "/q/store"):
             a, b = with_images.view(q), without.view(q)

@@ -25,8 +25,8 @@ import pytest
 import zstandard
 
 from nix_prefix.builder.closure_info import read_closure
+from nix_prefix.builder.narimages import IMAGES_PREFIX
 from nix_prefix.builder.pack import BuildOptions, build_installer
-from nix_prefix.builder.sources import DECODED_PREFIX
 from nix_prefix.payload import hashes, narinfo
 
 from .test_serve import get, server_process
@@ -225,8 +225,9 @@ def test_memory_is_split_and_stalled_clients_cost_others_nothing(big: dict) -> N
 
 def test_an_installer_master_is_decoded_once_for_all_workers(big: dict,  # noqa: F811
                                                             tmp_path: Path) -> None:
-    """The supervisor decodes the installer into one private dir; both workers serve
-    from it, and a killed worker takes it with it neither when it dies nor after."""
+    """The supervisor decodes the installer into NAR images in one private dir; both
+    workers serve from it, and a killed worker takes it with it neither when it dies
+    nor after."""
     installer = big["info"].parent / "big-installer.sh"
     if not installer.exists():
         build_installer(read_closure(big["info"]), installer,
@@ -239,8 +240,8 @@ def test_an_installer_master_is_decoded_once_for_all_workers(big: dict,  # noqa:
         with server_process(str(installer), "--workers", "2") as (url, proc, log):
             port = int(url.rpartition(":")[2])
             a, b = workers_of(proc.pid)
-            decoded = sorted(p.name for p in tmp.iterdir() if p.name.startswith(DECODED_PREFIX))
-            assert decoded and all(f"{DECODED_PREFIX}{proc.pid}-" in d for d in decoded)
+            decoded = sorted(p.name for p in tmp.iterdir() if p.name.startswith(IMAGES_PREFIX))
+            assert decoded and all(f"{IMAGES_PREFIX}{proc.pid}-" in d for d in decoded)
             with only(a, [a, b]):
                 nar_url, info = url_of(port, big["name"])
             os.kill(a, signal.SIGKILL)
@@ -250,9 +251,9 @@ def test_an_installer_master_is_decoded_once_for_all_workers(big: dict,  # noqa:
                     status, _, body = get(port, nar_url)
                     assert status == 200 and nar_hash(body) == info.nar_hash
             assert sorted(p.name for p in tmp.iterdir()
-                          if p.name.startswith(DECODED_PREFIX)) == decoded
+                          if p.name.startswith(IMAGES_PREFIX)) == decoded
             # A SIGHUP: each worker reads (and decodes) the installer again and lets go
-            # of the old master, whose tree is the supervisor's and stays.
+            # of the old master, whose images are the supervisor's and stay.
             proc.send_signal(signal.SIGHUP)
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and not any("in all 2 workers" in x for x in log):

@@ -5,15 +5,25 @@ map's corpus, same-length and exact; a map that does not fit the image is refuse
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from pathlib import Path
 
 import pytest
 
 from nix_prefix.builder import narimages
+from nix_prefix.builder.closure_info import read_closure
+from nix_prefix.builder.errors import BuildError
+from nix_prefix.builder.sources import CACHE, CLOSURE, INSTALLER, open_source
 from nix_prefix.payload import refmap, retarget
+from nix_prefix.payload.container import InstallerFile
 from nix_prefix.payload.rewrite import PathRewriter
 
+from tests.unit.builder.test_sources import (
+    DEP,
+    kinds,  # noqa: F401 - the sources' fixture
+    nar_hashes,
+)
 from tests.unit.payload.test_refmap import (
     EXTRA,
     NAMES,
@@ -89,3 +99,38 @@ def test_a_lying_map_is_refused_with_one_line(tree, how: str,  # noqa: F811
         narimages.patches(image, lying(ev, store_dir, how), rw)
     assert "\n" not in str(e.value) and e.value.exit_code == 3
     assert str(e.value).startswith("reference map: ")
+
+
+@pytest.mark.parametrize("kind", [INSTALLER, CLOSURE, CACHE])
+def test_a_source_imaged_once_reads_as_it_did(kinds: dict[str, Path],  # noqa: F811
+                                              kind: str, monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    """Each kind of source, imaged: every later read comes from the images (no installer
+    chunk decoded again), checked against the NAR hash; the private dir (0700, named
+    for this pid) goes with ``close``."""
+    registered = {i.path.rpartition("/")[2]: i.nar_hash
+                  for i in read_closure(kinds[CLOSURE]).infos}
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    source = narimages.imaged(open_source(kinds[kind]), limit=1 << 30, jobs=2)
+    assert isinstance(source, narimages.ImagedSource)
+    into = source.image(DEP).file.parent
+    assert into.name.startswith(f"{narimages.IMAGES_PREFIX}{os.getpid()}-")
+    assert (into.stat().st_mode & 0o777) == 0o700
+    unpacked: list[object] = []
+    monkeypatch.setattr(InstallerFile, "unpack", lambda *a, **k: unpacked.append(a))
+    with source:
+        for _ in range(2):
+            assert nar_hashes(source, jobs=2) == registered
+        assert unpacked == []  # no chunk decoded again
+        image = source.image(DEP).file
+        data = bytearray(image.read_bytes())
+        data[-20] ^= 1
+        image.write_bytes(bytes(data))
+        with pytest.raises(BuildError, match="NAR image .* changed"):
+            nar_hashes(source, [DEP])
+    assert not into.exists()
+
+
+def test_a_source_larger_than_the_limit_stays_as_it_is(kinds: dict[str, Path]) -> None:  # noqa: F811
+    with open_source(kinds[INSTALLER]) as installer:
+        assert narimages.imaged(installer, limit=1) is installer

@@ -19,14 +19,11 @@ from nix_prefix.builder.pack import BuildOptions, build_installer
 from nix_prefix.builder.sources import (
     CACHE,
     CLOSURE,
-    DECODED_PREFIX,
     INSTALLER,
     CacheSource,
     ClosureSource,
-    DecodedInstaller,
     InstallerSource,
     TreeSource,
-    decoded,
     kind_of,
     open_source,
 )
@@ -163,34 +160,6 @@ def test_an_installer_file_is_closed_on_leaving_its_with(kinds: dict[str, Path])
         assert opened.manifest.paths
     with pytest.raises(CorruptInstaller, match="closed"):
         opened.check(None)
-
-
-def test_an_installer_decoded_once_reads_as_it_did_from_its_tree(
-        kinds: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    registered = {i.path.rpartition("/")[2]: i.nar_hash
-                  for i in read_closure(kinds[CLOSURE]).infos}
-    installer = InstallerSource(kinds[INSTALLER])
-    source = decoded(installer, limit=1 << 30, jobs=2)
-    assert isinstance(source, DecodedInstaller)
-    into = source.root
-    assert into.name.startswith(f"{DECODED_PREFIX}{os.getpid()}-")
-    assert (into.stat().st_mode & 0o777) == 0o700
-    unpacked: list[object] = []
-    monkeypatch.setattr(InstallerFile, "unpack", lambda *a, **k: unpacked.append(a))
-    with source:
-        for _ in range(3):
-            assert nar_hashes(source, jobs=2) == registered
-        assert unpacked == []  # no chunk decoded again
-        (into / DEP).chmod(0o644)
-        (into / DEP).write_bytes(b"another dependency\n")
-        with pytest.raises(BuildError, match="does not match"):
-            nar_hashes(source, [DEP])
-    assert not into.exists()
-
-
-def test_an_installer_larger_than_the_limit_stays_as_it_is(kinds: dict[str, Path]) -> None:
-    with InstallerSource(kinds[INSTALLER]) as installer:
-        assert decoded(installer, limit=1) is installer
 
 
 def test_a_tree_source_without_verify_sends_a_modified_path(kinds: dict[str, Path]) -> None:
