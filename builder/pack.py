@@ -46,7 +46,7 @@ from .leftovers import remove_stale
 from .nixchoice import closure_system
 from .refmaps import drv_outputs
 from .signer import KeySigner
-from .sources import STALE_HINT, TreeSource
+from .sources import STALE_HINT, TreeSource, padded_spelling
 
 PREAMBLE_SH = Path(__file__).with_name("preamble.sh")
 # Tar bytes per chunk: the closure cut into CHUNKS_PER_PAYLOAD chunks, so that
@@ -111,16 +111,18 @@ def build_installer(
     store_root = Path(options.store_root or closure.store_dir)
     built, notes = _manifest(closure, store_root, options)
     entries = built.paths
+    # The closure read as every tree source is read (builder/sources.py): each path
+    # once, checked against its registration on the way.
+    source = TreeSource(store_root, built, store_root, options.verify, NO_VERIFY_HINT)
+    # Paths nix-prefix retargeted before (an installed prefix, a cache it wrote) hold
+    # the store dir slash-padded in their binaries: that spelling is what travels.
+    built.embedded_store_dir = padded_spelling(source) or built.store_dir
     # Packed from the store, nothing is recomputed: the same-length retarget, if any.
     target = choose_retarget(built, options.retarget_to or closure.store_dir, derivations=False)
     chunk_size = options.chunk_size or default_chunk_size(built.total_nar_size)
 
     extra = drv_outputs(store_root, closure.store_dir, entries) if options.derivations else []
     candidates = refmap.candidates([e.name for e in entries], extra)
-
-    # The closure read as every tree source is read (builder/sources.py): each path
-    # once, checked against its registration on the way.
-    source = TreeSource(store_root, built, store_root, options.verify, NO_VERIFY_HINT)
 
     def write_payload(payload: PayloadWriter) -> Manifest:
         # One tar stream of every path, in order; the payload writer cuts it into

@@ -30,7 +30,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from ..payload import codecs, exact, hashes, nar, narinfo, storepath
+from ..payload import codecs, exact, hashes, nar, narinfo, nix32, storepath
 from ..payload import retarget as retargets
 from ..payload.container import CorruptInstaller, InstallerFile, not_a_file
 from ..payload.machine import host_system
@@ -338,9 +338,7 @@ class CacheSource(Source):
         and derivations name the canonical one, and so does every NAR of a cache Nix
         wrote: all are read, once, to be sure, and that read makes the map of the
         canonical spelling on the way (else ``ref_map`` reads them again)."""
-        head, _, last = store_dir.rpartition("/")
-        finder = _Finder(re.compile(re.escape(head.encode()) + b"//+" + re.escape(last.encode())
-                                    + b"/"))
+        finder = _padded_finder(store_dir)
 
         def replay(names: Iterable[str], open_path: Callable[[str], Sink], jobs: int) -> None:
             for info in sorted((self._infos[n] for n in names), key=lambda i: i.nar_size):
@@ -350,7 +348,7 @@ class CacheSource(Source):
         try:
             self._refs = cache_ref_map(self.manifest, replay, self.path)
         except _Found as found:
-            self.manifest.embedded_store_dir = found.args[0][:-1].decode()
+            self.manifest.embedded_store_dir = found.spelling
 
     def contents(self) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
@@ -403,8 +401,36 @@ def _read_narinfos(path: Path, store_dir: str) -> dict[str, narinfo.NarInfo]:
     return infos
 
 
+def padded_spelling(source: Source) -> str | None:
+    """The slash-padded form of ``source``'s store dir that its files name, if any: a
+    closure nix-prefix retargeted same-length holds it in its binaries (a prefix
+    installed from an installer, a cache it wrote; docs/retargeting.md), and that, not
+    the canonical form, is what a later rewrite must replace.  Paths are read smallest
+    first (a padded form tells soon): a closure without one is read whole, once."""
+    finder = _padded_finder(source.manifest.store_dir)
+    try:
+        for entry in sorted(source.manifest.paths, key=lambda e: e.nar_size):
+            source.replay([entry.name], lambda name: finder)
+    except _Found as found:
+        return found.spelling
+    return None
+
+
+def _padded_finder(store_dir: str) -> _Finder:
+    """A finder of ``store_dir`` spelled with more slashes before its last component,
+    followed by a store path's hash part (as a rewrite pads it: retarget.py
+    ``padded_store_dir``); the hash part keeps a stray ``//`` in a text from counting."""
+    head, _, last = store_dir.rpartition("/")
+    return _Finder(re.compile(re.escape(head.encode()) + b"//+" + re.escape(last.encode())
+                              + b"/(?=[" + nix32.ALPHABET.encode() + b"]{32}-)"))
+
+
 class _Found(Exception):
-    """The store dir as a NAR spells it (in args[0])."""
+    """The store dir as a NAR spells it (``spelling``)."""
+
+    def __init__(self, spelling: str) -> None:
+        Exception.__init__(self, spelling)
+        self.spelling = spelling
 
 
 class _Finder(Sink):
@@ -418,7 +444,7 @@ class _Finder(Sink):
     def _search(self, data: bytes) -> None:
         m = self._pattern.search(data)
         if m:
-            raise _Found(m.group(0))
+            raise _Found(m.group(0)[:-1].decode("utf-8", "replace"))
 
     def regular(self, rel: bytes, executable: bool, size: int) -> None:
         self._tail = b""
