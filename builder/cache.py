@@ -29,8 +29,10 @@ import itertools
 import os
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..payload import derivation, exact, hashes, nar, narinfo
 from ..payload import retarget as retargets
@@ -38,7 +40,7 @@ from ..payload.manifest import Manifest, PathEntry, has_derivations
 from ..payload.refmap import RefMap
 from ..payload.signing import SecretKey
 from ..payload.tree import Count, Filter, Sink
-from .compress import check_nar_compression, compressor, default_jobs
+from .compress import XzBlocks, check_nar_compression, compressor, default_jobs, xz_block_size
 from .errors import BuildError
 from .leftovers import remove_stale
 from .pack import choose_retarget, thread_safe
@@ -95,6 +97,7 @@ class TargetPath:
     references: list[str]  # new base names
     deriver: str  # new base name of its .drv, or ""
     ca: Callable[[], str] | None = None  # its CA, where Nix registers one
+    nar_size: int = 0  # in the source (for the size of its xz blocks)
 
 
 class RetargetedSource:
@@ -124,7 +127,7 @@ class RetargetedSource:
             # A same-length retarget keeps hash parts: the old .drv names are nobody's
             # at the new store dir, so such a path has no deriver there.
             TargetPath(old.name, new.name, new.references, new.deriver if self.plan else "",
-                       self._ca(old, contents))
+                       self._ca(old, contents), old.nar_size)
             for old, new in zip(manifest.paths, moved.paths, strict=True)]
         self.hidden_refs = moved.hidden_refs
 
@@ -157,11 +160,17 @@ class _NarSink:
     """NAR bytes in: their sha256 (NarHash); out, compressed, into the file ``tmp``,
     with its sha256 (FileHash) and size."""
 
-    def __init__(self, tmp: Path, compression: str, level: int | None, system: str) -> None:
+    def __init__(self, tmp: Path, compression: str, level: int | None, system: str,
+                 blocks: tuple[Executor, int] | None = None) -> None:
+        """``blocks``: xz in blocks of this size, compressed by this pool (compress.py
+        ``XzBlocks``: one big path on every core)."""
         self.tmp = tmp
         self._file = open(tmp, "wb")  # closed by finish or abort
-        self._compressor = (None if compression == "none"
-                            else compressor(compression, level, system))
+        self._compressor: Any = None
+        if blocks is not None and compression == "xz":
+            self._compressor = XzBlocks(blocks[0], level, system, blocks[1])
+        elif compression != "none":
+            self._compressor = compressor(compression, level, system)
         self._buf = bytearray()
         self.nar_hash = hashlib.sha256()
         self.file_hash = hashlib.sha256()
@@ -208,7 +217,7 @@ class _PathWriter(Filter):
         self._cache = cache
         self._target = target
         self._progress = progress
-        self._sink = cache.nar_sink(source.manifest.system)
+        self._sink = cache.nar_sink(source.manifest.system, target.nar_size)
         self._nar = nar.NarWriter(self._sink)
         Filter.__init__(self, source.target.sink(target.old, self._nar))
 
@@ -238,6 +247,11 @@ class _CacheDir:
         self._coming: set[str] = set()  # base names this run is writing
         self._pending: dict[str, narinfo.NarInfo] = {}  # narinfos waiting for others
         self._sinks: set[_NarSink] = set()
+        self.jobs = options.jobs or default_jobs(
+            "xz" if options.compression == "none" else options.compression, options.level)
+        # xz's blocks are compressed here: a big path on every core, as nix copy cannot.
+        self._pool = ThreadPoolExecutor(self.jobs, "nix-prefix-xz") \
+            if options.compression == "xz" else None
         self._open()
 
     def _open(self) -> None:
@@ -286,11 +300,14 @@ class _CacheDir:
         """``bases`` are going to be written by this run (so they may be derivers)."""
         self._coming |= bases
 
-    def nar_sink(self, system: str) -> _NarSink:
+    def nar_sink(self, system: str, nar_size: int) -> _NarSink:
         level = self.options.level
         if level is None and self.options.compression == "zstd":
             level = ZSTD_LEVEL
-        sink = _NarSink(self._tmp(self.root / "nar"), self.options.compression, level, system)
+        blocks = None if self._pool is None else (
+            self._pool, xz_block_size(level, nar_size, self.jobs))
+        sink = _NarSink(self._tmp(self.root / "nar"), self.options.compression, level, system,
+                        blocks)
         with self._lock:
             self._sinks.add(sink)
         return sink
@@ -380,6 +397,11 @@ class _CacheDir:
                 sink.abort()
             self._sinks.clear()
 
+    def close(self) -> None:
+        """Stop the xz threads (each block they have begun is finished first)."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
 
 def _write_source(source: Source, cache: _CacheDir,
                   progress: Callable[[int], object] | None) -> None:
@@ -399,10 +421,7 @@ def _write_source(source: Source, cache: _CacheDir,
             return Count(progress)
         return _PathWriter(cache, retargeted, target, progress)
 
-    jobs = cache.options.jobs or default_jobs("xz" if cache.options.compression == "none"
-                                              else cache.options.compression,
-                                              cache.options.level)
-    source.replay(set(todo), open_path, jobs)
+    source.replay(set(todo), open_path, cache.jobs)
     missing = sorted(set(t.new for t in todo.values()) - set(cache.result.written)
                      - set(cache.result.signed))
     if missing:  # a path the source never sent whole: say so rather than leave it out
@@ -435,4 +454,6 @@ def write_cache(sources: Sequence[Path], prefix: str, out: Path, options: CacheO
     except BaseException:
         cache.abort()
         raise
+    finally:
+        cache.close()
     return cache.result

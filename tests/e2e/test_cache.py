@@ -427,3 +427,37 @@ def test_paths_cut_across_chunks_are_cached_whole(world: dict) -> None:
         whole = narinfo.parse(file.read_text(), file.name)
         assert (ours.nar_hash, ours.nar_size, ours.references, ours.deriver, ours.ca) == (
             whole.nar_hash, whole.nar_size, whole.references, whole.deriver, whole.ca)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_nar_in_xz_blocks_is_substituted_by_stock_nix(world: dict, version: str) -> None:
+    """A NAR bigger than two xz blocks (builder/compress.py ``XzBlocks``: one stream,
+    independent blocks compressed in threads, a container nix-prefix writes itself)
+    is read by every stock Nix: substituted, and the store verifies."""
+    base = world["base"]
+    big = base / "big-data"
+    if not big.exists():
+        big.write_bytes(os.urandom(1 << 20) * 3)  # 3 MiB, compressible across blocks
+    nix = world["nix"]
+    path = nix.run("nix-store", ["--add", str(big)]).stdout.decode().strip()
+    info = nix.write_closure_info([path], base / f"big-info-{version}")
+    q, cache = base / f"qx{version.replace('.', '')}", base / f"cache-x{version}"
+    key = load_secret_key(base / "publisher.sec")
+    write_cache([info], str(q), cache, CacheOptions(level=0, sign_keys=[key]))
+    url = f"file://{cache}"
+    name = path.rpartition("/")[2]
+    text = (cache / narinfo.narinfo_file(name)).read_text()
+    xz_file = cache / narinfo.parse(text, name).url
+    listed = subprocess.run(["xz", "--robot", "-l", str(xz_file)], capture_output=True,
+                            text=True, check=True).stdout
+    blocks = int(next(line.split()[2] for line in listed.splitlines()
+                      if line.startswith("file")))
+    assert blocks >= 2, listed
+    set_up_prefix(world, q, url, world["keys"]["publisher"])
+    at_q = f"{q}/store/{name}"
+    done = client(version)(q, "nix-store", "-r", at_q)
+    assert done.returncode == 0, done.stderr
+    assert f"copying path '{at_q}' from '{url}'" in done.stderr
+    assert Path(at_q).read_bytes() == big.read_bytes()
+    verify = client(version)(q, "nix-store", "--verify", "--check-contents")
+    assert verify.returncode == 0 and "error" not in verify.stderr, verify.stderr
