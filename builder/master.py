@@ -37,7 +37,6 @@ import zstandard
 from ..payload import hashes, nar, narinfo, nix32, storepath
 from ..payload.machine import usable_cpus
 from ..payload.manifest import has_derivations
-from ..payload.refmap import RefMap
 from ..payload.signing import SecretKey
 from ..payload.tree import Sink
 from .cache import RetargetedSource, TargetPath
@@ -218,8 +217,8 @@ class PrefixView:
         self._by_hash: dict[str, _Entry] = {}
         for source, contents, refs in zip(master.sources, master.contents, master.ref_maps,
                                           strict=True):
-            retargeted = RetargetedSource(source.manifest, store_dir, _given(contents),
-                                          _given_map(refs))
+            retargeted = RetargetedSource(source.manifest, store_dir, _given(contents or {}),
+                                          _given(refs))
             for target in retargeted.targets:
                 image = source.image(target.old) if isinstance(source, ImagedSource) else None
                 self._by_hash.setdefault(storepath.hash_part(target.new),
@@ -319,14 +318,10 @@ class PrefixView:
         return self._patched.get(entry.target.new, entry.patched)
 
 
-def _given(contents: dict[str, bytes] | None) -> Callable[[], dict[str, bytes]]:
-    """The contents read at start, for the planner (none where no derivations travel)."""
-    return lambda: contents or {}
-
-
-def _given_map(refs: RefMap | None) -> Callable[[], RefMap | None]:
-    """The source's reference map read at start."""
-    return lambda: refs
+def _given(value: V) -> Callable[[], V]:
+    """What was read at start (contents, a reference map), as the reader
+    RetargetedSource asks for."""
+    return lambda: value
 
 
 def nar_file(base: str, nar_hash: str, compression: str) -> str:

@@ -3,22 +3,22 @@
 ``serve`` answers every store dir Q from one master.  Serialising a path's NAR
 from a tree and rewriting it piece by piece is Python work per file and per
 piece (issue 25 measured it at a tenth of a static cache).  So each path's
-NAR is written once, at start, into a private directory: an ``Image``, the
+NAR is written once, at start, into a private directory: its ``Image``, the
 file and where each regular file's and symlink's length field and bytes lie
-in it (an ``ImagedSource``: the source read from its images from then on,
-so an installer's xz or a cache's compression is decoded once).  At a store
-dir Q the retargeted NAR is then that file with a few
-patches (``Patched``): the replacements the reference map gives
-(payload/refmap.py ``FilePatch.whole``: the rules of every other rewrite),
-and, for a text file or symlink whose length changes, its length field and
-its padding (src/libutil/archive.cc: contents follow their u64 length and are
-padded with zeros to 8 bytes).  Reading it is large ``pread``s and joins; its
+in it.  An ``ImagedSource`` is a source read from its images from then on:
+an installer's xz, a tree's walk or a cache's compression happen once.  At a
+store dir Q the retargeted NAR is then that file with a few patches
+(``Patched``): the replacements the reference map gives (payload/refmap.py
+``FilePatch.whole``: the rules of every other rewrite), and, for a text file
+or symlink whose length changes, its length field and its padding
+(src/libutil/archive.cc: contents follow their u64 length and are padded
+with zeros to 8 bytes).  Reading it is large ``pread``s and joins; its
 NarHash one sha256 pass.
 
 A path the map does not cover (the exact plan's own texts, a renaming with
-hash parts the map did not look for) has no patched image, nor has a master
-whose NARs do not fit the bound: ``serve`` streams those through their
-retarget sink as before (builder/master.py).
+hash parts the map did not look for) has no patched image: ``serve`` parses
+its image through the retarget sink instead.  A master whose NARs do not fit
+the bound is not imaged: every request reads its source (builder/master.py).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from .errors import BuildError
 from .leftovers import remove_stale
 from .sources import Source
 
-IMAGES_PREFIX = "nix-prefix-nars-"  # + pid: the directories of Images
+IMAGES_PREFIX = "nix-prefix-nars-"  # + pid: the directories of ImagedSource
 PIECE = 1 << 20  # bytes read (and handed on) at a time
 
 Patch = tuple[int, int, bytes]  # (offset in the NAR, bytes replaced, new bytes)
