@@ -95,14 +95,22 @@ class Image:
         return state.copy()
 
 
+class _NoRoom(Exception):
+    """An image could not be written (a full disk, a quota): not an OSError, which a
+    source would report as its own read failing."""
+
+
 class _ImageWriter(nar.NarWriter):
     """Tree events in; the NAR into ``tmp``, renamed ``final`` at ``finish`` (sent by the
     source only once the path matched its NAR hash)."""
 
     def __init__(self, tmp: Path, final: Path, done: dict[str, Image], name: str,
                  digest: bytes, lock: threading.Lock) -> None:
-        self._file = open(tmp, "wb", buffering=PIECE)  # noqa: SIM115 - closed at finish
-        nar.NarWriter.__init__(self, self._file.write)
+        try:
+            self._file = open(tmp, "wb", buffering=PIECE)  # noqa: SIM115 - closed at finish
+        except OSError as e:
+            raise _NoRoom(e) from None
+        nar.NarWriter.__init__(self, self._write_file)
         self._tmp, self._final, self._done, self._name = tmp, final, done, name
         self._digest, self._lock = digest, lock
         self._places: list[Place] = []
@@ -115,9 +123,18 @@ class _ImageWriter(nar.NarWriter):
         nar.NarWriter.symlink(self, rel, target)
         self._places.append(Place(rel, True, self.length_at, len(target)))
 
+    def _write_file(self, data: bytes) -> None:
+        try:
+            self._file.write(data)
+        except OSError as e:
+            raise _NoRoom(e) from None
+
     def finish(self) -> None:
-        self._file.close()
-        os.replace(self._tmp, self._final)
+        try:
+            self._file.close()
+            os.replace(self._tmp, self._final)
+        except OSError as e:
+            raise _NoRoom(e) from None
         with self._lock:
             self._done[self._name] = Image(self._final, self.size, self._digest,
                                            tuple(self._places))
@@ -190,8 +207,9 @@ class ImagedSource(Source):
 
 def imaged(source: Source, limit: int, jobs: int = 1) -> Source:
     """``source`` as an ImagedSource, or as it is when its NARs take more than
-    ``limit`` bytes or half the free space of the temporary directory (then every
-    request reads it: an installer's chunks are decoded again each time)."""
+    ``limit`` bytes or half the free space of the temporary directory, or when
+    writing them fails all the same (a disk filled meanwhile, a quota): then every
+    request reads it (an installer's chunks are decoded again each time)."""
     size = source.manifest.total_nar_size
     if size > limit:
         return source
@@ -202,6 +220,9 @@ def imaged(source: Source, limit: int, jobs: int = 1) -> Source:
             shutil.rmtree(into, ignore_errors=True)
             return source
         return ImagedSource(source, into, jobs)
+    except _NoRoom:
+        shutil.rmtree(into, ignore_errors=True)
+        return source
     except BaseException:
         shutil.rmtree(into, ignore_errors=True)
         raise

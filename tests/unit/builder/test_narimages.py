@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 
@@ -19,7 +21,9 @@ from nix_prefix.payload import refmap, retarget
 from nix_prefix.payload.container import InstallerFile
 from nix_prefix.payload.rewrite import PathRewriter
 
+from tests.support import tmpfs
 from tests.unit.builder.test_sources import (
+    APP,
     DEP,
     kinds,  # noqa: F401 - the sources' fixture
     nar_hashes,
@@ -110,10 +114,11 @@ def test_a_source_imaged_once_reads_as_it_did(kinds: dict[str, Path],  # noqa: F
     for this pid) goes with ``close``."""
     registered = {i.path.rpartition("/")[2]: i.nar_hash
                   for i in read_closure(kinds[CLOSURE]).infos}
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # gettempdir() caches it
     source = narimages.imaged(open_source(kinds[kind]), limit=1 << 30, jobs=2)
     assert isinstance(source, narimages.ImagedSource)
     into = source.image(DEP).file.parent
+    assert into.parent == tmp_path
     assert into.name.startswith(f"{narimages.IMAGES_PREFIX}{os.getpid()}-")
     assert (into.stat().st_mode & 0o777) == 0o700
     unpacked: list[object] = []
@@ -134,3 +139,21 @@ def test_a_source_imaged_once_reads_as_it_did(kinds: dict[str, Path],  # noqa: F
 def test_a_source_larger_than_the_limit_stays_as_it_is(kinds: dict[str, Path]) -> None:  # noqa: F811
     with open_source(kinds[INSTALLER]) as installer:
         assert narimages.imaged(installer, limit=1) is installer
+
+
+@pytest.mark.parametrize("kind", [INSTALLER, CLOSURE, CACHE])
+def test_a_full_disk_leaves_the_source_as_it_is(kinds: dict[str, Path],  # noqa: F811
+                                                kind: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images that do not fit after all (the free space looked enough: a disk filled
+    meanwhile) leave nothing behind, and the source is served as it is."""
+    small = tmp_path / "small"
+    small.mkdir()
+    with tmpfs(small, "size=4k"):  # one page: the second image finds no room
+        monkeypatch.setattr(tempfile, "tempdir", str(small))  # gettempdir() caches it
+        monkeypatch.setattr(narimages.shutil, "disk_usage",
+                            lambda p: shutil._ntuple_diskusage(1 << 40, 0, 1 << 40))
+        with open_source(kinds[kind]) as source:
+            assert narimages.imaged(source, limit=1 << 30, jobs=2) is source
+            assert list(small.iterdir()) == []
+            assert set(nar_hashes(source)) == {DEP, APP}
