@@ -151,8 +151,12 @@ class Master:
         # What the exact planner needs, read (and verified) once for every view.
         self.contents = [s.contents() if has_derivations(s.manifest.paths) else None
                           for s in self.sources]
-        # Each source's reference map, read (or made, as a closure's sidecar) once, here.
+        # Each source's reference map, read (or made, as a closure's sidecar) once, here,
+        # and checked against the images: a map that lies stops the start, not a request.
         self.ref_maps = [s.ref_map() for s in self.sources]
+        for source, refs in zip(self.sources, self.ref_maps, strict=True):
+            if refs is not None and isinstance(source, ImagedSource):
+                source.check(refs)
         self.max_store_dir = min(len(s.manifest.embedded_store_dir) for s in self.sources)
         self._views: _LRU[str, PrefixView] = _LRU(options.plans)
         self.counts = {"plans": 0, "narinfos": 0}  # computed (for /metrics)

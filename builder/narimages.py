@@ -37,6 +37,7 @@ from typing import Any
 
 from ..payload import hashes, nar
 from ..payload.refmap import FilePatch, PathRefs, RefMap, RefMapError, Rewrite
+from ..payload.retarget import check_refs
 from ..payload.rewrite import is_archive
 from ..payload.tree import Sink, Tee
 from .errors import BuildError
@@ -194,6 +195,18 @@ class ImagedSource(Source):
             raise BuildError(f"{self.manifest.store_dir}/{name}: its NAR image in "
                              f"{self._into} changed", "restart the server")
         visitor.finish()
+
+    def check(self, refs: RefMap) -> None:
+        """Refuse now (RefMapError, one line) a reference map that does not fit the
+        images: another payload's, or one whose offsets point outside a file or at
+        bytes that are not what it says.  Every occurrence is read once, as any
+        retarget would read it; a map that leaves one out is not caught (docs:
+        payload/refmap.py)."""
+        check_refs(refs, self.manifest)
+        old = self.manifest.embedded_store_dir.encode()
+        identity = Rewrite(old, old, {}, refs.candidates)
+        for name, image in self._images.items():
+            patches(image, refs.paths[name], identity)
 
     def close(self) -> None:
         self._source.close()

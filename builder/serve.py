@@ -43,6 +43,7 @@ from ..payload import storepath
 from ..payload.codecs import CodecError
 from ..payload.container import CorruptInstaller
 from ..payload.machine import usable_cpus
+from ..payload.refmap import RefMapError
 from .errors import BuildError
 from .limits import (
     Busy,
@@ -293,7 +294,7 @@ class Server:
             raise
         except (ConnectionError, asyncio.CancelledError):
             raise
-        except (BuildError, CorruptInstaller, CodecError, OSError) as e:
+        except (BuildError, CorruptInstaller, CodecError, RefMapError, OSError) as e:
             # The master cannot be read (changed or damaged since the start): the
             # server's problem, one line in its log, none of it for the client.
             request.app.logger.error("%s: cannot read the master: %s", request.path, e)

@@ -5,6 +5,8 @@ refused with one line before anything lands in the prefix."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -208,3 +210,34 @@ def test_serve_maps_its_masters_and_serves_what_the_scan_serves(
             m.setattr(InstallerFile, "ref_map", lambda self: None)
             assert nars(Master([source], options)) == got, source
     assert sidecar_of(small.closure_info).exists()  # made at start
+
+
+@pytest.mark.slow
+def test_serve_refuses_a_master_whose_map_lies_at_start(
+        small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installer whose map points one byte past each first occurrence: ``serve``
+    stops at start with one line (exit 3), not at some request later."""
+    from nix_prefix.builder.master import Master, ServeOptions
+
+    real = refmap.Recorder.result
+
+    def shifted(self: refmap.Recorder, nar_hash: bytes) -> refmap.PathRefs:
+        refs = real(self, nar_hash)
+        for f in refs.files.values():
+            f.offsets[0] += 1
+        return refs
+
+    monkeypatch.setattr(refmap.Recorder, "result", shifted)
+    lying = tmp_path / "lying.sh"
+    build_installer(read_closure(small.closure_info), lying, BuildOptions(compression="xz",
+                                                                          level=1))
+    monkeypatch.undo()
+    with pytest.raises(refmap.RefMapError) as e:
+        Master([lying], ServeOptions())
+    assert e.value.exit_code == 3 and "\n" not in str(e.value)
+    assert str(e.value).startswith("reference map: ")
+    proc = subprocess.run([str(Path(sys.executable).parent / "nix-prefix"), "serve",
+                           str(lying), "--listen", "127.0.0.1:0"], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 3, proc.stderr
+    assert "reference map" in proc.stderr and "Traceback" not in proc.stderr
