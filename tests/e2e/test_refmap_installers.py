@@ -103,22 +103,29 @@ def test_exact_retarget_with_the_map_gives_what_the_scan_gives(
     assert (tmp_path / "m.sh").read_bytes() == (tmp_path / "s.sh").read_bytes()
 
 
-@pytest.mark.slow
-def test_an_installer_whose_map_lies_is_refused_and_installs_nothing(
-        small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def lying_installer(small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An installer of ``small`` whose map points one byte past each first occurrence
+    (its code members and seal are whole: only the map lies)."""
     real = refmap.Recorder.result
 
     def shifted(self: refmap.Recorder, nar_hash: bytes) -> refmap.PathRefs:
         refs = real(self, nar_hash)
         for f in refs.files.values():
-            f.offsets[0] += 1  # points one byte past each first occurrence
+            f.offsets[0] += 1
         return refs
 
-    monkeypatch.setattr(refmap.Recorder, "result", shifted)
-    lying = tmp_path / "lying.sh"
-    build_installer(read_closure(small.closure_info), lying, BuildOptions(compression="xz",
-                                                                          level=1))
-    monkeypatch.undo()
+    with monkeypatch.context() as m:
+        m.setattr(refmap.Recorder, "result", shifted)
+        lying = tmp_path / "lying.sh"
+        build_installer(read_closure(small.closure_info), lying,
+                        BuildOptions(compression="xz", level=1))
+    return lying
+
+
+@pytest.mark.slow
+def test_an_installer_whose_map_lies_is_refused_and_installs_nothing(
+        small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lying = lying_installer(small, tmp_path, monkeypatch)
     prefix = tmp_path / "short"
     proc = run_installer(lying, "-y", "-p", str(prefix))
     assert proc.returncode == 3, proc.stderr
@@ -219,19 +226,7 @@ def test_serve_refuses_a_master_whose_map_lies_at_start(
     stops at start with one line (exit 3), not at some request later."""
     from nix_prefix.builder.master import Master, ServeOptions
 
-    real = refmap.Recorder.result
-
-    def shifted(self: refmap.Recorder, nar_hash: bytes) -> refmap.PathRefs:
-        refs = real(self, nar_hash)
-        for f in refs.files.values():
-            f.offsets[0] += 1
-        return refs
-
-    monkeypatch.setattr(refmap.Recorder, "result", shifted)
-    lying = tmp_path / "lying.sh"
-    build_installer(read_closure(small.closure_info), lying, BuildOptions(compression="xz",
-                                                                          level=1))
-    monkeypatch.undo()
+    lying = lying_installer(small, tmp_path, monkeypatch)
     with pytest.raises(refmap.RefMapError) as e:
         Master([lying], ServeOptions())
     assert e.value.exit_code == 3 and "\n" not in str(e.value)
