@@ -47,7 +47,18 @@ from .tree import Sink
 
 MYPY = False  # mypy reads the imports below; the installer never pays for importing typing
 if MYPY:
-    from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple  # noqa: F401, E501
+    from typing import (  # noqa: F401, E501
+        Any,
+        Callable,
+        Dict,
+        FrozenSet,
+        Iterable,
+        Iterator,
+        List,
+        Optional,
+        Sequence,
+        Tuple,
+    )
 
 EMBEDDED, CANONICAL, HASH = 0, 1, 2
 MAGIC = b"nix-prefix-refmap 1\n"
@@ -60,7 +71,6 @@ MAX_SIZE = 8 << 20
 # A sidecar is read whole: bounded all the same (some 10 million occurrences).
 MAX_SIDECAR = 64 << 20
 _SLASHES = re.compile(b"//+")
-_RUN = ("[" + nix32.ALPHABET + "]{%d,}" % HASH_LENGTH).encode()
 
 
 class RefMapError(OneLineError):
@@ -162,6 +172,77 @@ def canonical(store_dir):
 # -- making a map ------------------------------------------------------------------------------
 
 
+_CLASS_TABLE = bytes(1 if chr(c) in nix32.ALPHABET else 0 for c in range(256))
+_RUN_START = b"\x01" * HASH_LENGTH
+
+
+class _Match(object):
+    """One occurrence ``Finder`` found, as much of ``re.Match`` as its callers use."""
+
+    __slots__ = ("_buf", "_start", "_end")
+
+    def __init__(self, buf, start, end):
+        # type: (bytes, int, int) -> None
+        self._buf = buf
+        self._start = start
+        self._end = end
+
+    def start(self):
+        # type: () -> int
+        return self._start
+
+    def end(self):
+        # type: () -> int
+        return self._end
+
+    def group(self, n=0):
+        # type: (int) -> bytes
+        return self._buf[self._start:self._end]
+
+
+class Finder(object):
+    """What ``re.compile(b"|".join(spellings) + b"|[nix32]{32,}")`` finds in a buffer,
+    match for match (the leftmost; at one place the longest spelling, then a run; a
+    run as long as it goes), at memory speed: ``bytes.find`` for each spelling, and
+    for runs ``bytes.find`` of 32 class bytes in the buffer translated to one byte a
+    class.  The regular expression retries its run at every byte of every shorter
+    run of letters and digits: 42 MB/s on compiled binaries, where this goes at
+    several hundred.  ``runs``: look for runs at all (a same-length rewrite needs
+    only the store dir)."""
+
+    def __init__(self, spellings, runs=True):
+        # type: (Iterable[bytes], bool) -> None
+        self._spellings = sorted(set(spellings), key=len, reverse=True)
+        self._runs = runs
+
+    def finditer(self, buf):
+        # type: (bytes) -> Iterator[_Match]
+        spellings = self._spellings
+        nexts = [buf.find(s) for s in spellings]
+        classes = buf.translate(_CLASS_TABLE) if self._runs else b""
+        run = classes.find(_RUN_START) if self._runs else -1
+        pos = 0
+        while True:
+            best = best_len = -1
+            for i, s in enumerate(spellings):  # longest first: it wins a tie
+                at = nexts[i]
+                if 0 <= at < pos:
+                    at = nexts[i] = buf.find(s, pos)
+                if at >= 0 and (best < 0 or at < best):
+                    best, best_len = at, len(s)
+            if 0 <= run < pos:
+                run = classes.find(_RUN_START, pos)
+            if run >= 0 and (best < 0 or run < best):
+                end = classes.find(b"\x00", run + HASH_LENGTH)
+                pos = len(buf) if end < 0 else end
+                yield _Match(buf, run, pos)
+            elif best >= 0:
+                pos = best + best_len
+                yield _Match(buf, best, pos)
+            else:
+                return
+
+
 def final_matches(pattern, buf, keep, final):
     # type: (Any, bytes, int, bool) -> Tuple[List[Any], int]
     """The matches of ``pattern`` in ``buf`` that no later piece can change, and where
@@ -190,7 +271,7 @@ class _Scan(object):
         # type: (Sequence[bytes], FrozenSet[bytes]) -> None
         spellings = sorted(set(olds), key=len, reverse=True)  # longest first, as Rewriter
         self._kind = dict((o, olds.index(o)) for o in spellings)
-        self._re = re.compile(b"|".join(re.escape(o) for o in spellings) + b"|" + _RUN)
+        self._re = Finder(spellings)
         self._hashes = hashes
         self._keep = max(max(len(o) for o in spellings), HASH_LENGTH) - 1
         self._tail = b""

@@ -21,8 +21,8 @@ import re
 import zipfile
 import zlib
 
-from . import codecs, nix32
-from .refmap import FilePatch, RefMapError, final_matches
+from . import codecs
+from .refmap import FilePatch, Finder, RefMapError, final_matches
 from .storepath import HASH_LENGTH
 from .textfile import FileRewrite
 from .tree import Filter, Sink
@@ -40,7 +40,6 @@ PYC_SUFFIX = ".pyc"
 # Bigger suspect files are reported without being opened (bounded memory).
 SCAN_LIMIT = 64 << 20
 
-_NIX32 = "[" + nix32.ALPHABET + "]"
 _SLASHES = re.compile(b"//+")
 
 
@@ -63,11 +62,9 @@ class Rewriter(object):
         self._olds = set((old_dir,) + tuple(also))
         self._new = new_dir
         self._hashes = hashes or {}
-        # Longest first: one spelling may start with another.
-        pattern = b"|".join(re.escape(o) for o in sorted(self._olds, key=len, reverse=True))
-        if self._hashes:
-            pattern += b"|" + _NIX32.encode() + b"{%d,}" % HASH_LENGTH
-        self._re = re.compile(pattern)
+        # The store dir's spellings (longest first where one starts with another) and,
+        # with hashes, every run of 32 or more nix32 characters (refmap.Finder).
+        self._re = Finder(self._olds, runs=bool(self._hashes))
         self._keep = max(max(len(o) for o in self._olds),
                          HASH_LENGTH if self._hashes else 0) - 1
         self._tail = b""

@@ -302,3 +302,34 @@ def test_a_bad_ref_map_entry_is_refused(bad: object) -> None:
 
     with pytest.raises(ManifestError, match="refMap"):
         Manifest.from_json(manifest_doc(4, bad))
+
+
+# -- the finder: the regular expression's matches, at memory speed ------------------------------
+
+def _regex_of(spellings: list[bytes], runs: bool):
+    import re
+    ordered = sorted(set(spellings), key=len, reverse=True)
+    pattern = b"|".join(re.escape(s) for s in ordered)
+    if runs:
+        pattern += b"|[" + nix32.ALPHABET.encode() + b"]{32,}"
+    return re.compile(pattern)
+
+
+@pytest.mark.parametrize("runs", [True, False], ids=["runs", "store-dir-only"])
+def test_the_finder_finds_what_the_regular_expression_finds(runs: bool) -> None:
+    """Random buffers of nix32 characters, slashes, an excluded letter and the store dir
+    in several spellings (one starting another, one holding a long run), and the corpus."""
+    spellings = [OLD, OLD + b"/p", PADDED, refmap.canonical(PADDED),
+                 b"/home/" + b"a" * 40 + b"/store"]
+    pieces = [b"/", b"e", b"\0", b"-", OLD, PADDED, spellings[-1], CLOSURE[0], CLOSURE[1][:20],
+              b"abc", b"0123456789abcdfghijklmnpqrsvwxyz", b"store", b"//"]
+    gen = random.Random(2025)
+    buffers = [b"".join(gen.choice(pieces) for _ in range(gen.randrange(0, 60)))
+               for _ in range(3000)]
+    buffers += list(corpus_files(OLD).values()) + list(corpus_files(PADDED).values())
+    finder = refmap.Finder(spellings, runs)
+    regex = _regex_of(spellings, runs)
+    for buf in buffers:
+        got = [(m.start(), m.end(), m.group(0)) for m in finder.finditer(buf)]
+        want = [(m.start(), m.end(), m.group(0)) for m in regex.finditer(buf)]
+        assert got == want, buf
