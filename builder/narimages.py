@@ -150,7 +150,6 @@ class ImagedSource(Source):
     def __init__(self, source: Source, into: Path, jobs: int) -> None:
         self.path = source.path
         self.manifest = source.manifest
-        self.verdict = getattr(source, "verdict", None)  # an installer's signatures
         self._source = source
         self._into = into
         self._removed = weakref.finalize(self, shutil.rmtree, into, True)
