@@ -15,6 +15,7 @@ import zstandard
 
 from ..payload import codecs
 from ..payload.machine import usable_cpus
+from ..payload.refmap import put_varint
 from .errors import BuildError
 
 XZ_PRESET = 6  # as `xz -6`, the official tarball's default
@@ -169,10 +170,7 @@ def _xz_block(data: bytes, filters: list[dict]) -> tuple[bytes, int, int]:
 
 def _varint(n: int) -> bytes:
     out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
+    put_varint(out, n)
     return bytes(out)
 
 

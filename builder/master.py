@@ -192,18 +192,24 @@ class _Entry:
     source: Source
     retargeted: RetargetedSource
     target: TargetPath
-    image: Image | None
+
+    @property
+    def image(self) -> Image | None:
+        """The path's NAR image, where its source is imaged."""
+        source = self.source
+        return source.image(self.target.old) if isinstance(source, ImagedSource) else None
 
     def patched(self) -> Patched | None:
         """The path at the new store dir as its image plus patches, or None when only
         ``replay`` can make it (no image; a path the reference map does not cover)."""
-        if self.image is None:
+        image = self.image
+        if image is None:
             return None
         retarget, old = self.retargeted.target, self.target.old
         if retarget.keeps(old):
-            return Patched(self.image, [])
+            return Patched(image, [])
         mapped = retarget.mapped(old)
-        return None if mapped is None else Patched(self.image, patches(self.image, *mapped))
+        return None if mapped is None else Patched(image, patches(image, *mapped))
 
     def replay(self, out: nar.NarWriter) -> None:
         """The path's events, read from its source and rewritten, into ``out``."""
@@ -224,9 +230,8 @@ class PrefixView:
             retargeted = RetargetedSource(source.manifest, store_dir, _given(contents or {}),
                                           _given(refs))
             for target in retargeted.targets:
-                image = source.image(target.old) if isinstance(source, ImagedSource) else None
                 self._by_hash.setdefault(storepath.hash_part(target.new),
-                                         _Entry(source, retargeted, target, image))
+                                         _Entry(source, retargeted, target))
         self._names = {e.target.new for e in self._by_hash.values()}
         self._narinfos: _LRU[str, bytes] = _LRU(master.options.narinfos)
         # Patches are cheap to make again (a few reads per occurrence): a few are kept.

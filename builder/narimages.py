@@ -83,14 +83,8 @@ class Image:
         if state is None:
             state = hashlib.sha256()
             with open(self.file, "rb", buffering=0) as f:
-                pos = 0
-                while pos < offset:
-                    data = os.pread(f.fileno(), min(PIECE, offset - pos), pos)
-                    if not data:
-                        raise BuildError(f"{self.file} was cut short while served",
-                                         "restart the server")
-                    state.update(data)
-                    pos += len(data)
+                for pos in range(0, offset, PIECE):
+                    state.update(_read(f.name, f.fileno(), pos, min(PIECE, offset - pos)))
             if len(self._states) < 4:  # a few kinds of retarget, not one per store dir
                 self._states[offset] = state
         return state.copy()

@@ -133,25 +133,25 @@ class RefMap(object):
         # type: () -> bytes
         out = bytearray(MAGIC)
         _blob(out, self.store_dir)
-        _varint(out, len(self.extra))
+        put_varint(out, len(self.extra))
         for h in self.extra:
             out += _hash_part(h)
-        _varint(out, len(self.order))
+        put_varint(out, len(self.order))
         for name in self.order:
             p = self.paths[name]
             _blob(out, name.encode())
             out += p.nar_hash
-            _varint(out, len(p.files))
+            put_varint(out, len(p.files))
             last = -1
             for ordinal in sorted(p.files):
                 f = p.files[ordinal]
-                _varint(out, ordinal - last - 1)
+                put_varint(out, ordinal - last - 1)
                 last = ordinal
                 out.append(int(f.symlink) | int(f.text) << 1)
-                _varint(out, len(f.offsets))
+                put_varint(out, len(f.offsets))
                 prev = -1
                 for i, off in enumerate(f.offsets):
-                    _varint(out, (off - prev - 1) << 2 | f.kinds[i])
+                    put_varint(out, (off - prev - 1) << 2 | f.kinds[i])
                     prev = off
         out += hashlib.sha256(bytes(out)).digest()
         return bytes(out)
@@ -422,8 +422,11 @@ def from_bytes(data):
     return RefMap(store_dir, paths, extra)
 
 
-def _varint(out, n):
+def put_varint(out, n):
     # type: (bytearray, int) -> None
+    """Append ``n`` to ``out`` as a little-endian base-128 varint, 7 bits a byte (also
+    xz's multibyte integer: xz-file-format 1.2.0, 1.2, which builder/compress.py
+    writes)."""
     while n >= 0x80:
         out.append(n & 0x7F | 0x80)
         n >>= 7
@@ -432,7 +435,7 @@ def _varint(out, n):
 
 def _blob(out, data):
     # type: (bytearray, bytes) -> None
-    _varint(out, len(data))
+    put_varint(out, len(data))
     out += data
 
 
